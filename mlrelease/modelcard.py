@@ -1,0 +1,103 @@
+"""The model bundle contract shared by export, register, serving, image and promotion.
+
+A bundle is a folder with:
+- ``model.pt``: a frozen TorchScript module; ``forward(x: float32[N, F]) -> float32[N, C]`` returns class
+  probabilities from *raw* features (standardization is baked in, so serving cannot skew from training);
+- ``model_card.json``: this ModelCard;
+- ``reference_stats.json``: ReferenceStats of the training split, for drift scores at serving time.
+Nothing here imports torch or MLflow, so the serving image can read it cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MODEL_FILE = "model.pt"
+CARD_FILE = "model_card.json"
+REFERENCE_FILE = "reference_stats.json"
+
+
+class Standardization(BaseModel):
+    """Per-feature constants from the training split, applied inside the exported module."""
+
+    mean: list[float]
+    scale: list[float]
+    baked_into_module: bool = True
+
+
+class ModelCard(BaseModel):
+    """What a consumer of the artifact needs to know to call it and to trust it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    feature_names: list[str]
+    input_dtype: str = "float32"
+    input_shape: list[int]
+    classes: list[str]
+    output: str = "probabilities"
+    preprocessing: Standardization
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    torch_version: str
+    artifact: str = MODEL_FILE
+    export_method: str = "script"
+    metrics: dict[str, float] = Field(default_factory=dict)
+    latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def write(self, folder: Path) -> Path:
+        path = folder / CARD_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> ModelCard:
+        return cls.model_validate_json((folder / CARD_FILE).read_text())
+
+
+class FeatureReference(BaseModel):
+    """Quantile bin edges of one feature in the training split and the fraction of rows in each bin."""
+
+    edges: list[float]
+    fractions: list[float]
+    mean: float
+    std: float
+    min: float
+    max: float
+
+
+class ReferenceStats(BaseModel):
+    n_rows: int
+    features: dict[str, FeatureReference]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class IntegrityError(RuntimeError):
+    """The artifact's bytes do not match the sha256 its card or registry entry promises."""
+
+
+def verify_bundle(folder: Path, expected_sha256: str | None = None) -> ModelCard:
+    """Check model.pt against its card (and against the registry's sha256 when given); return the card."""
+    card = ModelCard.read(folder)
+    actual = sha256_file(folder / card.artifact)
+    if actual != card.sha256:
+        raise IntegrityError(f"{folder / card.artifact}: sha256 {actual} does not match model card {card.sha256}")
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise IntegrityError(
+            f"{folder / card.artifact}: sha256 {actual} does not match the registry tag {expected_sha256}"
+        )
+    return card

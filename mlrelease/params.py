@@ -1,0 +1,112 @@
+"""Typed view of params.yaml: every section is a pydantic model that forbids unknown keys, so a typo fails fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+_SectionT = TypeVar("_SectionT", bound=BaseModel)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    source: str
+    target: str = "target"
+    schema_path: str = Field(alias="schema")
+    test_size: float = Field(0.2, gt=0, lt=0.5)
+    val_size: float = Field(0.2, gt=0, lt=0.5)
+    reference_bins: int = Field(10, ge=2, le=100)
+
+
+class ModelParams(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    kind: Literal["mlp", "logreg"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [64, 32])
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class TrainParams(_Section):
+    max_epochs: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(20, ge=1)
+
+
+class GateParams(_Section):
+    min_accuracy: float = Field(ge=0.8, le=1.0)
+    min_roc_auc: float = Field(ge=0.85, le=1.0)
+    champion_tolerance: float = Field(0.01, ge=0, le=1)
+    behavioural_batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 16, 32])
+
+
+class ExportParams(_Section):
+    parity_atol: float = Field(1e-5, gt=0)
+    latency_warmup: int = Field(20, ge=0)
+    latency_runs: int = Field(300, ge=10)
+    max_mean_ms_batch1: float = Field(100, gt=0)
+    max_p95_ms_batch1: float = Field(150, gt=0)
+
+
+class Params(_Section):
+    seed: int = 42
+    data: DataParams
+    model: ModelParams
+    train: TrainParams
+    gates: GateParams
+    export: ExportParams
+    # Sections owned by later stages (serving, load test, image, promotion) are kept as raw mappings here
+    # and parsed by the module that owns them, so that each module keeps its own strict model.
+    loadtest: dict[str, object] | None = None
+    serving: dict[str, object] | None = None
+    build: dict[str, object] | None = None
+    scan: dict[str, object] | None = None
+    canary: dict[str, object] | None = None
+    promotion: dict[str, object] | None = None
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_positive(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("seed must be >= 0")
+        return value
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, not YAML, or does not match the expected shape."""
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ParamsError naming every bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: not found (run from the repository root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ParamsError(f"{path}: {problems}") from exc
+
+
+def section(params: Params, name: str, model: type[_SectionT]) -> _SectionT:
+    """Parse a raw later-stage section (e.g. 'loadtest') with its owner's strict model."""
+    raw = getattr(params, name) or {}
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{name}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ParamsError(f"params.yaml: {problems}") from exc
+

@@ -1,0 +1,1 @@
+"""MLflow model registry: register, aliases, gates, promotion, audit."""

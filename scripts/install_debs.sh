@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages mlrelease drives (nginx for traffic splitting, buildah and mmdebstrap for the
+# image, wrk for benchmarks) when a command is missing. Needs root, as on the project's machines.
+set -euo pipefail
+declare -A pkg_for=([nginx]=nginx-light [buildah]=buildah [wrk]=wrk [mmdebstrap]=mmdebstrap)
+missing=()
+for cmd in "${!pkg_for[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${pkg_for[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install_debs: missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+  exit 1
+fi
+echo "install_debs: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
