@@ -8,7 +8,6 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-
 _SectionT = TypeVar("_SectionT", bound=BaseModel)
 
 

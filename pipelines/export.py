@@ -1,0 +1,159 @@
+"""Stage `export`: TorchScript (script, else trace with a warning), frozen for inference, then proven.
+
+Proof: parity with the eager model on the whole test split and edge inputs, a reload in a fresh process with
+`torch.jit.load`, and CPU latency gates at batch 1. Writes the bundle: model.pt, model_card.json and the
+reference statistics, per the contract in mlrelease/modelcard.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mlrelease.modelcard import CARD_FILE, MODEL_FILE, REFERENCE_FILE, ModelCard, Standardization, sha256_file
+from mlrelease.params import ExportParams, load_params
+from pipelines.common import load_checkpoint, predict_proba, read_split, write_json
+from pipelines.evaluate import EDGE_SCALE, edge_inputs
+from pipelines.gates import Gate, at_most, gates_payload
+from pipelines.schema import load_contract
+
+log = logging.getLogger(__name__)
+
+_RELOAD_SNIPPET = """
+import sys, numpy as np, torch
+torch.set_num_threads(1)
+m = torch.jit.load(sys.argv[1], map_location="cpu")
+x = torch.from_numpy(np.load(sys.argv[2]))
+with torch.inference_mode():
+    np.save(sys.argv[3], m(x).numpy())
+"""
+
+
+def to_torchscript(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
+    """Script the model (trace as a fallback, with a warning) and freeze it for inference."""
+    model = model.eval()
+    try:
+        scripted = torch.jit.script(model)
+        method = "script"
+    except Exception as exc:  # torch raises many types for unscriptable code
+        warnings.warn(f"torch.jit.script failed ({exc}); falling back to torch.jit.trace", stacklevel=2)
+        scripted = torch.jit.trace(model, example)
+        method = "trace"
+    return torch.jit.freeze(scripted), method
+
+
+def parity_inputs(test_x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The whole test split plus the edge inputs the evaluate stage uses."""
+    cases = {"test_split": test_x, **edge_inputs(test_x.shape[1], seed)}
+    cases["scaled_x1000"] = test_x[:8] * EDGE_SCALE
+    return cases
+
+
+def parity_gates(eager: torch.nn.Module, scripted: torch.nn.Module, cases: dict[str, np.ndarray],
+                 atol: float) -> list[Gate]:
+    """Max absolute difference of probabilities, eager vs TorchScript, per input set."""
+    gates = []
+    for name, x in cases.items():
+        diff = float(np.abs(predict_proba(eager, x) - predict_proba(scripted, x)).max())
+        gates.append(at_most(f"parity_{name}", diff, atol))
+    return gates
+
+
+def reload_gate(model_path: Path, x: np.ndarray, expected: np.ndarray, atol: float) -> Gate:
+    """Load the saved file with torch.jit.load in a fresh interpreter and compare its output."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "x.npy", Path(tmp) / "y.npy"
+        np.save(inp, x)
+        proc = subprocess.run([sys.executable, "-c", _RELOAD_SNIPPET, str(model_path), str(inp), str(out)],
+                              capture_output=True, text=True, timeout=120, check=False)
+        if proc.returncode != 0:
+            return Gate("reload_fresh_process", "failed", "loads and predicts", False, proc.stderr[-500:])
+        diff = float(np.abs(np.load(out) - expected).max())
+    return Gate("reload_fresh_process", round(diff, 9), f"<= {atol}", bool(diff <= atol))
+
+
+def measure_latency(model: torch.nn.Module, x: np.ndarray, warmup: int, runs: int) -> dict[str, float]:
+    """Wall-clock latency of one forward pass in ms: mean, p50, p95, p99."""
+    tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    samples = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(tensor)
+        for _ in range(runs):
+            start = time.perf_counter()
+            model(tensor)
+            samples.append((time.perf_counter() - start) * 1000.0)
+    arr = np.array(samples)
+    return {"mean": float(arr.mean()), "p50": float(np.percentile(arr, 50)),
+            "p95": float(np.percentile(arr, 95)), "p99": float(np.percentile(arr, 99))}
+
+
+def latency_gates(model: torch.nn.Module, test_x: np.ndarray, cfg: ExportParams) -> tuple[dict[str, Any], list[Gate]]:
+    torch.set_num_threads(1)
+    latency = {f"batch_{n}": measure_latency(model, np.resize(test_x, (n, test_x.shape[1])),
+                                             cfg.latency_warmup, cfg.latency_runs) for n in (1, 32)}
+    gates = [at_most("latency_mean_ms_batch1", latency["batch_1"]["mean"], cfg.max_mean_ms_batch1),
+             at_most("latency_p95_ms_batch1", latency["batch_1"]["p95"], cfg.max_p95_ms_batch1)]
+    return latency, gates
+
+
+def main(argv: list[str] | None = None) -> int:
+    """DVC entry point: export, prove, and write the bundle; exit 1 naming each failed gate."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--splits", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--reference", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="bundle folder")
+    parser.add_argument("--report", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    contract = load_contract(params.data.schema_path)
+    test = read_split(args.splits / "test.csv", contract)
+    eager = load_checkpoint(args.checkpoint)
+    scripted, method = to_torchscript(eager, torch.from_numpy(test.x[:4]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    model_path = args.out / MODEL_FILE
+    torch.jit.save(scripted, str(model_path))
+    loaded = torch.jit.load(str(model_path), map_location="cpu")
+    gates = parity_gates(eager, loaded, parity_inputs(test.x, params.seed), params.export.parity_atol)
+    gates.append(reload_gate(model_path, test.x, predict_proba(eager, test.x), params.export.parity_atol))
+    latency, lat_gates = latency_gates(loaded, test.x, params.export)
+    gates += lat_gates
+    write_json(args.report, {**gates_payload("export", gates), "latency_ms": latency, "method": method})
+    for gate in gates:
+        log.info("%s", gate.line())
+    if not all(g.passed for g in gates):
+        model_path.unlink(missing_ok=True)
+        failed = "\n".join(g.line() for g in gates if not g.passed)
+        sys.stderr.write(f"export: gate(s) failed, no bundle written:\n{failed}\n")
+        return 1
+    shutil.copyfile(args.reference, args.out / REFERENCE_FILE)
+    metrics = {k: float(v) for k, v in json.loads(args.metrics.read_text()).items() if isinstance(v, (int, float))}
+    card = ModelCard(
+        name=params.model.name, feature_names=contract.feature_names, input_shape=[-1, len(contract.features)],
+        classes=contract.class_names, sha256=sha256_file(model_path), torch_version=torch.__version__,
+        preprocessing=Standardization(mean=eager.mean.tolist(), scale=eager.scale.tolist()),
+        export_method=method, metrics=metrics, latency_ms=latency,
+    )
+    card.write(args.out)
+    log.info("export: %s (%s) sha256=%s", model_path, CARD_FILE, card.sha256)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Stage `register`: a gated bundle becomes a model version in MLflow's registry, aliased `candidate`.
+
+It refuses to run unless the evaluate and export gate reports both passed, and verifies the artifact's sha256,
+so a model that failed a gate is never registered. Lineage tags: git commit, data hash from dvc.lock,
+params hash, artifact sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from mlrelease.params import Params, load_params
+from pipelines.common import write_json
+
+log = logging.getLogger(__name__)
+
+
+class GateReportError(RuntimeError):
+    """A gate report is missing or says a gate failed."""
+
+
+def require_passed(*reports: Path) -> None:
+    """Raise unless every gate report exists and says passed."""
+    for path in reports:
+        if not path.is_file():
+            raise GateReportError(f"{path}: gate report missing; run `dvc repro` so every gate runs first")
+        payload = json.loads(path.read_text())
+        if not payload.get("passed"):
+            failed = [g["name"] for g in payload.get("gates", []) if not g.get("passed")]
+            raise GateReportError(f"{path}: gates failed {failed}; refusing to register")
+
+
+def git_commit(cwd: Path = Path()) -> str:
+    """HEAD's commit, suffixed `-dirty` when the tree has uncommitted changes; `unknown` outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def data_hash(lock: Path, splits: Path) -> str:
+    """The prepared data's md5 as recorded by DVC in dvc.lock, else a sha256 over the split files."""
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for out in stages.get("prepare", {}).get("outs", []):
+            if out.get("md5"):
+                return f"md5:{out['md5']}"
+    digest = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        digest.update((splits / f"{name}.csv").read_bytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def params_hash(params: Params) -> str:
+    return hashlib.sha256(params.model_dump_json().encode()).hexdigest()
+
+
+def flat_params(params: Params) -> dict[str, Any]:
+    return {**{f"model.{k}": v for k, v in params.model.model_dump().items()},
+            **{f"train.{k}": v for k, v in params.train.model_dump().items()},
+            "seed": params.seed, "data.source": params.data.source}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """DVC entry point: check gates, register (or reuse) the version, write reports/registration.json."""
+    from mlrelease.modelcard import IntegrityError
+    from registry.register import register_bundle
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name in ("bundle", "splits", "run-info", "metrics", "eval-gates", "export-report", "out"):
+        parser.add_argument(f"--{name}", type=Path, required=True)
+    parser.add_argument("--lock", type=Path, default=Path("dvc.lock"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    try:
+        require_passed(args.eval_gates, args.export_report)
+        metrics = {k: float(v) for k, v in json.loads(args.metrics.read_text()).items() if isinstance(v, (int, float))}
+        run_id = json.loads(args.run_info.read_text())["run_id"]
+        tags = {"git_commit": git_commit(), "data_hash": data_hash(args.lock, args.splits),
+                "params_hash": params_hash(params), "gates": "evaluate=passed,export=passed"}
+        example = pd.read_csv(args.splits / "test.csv").drop(columns=[params.data.target]).head(5)
+        version, created = register_bundle(args.bundle, params.model.name, metrics=metrics,
+                                           params=flat_params(params), tags=tags, run_id=run_id, example=example)
+    except (GateReportError, IntegrityError) as exc:
+        sys.stderr.write(f"register: {exc}\n")
+        return 1
+    write_json(args.out, {"model_name": version.name, "version": int(version.version), "created": created,
+                          "aliases": sorted(version.aliases), "run_id": version.run_id,
+                          "artifact_sha256": version.tags.get("artifact_sha256"),
+                          "model_uri": f"models:/{version.name}/{version.version}"})
+    log.info("register: %s version %s (%s)", version.name, version.version, "new" if created else "existing")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

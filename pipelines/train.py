@@ -1,0 +1,137 @@
+"""Stage `train`: a seeded, deterministic PyTorch model with early stopping on the validation split.
+
+Standardization constants come from the training split and live in the module's buffers, so the exported
+model takes raw features. Params and per-epoch metrics go to an MLflow run whose id is saved for later stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlrelease.params import Params, load_params
+from pipelines.common import Split, read_split, save_checkpoint, seed_everything, write_json
+from pipelines.model import TabularClassifier, build_model
+from pipelines.schema import load_contract
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model: TabularClassifier
+    best_epoch: int
+    best_val_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def standardization(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and scale of the training features; a constant feature gets scale 1 (no division by zero)."""
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-12] = 1.0
+    return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(scale.astype(np.float32))
+
+
+def _epoch(model: TabularClassifier, loader: torch.utils.data.DataLoader, optim: torch.optim.Optimizer) -> float:
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    total = 0.0
+    for xb, yb in loader:
+        optim.zero_grad()
+        loss = loss_fn(model.logits(xb), yb)
+        loss.backward()
+        optim.step()
+        total += loss.item() * len(xb)
+    return total / len(loader.dataset)  # type: ignore[arg-type]
+
+
+def _val_loss(model: TabularClassifier, split: Split) -> tuple[float, float]:
+    model.eval()
+    with torch.inference_mode():
+        logits = model.logits(torch.from_numpy(split.x))
+        y = torch.from_numpy(split.y)
+        loss = float(nn.functional.cross_entropy(logits, y))
+        acc = float((logits.argmax(dim=1) == y).float().mean())
+    return loss, acc
+
+
+def train_model(params: Params, train: Split, val: Split, n_classes: int) -> TrainResult:
+    """Fit with Adam and early stopping on validation loss; return the best epoch's weights."""
+    seed_everything(params.seed)
+    mean, scale = standardization(train.x)
+    model = build_model(params.model, train.x.shape[1], n_classes, mean, scale)
+    dataset = torch.utils.data.TensorDataset(torch.from_numpy(train.x.copy()), torch.from_numpy(train.y.copy()))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=params.train.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(params.seed))
+    optim = torch.optim.Adam(model.parameters(), lr=params.train.lr, weight_decay=params.train.weight_decay)
+    best = TrainResult(model=model, best_epoch=0, best_val_loss=float("inf"))
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    for epoch in range(1, params.train.max_epochs + 1):
+        train_loss = _epoch(model, loader, optim)
+        val_loss, val_acc = _val_loss(model, val)
+        best.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc})
+        if val_loss < best.best_val_loss - 1e-6:
+            best.best_val_loss, best.best_epoch = val_loss, epoch
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        elif epoch - best.best_epoch >= params.train.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return best
+
+
+def log_to_mlflow(params: Params, result: TrainResult, experiment: str) -> str:
+    """One MLflow run per training: flattened params, per-epoch losses; returns the run id."""
+    import mlflow
+
+    from registry.client import ensure_experiment
+
+    experiment_id = ensure_experiment(experiment)
+    flat = {**{f"model.{k}": v for k, v in params.model.model_dump().items()},
+            **{f"train.{k}": v for k, v in params.train.model_dump().items()},
+            "seed": params.seed, "data.source": params.data.source}
+    with mlflow.start_run(experiment_id=experiment_id, run_name="train") as run:
+        mlflow.log_params(flat)
+        for row in result.history:
+            step = int(row["epoch"])
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=step)
+        mlflow.log_metrics({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss})
+        return str(run.info.run_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """DVC entry point: train on the prepared splits, save the checkpoint, the run id and the loss history."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--splits", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--run-info", type=Path, required=True)
+    parser.add_argument("--history", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    contract = load_contract(params.data.schema_path)
+    train, val = read_split(args.splits / "train.csv", contract), read_split(args.splits / "val.csv", contract)
+    result = train_model(params, train, val, len(contract.target.labels))
+    config = {"n_features": train.x.shape[1], "n_classes": len(contract.target.labels),
+              "hidden": list(params.model.hidden) if params.model.kind == "mlp" else [],
+              "dropout": params.model.dropout}
+    save_checkpoint(result.model, config, args.checkpoint)
+    run_id = log_to_mlflow(params, result, experiment=params.model.name)
+    write_json(args.run_info, {"run_id": run_id, "best_epoch": result.best_epoch,
+                               "best_val_loss": result.best_val_loss})
+    write_json(args.history, {"history": result.history})
+    log.info("train: best epoch %d, val loss %.4f, run %s", result.best_epoch, result.best_val_loss, run_id)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Session fixtures: the real pipeline runs once (shared across xdist workers) and tests reuse its outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from tests.workspace import Workspace, make_workspace
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder shared by all xdist workers of this run."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def built_workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A repository copy in which `dvc repro` has run end to end (built once per test run, then reused)."""
+    shared = _shared_dir(tmp_path_factory)
+    root = shared / "pipeline-workspace"
+    with FileLock(str(shared / "pipeline-workspace.lock")):
+        done = root / ".built"
+        if not done.exists():
+            if root.exists():
+                shutil.rmtree(root)
+            ws = make_workspace(root)
+            ws.dvc("repro")
+            done.write_text("ok")
+    return Workspace(root)
+
+
+@pytest.fixture(scope="session")
+def model_bundle(built_workspace: Workspace) -> Path:
+    """The exported bundle folder (model.pt, model_card.json, reference_stats.json). Treat as read-only."""
+    return built_workspace.root / "models"
+
+
+@pytest.fixture(scope="session")
+def registration(built_workspace: Workspace) -> dict[str, object]:
+    return json.loads((built_workspace.root / "reports" / "registration.json").read_text())
+
+
+@pytest.fixture
+def registry_workspace(built_workspace: Workspace, tmp_path: Path) -> Iterator[Workspace]:
+    """A private copy of the built workspace (registry, bundle, splits) that a test may change."""
+    dest = tmp_path / "ws"
+    shutil.copytree(built_workspace.root, dest, symlinks=True)
+    yield Workspace(dest)

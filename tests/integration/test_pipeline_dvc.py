@@ -1,0 +1,85 @@
+"""The whole pipeline under `dvc repro` in a copy of the repository, then the registry it leaves behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.workspace import Workspace
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("pipeline")]
+STAGES = ("prepare", "validate", "train", "evaluate", "export", "register")
+
+
+def test_registered_candidate_carries_lineage(built_workspace: Workspace, registration) -> None:
+    from registry.client import get_client
+
+    assert registration["created"] is True and registration["version"] == 1
+    client = get_client(built_workspace.settings())
+    version = client.get_model_version_by_alias(registration["model_name"], "candidate")
+    assert version.version == "1"
+    card = json.loads((built_workspace.root / "models" / "model_card.json").read_text())
+    tags = version.tags
+    assert tags["artifact_sha256"] == card["sha256"]
+    assert len(tags["git_commit"]) >= 40
+    assert tags["data_hash"].startswith("md5:")
+    assert len(tags["params_hash"]) == 64
+    assert float(tags["metric.accuracy"]) >= 0.93 and float(tags["metric.roc_auc"]) >= 0.97
+    assert tags["param.model.kind"] == "mlp"
+
+
+def test_reports_and_gates(built_workspace: Workspace) -> None:
+    reports = built_workspace.root / "reports"
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert {"accuracy", "roc_auc", "f1", "precision", "recall", "confusion_matrix"} <= set(metrics)
+    for name in ("evaluate_gates.json", "export.json"):
+        payload = json.loads((reports / name).read_text())
+        assert payload["passed"] is True and payload["gates"]
+    export = json.loads((reports / "export.json").read_text())
+    assert export["method"] == "script"
+    assert set(export["latency_ms"]["batch_1"]) == {"mean", "p50", "p95", "p99"}
+    assert json.loads((reports / "data_validation.json").read_text())["valid"] is True
+
+
+def test_second_repro_skips_every_stage(built_workspace: Workspace) -> None:
+    out = built_workspace.dvc("repro").stdout
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in out, out
+    status = built_workspace.dvc("status").stdout
+    assert "up to date" in status.lower(), status
+
+
+def test_metrics_and_plots_diff_against_a_commit(built_workspace: Workspace) -> None:
+    ws = built_workspace
+    diff = ws.dvc("metrics", "diff", "HEAD", "--json").stdout
+    assert "reports/metrics.json" in diff
+    ws.dvc("plots", "diff", "HEAD", "-o", str(ws.root / "plots-out"))
+    assert (ws.root / "plots-out" / "index.html").is_file()
+
+
+def test_registered_model_loads_without_unpickling(built_workspace: Workspace, registration, tmp_path) -> None:
+    """The version is a models-from-code pyfunc: MLflow loads it by running code that calls torch.jit.load."""
+    import mlflow
+    import numpy as np
+    import torch
+
+    from registry.client import configure_mlflow
+    from registry.register import download_bundle
+
+    configure_mlflow(built_workspace.settings())
+    bundle = download_bundle("models:/breast-cancer-classifier@candidate", "breast-cancer-classifier",
+                             tmp_path / "b", settings=built_workspace.settings())
+    local = mlflow.artifacts.download_artifacts(artifact_uri=registration["model_uri"], dst_path=str(tmp_path / "m"))
+    assert not list(__import__("pathlib").Path(local).rglob("*.pkl")), "no pickle in the logged model"
+    model = mlflow.pyfunc.load_model(registration["model_uri"])
+    x = np.zeros((2, 30), dtype=np.float32) + 10
+    direct = torch.jit.load(str(bundle / "model.pt"))(torch.from_numpy(x)).numpy()
+    assert np.allclose(model.predict(x), direct)
+
+
+def test_same_artifact_is_not_registered_twice(registry_workspace: Workspace) -> None:
+    ws = registry_workspace
+    ws.dvc("repro", "--force", "register")
+    again = json.loads((ws.root / "reports" / "registration.json").read_text())
+    assert again["created"] is False and again["version"] == 1

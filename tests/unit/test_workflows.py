@@ -1,0 +1,54 @@
+"""Every workflow file passes actionlint and zizmor, starts with a comment, and follows the house rules."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
+PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
+
+
+def _tool(name: str) -> str:
+    local = Path(sys.executable).with_name(name)
+    found = str(local) if local.exists() else shutil.which(name)
+    assert found, f"{name} is not installed (make setup installs it)"
+    return found
+
+
+def test_actionlint_is_clean() -> None:
+    proc = subprocess.run([_tool("actionlint"), *map(str, WORKFLOWS)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_zizmor_is_clean() -> None:
+    proc = subprocess.run([_tool("zizmor"), "--offline", "--no-progress", *map(str, WORKFLOWS)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_house_rules(path: Path) -> None:
+    text = path.read_text()
+    assert text.startswith("# "), "a workflow starts with a comment saying what it does"
+    doc = yaml.safe_load(text)
+    assert "permissions" in doc, "top-level least-privilege permissions"
+    assert "concurrency" in doc or all("concurrency" in job for job in doc["jobs"].values())
+    for name, job in doc["jobs"].items():
+        assert "timeout-minutes" in job, f"job {name} has no timeout-minutes"
+        for step in job.get("steps", []):
+            if "uses" in step and not step["uses"].startswith("./"):
+                assert PINNED.match(step["uses"]), f"{name}: {step['uses']} is not pinned to a commit SHA"
+
+
+def test_pr_workflow_never_uses_the_team_registry() -> None:
+    text = (REPO / ".github" / "workflows" / "pr.yml").read_text()
+    assert "sqlite:///${{ runner.temp }}" in text
+    assert "secrets." not in text
