@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,14 +19,14 @@ def test_registered_candidate_carries_lineage(built_workspace: Workspace, regist
     assert registration["created"] is True and registration["version"] == 1
     client = get_client(built_workspace.settings())
     version = client.get_model_version_by_alias(registration["model_name"], "candidate")
-    assert version.version == "1"
+    assert str(version.version) == "1"
     card = json.loads((built_workspace.root / "models" / "model_card.json").read_text())
     tags = version.tags
     assert tags["artifact_sha256"] == card["sha256"]
     assert len(tags["git_commit"]) >= 40
     assert tags["data_hash"].startswith("md5:")
     assert len(tags["params_hash"]) == 64
-    assert float(tags["metric.accuracy"]) >= 0.93 and float(tags["metric.roc_auc"]) >= 0.97
+    assert float(tags["metric.accuracy"]) >= 0.95 and float(tags["metric.roc_auc"]) >= 0.98
     assert tags["param.model.kind"] == "mlp"
 
 
@@ -62,6 +63,7 @@ def test_registered_model_loads_without_unpickling(built_workspace: Workspace, r
     """The version is a models-from-code pyfunc: MLflow loads it by running code that calls torch.jit.load."""
     import mlflow
     import numpy as np
+    import pandas as pd
     import torch
 
     from registry.client import configure_mlflow
@@ -71,15 +73,16 @@ def test_registered_model_loads_without_unpickling(built_workspace: Workspace, r
     bundle = download_bundle("models:/breast-cancer-classifier@candidate", "breast-cancer-classifier",
                              tmp_path / "b", settings=built_workspace.settings())
     local = mlflow.artifacts.download_artifacts(artifact_uri=registration["model_uri"], dst_path=str(tmp_path / "m"))
-    assert not list(__import__("pathlib").Path(local).rglob("*.pkl")), "no pickle in the logged model"
+    assert not list(Path(local).rglob("*.pkl")), "no pickle in the logged model"
     model = mlflow.pyfunc.load_model(registration["model_uri"])
-    x = np.zeros((2, 30), dtype=np.float32) + 10
-    direct = torch.jit.load(str(bundle / "model.pt"))(torch.from_numpy(x)).numpy()
-    assert np.allclose(model.predict(x), direct)
+    card = json.loads((bundle / "model_card.json").read_text())
+    frame = pd.DataFrame(np.full((2, 30), 10.0), columns=card["feature_names"])
+    direct = torch.jit.load(str(bundle / "model.pt"))(torch.from_numpy(frame.to_numpy(np.float32))).numpy()
+    assert np.allclose(model.predict(frame), direct)
 
 
 def test_same_artifact_is_not_registered_twice(registry_workspace: Workspace) -> None:
     ws = registry_workspace
-    ws.dvc("repro", "--force", "register")
+    ws.dvc("repro", "--force", "--single-item", "register")
     again = json.loads((ws.root / "reports" / "registration.json").read_text())
     assert again["created"] is False and again["version"] == 1

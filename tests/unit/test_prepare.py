@@ -70,7 +70,7 @@ def test_params_typo_fails_fast(tmp_path: Path) -> None:
 def test_gate_thresholds_below_the_floor_are_refused(tmp_path: Path) -> None:
     from mlrelease.params import ParamsError
 
-    text = (REPO / "params.yaml").read_text().replace("min_accuracy: 0.93", "min_accuracy: 0.5")
+    text = (REPO / "params.yaml").read_text().replace("min_accuracy: 0.95", "min_accuracy: 0.5")
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match="min_accuracy"):
         load_params(tmp_path / "params.yaml")

@@ -33,20 +33,21 @@ def splits() -> dict[str, Split]:
 
 @pytest.fixture(scope="module")
 def trained(splits):
-    params = PARAMS.model_copy(update={"train": PARAMS.train.model_copy(update={"max_epochs": 40})})
-    return train_model(params, splits["train"], splits["val"], n_classes=2)
+    return train_model(PARAMS, splits["train"], splits["val"], n_classes=2)
 
 
-def test_training_is_deterministic(splits, trained) -> None:
-    params = PARAMS.model_copy(update={"train": PARAMS.train.model_copy(update={"max_epochs": 40})})
+def test_training_is_deterministic(splits) -> None:
+    params = PARAMS.model_copy(update={"train": PARAMS.train.model_copy(update={"max_epochs": 30})})
+    first = train_model(params, splits["train"], splits["val"], n_classes=2)
     again = train_model(params, splits["train"], splits["val"], n_classes=2)
-    for key, value in trained.model.state_dict().items():
+    for key, value in first.model.state_dict().items():
         assert torch.equal(value, again.model.state_dict()[key]), key
 
 
 def test_early_stopping_stops_before_max_epochs(splits) -> None:
-    params = PARAMS.model_copy(update={"train": PARAMS.train.model_copy(
-        update={"max_epochs": 500, "patience": 3, "lr": 0.05})})
+    params = PARAMS.model_copy(
+        update={"train": PARAMS.train.model_copy(update={"max_epochs": 500, "patience": 3, "lr": 0.05})}
+    )
     result = train_model(params, splits["train"], splits["val"], n_classes=2)
     assert len(result.history) < 500
     assert len(result.history) - result.best_epoch == 3

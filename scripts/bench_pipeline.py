@@ -1,0 +1,48 @@
+"""Time `dvc repro` from a clean copy of the repository and a no-op `dvc repro`, against the issue's targets.
+
+Runs in a throwaway copy (its own git, DVC cache and sqlite registry), so it never touches your workspace.
+Writes reports/bench_pipeline.json and prints a table. Usage: .venv/bin/python scripts/bench_pipeline.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.workspace import make_workspace  # noqa: E402
+
+TARGETS = {"clean_repro_s": 180.0, "noop_repro_s": 10.0}
+
+
+def _timed(ws, *args: str) -> float:
+    start = time.perf_counter()
+    ws.dvc(*args)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="mlrelease-bench-") as tmp:
+        ws = make_workspace(Path(tmp) / "ws")
+        clean = _timed(ws, "repro")
+        noop = min(_timed(ws, "repro") for _ in range(3))
+    result = {"clean_repro_s": round(clean, 1), "noop_repro_s": round(noop, 2), "targets_s": TARGETS,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
+    out = REPO / "reports" / "bench_pipeline.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    sys.stdout.write("| measure | time | target | time / target |\n|---|---|---|---|\n")
+    for key, target in TARGETS.items():
+        sys.stdout.write(f"| {key} | {result[key]} s | <= {target:g} s | {result[key] / target:.2f} |\n")
+    sys.stdout.write(f"written: {out}\n")
+    return 0 if all(result[k] <= t for k, t in TARGETS.items()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
