@@ -51,7 +51,6 @@ class Settings(BaseSettings):
     enable_admin: bool = False
     max_batch_size: int = Field(256, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
-    batch_window_ms: float = Field(2.0, ge=0)
     rate_limit_per_second: float = Field(0.0, ge=0, description="Per-client requests/s; 0 disables")
     rate_limit_burst: int = Field(100, ge=1)
     drift_window: int = Field(1000, ge=10)

@@ -1,0 +1,1 @@
+"""Deployment code: the model server (deploy.serving) and the load-test gate (deploy.loadtest)."""

@@ -1,0 +1,1 @@
+"""The load-test gate: headless Locust against a running server, SLOs from params.yaml."""

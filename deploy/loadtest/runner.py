@@ -1,0 +1,203 @@
+"""Run headless Locust against a server, read its statistics and check them against the SLOs in params.yaml.
+
+Writes reports/loadtest.json (stats, SLOs, breaches) and Locust's HTML report; a breached SLO is named in the
+result so the caller can exit non-zero with it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+class SLO(BaseModel):
+    """Service-level objectives the load test must meet."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    p95_ms: float = Field(50.0, gt=0)
+    p99_ms: float = Field(100.0, gt=0)
+    max_error_rate: float = Field(0.001, ge=0, le=1)
+    min_rps: float = Field(100.0, ge=0)
+
+
+class LoadtestParams(BaseModel):
+    """The ``loadtest`` section of params.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    users: int = Field(10, ge=1, le=1000)
+    spawn_rate: float = Field(10.0, gt=0)
+    duration_s: int = Field(10, ge=1, le=3600)
+    user_rps: float = Field(0.0, ge=0, description="requests/s per user; 0 = closed loop, as fast as possible")
+    batch_size: int = Field(1, ge=1)
+    ready_timeout_s: float = Field(60.0, gt=0)
+    slo: SLO = Field(default_factory=lambda: SLO.model_validate({}))
+
+
+class LoadtestError(RuntimeError):
+    """The load test could not run (server not ready, Locust failed); distinct from a breached SLO."""
+
+
+def wait_ready(url: str, timeout: float, alive: Any = None) -> dict[str, Any]:
+    """Poll GET /ready; fail fast when ``alive()`` says the server died or its model failed to load."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise LoadtestError(f"server at {url} exited before it became ready")
+        try:
+            response = httpx.get(f"{url}/ready", timeout=2)
+            body = response.json()
+            if response.status_code == 200:
+                return dict(body)
+            last = str(body.get("reason", body))
+            if body.get("failed"):
+                raise LoadtestError(f"server at {url} failed to load its model: {last}")
+        except (httpx.TransportError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise LoadtestError(f"server at {url} not ready after {timeout:.0f} s ({last})")
+
+
+def locust_command(url: str, params: LoadtestParams, csv_prefix: Path, html: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        url,
+        "-u",
+        str(params.users),
+        "-r",
+        str(params.spawn_rate),
+        "-t",
+        f"{params.duration_s}s",
+        "--csv",
+        str(csv_prefix),
+        "--html",
+        str(html),
+        "--only-summary",
+        "--stop-timeout",
+        "5",
+        "--loglevel",
+        "WARNING",
+    ]
+
+
+def _number(value: str | None) -> float:
+    """Locust writes N/A for percentiles of an empty run."""
+    try:
+        return float(value or "nan")
+    except ValueError:
+        return float("nan")
+
+
+def aggregated_stats(stats_csv: Path) -> dict[str, float]:
+    """The 'Aggregated' row of Locust's <prefix>_stats.csv as numbers (latencies in ms; NaN when nothing ran)."""
+    with stats_csv.open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("Name") == "Aggregated"]
+    if not rows:
+        raise LoadtestError(f"{stats_csv}: no Aggregated row; did any request run?")
+    row = rows[0]
+    requests = _number(row["Request Count"])
+    failures = _number(row["Failure Count"])
+    return {
+        "requests": requests,
+        "failures": failures,
+        "error_rate": failures / requests if requests else 1.0,
+        "rps": _number(row["Requests/s"]),
+        "p50_ms": _number(row["50%"]),
+        "p95_ms": _number(row["95%"]),
+        "p99_ms": _number(row["99%"]),
+        "max_ms": _number(row["Max Response Time"]),
+        "mean_ms": _number(row["Average Response Time"]),
+    }
+
+
+def failure_messages(failures_csv: Path, limit: int = 5) -> list[str]:
+    if not failures_csv.is_file():
+        return []
+    with failures_csv.open(newline="") as handle:
+        return [f"{r['Occurrences']}x {r['Error']}" for r in list(csv.DictReader(handle))[:limit]]
+
+
+def breaches(stats: dict[str, float], slo: SLO) -> list[str]:
+    """Every SLO the statistics miss, each named with the measured value and its limit."""
+    found = []
+    if not stats["requests"] > 0:
+        return ["no requests completed"]
+    if stats["p95_ms"] > slo.p95_ms:
+        found.append(f"p95 latency {stats['p95_ms']:.1f} ms > {slo.p95_ms:g} ms")
+    if stats["p99_ms"] > slo.p99_ms:
+        found.append(f"p99 latency {stats['p99_ms']:.1f} ms > {slo.p99_ms:g} ms")
+    if stats["error_rate"] > slo.max_error_rate:
+        found.append(f"error rate {stats['error_rate']:.4f} > {slo.max_error_rate:g}")
+    if stats["rps"] < slo.min_rps:
+        found.append(f"throughput {stats['rps']:.1f} req/s < {slo.min_rps:g} req/s")
+    return found
+
+
+def run_loadtest(
+    url: str, params: LoadtestParams, test_csv: Path, target: str, out_json: Path, out_html: Path
+) -> dict[str, Any]:
+    """Run Locust headless against ``url`` and write the JSON and HTML reports; return the JSON document."""
+    if not test_csv.is_file():
+        raise LoadtestError(f"{test_csv}: test split not found (run the prepare stage first)")
+    ready = wait_ready(url, params.ready_timeout_s)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "LOADTEST_CSV": str(test_csv),
+        "LOADTEST_TARGET": target,
+        "LOADTEST_MODEL": str(ready["model_name"]),
+        "LOADTEST_BATCH": str(params.batch_size),
+        "LOADTEST_USER_RPS": str(params.user_rps),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = Path(tmp) / "locust"
+        command = locust_command(url, params, prefix, out_html)
+        log.info("loadtest: %d users for %d s against %s", params.users, params.duration_s, url)
+        proc = subprocess.run(
+            command, env=env, capture_output=True, text=True, check=False, timeout=params.duration_s + 120
+        )
+        stats_csv = Path(f"{prefix}_stats.csv")
+        if not stats_csv.is_file():
+            raise LoadtestError(f"locust exited {proc.returncode} without statistics: {proc.stderr[-2000:]}")
+        stats = aggregated_stats(stats_csv)
+        errors = failure_messages(Path(f"{prefix}_failures.csv"))
+        if not stats["requests"] > 0:
+            errors.append(f"locust exited {proc.returncode}: {proc.stderr[-1500:]}")
+    found = breaches(stats, params.slo)
+    report = {
+        "url": url,
+        "model_name": ready["model_name"],
+        "model_version": ready.get("model_version"),
+        "config": params.model_dump(exclude={"slo"}),
+        "slo": params.slo.model_dump(),
+        "stats": stats,
+        "failures": errors,
+        "breaches": found,
+        "passed": not found,
+        "html_report": str(out_html),
+    }
+    out_json.write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,91 @@
+"""``python -m deploy.serving --model-dir DIR | --model-uri models:/NAME@ALIAS [--host H] [--port P]``.
+
+Other settings come from MLRELEASE_* environment variables (mlrelease.settings.Settings). Exits 2 without
+starting when the configuration is unsafe or unusable (admin on without a real token, too many threads, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pydantic import ValidationError
+
+from deploy.serving.config import ServingSettings, check_cpu_budget
+
+log = logging.getLogger("deploy.serving")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m deploy.serving", description=__doc__)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model-dir", type=Path, help="bundle folder (model.pt + model_card.json) or its model.pt")
+    source.add_argument("--model-uri", help="registry model: models:/NAME@ALIAS or models:/NAME/VERSION")
+    parser.add_argument("--model-version", help="version label to report (default: registry version or 'local')")
+    parser.add_argument("--host", help="bind address (default MLRELEASE_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default MLRELEASE_PORT or 8080)")
+    return parser.parse_args(argv)
+
+
+def load_settings(args: argparse.Namespace) -> ServingSettings:
+    """Environment settings with command-line overrides; raises ValueError naming what is wrong."""
+    overrides: dict[str, Any] = {key: value for key, value in vars(args).items() if value is not None}
+    try:
+        settings = ServingSettings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(problems) from exc
+    settings.source()
+    check_cpu_budget(settings)
+    return settings
+
+
+def serve(settings: ServingSettings) -> None:
+    """Run uvicorn (uvloop, httptools, one process) until SIGTERM/SIGINT, then drain in-flight requests."""
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(settings.torch_threads)
+    import uvicorn
+
+    from deploy.serving.app import ModelServer
+
+    app = ModelServer(settings)
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            app.draining = True
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="info",
+        backlog=4096,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+        server_header=False,
+    )
+    DrainingServer(config).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(parse_args(argv))
+    except ValueError as exc:
+        log.error("refusing to start: %s", exc)
+        return 2
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

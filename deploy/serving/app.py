@@ -1,0 +1,469 @@
+"""The model server as a raw ASGI application: routing, auth, limits, micro-batched prediction, hot swap.
+
+Raw ASGI (no framework, no per-request pydantic or pandas) keeps HTTP overhead near the bare ceiling;
+every client mistake becomes a 4xx JSON error that names it, and only a real server fault is a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from deploy.serving import responses
+from deploy.serving.batcher import MicroBatcher
+from deploy.serving.config import ModelSource, ServingSettings
+from deploy.serving.drift import DriftMonitor
+from deploy.serving.metrics import CONTENT_TYPE, ServerMetrics
+from deploy.serving.model import LoadedModel, ModelLoadError, load_model, set_threads
+from deploy.serving.openapi import build_openapi
+from deploy.serving.payload import ClientError, loads_json, parse_v1, parse_v2
+from deploy.serving.resolve import resolve
+from deploy.serving.security import RateLimiter, presented_secret, secret_matches
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+Response = tuple[int, bytes, Headers]
+Handler = Callable[[Scope, Receive, str], Awaitable[Response]]
+
+JSON: Headers = [(b"content-type", b"application/json")]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class Serving:
+    """A loaded model with its batcher and drift window; counts in-flight requests so a swap can retire it."""
+
+    def __init__(self, model: LoadedModel, settings: ServingSettings, metrics: ServerMetrics) -> None:
+        self.model = model
+        self.metrics = metrics
+        self.names = model.card.feature_names
+        threads = partial(set_threads, settings.torch_threads)
+        inline = model.batch_ms <= settings.inline_max_batch_ms
+        log.info("version %s: model calls run %s", model.version, "inline" if inline else "on the model thread")
+        self.batcher = MicroBatcher(self.predict, settings.max_batch_size, metrics.record_batch, threads, inline)
+        self.drift = (
+            DriftMonitor(model.reference, self.names, settings.drift_window) if model.reference is not None else None
+        )
+        self.metadata_v1 = responses.metadata_v1(model)
+        self.metadata_v2 = responses.metadata_v2(model)
+        self.active = 0
+        self._drained: asyncio.Event | None = None
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """One model call for a whole coalesced batch, with its drift window and class counts."""
+        probs = self.model.predict(batch)
+        if self.drift is not None:
+            self.drift.observe(batch)
+        self.metrics.record_classes(self.model.version, self.model.card.classes, probs.argmax(axis=1))
+        return probs
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.active == 0 and self._drained is not None:
+            self._drained.set()
+
+    async def retire(self) -> None:
+        """Wait for requests that started on this model, then stop its batcher."""
+        if self.active:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
+        await self.batcher.close()
+
+
+class ModelServer:
+    """ASGI callable: ``uvicorn.run(ModelServer(settings), ...)``."""
+
+    def __init__(self, settings: ServingSettings, source: ModelSource | None = None) -> None:
+        self.settings = settings
+        self.source = source or settings.source()
+        self.metrics = ServerMetrics(lambda: self.current.drift if self.current else None)
+        self.current: Serving | None = None
+        self.load_error: str | None = None
+        self.draining = False
+        self.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        self._api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        admin = settings.admin_token.get_secret_value().encode() if settings.admin_token else None
+        self._admin_token = admin if settings.enable_admin else None
+        self._reload_lock = asyncio.Lock()
+        self._cache_dir: Path | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._exact: dict[str, tuple[str, tuple[str, ...], Handler]] = {
+            "/health": ("/health", ("GET",), self._health),
+            "/ready": ("/ready", ("GET",), self._ready),
+            "/v2/health/live": ("/v2/health/live", ("GET",), self._health),
+            "/v2/health/ready": ("/v2/health/ready", ("GET",), self._ready),
+            "/metrics": ("/metrics", ("GET",), self._metrics),
+            "/openapi.json": ("/openapi.json", ("GET",), self._openapi),
+            "/admin/reload": ("/admin/reload", ("POST",), self._admin_reload),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    # -- routing ---------------------------------------------------------------------------------------------
+    def _route(self, path: str) -> tuple[str, tuple[str, ...], Handler | None, str]:
+        exact = self._exact.get(path)
+        if exact is not None:
+            return exact[0], exact[1], exact[2], ""
+        if path.startswith("/v1/models/"):
+            rest = path[11:]
+            if rest.endswith(":predict"):
+                return "/v1/models/{name}:predict", ("POST",), self._predict_v1, rest[:-8]
+            return "/v1/models/{name}", ("GET",), self._metadata_v1, rest
+        if path.startswith("/v2/models/"):
+            rest = path[11:]
+            if rest.endswith("/infer"):
+                return "/v2/models/{name}/infer", ("POST",), self._infer_v2, rest[:-6]
+            return "/v2/models/{name}", ("GET",), self._metadata_v2, rest
+        return "other", (), None, ""
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        label, methods, handler, name = self._route(scope["path"])
+        try:
+            if handler is None:
+                raise ClientError(404, "not_found", f"no route {scope['path'][:100]!r}; see /openapi.json")
+            if scope["method"] not in methods:
+                raise ClientError(
+                    405,
+                    "method_not_allowed",
+                    f"{scope['method']} is not allowed on {label}; use {', '.join(methods)}",
+                    headers=[(b"allow", ", ".join(methods).encode())],
+                )
+            status, body, headers = await handler(scope, receive, name)
+        except ClientError as exc:
+            status, body, headers = exc.status, exc.body(), JSON + exc.headers
+        except ClientGone:
+            self.metrics.record(label, 499, time.perf_counter() - start)
+            return
+        except Exception:
+            log.exception("internal error on %s %s", scope["method"], label)
+            status, body, headers = (
+                500,
+                orjson.dumps({"error": "internal server error", "code": "internal", "status": 500}),
+                JSON,
+            )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.record(label, status, time.perf_counter() - start)
+
+    # -- request checks --------------------------------------------------------------------------------------
+    def _begin(self, scope: Scope, name: str) -> Serving:
+        """Auth, rate limit, readiness and model name; marks the request in flight on the current model."""
+        if self._api_key is not None and not secret_matches(presented_secret(scope["headers"], True), self._api_key):
+            raise ClientError(
+                401,
+                "unauthorized",
+                "missing or wrong API key; send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                headers=[(b"www-authenticate", b"Bearer")],
+            )
+        if self.limiter.enabled:
+            client = scope.get("client")
+            wait = self.limiter.retry_after(client[0] if client else "unknown")
+            if wait:
+                raise ClientError(
+                    429,
+                    "rate_limited",
+                    f"rate limit of {self.limiter.rate:g} requests/s exceeded; retry in {wait:.2f} s",
+                    headers=[(b"retry-after", str(int(wait) + 1).encode())],
+                )
+        serving = self._serving(name)
+        serving.active += 1
+        return serving
+
+    def _serving(self, name: str) -> Serving:
+        current = self.current
+        if current is None:
+            reason = self.load_error or "the model is still loading"
+            raise ClientError(503, "not_ready", f"no model is being served: {reason}", headers=[(b"retry-after", b"1")])
+        if name != current.model.name:
+            raise ClientError(
+                404,
+                "unknown_model",
+                f"model {name[:100]!r} is not served here; this server serves {current.model.name!r}",
+            )
+        return current
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request body, after checking Content-Type and the size limit (413) before buffering it."""
+        limit = self.settings.max_body_bytes
+        ctype = b""
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                ctype = value
+            elif key == b"content-length" and value.isdigit() and int(value) > limit:
+                raise ClientError(413, "body_too_large", f"body of {int(value)} bytes exceeds the limit of {limit}")
+        if ctype.split(b";", 1)[0].strip().lower() != b"application/json":
+            raise ClientError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type {ctype.decode('latin-1')[:60]!r} "
+                "is not supported; send 'Content-Type: application/json'",
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ClientError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # -- prediction ------------------------------------------------------------------------------------------
+    async def _run(self, serving: Serving, rows: np.ndarray) -> np.ndarray:
+        return await serving.batcher.predict(rows)
+
+    async def _predict_v1(self, scope: Scope, receive: Receive, name: str) -> Response:
+        serving = self._begin(scope, name)
+        try:
+            body = await self._read_body(scope, receive)
+            rows = parse_v1(body, serving.names, self.settings.max_batch_size)
+            probs = await self._run(serving, rows)
+        finally:
+            serving.leave()
+        return 200, responses.predict_v1(serving.model, probs), JSON
+
+    async def _infer_v2(self, scope: Scope, receive: Receive, name: str) -> Response:
+        serving = self._begin(scope, name)
+        try:
+            body = await self._read_body(scope, receive)
+            rows, request_id = parse_v2(body, serving.names, self.settings.max_batch_size)
+            probs = await self._run(serving, rows)
+        finally:
+            serving.leave()
+        return 200, responses.infer_v2(serving.model, probs, request_id), JSON
+
+    async def _metadata_v1(self, scope: Scope, receive: Receive, name: str) -> Response:
+        serving = self._begin(scope, name)
+        serving.leave()
+        return 200, serving.metadata_v1, JSON
+
+    async def _metadata_v2(self, scope: Scope, receive: Receive, name: str) -> Response:
+        serving = self._begin(scope, name)
+        serving.leave()
+        return 200, serving.metadata_v2, JSON
+
+    # -- operational endpoints -------------------------------------------------------------------------------
+    async def _health(self, scope: Scope, receive: Receive, name: str) -> Response:
+        return 200, b'{"status":"ok"}', JSON
+
+    async def _ready(self, scope: Scope, receive: Receive, name: str) -> Response:
+        current = self.current
+        if current is None or self.draining:
+            reason = "draining" if self.draining else (self.load_error or "loading")
+            return (
+                503,
+                orjson.dumps(
+                    {
+                        "ready": False,
+                        "reason": reason,
+                        "failed": self.load_error is not None and current is None,
+                    }
+                ),
+                JSON,
+            )
+        model = current.model
+        return (
+            200,
+            orjson.dumps(
+                {
+                    "ready": True,
+                    "model_name": model.name,
+                    "model_version": model.version,
+                    "sha256": model.sha256,
+                }
+            ),
+            JSON,
+        )
+
+    async def _metrics(self, scope: Scope, receive: Receive, name: str) -> Response:
+        return 200, self.metrics.render(), [(b"content-type", CONTENT_TYPE.encode())]
+
+    async def _openapi(self, scope: Scope, receive: Receive, name: str) -> Response:
+        model = self.current.model if self.current else None
+        return 200, orjson.dumps(build_openapi(model, self.settings)), JSON
+
+    # -- hot swap --------------------------------------------------------------------------------------------
+    async def _admin_reload(self, scope: Scope, receive: Receive, name: str) -> Response:
+        if self._admin_token is None:
+            raise ClientError(
+                404,
+                "admin_disabled",
+                "admin endpoints are off; set MLRELEASE_ENABLE_ADMIN=true and MLRELEASE_ADMIN_TOKEN",
+            )
+        if not secret_matches(presented_secret(scope["headers"], False), self._admin_token):
+            raise ClientError(
+                401,
+                "unauthorized",
+                "admin endpoints need 'Authorization: Bearer ADMIN_TOKEN'",
+                headers=[(b"www-authenticate", b"Bearer")],
+            )
+        body = await self._read_body(scope, receive)
+        source = reload_source(loads_json(body) if body.strip() else {})
+        return 200, orjson.dumps(await self.reload(source)), JSON
+
+    def _load(self, source: ModelSource) -> LoadedModel:
+        """Resolve, verify, load and warm a model (runs in a thread, off the event loop)."""
+        if self._cache_dir is None:
+            self._cache_dir = Path(tempfile.mkdtemp(prefix="mlrelease-serving-"))
+        bundle = resolve(source, self._cache_dir)
+        return load_model(
+            bundle.folder,
+            version=bundle.version,
+            expected_sha256=bundle.expected_sha256,
+            max_batch=self.settings.max_batch_size,
+            source=source.describe(),
+        )
+
+    async def reload(self, source: ModelSource | None = None) -> dict[str, Any]:
+        """Load, warm and check another model, then swap it in; on failure the old model keeps serving."""
+        if self._reload_lock.locked():
+            raise ClientError(409, "reload_in_progress", "another reload is running; retry when it finishes")
+        async with self._reload_lock:
+            source = source or self.source
+            previous = self.current
+            try:
+                model = await asyncio.get_running_loop().run_in_executor(None, self._load, source)
+                if previous is not None and model.name != previous.model.name:
+                    raise ModelLoadError(
+                        f"bundle serves model {model.name!r}, this server serves "
+                        f"{previous.model.name!r}; start a new server for another model"
+                    )
+            except Exception as exc:
+                self.metrics.reloads.labels("failed").inc()
+                kept = previous.model.version if previous else "none"
+                log.error("reload from %s failed, still serving version %s: %s", source.describe(), kept, exc)
+                raise ClientError(422, "load_failed", f"{exc} (still serving version {kept})") from exc
+            self._install(model)
+            self.source = source
+            self.metrics.reloads.labels("ok").inc()
+            if previous is not None:
+                self._spawn(previous.retire())
+            return {
+                "model_name": model.name,
+                "model_version": model.version,
+                "sha256": model.sha256,
+                "previous_version": previous.model.version if previous else None,
+            }
+
+    def _install(self, model: LoadedModel) -> None:
+        """Atomic swap: one reference assignment on the event loop thread; new requests see the new model."""
+        self.current = Serving(model, self.settings, self.metrics)
+        gc.collect()
+        gc.freeze()  # the model and modules are long-lived: keep them out of every later collection
+        self.load_error = None
+        self.metrics.set_model(model.name, model.version, model.sha256)
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- lifespan --------------------------------------------------------------------------------------------
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        """Start loading the model in the background (/health at once, /ready once warm); hook SIGHUP."""
+        set_threads(self.settings.torch_threads)
+        self._spawn(self._initial_load())
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    async def _initial_load(self) -> None:
+        try:
+            await self.reload(self.source)
+        except ClientError as exc:
+            self.load_error = exc.message
+            log.error("not ready: %s", exc.message)
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading %s", self.source.describe())
+        self._spawn(self._reload_logged())
+
+    async def _reload_logged(self) -> None:
+        try:
+            result = await self.reload()
+            log.info("reloaded: now serving version %s", result["model_version"])
+        except ClientError as exc:
+            log.error("reload failed: %s", exc.message)
+
+    async def shutdown(self) -> None:
+        """Mark not ready, let in-flight batches finish, stop the worker thread."""
+        self.draining = True
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if self.current is not None:
+            await self.current.retire()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, timeout=self.settings.graceful_timeout_s)
+
+
+class ReloadRequest(BaseModel):
+    """Body of POST /admin/reload (not on the hot path, so a pydantic model is fine here)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: Path | None = None
+    model_uri: str | None = Field(default=None, pattern=r"^models:/[^/@]+(@[\w.-]+|/\d+)$")
+    model_version: str | None = Field(default=None, pattern=r"^[\w.-]{1,64}$")
+
+
+def reload_source(doc: Any) -> ModelSource | None:
+    """Parse the admin reload body: {} (configured source), {"model_dir": ...} or {"model_uri": ...}."""
+    if type(doc) is not dict:
+        raise ClientError(400, "bad_body", 'reload body must be an object: {"model_dir": DIR} or {"model_uri": URI}')
+    try:
+        request = ReloadRequest.model_validate(doc)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ClientError(422, "bad_body", f"bad reload body: {problems}") from exc
+    if request.model_dir is None and request.model_uri is None:
+        if request.model_version is not None:
+            raise ClientError(422, "bad_body", "model_version needs model_dir or model_uri")
+        return None
+    if request.model_dir is not None and request.model_uri is not None:
+        raise ClientError(422, "bad_body", "give either model_dir or model_uri, not both")
+    return ModelSource(model_dir=request.model_dir, model_uri=request.model_uri, version=request.model_version)

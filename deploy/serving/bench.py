@@ -1,0 +1,459 @@
+"""Serving benchmark: this server vs ``mlflow models serve`` vs a bare ASGI ceiling (same model, body, wrk).
+
+Each server runs alone, pinned to CPU 0, with wrk pinned to CPU 1. For each: req/s at saturation (closed loop),
+then p50/p99 at 50% and 80% of its own peak (wrk paced by a Lua scheduler), CPU seconds per request and
+resident memory of the server's process tree. Writes reports/bench_serving.json and a markdown table next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("deploy.serving.bench")
+
+CONNECTIONS = 64
+TARGETS = {
+    "min_speedup_vs_mlflow": 10.0,
+    "min_fraction_of_ceiling": 0.5,
+    "max_p99_ms_at_80": 10.0,
+    "max_rss_mb": 400.0,
+}
+
+LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } mlr_timespec;
+int clock_gettime(int clk_id, mlr_timespec *tp);
+]]
+local ts = ffi.new("mlr_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+wrk.method = "POST"
+wrk.path = "__PATH__"
+wrk.body = "__BODY__"
+wrk.headers["Content-Type"] = "application/json"
+local interval = __INTERVAL__
+local next_slot = nil
+function delay()
+  if interval <= 0 then return 0 end
+  local now = now_ms()
+  if next_slot == nil or next_slot < now then next_slot = now end
+  local wait = next_slot - now
+  next_slot = next_slot + interval
+  return wait
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "errors": %d, '
+    .. '"p50_us": %d, "p99_us": %d, "mean_us": %.1f}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.mean))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A server to measure: how to start it, where to post, and what to post."""
+
+    key: str
+    label: str
+    path: str
+    body: bytes
+    command: Callable[[int], list[str]]
+    env: dict[str, str]
+    ready_path: str
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pinned(cpu: int, command: list[str]) -> list[str]:
+    """Prefix with taskset when there are at least two CPUs (server and load generator apart)."""
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", str(cpu), *command]
+    return command
+
+
+def wrk(url: str, path: str, body: bytes, duration: float, rate: float | None) -> dict[str, float]:
+    """One wrk run (1 thread, CONNECTIONS connections); paced to ``rate`` req/s when given."""
+    script = (
+        LUA.replace("__PATH__", path)
+        .replace("__BODY__", body.decode().replace('"', '\\"'))
+        .replace("__INTERVAL__", f"{1000.0 / rate:.6f}" if rate else "0")
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    try:
+        proc = subprocess.run(
+            pinned(
+                1,
+                [
+                    "wrk",
+                    "-t1",
+                    f"-c{CONNECTIONS}",
+                    f"-d{duration:g}s",
+                    "--timeout",
+                    "5s",
+                    "-s",
+                    handle.name,
+                    url,
+                ],
+            ),
+            capture_output=True,
+            text=True,
+            timeout=duration + 30,
+            check=False,
+        )
+    finally:
+        os.unlink(handle.name)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no summary (exit {proc.returncode}): {proc.stderr[-500:]}")
+    raw = json.loads(line[len("WRKJSON ") :])
+    seconds = raw["duration_us"] / 1e6
+    return {
+        "requests": raw["requests"],
+        "errors": raw["errors"],
+        "rps": raw["requests"] / seconds,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "mean_ms": raw["mean_us"] / 1000,
+    }
+
+
+def _tree(pid: int) -> list[Any]:
+    import psutil
+
+    parent = psutil.Process(pid)
+    return [parent, *parent.children(recursive=True)]
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for proc in _tree(pid):
+        with contextlib.suppress(Exception):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    total = 0
+    for proc in _tree(pid):
+        with contextlib.suppress(Exception):
+            total += proc.memory_info().rss
+    return total / 2**20
+
+
+@contextlib.contextmanager
+def started(candidate: Candidate, logs: Path) -> Iterator[tuple[str, int]]:
+    """Start the candidate pinned to CPU 0, wait until it answers the payload; always stop it."""
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = logs / f"{candidate.key}.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            pinned(0, candidate.command(port)),
+            env=candidate.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{candidate.label} did not start:\n{tail}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + candidate.ready_path, timeout=2).status_code == 200:
+                    break
+            time.sleep(0.25)
+        answer = httpx.post(
+            url + candidate.path,
+            content=candidate.body,
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
+        if answer.status_code != 200:
+            raise RuntimeError(f"{candidate.label} answered {answer.status_code}: {answer.text[:300]}")
+        yield url, proc.pid
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def saturate(candidate: Candidate, url: str, pid: int, duration: float) -> dict[str, Any]:
+    """One closed-loop run at saturation, with the server's CPU seconds per request."""
+    cpu_before = cpu_seconds(pid)
+    peak = wrk(url, candidate.path, candidate.body, duration, None)
+    cpu = cpu_seconds(pid) - cpu_before
+    return {
+        "peak_rps": peak["rps"],
+        "peak_p99_ms": peak["p99_ms"],
+        "errors": peak["errors"],
+        "cpu_ms_per_request": 1000 * cpu / max(peak["requests"], 1),
+    }
+
+
+def latency_points(candidate: Candidate, url: str, peak_rps: float, duration: float) -> dict[str, Any]:
+    """p50/p99 at 50% and 80% of the server's own peak, wrk paced to a fixed rate."""
+    points: dict[str, Any] = {}
+    for share in (0.5, 0.8):
+        paced = wrk(url, candidate.path, candidate.body, duration, share * peak_rps)
+        points[f"at_{int(share * 100)}"] = {"target_rps": share * peak_rps, **paced}
+    return points
+
+
+def measure_all(found: list[Candidate], duration: float, logs: Path, rounds: int) -> dict[str, dict[str, Any]]:
+    """All servers up at once (idle ones cost nothing); saturation runs interleaved, best round kept.
+
+    Interleaving spreads bursts of other work on a shared machine over every candidate alike.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    with contextlib.ExitStack() as stack:
+        running = {c.key: stack.enter_context(started(c, logs)) for c in found}
+        for c in found:
+            wrk(running[c.key][0], c.path, c.body, 1, None)  # warm-up
+        for _ in range(rounds):
+            for c in found:
+                url, pid = running[c.key]
+                run = saturate(c, url, pid, duration)
+                if c.key not in results or run["peak_rps"] > results[c.key]["peak_rps"]:
+                    results[c.key] = {"label": c.label, **run}
+        for c in found:
+            url, pid = running[c.key]
+            result = results[c.key]
+            result.update(latency_points(c, url, result["peak_rps"], duration))
+            result["errors"] += result["at_50"]["errors"] + result["at_80"]["errors"]
+            result["rss_mb"] = rss_mb(pid)
+            log.info("%s: %.0f req/s peak, p99 at 80%% %.2f ms", c.label, result["peak_rps"], result["at_80"]["p99_ms"])
+    return results
+
+
+def payload(model_dir: Path) -> tuple[list[float], str]:
+    """One instance: the training mean of every feature (from the card); and the model name."""
+    from mlrelease.modelcard import ModelCard
+
+    card = ModelCard.read(model_dir)
+    return [round(v, 4) for v in card.preprocessing.mean], card.name
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLRELEASE_")}
+    repo = str(Path(__file__).resolve().parents[2])
+    env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"})
+    return env
+
+
+def register_for_mlflow(model_dir: Path, home: Path) -> tuple[str, dict[str, str]]:
+    """Log the same bundle as an MLflow pyfunc (registry.register) in a throwaway registry -> URI, env."""
+    from mlrelease.modelcard import ModelCard
+    from mlrelease.settings import Settings
+    from registry.register import register_bundle
+
+    private: dict[str, Any] = {"home": home, "MLFLOW_TRACKING_URI": None}  # a throwaway sqlite registry
+    settings = Settings(**private)
+    name = ModelCard.read(model_dir).name
+    version, _ = register_bundle(model_dir, name, metrics={}, params={}, tags={"purpose": "bench"}, settings=settings)
+    env = base_env()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # mlflow execs `uvicorn`
+    return f"models:/{name}/{version.version}", {**env, "MLFLOW_TRACKING_URI": settings.tracking_uri}
+
+
+def candidates(model_dir: Path, work: Path, skip_mlflow: bool) -> list[Candidate]:
+    from mlrelease.modelcard import ModelCard
+
+    row, name = payload(model_dir)
+    v1 = json.dumps({"instances": [row]}, separators=(",", ":")).encode()
+    py = sys.executable
+    found = [
+        Candidate(
+            "bare_asgi",
+            "bare ASGI (no model)",
+            f"/v1/models/{name}:predict",
+            v1,
+            lambda p: [py, "-m", "deploy.serving.bare", "--port", str(p)],
+            base_env(),
+            "/",
+        ),
+        Candidate(
+            "mlrelease",
+            "mlrelease server",
+            f"/v1/models/{name}:predict",
+            v1,
+            lambda p: [py, "-m", "deploy.serving", "--model-dir", str(model_dir), "--port", str(p)],
+            base_env(),
+            "/ready",
+        ),
+    ]
+    if not skip_mlflow:
+        uri, env = register_for_mlflow(model_dir, work / "mlflow-home")
+        mlflow_bin = str(Path(py).with_name("mlflow"))
+        names = ModelCard.read(model_dir).feature_names  # the MLflow signature is column-based: named records
+        body = json.dumps({"inputs": [dict(zip(names, row, strict=True))]}, separators=(",", ":")).encode()
+        found.append(
+            Candidate(
+                "mlflow",
+                "mlflow models serve",
+                "/invocations",
+                body,
+                lambda p: [
+                    mlflow_bin,
+                    "models",
+                    "serve",
+                    "-m",
+                    uri,
+                    "--env-manager",
+                    "local",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(p),
+                    "-w",
+                    "1",
+                ],
+                env,
+                "/ping",
+            )
+        )
+    return found
+
+
+def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Ratios and pass/fail against the targets."""
+    ours = results["mlrelease"]
+    ratios: dict[str, float] = {"of_bare_asgi_ceiling": ours["peak_rps"] / results["bare_asgi"]["peak_rps"]}
+    checks = {
+        "fraction_of_ceiling": (ratios["of_bare_asgi_ceiling"], TARGETS["min_fraction_of_ceiling"], ">="),
+        "p99_ms_at_80": (ours["at_80"]["p99_ms"], TARGETS["max_p99_ms_at_80"], "<="),
+        "rss_mb": (ours["rss_mb"], TARGETS["max_rss_mb"], "<="),
+    }
+    if "mlflow" in results:
+        ratios["vs_mlflow"] = ours["peak_rps"] / results["mlflow"]["peak_rps"]
+        ratios["cpu_per_request_vs_mlflow"] = ours["cpu_ms_per_request"] / results["mlflow"]["cpu_ms_per_request"]
+        checks["speedup_vs_mlflow"] = (ratios["vs_mlflow"], TARGETS["min_speedup_vs_mlflow"], ">=")
+    targets = {
+        key: {
+            "value": value,
+            "target": f"{op} {limit:g}",
+            "pass": value >= limit if op == ">=" else value <= limit,
+        }
+        for key, (value, limit, op) in checks.items()
+    }
+    return {"ratios": ratios, "targets": targets}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "| server | peak req/s | p50 / p99 at 50% (ms) | p99 at 80% (ms) | CPU ms/req | RSS MB | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for item in report["servers"].values():
+        a50, a80 = item["at_50"], item["at_80"]
+        lines.append(
+            f"| {item['label']} | {item['peak_rps']:,.0f} | {a50['p50_ms']:.2f} / {a50['p99_ms']:.2f} | "
+            f"{a80['p99_ms']:.2f} (p50 {a80['p50_ms']:.2f}) | {item['cpu_ms_per_request']:.3f} | "
+            f"{item['rss_mb']:.0f} | {item['errors']} |"
+        )
+    lines.append("")
+    for key, value in report["ratios"].items():
+        lines.append(f"- {key}: {value:.2f}")
+    for key, check in report["targets"].items():
+        lines.append(f"- target {key} {check['target']}: {check['value']:.2f} -> {'PASS' if check['pass'] else 'FAIL'}")
+    lines.append(f"\n{report['setup']}\n")
+    return "\n".join(lines)
+
+
+def run(model_dir: Path, out: Path, duration: float, skip_mlflow: bool, rounds: int = 2) -> dict[str, Any]:
+    """Measure every candidate in turn and write the JSON and markdown reports."""
+    import torch
+
+    started_at = time.monotonic()
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        work = Path(tmp)
+        results = measure_all(candidates(model_dir, work, skip_mlflow), duration, work, rounds)
+    report = {
+        "servers": results,
+        **summarize(results),
+        "setup": (
+            f"Same model ({model_dir}), same instance (30 features; rows for the mlrelease and bare servers, "
+            f"named `inputs` records for MLflow, whose signature is column-based), wrk 1 thread x {CONNECTIONS} "
+            f"connections for {duration:g} s per point on CPU 1, servers on CPU 0; saturation runs interleaved, "
+            f"best of {rounds}; latency points paced by a Lua scheduler at 50%/80% of each server's own peak. "
+            f"1-minute load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} (shared machine)."
+        ),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "load_average_1m_before_after": [load_before, os.getloadavg()[0]],
+        },
+        "duration_s": duration,
+        "connections": CONNECTIONS,
+        "elapsed_s": time.monotonic() - started_at,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(prog="bench_serving", description=__doc__)
+    parser.add_argument("--model-dir", type=Path, default=Path("models"))
+    parser.add_argument("--out", type=Path, default=Path("reports/bench_serving.json"))
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk point")
+    parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved saturation runs per server")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        log.error("wrk is not installed (scripts/install_debs.sh installs it)")
+        return 2
+    report = run(args.model_dir.resolve(), args.out, args.duration, args.skip_mlflow, args.rounds)
+    sys.stdout.write(markdown(report) + "\n")
+    failed = [key for key, check in report["targets"].items() if not check["pass"]]
+    if failed:
+        log.warning("targets missed: %s", ", ".join(failed))
+    return 0

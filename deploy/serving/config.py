@@ -1,0 +1,78 @@
+"""Serving settings: the shared runtime Settings plus where the model comes from.
+
+``model_dir``, ``model_uri``, ``model_version`` and ``graceful_timeout_s`` are read as MLRELEASE_* variables
+like
+every other setting; command-line flags of ``python -m deploy.serving`` override them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from mlrelease.settings import Settings
+
+
+class ServingSettings(Settings):
+    """Settings of one server process."""
+
+    model_dir: Path | None = None
+    model_uri: str | None = Field(default=None, pattern=r"^models:/[^/@]+(@[\w.-]+|/\d+)$")
+    model_version: str | None = Field(default=None, pattern=r"^[\w.-]{1,64}$")
+    graceful_timeout_s: float = Field(10.0, gt=0, le=300)
+    inline_max_batch_ms: float = Field(
+        0.5, ge=0, description="run batches on the event loop when the largest one warms up faster; 0 = never"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ServingSettings:
+        if self.model_dir is not None and self.model_uri is not None:
+            raise ValueError("set either model_dir or model_uri, not both")
+        return self
+
+    def source(self) -> ModelSource:
+        """The model this server loads at start and on SIGHUP."""
+        if self.model_dir is None and self.model_uri is None:
+            raise ValueError(
+                "no model: pass --model-dir DIR or --model-uri models:/NAME@ALIAS "
+                "(or set MLRELEASE_MODEL_DIR / MLRELEASE_MODEL_URI)"
+            )
+        return ModelSource(model_dir=self.model_dir, model_uri=self.model_uri, version=self.model_version)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A bundle folder (or model.pt in one) or a registry URI, with an optional version label override."""
+
+    model_dir: Path | None = None
+    model_uri: str | None = None
+    version: str | None = None
+
+    def describe(self) -> str:
+        return str(self.model_dir) if self.model_dir is not None else str(self.model_uri)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (cgroup/affinity aware where the OS says)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def check_cpu_budget(settings: Settings) -> None:
+    """One process per server (micro-batching needs it); workers x torch threads within the CPUs."""
+    if settings.workers != 1:
+        raise ValueError(
+            f"MLRELEASE_WORKERS={settings.workers}: this server runs one process (the micro-batcher "
+            "and hot swap live in it); scale out with replicas instead"
+        )
+    cpus = available_cpus()
+    if settings.workers * settings.torch_threads > cpus:
+        raise ValueError(
+            f"workers x torch_threads = {settings.workers * settings.torch_threads} exceeds the "
+            f"{cpus} CPUs available; lower MLRELEASE_TORCH_THREADS"
+        )

@@ -1,0 +1,174 @@
+"""Load one model bundle: verify its sha256, ``torch.jit.load`` it, warm it up and check what it returns.
+
+A ``LoadedModel`` is immutable once built; the server swaps whole instances, so a request that started on one
+model finishes on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlrelease.modelcard import (
+    CARD_FILE,
+    REFERENCE_FILE,
+    IntegrityError,
+    ModelCard,
+    ReferenceStats,
+    verify_bundle,
+)
+
+log = logging.getLogger(__name__)
+
+WARMUP_ROUNDS = 5
+PROBABILITY_TOLERANCE = 1e-3
+
+
+class ModelLoadError(RuntimeError):
+    """The bundle cannot be served: missing files, bad checksum, or a module breaking its card's promise."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified, warmed TorchScript module with the facts the API needs about it."""
+
+    card: ModelCard
+    version: str
+    source: str
+    module: Any
+    reference: ReferenceStats | None
+    feature_index: dict[str, int] = field(default_factory=dict)
+    batch_ms: float = float("nan")  # median warm-up time of the largest batch
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def sha256(self) -> str:
+        return self.card.sha256
+
+    @property
+    def n_features(self) -> int:
+        return self.card.n_features
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities for a float32 [N, F] batch (called from the batcher's single worker thread)."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(batch))
+        return np.asarray(out.numpy(), dtype=np.float32)
+
+
+def set_threads(count: int) -> None:
+    """Intra-op threads for the calling thread, and no TorchScript re-profiling per new batch size.
+
+    The profiling executor recompiles a graph for each new input shape it meets; with micro-batching every batch
+    size is new, so the server runs TorchScript graphs as they were exported (no re-specialisation).
+    """
+    import torch
+
+    torch.set_num_threads(count)
+    torch._C._set_graph_executor_optimize(False)
+
+
+def bundle_folder(path: Path) -> Path:
+    """Accept a bundle folder or the model.pt inside it; the card must sit next to the artifact."""
+    folder = path.parent if path.is_file() else path
+    if not folder.is_dir():
+        raise ModelLoadError(f"{path}: not a folder or file; pass a model bundle folder (model.pt + {CARD_FILE})")
+    if not (folder / CARD_FILE).is_file():
+        raise ModelLoadError(f"{folder}: no {CARD_FILE}; a bare TorchScript file cannot be verified, export a bundle")
+    return folder
+
+
+def _read_reference(folder: Path) -> ReferenceStats | None:
+    path = folder / REFERENCE_FILE
+    if not path.is_file():
+        log.warning("%s: no %s, drift scores are off for this model", folder, REFERENCE_FILE)
+        return None
+    return ReferenceStats.model_validate_json(path.read_text())
+
+
+def _check_output(card: ModelCard, out: np.ndarray, rows: int) -> None:
+    """Refuse a module whose output is not [rows, classes] finite probabilities."""
+    expected = (rows, len(card.classes))
+    if out.shape != expected:
+        raise ModelLoadError(f"model returned shape {list(out.shape)}, card promises {list(expected)}")
+    if not np.isfinite(out).all():
+        raise ModelLoadError("model returned NaN or Inf on warm-up input")
+    sums = out.sum(axis=1)
+    if not np.allclose(sums, 1.0, atol=PROBABILITY_TOLERANCE):
+        raise ModelLoadError(f"model outputs do not sum to 1 (got {float(sums[0]):.4f}); expected probabilities")
+
+
+def warm_up(model: LoadedModel, max_batch: int) -> float:
+    """Run batch sizes 1, 8 and max_batch on in-range inputs, check every output; return ms per largest batch."""
+    centre = np.asarray(model.card.preprocessing.mean, dtype=np.float32)
+    if centre.shape != (model.n_features,):
+        centre = np.zeros(model.n_features, dtype=np.float32)
+    timings: list[float] = []
+    for rows in sorted({1, min(8, max_batch), max_batch}):
+        batch = np.ascontiguousarray(np.tile(centre, (rows, 1)))
+        timings = []
+        for _ in range(WARMUP_ROUNDS):
+            start = time.perf_counter()
+            out = model.predict(batch)
+            timings.append(1000 * (time.perf_counter() - start))
+            _check_output(model.card, out, rows)
+    return float(np.median(timings))
+
+
+def load_model(
+    path: Path,
+    *,
+    version: str,
+    expected_sha256: str | None = None,
+    max_batch: int = 64,
+    source: str | None = None,
+) -> LoadedModel:
+    """Verify (card and registry sha256), torch.jit.load only, warm up; ModelLoadError on failure."""
+    import torch
+
+    folder = bundle_folder(path)
+    try:
+        card = verify_bundle(folder, expected_sha256)
+    except IntegrityError as exc:
+        raise ModelLoadError(f"refusing to serve: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{folder}: cannot read the model card: {exc}") from exc
+    try:
+        module = torch.jit.load(str(folder / card.artifact), map_location="cpu")
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ModelLoadError(f"{folder / card.artifact}: torch.jit.load failed: {exc}") from exc
+    module.eval()
+    model = LoadedModel(
+        card=card,
+        version=version,
+        source=source or str(folder),
+        module=module,
+        reference=_read_reference(folder),
+        feature_index={n: i for i, n in enumerate(card.feature_names)},
+    )
+    try:
+        model = replace(model, batch_ms=warm_up(model, max_batch))
+    except RuntimeError as exc:
+        if isinstance(exc, ModelLoadError):
+            raise
+        raise ModelLoadError(f"model failed on warm-up input: {exc}") from exc
+    log.info(
+        "loaded %s version %s (sha256 %s) from %s; batch of %d in %.3f ms",
+        card.name,
+        version,
+        card.sha256[:12],
+        folder,
+        max_batch,
+        model.batch_ms,
+    )
+    return model

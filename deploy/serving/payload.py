@@ -1,0 +1,256 @@
+"""Request bodies to float32 matrices, and the error that names what a client got wrong.
+
+The fast path is one ``orjson.loads`` and one ``np.array``; only a body that fails it is walked value by
+value,
+so that the error message can say which instance and which feature was wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+V2_DATATYPES = frozenset(
+    {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+)
+_NON_FINITE_TOKENS = (b"NaN", b"Infinity")
+_BOOL_TOKENS = (b"true", b"false")
+_MAX_NAMED = 5
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class ClientError(Exception):
+    """A client's mistake: answered with ``status`` and a JSON body ``{"error": message, "code": code}``."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = list(headers)
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error": self.message, "code": self.code, "status": self.status})
+
+
+def loads_json(body: bytes) -> Any:
+    """Parse JSON; NaN/Infinity literals and syntax errors become a 400 that says what to fix."""
+    if not body:
+        raise ClientError(400, "empty_body", "request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "infinity" in str(exc) or any(token in body for token in _NON_FINITE_TOKENS):
+            raise ClientError(400, "non_finite", "NaN and Infinity are not allowed; send finite numbers") from exc
+        raise ClientError(400, "malformed_json", f"malformed JSON: {exc}") from exc
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _diagnose_rows(rows: list[Any], names: list[str], where: str) -> None:
+    """Walk the rows and raise a ClientError naming the first bad instance or value."""
+    n = len(names)
+    for i, row in enumerate(rows):
+        if type(row) is not list:
+            raise ClientError(
+                422,
+                "bad_instance",
+                f"{where}[{i}] is a JSON {_json_type(row)}; expected an array of "
+                f"{n} numbers or an object keyed by feature name",
+            )
+        if len(row) != n:
+            raise ClientError(
+                422,
+                "wrong_feature_count",
+                f"{where}[{i}] has {len(row)} values; the model takes {n} "
+                "features (see feature_names at GET /v1/models/{name})",
+            )
+        for j, value in enumerate(row):
+            if type(value) is bool or not isinstance(value, int | float):
+                raise ClientError(
+                    422,
+                    "non_numeric",
+                    f"{where}[{i}][{j}] (feature '{names[j]}') is a JSON "
+                    f"{_json_type(value)} {str(value)[:40]!r}; expected a number",
+                )
+
+
+def _check_finite(matrix: np.ndarray, names: list[str], where: str) -> None:
+    if np.isfinite(matrix).all():
+        return
+    i, j = (int(k) for k in np.argwhere(~np.isfinite(matrix))[0])
+    raise ClientError(
+        422,
+        "non_finite",
+        f"{where}[{i}][{j}] (feature '{names[j]}') is NaN, Inf or outside the float32 range; send finite numbers",
+    )
+
+
+def only_numbers(body: bytes, quotes: int) -> bool:
+    """True when the body's only strings are its ``quotes`` key quotes and it has no true/false/null."""
+    return body.count(b'"') == quotes and b"true" not in body and b"false" not in body and b"null" not in body
+
+
+def to_matrix(
+    rows: list[Any], names: list[str], body: bytes, where: str = "instances", plain: bool = False
+) -> np.ndarray:
+    """A C-contiguous float32 [N, F] matrix from nested lists, or a ClientError naming the first bad value.
+
+    ``plain`` (the body holds nothing but numbers) allows one direct float32 conversion.
+    """
+    if plain:
+        return _plain_matrix(rows, names, where)
+    if any(token in body for token in _BOOL_TOKENS):
+        _diagnose_rows(rows, names, where)
+    try:
+        array = np.array(rows)
+    except (ValueError, TypeError, OverflowError):
+        _diagnose_rows(rows, names, where)
+        array = np.array(rows, dtype=np.float64)
+    if array.dtype.kind not in "fiu" or array.ndim != 2 or array.shape[1] != len(names):
+        _diagnose_rows(rows, names, where)
+        array = np.array(rows, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        matrix = np.ascontiguousarray(array, dtype=np.float32)
+    _check_finite(matrix, names, where)
+    return matrix
+
+
+def _plain_matrix(rows: list[Any], names: list[str], where: str) -> np.ndarray:
+    """Numbers only: float64 (JSON numbers are finite there), a range check, then float32."""
+    try:
+        array = np.array(rows, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError) as exc:
+        _diagnose_rows(rows, names, where)
+        raise ClientError(422, "bad_instance", f"{where} is not a matrix of numbers: {exc}") from exc
+    if array.ndim != 2 or array.shape[1] != len(names):
+        _diagnose_rows(rows, names, where)
+    if array.max() > FLOAT32_MAX or array.min() < -FLOAT32_MAX:
+        with np.errstate(over="ignore", invalid="ignore"):
+            _check_finite(array.astype(np.float32), names, where)
+    return array.astype(np.float32)
+
+
+def _dict_rows(instances: list[Any], names: list[str]) -> list[list[Any]]:
+    """Order feature-keyed objects by the card's feature names; name missing or unknown features."""
+    index = set(names)
+    for i, item in enumerate(instances):
+        if type(item) is not dict:
+            raise ClientError(
+                422,
+                "bad_instance",
+                f"instances[{i}] is a JSON {_json_type(item)} but instances[0] is "
+                "an object; use one form for the whole batch",
+            )
+        if len(item) != len(names) or not index.issuperset(item):
+            missing = [n for n in names if n not in item][:_MAX_NAMED]
+            unknown = [k for k in item if k not in index][:_MAX_NAMED]
+            raise ClientError(
+                422,
+                "wrong_features",
+                f"instances[{i}]: missing features {missing}, unknown "
+                f"features {unknown}; expected exactly the {len(names)} names at GET /v1/models/{{name}}",
+            )
+    return [[item[n] for n in names] for item in instances]
+
+
+def _instances(doc: Any, max_batch: int) -> list[Any]:
+    if type(doc) is not dict:
+        raise ClientError(
+            400,
+            "bad_body",
+            f'body is a JSON {_json_type(doc)}; expected an object {{"instances": [[...], ...]}}',
+        )
+    unknown = sorted(k for k in doc if k not in ("instances", "parameters"))
+    if unknown or "instances" not in doc:
+        raise ClientError(
+            422,
+            "bad_body",
+            f"body needs the key 'instances' (got keys {sorted(doc)[:_MAX_NAMED]}); "
+            'send {"instances": [[...], ...]}',
+        )
+    if type(doc.get("parameters", {})) is not dict:
+        raise ClientError(422, "bad_body", "'parameters' must be an object")
+    instances = doc["instances"]
+    if type(instances) is not list:
+        raise ClientError(422, "bad_body", f"'instances' is a JSON {_json_type(instances)}; expected an array")
+    if not instances:
+        raise ClientError(422, "empty_instances", "'instances' is empty; send at least one instance")
+    if len(instances) > max_batch:
+        raise ClientError(
+            422,
+            "batch_too_large",
+            f"{len(instances)} instances exceed the limit of {max_batch} per request; split the batch",
+        )
+    return instances
+
+
+def parse_v1(body: bytes, names: list[str], max_batch: int) -> np.ndarray:
+    """KServe V1 / TF Serving body: rows as arrays or as objects keyed by feature name."""
+    instances = _instances(loads_json(body), max_batch)
+    if type(instances[0]) is dict:
+        return to_matrix(_dict_rows(instances, names), names, body)
+    return to_matrix(instances, names, body, plain=only_numbers(body, quotes=2))
+
+
+def _v2_tensor(doc: Any) -> dict[str, Any]:
+    if type(doc) is not dict or type(doc.get("inputs")) is not list:
+        raise ClientError(
+            422,
+            "bad_body",
+            'body needs "inputs": [{"name", "shape", "datatype", "data"}] (Open Inference Protocol)',
+        )
+    inputs = doc["inputs"]
+    if len(inputs) != 1 or type(inputs[0]) is not dict:
+        raise ClientError(422, "bad_inputs", f"expected exactly one input tensor object, got {len(inputs)}")
+    tensor: dict[str, Any] = inputs[0]
+    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+    if missing:
+        raise ClientError(422, "bad_inputs", f"input tensor is missing {missing}")
+    if type(tensor["datatype"]) is not str or tensor["datatype"] not in V2_DATATYPES:
+        raise ClientError(422, "bad_datatype", f"datatype {str(tensor['datatype'])[:20]!r} is not numeric; use FP32")
+    return tensor
+
+
+def _v2_shape(shape: Any, n_features: int, max_batch: int) -> tuple[int, int]:
+    if type(shape) is not list or not all(type(d) is int for d in shape) or len(shape) not in (1, 2):
+        raise ClientError(422, "bad_shape", f"shape must be [rows, {n_features}] (integers), got {str(shape)[:60]}")
+    rows, cols = (1, shape[0]) if len(shape) == 1 else (shape[0], shape[1])
+    if cols != n_features:
+        raise ClientError(
+            422, "wrong_feature_count", f"shape {shape} has {cols} features; the model takes {n_features}"
+        )
+    if rows < 1:
+        raise ClientError(422, "empty_instances", f"shape {shape} has no rows; send at least one")
+    if rows > max_batch:
+        raise ClientError(422, "batch_too_large", f"{rows} rows exceed the limit of {max_batch} per request")
+    return rows, cols
+
+
+def parse_v2(body: bytes, names: list[str], max_batch: int) -> tuple[np.ndarray, Any]:
+    """Open Inference Protocol body -> (matrix, request id or None)."""
+    doc = loads_json(body)
+    tensor = _v2_tensor(doc)
+    rows, cols = _v2_shape(tensor["shape"], len(names), max_batch)
+    data = tensor["data"]
+    if type(data) is not list:
+        raise ClientError(422, "bad_data", f"data is a JSON {_json_type(data)}; expected an array")
+    flat = (
+        data
+        if not data or type(data[0]) is not list
+        else [v for row in data for v in (row if type(row) is list else [row])]
+    )
+    if len(flat) != rows * cols:
+        raise ClientError(
+            422, "bad_shape", f"data has {len(flat)} values but shape {tensor['shape']} needs {rows * cols}"
+        )
+    grid = [flat[i * cols : (i + 1) * cols] for i in range(rows)]
+    request_id = doc.get("id") if type(doc.get("id")) is str else None
+    return to_matrix(grid, names, body, where="inputs[0].data"), request_id

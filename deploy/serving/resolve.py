@@ -1,0 +1,56 @@
+"""Turn a ModelSource into a verified local bundle folder, a version label and the registry's sha256.
+
+Registry URIs go through registry.register (and so MLflow), imported only here and only when asked: the
+serving
+image has no MLflow and serves bundle folders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.serving.config import ModelSource
+from deploy.serving.model import ModelLoadError
+
+LOCAL_VERSION = "local"
+
+
+@dataclass(frozen=True)
+class ResolvedBundle:
+    folder: Path
+    version: str
+    expected_sha256: str | None
+
+
+def resolve(source: ModelSource, cache_dir: Path) -> ResolvedBundle:
+    """A local folder as is; a `models:/` URI downloaded and checked against its registry tag."""
+    if source.model_dir is not None:
+        return ResolvedBundle(Path(source.model_dir), source.version or LOCAL_VERSION, None)
+    if source.model_uri is None:
+        raise ModelLoadError("no model source given")
+    return _from_registry(source.model_uri, source.version, cache_dir)
+
+
+def _from_registry(uri: str, version_label: str | None, cache_dir: Path) -> ResolvedBundle:
+    try:
+        from mlflow.exceptions import MlflowException
+
+        from registry.register import SHA_TAG, download_bundle, resolve_version
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"{uri}: resolving registry URIs needs mlflow ({exc}); in the serving image pass "
+            "--model-dir with the bundle baked into the image"
+        ) from exc
+    from mlrelease.modelcard import IntegrityError
+
+    name = uri[len("models:/") :].split("@", 1)[0].split("/", 1)[0]
+    try:
+        version = resolve_version(name, uri)
+        dest = cache_dir / f"{version.name}-v{version.version}"
+        folder = download_bundle(f"models:/{version.name}/{version.version}", version.name, dest)
+    except IntegrityError as exc:
+        raise ModelLoadError(f"refusing to serve {uri}: {exc}") from exc
+    except MlflowException as exc:
+        raise ModelLoadError(f"{uri}: registry lookup failed: {exc.message}") from exc
+    return ResolvedBundle(folder, version_label or str(version.version), version.tags.get(SHA_TAG))

@@ -1,0 +1,83 @@
+"""Response bodies, built with orjson from numpy results (no per-request pydantic models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from deploy.serving.model import LoadedModel
+
+
+def predict_v1(model: LoadedModel, probs: np.ndarray) -> bytes:
+    """KServe V1 / TF Serving style: one {class, probabilities} per instance, plus who answered."""
+    classes = model.card.classes
+    rows = probs.tolist()
+    predictions = [{"class": classes[row.index(max(row))], "probabilities": row} for row in rows]
+    return orjson.dumps({"predictions": predictions, "model_name": model.name, "model_version": model.version})
+
+
+def infer_v2(model: LoadedModel, probs: np.ndarray, request_id: str | None) -> bytes:
+    """Open Inference Protocol response: a probabilities tensor and a class-label tensor."""
+    classes = model.card.classes
+    labels = [classes[k] for k in probs.argmax(axis=1).tolist()]
+    body: dict[str, Any] = {
+        "model_name": model.name,
+        "model_version": model.version,
+        "outputs": [
+            {
+                "name": "probabilities",
+                "shape": list(probs.shape),
+                "datatype": "FP32",
+                "data": probs.reshape(-1).tolist(),
+            },
+            {"name": "class", "shape": [len(labels)], "datatype": "BYTES", "data": labels},
+        ],
+    }
+    if request_id is not None:
+        body["id"] = request_id
+    return orjson.dumps(body)
+
+
+def metadata_v1(model: LoadedModel) -> bytes:
+    """GET /v1/models/NAME: version, checksum and the signature a client needs to build a request."""
+    card = model.card
+    return orjson.dumps(
+        {
+            "name": model.name,
+            "version": model.version,
+            "sha256": model.sha256,
+            "source": model.source,
+            "signature": {
+                "inputs": {
+                    "feature_names": card.feature_names,
+                    "dtype": card.input_dtype,
+                    "shape": [-1, card.n_features],
+                },
+                "outputs": {
+                    "classes": card.classes,
+                    "probabilities": {"dtype": "float32", "shape": [-1, len(card.classes)]},
+                },
+            },
+            "torch_version": card.torch_version,
+            "metrics": card.metrics,
+        }
+    )
+
+
+def metadata_v2(model: LoadedModel) -> bytes:
+    """GET /v2/models/NAME in Open Inference Protocol form."""
+    card = model.card
+    return orjson.dumps(
+        {
+            "name": model.name,
+            "versions": [model.version],
+            "platform": "pytorch_torchscript",
+            "inputs": [{"name": "input-0", "datatype": "FP32", "shape": [-1, card.n_features]}],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(card.classes)]},
+                {"name": "class", "datatype": "BYTES", "shape": [-1]},
+            ],
+        }
+    )

@@ -1,0 +1,81 @@
+"""CLI: ``mlrelease serve``, ``mlrelease loadtest`` and ``mlrelease bench-serving``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _serve(
+    model_dir: Path | None = typer.Option(None, help="Bundle folder (model.pt + model_card.json)"),
+    model_uri: str | None = typer.Option(None, help="Registry model: models:/NAME@ALIAS or models:/NAME/V"),
+    model_version: str | None = typer.Option(None, help="Version label to report"),
+    host: str | None = typer.Option(None, help="Bind address (default MLRELEASE_HOST)"),
+    port: int | None = typer.Option(None, help="Port (default MLRELEASE_PORT)"),
+) -> None:
+    """Serve one model (other settings from MLRELEASE_* variables)."""
+    from deploy.serving.__main__ import main
+
+    argv: list[str] = []
+    for flag, value in (
+        ("--model-dir", model_dir),
+        ("--model-uri", model_uri),
+        ("--model-version", model_version),
+        ("--host", host),
+        ("--port", port),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    raise typer.Exit(main(argv))
+
+
+def _loadtest(
+    url: str = typer.Option(..., help="Server base URL, e.g. http://127.0.0.1:8080"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml"),
+    test_csv: Path = typer.Option(Path("data/prepared/test.csv"), help="Test split (payload rows)"),
+    out: Path = typer.Option(Path("reports/loadtest.json"), help="JSON report"),
+    html: Path = typer.Option(Path("reports/loadtest.html"), help="Locust HTML report"),
+) -> None:
+    """Headless Locust against URL with the SLO gates of params.yaml; exits 1 naming each breached SLO."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest
+    from mlrelease.params import load_params, section
+
+    params = load_params(params_file)
+    console = Console()
+    try:
+        report = run_loadtest(
+            url, section(params, "loadtest", LoadtestParams), test_csv, params.data.target, out, html
+        )
+    except LoadtestError as exc:
+        console.print(f"[red]loadtest could not run:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    table = Table("metric", "value", title=f"loadtest {url}")
+    for key, value in report["stats"].items():
+        table.add_row(key, f"{value:.4g}")
+    console.print(table)
+    for breach in report["breaches"]:
+        console.print(f"[red]SLO breached:[/red] {breach}")
+    raise typer.Exit(1 if report["breaches"] else 0)
+
+
+def _bench(
+    model_dir: Path = typer.Option(Path("models"), help="Bundle folder to benchmark"),
+    out: Path = typer.Option(Path("reports/bench_serving.json"), help="JSON report (+ .md next to it)"),
+    skip_mlflow: bool = typer.Option(False, help="Leave out the mlflow models serve comparison"),
+) -> None:
+    """Benchmark this server against `mlflow models serve` and a bare ASGI ceiling (wrk, same payload)."""
+    from deploy.serving.bench import main
+
+    argv = ["--model-dir", str(model_dir), "--out", str(out)] + (["--skip-mlflow"] if skip_mlflow else [])
+    raise typer.Exit(main(argv))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the serving commands to the mlrelease CLI."""
+    app.command("serve")(_serve)
+    app.command("loadtest")(_loadtest)
+    app.command("bench-serving")(_bench)

@@ -1,0 +1,232 @@
+"""The model server over real HTTP on loopback: predictions, metadata, bad input, metrics, security."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.serving_helpers import (
+    ADMIN_TOKEN,
+    API_KEY,
+    MODEL_NAME,
+    REPO,
+    Server,
+    breast_cancer,
+    free_port,
+    run_server,
+    server_env,
+    shared_bundle,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("serving")]
+PREDICT = f"/v1/models/{MODEL_NAME}:predict"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_bundle(tmp_path_factory, seed=0)
+
+
+@pytest.fixture(scope="module")
+def server(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(
+        bundle,
+        tmp_path_factory.mktemp("logs"),
+        max_body_bytes="8192",
+        max_batch_size="64",
+        args=("--model-version", "7"),
+    ) as running:
+        yield running
+
+
+def post(server: Server, path: str, body: bytes | str, content_type: str = "application/json") -> httpx.Response:
+    data = body.encode() if isinstance(body, str) else body
+    return httpx.post(server.url + path, content=data, headers={"Content-Type": content_type}, timeout=10)
+
+
+def test_predict_rows_and_named_features_match_the_module(server: Server, bundle: Path) -> None:
+    import torch
+
+    x, _, names = breast_cancer()
+    rows = x[:3]
+    response = httpx.post(server.url + PREDICT, json={"instances": rows.tolist()}, timeout=10)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_name"] == MODEL_NAME and body["model_version"] == "7"
+    expected = torch.jit.load(str(bundle / "model.pt"))(torch.from_numpy(rows)).detach().numpy()
+    got = np.array([p["probabilities"] for p in body["predictions"]])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert [p["class"] for p in body["predictions"]] == [["malignant", "benign"][k] for k in expected.argmax(1)]
+    keyed = [{n: float(v) for n, v in zip(names, row, strict=True)} for row in rows]
+    again = httpx.post(server.url + PREDICT, json={"instances": keyed}, timeout=10).json()
+    assert again["predictions"] == body["predictions"]
+
+
+def test_v2_infer_and_metadata(server: Server) -> None:
+    x, _, names = breast_cancer()
+    doc = {
+        "id": "abc",
+        "inputs": [{"name": "input-0", "shape": [2, 30], "datatype": "FP32", "data": x[:2].reshape(-1).tolist()}],
+    }
+    response = httpx.post(f"{server.url}/v2/models/{MODEL_NAME}/infer", json=doc, timeout=10)
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert out["id"] == "abc" and out["outputs"][0]["shape"] == [2, 2] and len(out["outputs"][1]["data"]) == 2
+    meta = httpx.get(f"{server.url}/v1/models/{MODEL_NAME}").json()
+    assert meta["signature"]["inputs"]["feature_names"] == names and meta["version"] == "7"
+    assert len(meta["sha256"]) == 64
+    assert httpx.get(f"{server.url}/v2/models/{MODEL_NAME}").json()["inputs"][0]["shape"] == [-1, 30]
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    ready = httpx.get(f"{server.url}/ready").json()
+    assert ready["ready"] is True and ready["sha256"] == meta["sha256"]
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/v1/models/{name}:predict" in schema["paths"] and schema["openapi"].startswith("3.")
+
+
+ROW = "[" + ",".join(["1.0"] * 30) + "]"
+BAD = [
+    ("malformed JSON", b'{"instances": [', "application/json", 400, "malformed_json"),
+    ("wrong content type", '{"instances": [' + ROW + "]}", "text/plain", 415, "unsupported_media_type"),
+    ("no content type", '{"instances": [' + ROW + "]}", "", 415, "unsupported_media_type"),
+    ("wrong feature count", '{"instances": [[1, 2, 3]]}', "application/json", 422, "wrong_feature_count"),
+    ("wrong feature names", '{"instances": [{"radius": 1}]}', "application/json", 422, "wrong_features"),
+    (
+        "non-numeric",
+        '{"instances": [' + ROW.replace("1.0", '"a"', 1) + "]}",
+        "application/json",
+        422,
+        "non_numeric",
+    ),
+    ("NaN", '{"instances": [' + ROW.replace("1.0", "NaN", 1) + "]}", "application/json", 400, "non_finite"),
+    (
+        "Inf as 1e999",
+        '{"instances": [' + ROW.replace("1.0", "1e999", 1) + "]}",
+        "application/json",
+        400,
+        "non_finite",
+    ),
+    (
+        "float32 overflow",
+        '{"instances": [' + ROW.replace("1.0", "1e39", 1) + "]}",
+        "application/json",
+        422,
+        "non_finite",
+    ),
+    ("empty instances", '{"instances": []}', "application/json", 422, "empty_instances"),
+    (
+        "batch over the limit",
+        '{"instances": [' + ",".join(["[1]"] * 65) + "]}",
+        "application/json",
+        422,
+        "batch_too_large",
+    ),
+    (
+        "body over the size limit",
+        '{"instances": [' + ",".join([ROW] * 80) + "]}",
+        "application/json",
+        413,
+        "body_too_large",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "ctype", "status", "code"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_a_named_4xx_and_the_server_stays_ready(
+    server: Server, case: str, body: bytes | str, ctype: str, status: int, code: str
+) -> None:
+    headers = {"Content-Type": ctype} if ctype else {}
+    data = body.encode() if isinstance(body, str) else body
+    response = httpx.post(server.url + PREDICT, content=data, headers=headers, timeout=10)
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["code"] == code and error["status"] == status and error["error"]
+    assert httpx.get(f"{server.url}/ready").status_code == 200
+
+
+def test_routing_errors(server: Server) -> None:
+    assert post(server, "/v1/models/other:predict", '{"instances": [' + ROW + "]}").status_code == 404
+    wrong_method = httpx.get(server.url + PREDICT)
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert httpx.get(f"{server.url}/nope").json()["code"] == "not_found"
+    assert post(server, "/admin/reload", "{}").json()["code"] == "admin_disabled"
+
+
+def test_metrics_cover_requests_batches_classes_model_and_drift(server: Server) -> None:
+    x, _, _ = breast_cancer()
+    assert httpx.post(server.url + PREDICT, json={"instances": x[:8].tolist()}).status_code == 200
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'mlrelease_requests_total{route="/v1/models/{name}:predict",status="200"}' in text
+    assert 'mlrelease_request_duration_seconds_bucket{le="0.01",route="/v1/models/{name}:predict"}' in text
+    assert "mlrelease_batch_size_bucket" in text
+    assert re.search(r'mlrelease_predictions_total{class="(malignant|benign)",model_version="7"} [1-8]', text)
+    assert f'mlrelease_model_info{{name="{MODEL_NAME}",sha256=' in text
+    assert 'mlrelease_feature_drift_psi{feature="mean radius"}' in text
+    assert 'status="500"' not in text
+
+
+def test_api_key_and_rate_limit(bundle: Path, tmp_path: Path) -> None:
+    with run_server(bundle, tmp_path, api_key=API_KEY, rate_limit_per_second="0.01", rate_limit_burst="3") as srv:
+        body = '{"instances": [' + ROW + "]}"
+        assert post(srv, PREDICT, body).status_code == 401
+        auth = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+        assert httpx.post(srv.url + PREDICT, content=body, headers=auth).status_code == 200
+        wrong = {**auth, "Authorization": "Bearer " + "x" * len(API_KEY)}
+        assert httpx.post(srv.url + PREDICT, content=body, headers=wrong).status_code == 401
+        statuses = [
+            httpx.post(
+                srv.url + PREDICT,
+                content=body,
+                headers={"Content-Type": "application/json", "X-API-Key": API_KEY},
+            ).status_code
+            for _ in range(3)
+        ]
+        assert statuses == [200, 200, 429]
+        limited = httpx.post(srv.url + PREDICT, content=body, headers=auth)
+        assert limited.json()["code"] == "rate_limited" and int(limited.headers["retry-after"]) >= 1
+        assert httpx.get(f"{srv.url}/ready").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"enable_admin": "true"}, "ADMIN_TOKEN"),
+        ({"enable_admin": "true", "admin_token": "changeme"}, "placeholder"),
+        ({"torch_threads": "64"}, "exceeds"),
+    ],
+)
+def test_unsafe_configuration_refuses_to_start(bundle: Path, settings: dict[str, str], fragment: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy.serving", "--model-dir", str(bundle), "--port", str(free_port())],
+        cwd=REPO,
+        env=server_env(**settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "refusing to start" in proc.stderr and fragment in proc.stderr
+
+
+def test_checksum_mismatch_never_becomes_ready(bundle: Path, tmp_path: Path) -> None:
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle, tampered)
+    card = json.loads((tampered / "model_card.json").read_text())
+    card["sha256"] = "0" * 64
+    (tampered / "model_card.json").write_text(json.dumps(card))
+    with run_server(tampered, tmp_path, wait=False, admin_token=ADMIN_TOKEN) as srv:
+        from tests.serving_helpers import wait_ready
+
+        with pytest.raises(TimeoutError, match="sha256"):
+            wait_ready(srv.url, srv.process, timeout=15)
+        ready = httpx.get(f"{srv.url}/ready").json()
+        assert ready["failed"] is True and "does not match model card" in ready["reason"]
+        assert post(srv, PREDICT, '{"instances": [' + ROW + "]}").status_code == 503

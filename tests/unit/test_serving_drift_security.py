@@ -1,0 +1,50 @@
+"""Drift scores, rate limiting and secret comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deploy.serving.drift import DriftMonitor, psi
+from deploy.serving.security import RateLimiter, presented_secret, secret_matches
+from mlrelease.modelcard import FeatureReference, ReferenceStats
+
+
+def reference() -> ReferenceStats:
+    feature = FeatureReference(edges=[0, 1, 2, 3, 4], fractions=[0.25] * 4, mean=2, std=1, min=0, max=4)
+    return ReferenceStats(n_rows=100, features={"x": feature, "y": feature})
+
+
+def test_psi_is_zero_for_the_reference_and_large_for_a_shift() -> None:
+    monitor = DriftMonitor(reference(), ["x", "y"], window=400)
+    same = np.repeat(np.array([[0.5, 0.5], [1.5, 1.5], [2.5, 2.5], [3.5, 3.5]], np.float32), 100, axis=0)
+    monitor.observe(same)
+    assert max(monitor.scores().values()) < 1e-9
+    monitor.observe(np.column_stack([np.full(400, 3.9), np.linspace(0, 4, 400)]).astype(np.float32))
+    scores = monitor.scores()
+    assert scores["x"] > 1.0 and scores["y"] < 0.1
+    assert monitor.count == 400
+
+
+def test_ring_buffer_keeps_the_latest_rows() -> None:
+    monitor = DriftMonitor(reference(), ["x", "y"], window=10)
+    for value in range(25):
+        monitor.observe(np.full((1, 2), value, np.float32))
+    assert sorted(monitor._buffer[:, 0].tolist()) == list(range(15, 25))
+    assert psi(np.array([0.5, 0.5]), np.array([0.5, 0.5])) == 0.0
+
+
+def test_rate_limiter_allows_the_burst_then_refuses_then_refills() -> None:
+    limiter = RateLimiter(rate=2.0, burst=3)
+    assert [limiter.retry_after("a", now=100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = limiter.retry_after("a", now=100.0)
+    assert 0.4 < wait <= 0.5
+    assert limiter.retry_after("b", now=100.0) == 0.0
+    assert limiter.retry_after("a", now=100.6) == 0.0
+
+
+def test_secrets_are_read_from_bearer_or_api_key_header() -> None:
+    headers = [(b"x-api-key", b"k1"), (b"authorization", b"Bearer k2")]
+    assert presented_secret(headers, allow_api_key_header=True) == b"k1"
+    assert presented_secret(headers[::-1], allow_api_key_header=True) == b"k1"
+    assert presented_secret(headers, allow_api_key_header=False) == b"k2"
+    assert secret_matches(b"k2", b"k2") and not secret_matches(b"k3", b"k2") and not secret_matches(None, b"k2")

@@ -1,0 +1,102 @@
+"""Request parsing: every client mistake becomes a ClientError naming it; good bodies become matrices."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from deploy.serving.payload import ClientError, parse_v1, parse_v2
+
+NAMES = ["a", "b", "c"]
+
+
+def v1(doc: object) -> np.ndarray:
+    return parse_v1(json.dumps(doc).encode(), NAMES, max_batch=4)
+
+
+def test_rows_and_objects_give_the_same_matrix() -> None:
+    rows = v1({"instances": [[1, 2.5, 3], [4, 5, 6]]})
+    keyed = v1({"instances": [{"c": 3, "a": 1, "b": 2.5}, {"b": 5, "a": 4, "c": 6}]})
+    assert rows.dtype == np.float32 and rows.shape == (2, 3) and rows.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(rows, keyed)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "fragment"),
+    [
+        (b"{not json", 400, "malformed_json", "malformed JSON"),
+        (b'{"instances": [[NaN, 1, 2]]}', 400, "non_finite", "NaN"),
+        (b"", 400, "empty_body", "empty"),
+        (b"[1, 2]", 400, "bad_body", "array"),
+        (b'{"inputs": [[1, 2, 3]]}', 422, "bad_body", "instances"),
+        (b'{"instances": {"a": 1}}', 422, "bad_body", "object"),
+        (b'{"instances": []}', 422, "empty_instances", "empty"),
+        (
+            b'{"instances": [[1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2, 3]]}',
+            422,
+            "batch_too_large",
+            "limit of 4",
+        ),
+        (b'{"instances": [[1, 2]]}', 422, "wrong_feature_count", "has 2 values"),
+        (b'{"instances": [[1, 2, 3], [1, 2]]}', 422, "wrong_feature_count", "instances[1]"),
+        (b'{"instances": [[1, "x", 3]]}', 422, "non_numeric", "feature 'b'"),
+        (b'{"instances": [[1, "2", 3]]}', 422, "non_numeric", "string"),
+        (b'{"instances": [[1, true, 3]]}', 422, "non_numeric", "boolean"),
+        (b'{"instances": [[1, null, 3]]}', 422, "non_numeric", "null"),
+        (b'{"instances": [[1, 1e39, 3]]}', 422, "non_finite", "float32"),
+        (b'{"instances": [[1, [2], 3]]}', 422, "non_numeric", "array"),
+        (b'{"instances": [5]}', 422, "bad_instance", "instances[0]"),
+        (b'{"instances": [[1, 2, 3]], "parameters": [1]}', 422, "bad_body", "parameters"),
+        (b'{"instances": [{"a": 1, "b": 2}]}', 422, "wrong_features", "missing features ['c']"),
+        (
+            b'{"instances": [{"a": 1, "b": 2, "c": 3, "d": 4}]}',
+            422,
+            "wrong_features",
+            "unknown features ['d']",
+        ),
+        (b'{"instances": [{"a": 1, "b": 2, "c": 3}, [1, 2, 3]]}', 422, "bad_instance", "one form"),
+        (b'{"instances": [{"a": 1, "b": "no", "c": 3}]}', 422, "non_numeric", "feature 'b'"),
+    ],
+)
+def test_bad_v1_bodies_are_named(body: bytes, status: int, code: str, fragment: str) -> None:
+    with pytest.raises(ClientError) as info:
+        parse_v1(body, NAMES, max_batch=4)
+    assert (info.value.status, info.value.code) == (status, code)
+    assert fragment in info.value.message
+    assert json.loads(info.value.body())["code"] == code
+
+
+def test_v2_flat_and_nested_data() -> None:
+    doc = {
+        "id": "r1",
+        "inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}],
+    }
+    flat, request_id = parse_v2(json.dumps(doc).encode(), NAMES, 4)
+    doc["inputs"][0]["data"] = [[1, 2, 3], [4, 5, 6]]
+    nested, _ = parse_v2(json.dumps(doc).encode(), NAMES, 4)
+    assert request_id == "r1"
+    np.testing.assert_array_equal(flat, nested)
+    assert flat.shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "code"),
+    [
+        ({"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}, "wrong_feature_count"),
+        ({"name": "x", "shape": [1, 3], "datatype": "BYTES", "data": ["a", "b", "c"]}, "bad_datatype"),
+        ({"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3]}, "bad_shape"),
+        ({"name": "x", "shape": [0, 3], "datatype": "FP32", "data": []}, "empty_instances"),
+        ({"name": "x", "shape": [9, 3], "datatype": "FP32", "data": [1] * 27}, "batch_too_large"),
+        ({"name": "x", "shape": "1x3", "datatype": "FP32", "data": [1, 2, 3]}, "bad_shape"),
+        ({"name": "x", "shape": [1, 3], "datatype": {}, "data": [1, 2, 3]}, "bad_datatype"),
+        ({"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, "b", 3]}, "non_numeric"),
+        ({"shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}, "bad_inputs"),
+    ],
+)
+def test_bad_v2_bodies_are_named(tensor: dict[str, object], code: str) -> None:
+    with pytest.raises(ClientError) as info:
+        parse_v2(json.dumps({"inputs": [tensor]}).encode(), NAMES, 4)
+    assert info.value.code == code
+    assert 400 <= info.value.status < 500
