@@ -32,7 +32,8 @@ def read_split(path: Path, contract: DataContract) -> Split:
     if y.isna().any():
         unknown = sorted(set(df[contract.target.name].astype(str)) - set(index))
         raise ValueError(f"{path}: labels {unknown} are not in the schema's target.labels")
-    return Split(x=df[contract.feature_names].to_numpy(dtype=np.float32, copy=True), y=y.to_numpy(dtype=np.int64, copy=True))
+    x = df[contract.feature_names].to_numpy(dtype=np.float32, copy=True)
+    return Split(x=x, y=y.to_numpy(dtype=np.int64, copy=True))
 
 
 def seed_everything(seed: int) -> None:

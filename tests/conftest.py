@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from tests.workspace import Workspace, make_workspace
+from tests.workspace import Workspace, make_workspace, rebase_registry
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -55,4 +55,5 @@ def registry_workspace(built_workspace: Workspace, tmp_path: Path) -> Iterator[W
     """A private copy of the built workspace (registry, bundle, splits) that a test may change."""
     dest = tmp_path / "ws"
     shutil.copytree(built_workspace.root, dest, symlinks=True)
+    rebase_registry(dest, built_workspace.root)  # new artifacts go into the copy, never the shared workspace
     yield Workspace(dest)

@@ -70,3 +70,21 @@ def make_workspace(dest: Path) -> Workspace:
     ws.run("git", "add", "-A")
     ws.run("git", "commit", "-q", "-m", "workspace")
     return ws
+
+
+def rebase_registry(home: Path, old_root: Path) -> int:
+    """Point a copied sqlite registry at the copy's own artifact folders (a copy keeps the original's absolute
+    paths, so new versions would be written into, and tampering would reach, the original); return rows changed."""
+    import sqlite3
+
+    old, new = str(old_root), str(home)
+    changed = 0
+    with sqlite3.connect(home / "mlruns" / "mlflow.db") as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            columns = [r[1] for r in db.execute(f"PRAGMA table_info('{table}')") if "CHAR" in r[2].upper()
+                       or "TEXT" in r[2].upper()]
+            for column in columns:
+                sql = f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE "{column}" LIKE ?'
+                changed += db.execute(sql, (old, new, f"%{old}%")).rowcount
+    return changed

@@ -1,0 +1,1 @@
+"""Deployment targets: where a model version runs and how traffic reaches it (local processes + nginx first)."""

@@ -1,0 +1,98 @@
+"""The deployment target interface: promotion logic drives any target (local, Kubernetes, compose) through it.
+
+A target runs model versions in named *slots* of named *environments* (``staging``: one slot; ``production``:
+``stable`` and ``canary`` behind a weighted router, plus a warm ``previous`` slot for rollbacks) and routes a share
+of the environment's traffic to each slot. Promotion code never knows which kind of target it drives.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+class DeploymentError(RuntimeError):
+    """A slot could not be started, checked, routed or stopped; the message says what to do next."""
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    """One row of ``mlrelease status``: what serves where, at which weight, healthy or not."""
+
+    environment: str
+    slot: str
+    version: str
+    url: str
+    pid: int | None
+    weight: float
+    healthy: bool
+    detail: str = ""
+
+
+class SlotRecord(Protocol):
+    """What promotion needs to know about a running slot, whatever the target."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def bundle_dir(self) -> str: ...
+
+
+class DeploymentTarget(ABC):
+    """Deploy a bundle into a slot, set traffic weights, report status, stop a slot."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def deploy(self, environment: str, slot: str, bundle_dir: Path, version: str) -> str:
+        """Start ``version`` from a verified bundle in ``slot`` and wait until it is ready; return its URL.
+
+        The slot gets no traffic until :meth:`set_weights` routes some to it.
+        """
+
+    @abstractmethod
+    def set_weights(self, environment: str, weights: Mapping[str, float]) -> None:
+        """Route the environment's traffic: slot name -> percent (summing to 100), without dropping requests."""
+
+    @abstractmethod
+    def rename(self, environment: str, source: str, dest: str, expires_at: float | None = None) -> None:
+        """Relabel a running slot (e.g. canary -> stable) keeping its process and its share of traffic."""
+
+    @abstractmethod
+    def stop(self, environment: str, slot: str, wait: bool = True) -> None:
+        """Drain and stop a slot that no longer receives traffic; stopping a missing slot is a no-op."""
+
+    @abstractmethod
+    def reconcile(self) -> list[str]:
+        """Bring reality back to the recorded state (restart dead slots, expire warm ones); say what was done."""
+
+    @abstractmethod
+    def status(self) -> list[SlotStatus]:
+        """Every slot of every environment with its version, weight and health."""
+
+    @abstractmethod
+    def slot_url(self, environment: str, slot: str) -> str | None:
+        """The slot's own URL (metrics are scraped per slot), None when the slot is empty."""
+
+    @abstractmethod
+    def slot(self, environment: str, slot: str) -> SlotRecord | None:
+        """The slot's record (version, url, model name, bundle), None when the slot is empty."""
+
+    @abstractmethod
+    def slot_version(self, environment: str, slot: str) -> str | None:
+        """The version running in the slot, None when it is empty."""
+
+    @abstractmethod
+    def entry_url(self, environment: str) -> str | None:
+        """Where the environment's clients send requests (the router for production)."""
+
+    @abstractmethod
+    def weights(self, environment: str) -> dict[str, float]:
+        """The current traffic split of the environment."""

@@ -1,0 +1,159 @@
+"""nginx as the weighted router of one environment: render the config, start it, reload it gracefully."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from deploy.targets.base import DeploymentError
+from deploy.targets.local import NGINX_BIN, TEMPLATE, http_get, pid_alive
+from deploy.targets.state import Environment, atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def render(env: Environment, prefix: Path, generation: str, template: Path = TEMPLATE) -> str:
+    """The nginx config for the environment's slots and weights (a pure function of the state)."""
+    routed = sorted(((n, w) for n, w in env.weights.items() if w > 0), key=lambda item: -item[1])
+    if not routed:
+        raise DeploymentError("no slot receives traffic; refusing to render a router with no backend")
+    upstreams, splits = [], []
+    for index, (name, weight) in enumerate(routed):
+        slot = env.slots[name]
+        backup = next((env.slots[n] for n, _ in routed if n != name), None)
+        lines = [f"    upstream mlrelease_{slot.port} {{  # {name}: version {slot.version}",
+                 f"        server 127.0.0.1:{slot.port} max_fails=0;"]
+        if backup is not None:
+            lines.append(f"        server 127.0.0.1:{backup.port} backup;")
+        lines += ["        keepalive 16;", "    }"]
+        upstreams.append("\n".join(lines))
+        share = "*" if index == len(routed) - 1 else f"{weight:g}%"
+        splits.append(f"        {share} mlrelease_{slot.port};")
+    user = f"user {getpass.getuser()};" if os.geteuid() == 0 else "# not root: workers run as the current user"
+    text = template.read_text()
+    for key, value in {"USER_DIRECTIVE": user, "PREFIX": str(prefix), "PORT": str(env.entry_port),
+                       "UPSTREAMS": "\n".join(upstreams), "SPLITS": "\n".join(splits),
+                       "GENERATION": generation}.items():
+        text = text.replace(f"@@{key}@@", value)
+    return text
+
+
+def workers_of(master: int) -> list[int]:
+    """Pids of the master's worker processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == master:
+                found.append(int(entry.name))
+    return found
+
+
+def _title(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def accepting(worker: int) -> bool:
+    """An old worker still accepts until it has closed its listeners ("worker process is shutting down")."""
+    try:
+        title = (Path("/proc") / str(worker) / "cmdline").read_bytes()
+    except OSError:
+        return False
+    return bool(title) and b"shutting down" not in title and pid_alive(worker)
+
+
+class Nginx:
+    """One nginx instance with its own prefix folder (config, pid, logs, temp paths)."""
+
+    def __init__(self, prefix: Path, binary: str = NGINX_BIN, apply_timeout_s: float = 10.0) -> None:
+        self.prefix = Path(prefix).resolve()
+        self.binary = binary
+        self.conf = self.prefix / "nginx.conf"
+        self.pid_file = self.prefix / "nginx.pid"
+        self.apply_timeout_s = apply_timeout_s
+
+    def _cmd(self, *extra: str) -> list[str]:
+        return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), "-e", str(self.prefix / "error.log"),
+                *extra]
+
+    def pid(self) -> int | None:
+        """The master's pid when it runs."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def apply(self, env: Environment) -> None:
+        """Write the config for ``env`` (validated with nginx -t), then start nginx or reload it, and wait."""
+        if not Path(self.binary).exists():
+            raise DeploymentError(f"{self.binary} not found: run `make setup` (scripts/install_debs.sh installs nginx)")
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        fingerprint = hashlib.sha256(render(env, self.prefix, "-").encode()).hexdigest()
+        stamp = self.prefix / "applied.sha256"
+        if self.pid() is not None and stamp.is_file() and stamp.read_text() == fingerprint:
+            return  # already serving exactly this routing: no reload
+        generation = uuid.uuid4().hex[:12]
+        candidate = self.prefix / "nginx.conf.next"
+        atomic_write(candidate, render(env, self.prefix, generation))
+        self._check(candidate)
+        os.replace(candidate, self.conf)
+        pid = self.pid()
+        old_workers = workers_of(pid) if pid else []
+        if pid is None:
+            subprocess.run(self._cmd(), check=True, capture_output=True, timeout=30)
+        else:
+            os.kill(pid, signal.SIGHUP)
+        self._wait_generation(env.entry_port, generation, old_workers)
+        atomic_write(stamp, fingerprint)
+
+    def _check(self, conf: Path) -> None:
+        cmd = [self.binary, "-t", "-q", "-p", str(self.prefix), "-c", str(conf), "-e", str(self.prefix / "error.log")]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        if result.returncode != 0:
+            raise DeploymentError(f"nginx rejected the rendered config {conf}: {result.stderr.strip()}")
+
+    def _wait_generation(self, port: int | None, generation: str, old_workers: list[int]) -> None:
+        """Wait until new workers answer and every old worker stopped accepting (it finishes its requests)."""
+        deadline = time.monotonic() + self.apply_timeout_s
+        url = f"http://127.0.0.1:{port}/_mlrelease/generation"
+        while time.monotonic() < deadline:
+            if http_get(url, timeout=0.5)[1].strip() == generation and not any(map(accepting, old_workers)):
+                return
+            time.sleep(0.002)
+        raise DeploymentError(f"nginx did not apply the new config within {self.apply_timeout_s:.0f} s; "
+                              f"see {self.prefix / 'error.log'}")
+
+    def wait_drained(self, timeout_s: float = 10.0) -> bool:
+        """Wait until no old worker (from before the last reload) is still finishing requests."""
+        pid = self.pid()
+        deadline = time.monotonic() + timeout_s
+        while pid is not None and time.monotonic() < deadline:
+            if not any(b"shutting down" in _title(w) for w in workers_of(pid)):
+                return True
+            time.sleep(0.02)
+        return pid is None
+
+    def stop(self) -> None:
+        """Graceful quit (SIGQUIT) and wait for the master to exit."""
+        pid = self.pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)

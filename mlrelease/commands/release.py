@@ -1,0 +1,206 @@
+"""Release commands: ``promote staging|canary|production``, ``status``, ``history`` and ``rollback``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from mlrelease.params import Params
+    from registry.promotion import Outcome, Promoter
+
+
+class Stage(StrEnum):
+    staging = "staging"
+    canary = "canary"
+    production = "production"
+
+
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="params.yaml with canary: and promotion: sections")
+BY = typer.Option(None, "--by", help="Who acts (default: MLRELEASE_BY, GITHUB_ACTOR, git user.email, OS user)")
+DRY = typer.Option(False, "--dry-run", help="Say what would happen; change nothing")
+
+
+def build_promoter(params_path: Path, by: str | None, dry_run: bool, loadtest: bool = False) -> Promoter:
+    """Wire settings, params, the local target, the registry and the actor into a Promoter."""
+    from deploy.targets.local import LocalTarget
+    from mlrelease.params import load_params, section
+    from mlrelease.settings import get_settings
+    from registry.analysis import CanaryParams
+    from registry.audit import resolve_actor
+    from registry.promotion import Promoter, PromotionParams, Registry
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    settings = get_settings()
+    params = load_params(params_path)
+    promotion = section(params, "promotion", PromotionParams)
+    target = LocalTarget(settings.state_dir, ready_timeout_s=promotion.ready_timeout,
+                         drain_timeout_s=promotion.drain_timeout)
+    return Promoter(settings=settings, model_name=params.model.name,
+                    canary_params=section(params, "canary", CanaryParams), params=promotion, target=target,
+                    registry=Registry(params.model.name, settings), by=resolve_actor(by), dry_run=dry_run,
+                    reports_dir=settings.home / "reports", target_column=params.data.target,
+                    loadtest=_loadtest_params(params) if loadtest else None)
+
+
+def _loadtest_params(params: Params) -> object:
+    """The serving engineer's load-test section (imported only for the staging gate: it pulls in httpx)."""
+    from deploy.loadtest.runner import LoadtestParams
+    from mlrelease.params import section
+
+    return section(params, "loadtest", LoadtestParams)
+
+
+def finish(outcome: Outcome, title: str) -> None:
+    """Print what the command did and exit with its code."""
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)
+    console.print(f"[bold]{title}[/bold]")
+    for line in outcome.lines:
+        console.print(f"  {line}", highlight=False)
+    raise typer.Exit(outcome.exit_code)
+
+
+def run_guarded(action: str, call: Callable[[], None]) -> None:
+    """Run a promotion call; turn known errors into one clear message and a non-zero exit code."""
+    from rich.console import Console
+
+    from deploy.targets.base import DeploymentError
+    from mlrelease.params import ParamsError
+    from registry.locking import PromotionLocked
+    from registry.promotion import PromotionError
+
+    err = Console(stderr=True)
+    try:
+        call()
+    except PromotionLocked as exc:
+        err.print(f"[red]{action}: {exc}[/red]", highlight=False)
+        raise typer.Exit(3) from exc
+    except PromotionError as exc:
+        err.print(f"[red]{action} failed: {exc}[/red]", highlight=False)
+        raise typer.Exit(exc.exit_code) from exc
+    except (DeploymentError, ParamsError) as exc:
+        err.print(f"[red]{action} failed: {exc}[/red]", highlight=False)
+        raise typer.Exit(1) from exc
+
+
+def _steps(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"--steps {text!r}: use comma-separated percentages, e.g. 5,25,50") from exc
+
+
+def register(app: typer.Typer) -> None:
+    """Add the release commands to the CLI."""
+
+    @app.command("promote")
+    def promote(
+        stage: Stage = typer.Argument(..., help="staging, canary or production"),
+        version: str | None = typer.Option(None, "--version", help="Version (default: the alias one step back)"),
+        steps: str | None = typer.Option(None, "--steps", help="Canary weights in percent, e.g. 5,25,50"),
+        interval: str | None = typer.Option(None, "--interval", help="Canary analysis interval, e.g. 30s"),
+        force: bool = typer.Option(False, "--force", help="production: skip the canary requirement"),
+        reason: str | None = typer.Option(None, "--reason", help="Why (required with --force)"),
+        by: str | None = BY, dry_run: bool = DRY, params: Path = PARAMS,
+    ) -> None:
+        """Move a version one step: candidate -> staging -> canary -> production, gated and audited."""
+        from registry.analysis import parse_duration
+
+        def call() -> None:
+            p = build_promoter(params, by, dry_run, loadtest=stage is Stage.staging)
+            if stage is Stage.staging:
+                finish(p.promote_staging(version), f"promote staging{' (dry run)' if dry_run else ''}")
+            elif stage is Stage.canary:
+                if version:
+                    raise typer.BadParameter("canary always takes the staging version; promote it to staging")
+                secs = parse_duration(interval) if interval else None
+                finish(p.promote_canary(_steps(steps), secs), f"promote canary{' (dry run)' if dry_run else ''}")
+            else:
+                finish(p.promote_production(version, force, reason),
+                       f"promote production{' (dry run)' if dry_run else ''}")
+
+        run_guarded(f"promote {stage.value}", call)
+
+    @app.command("rollback")
+    def rollback(
+        to: str | None = typer.Option(None, "--to", help="Version to go back to (default: previous production)"),
+        reason: str | None = typer.Option(None, "--reason", help="Why (recorded in the audit trail)"),
+        by: str | None = BY, dry_run: bool = DRY, params: Path = PARAMS,
+    ) -> None:
+        """Incident rollback: skip analysis, all production traffic to the previous version, verify it."""
+        started = time.monotonic()
+
+        def call() -> None:
+            outcome = build_promoter(params, by, dry_run).rollback(to, reason)
+            outcome.say(f"took {time.monotonic() - started:.2f} s in total")
+            finish(outcome, f"rollback{' (dry run)' if dry_run else ''}")
+
+        run_guarded("rollback", call)
+
+    @app.command("status")
+    def status(params: Path = PARAMS) -> None:
+        """What serves where, at which weight, healthy or not."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from deploy.targets.local import LocalTarget
+        from mlrelease.settings import get_settings
+
+        target = LocalTarget(get_settings().state_dir)
+        table = Table(title="mlrelease deployments")
+        for col in ("environment", "slot", "version", "url", "pid", "weight %", "healthy", "detail"):
+            table.add_column(col)
+        rows = target.status()
+        for r in rows:
+            table.add_row(r.environment, r.slot, r.version, r.url, str(r.pid or ""), f"{r.weight:g}",
+                          "[green]yes[/green]" if r.healthy else "[red]no[/red]", r.detail)
+        console = Console(width=max(Console().width, 150))
+        console.print(table if rows else "nothing deployed yet (`mlrelease promote staging`)")
+        entry = target.entry_url("production")
+        if entry:
+            console.print(f"production entry point: {entry}")
+
+    @app.command("history")
+    def history(limit: int = typer.Option(50, "--limit", help="Most recent records to show")) -> None:
+        """The audit trail: every alias and traffic change, who, when, from which version to which, why."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from mlrelease.settings import get_settings
+        from registry.audit import AuditLog
+
+        table = Table(title="mlrelease history")
+        for col in ("when (UTC)", "by", "action", "env", "alias", "from", "to", "weights", "outcome", "reason"):
+            table.add_column(col, overflow="fold")
+        for r in AuditLog(get_settings().state_dir).records()[-limit:]:
+            weights = ",".join(f"{k}={v:g}" for k, v in (r.get("weights") or {}).items())
+            table.add_row(r.get("when", ""), r.get("by", ""), r.get("action", ""), r.get("environment", ""),
+                          r.get("alias") or "", r.get("from_version") or "", r.get("to_version") or "",
+                          weights, r.get("outcome", ""), r.get("reason", ""))
+        Console(width=200).print(table)
+
+
+def main() -> None:
+    """Only the release commands (scripts/rollback.sh uses this: it skips importing the other command groups)."""
+    app = typer.Typer(name="mlrelease", pretty_exceptions_enable=False, add_completion=False,
+                      help="mlrelease release commands: promote, status, history, rollback.")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Canary analysis: compare the canary slot with the stable slot from the servers' own Prometheus metrics.
+
+Semantics borrowed from Flagger and Argo Rollouts rather than invented: every ``interval`` one *measurement* is
+taken per slot (deltas of counters between two scrapes); a measurement is ``failed`` when a check is over its
+threshold, ``inconclusive`` when a slot served fewer than ``min_requests`` predictions (no data is never a pass,
+flagger#1098); the analysis fails once failed measurements exceed ``failure_limit`` or inconclusive ones exceed
+``inconclusive_limit`` (Argo's ``failureLimit``/``inconclusiveLimit``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from registry.promotion import Outcome, Promoter
+
+Verdict = Literal["passed", "failed", "inconclusive"]
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from ``30s``, ``2m``, ``500ms`` or a bare number of seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration; use e.g. 30s, 2m, 500ms")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+class CanaryParams(BaseModel):
+    """The ``canary:`` section of params.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0])
+    interval: float = 30.0
+    failure_limit: int = Field(0, ge=0)
+    inconclusive_limit: int = Field(1, ge=0)
+    min_requests: int = Field(20, ge=1)
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_error_rate_increase: float = Field(0.005, ge=0, le=1)
+    max_p99_latency_ms: float = Field(500.0, gt=0)
+    max_p99_ratio: float = Field(2.0, ge=1)
+    p99_slack_ms: float = Field(25.0, ge=0)
+    max_divergence: float = Field(0.05, ge=0, le=1)
+    drive_load: bool = True
+    load_rps: float = Field(50.0, gt=0, le=2000)
+    load_concurrency: int = Field(4, ge=1, le=64)
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _interval(cls, value: str | float) -> float:
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError("interval must be positive")
+        return seconds
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < w <= 50 for w in value) or value != sorted(value):
+            raise ValueError("steps must be increasing percentages in (0, 50] (a canary never takes the majority)")
+        return value
+
+
+@dataclass
+class Snapshot:
+    """Cumulative counters of one slot at one scrape, prediction routes only."""
+
+    requests: float = 0.0
+    errors: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+    classes: dict[str, float] = field(default_factory=dict)
+
+
+def _is_prediction_route(route: str) -> bool:
+    return "predict" in route or "infer" in route
+
+
+def parse_metrics(text: str) -> Snapshot:
+    """Pick the counters the analysis needs out of a /metrics page (Prometheus text format)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    snap = Snapshot()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "mlrelease_requests_total" and _is_prediction_route(labels.get("route", "")):
+                snap.requests += sample.value
+                if labels.get("status", "").startswith("5"):
+                    snap.errors += sample.value
+            elif (sample.name == "mlrelease_request_duration_seconds_bucket"
+                  and _is_prediction_route(labels.get("route", ""))):
+                le = float(labels["le"])
+                snap.buckets[le] = snap.buckets.get(le, 0.0) + sample.value
+            elif sample.name == "mlrelease_predictions_total":
+                cls = labels.get("class", "?")
+                snap.classes[cls] = snap.classes.get(cls, 0.0) + sample.value
+    return snap
+
+
+def delta(after: Snapshot, before: Snapshot) -> Snapshot:
+    """What happened between two scrapes (a restarted server resets counters: then ``after`` is the delta)."""
+    if after.requests < before.requests:
+        return after
+    return Snapshot(
+        requests=after.requests - before.requests,
+        errors=after.errors - before.errors,
+        buckets={le: n - before.buckets.get(le, 0.0) for le, n in after.buckets.items()},
+        classes={c: n - before.classes.get(c, 0.0) for c, n in after.classes.items()},
+    )
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus' histogram_quantile over cumulative buckets (linear within a bucket); None without data."""
+    edges = sorted(buckets)
+    if not edges or buckets[edges[-1]] <= 0:
+        return None
+    rank = q * buckets[edges[-1]]
+    lower_edge, lower_count = 0.0, 0.0
+    for edge in edges:
+        count = buckets[edge]
+        if count >= rank:
+            if math.isinf(edge):
+                return lower_edge
+            width = count - lower_count
+            return lower_edge + (edge - lower_edge) * ((rank - lower_count) / width if width > 0 else 1.0)
+        lower_edge, lower_count = edge, count
+    return lower_edge
+
+
+def js_divergence(p_counts: dict[str, float], q_counts: dict[str, float]) -> float | None:
+    """Jensen-Shannon divergence (base 2, in [0, 1]) of two class distributions; None if either is empty."""
+    keys = sorted(set(p_counts) | set(q_counts))
+    p_total, q_total = sum(p_counts.values()), sum(q_counts.values())
+    if p_total <= 0 or q_total <= 0:
+        return None
+    p = [max(p_counts.get(k, 0.0), 0.0) / p_total for k in keys]
+    q = [max(q_counts.get(k, 0.0), 0.0) / q_total for k in keys]
+    m = [(a + b) / 2 for a, b in zip(p, q, strict=True)]
+
+    def kl(x: list[float]) -> float:
+        return sum(a * math.log2(a / b) for a, b in zip(x, m, strict=True) if a > 0)
+
+    return max(0.0, 0.5 * kl(p) + 0.5 * kl(q))
+
+
+@dataclass
+class Measurement:
+    """One interval's comparison of canary with stable, with the values that decided it."""
+
+    weight: float
+    verdict: Verdict
+    reasons: list[str]
+    canary_requests: float
+    stable_requests: float
+    canary_error_rate: float | None
+    stable_error_rate: float | None
+    canary_p99_ms: float | None
+    stable_p99_ms: float | None
+    divergence: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _rate(snap: Snapshot) -> float | None:
+    return snap.errors / snap.requests if snap.requests > 0 else None
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000.0
+
+
+def measure(canary: Snapshot, stable: Snapshot, weight: float, params: CanaryParams) -> Measurement:
+    """Judge one interval: inconclusive without enough data on either slot, failed when any check is over."""
+    c_rate, s_rate = _rate(canary), _rate(stable)
+    c_p99, s_p99 = _ms(quantile(0.99, canary.buckets)), _ms(quantile(0.99, stable.buckets))
+    div = js_divergence(canary.classes, stable.classes)
+    m = Measurement(weight, "passed", [], canary.requests, stable.requests, c_rate, s_rate, c_p99, s_p99, div)
+    if canary.requests < params.min_requests or stable.requests < params.min_requests:
+        m.verdict = "inconclusive"
+        m.reasons.append(f"too few requests (canary {canary.requests:g}, stable {stable.requests:g}, "
+                         f"need {params.min_requests} each)")
+        return m
+    m.reasons = _failed_checks(m, params)
+    m.verdict = "failed" if m.reasons else "passed"
+    return m
+
+
+def _failed_checks(m: Measurement, params: CanaryParams) -> list[str]:
+    reasons: list[str] = []
+    c_rate, s_rate = m.canary_error_rate or 0.0, m.stable_error_rate or 0.0
+    if c_rate > params.max_error_rate and c_rate > s_rate + params.max_error_rate_increase:
+        reasons.append(f"error rate {c_rate:.2%} > {params.max_error_rate:.2%} (stable {s_rate:.2%})")
+    if m.canary_p99_ms is not None:
+        relative = (m.stable_p99_ms or 0.0) * params.max_p99_ratio + params.p99_slack_ms
+        limit = min(params.max_p99_latency_ms, relative) if m.stable_p99_ms is not None else params.max_p99_latency_ms
+        if m.canary_p99_ms > limit:
+            reasons.append(f"p99 latency {m.canary_p99_ms:.1f} ms > {limit:.1f} ms "
+                           f"(stable {m.stable_p99_ms or 0:.1f} ms)")
+    if m.divergence is not None and m.divergence > params.max_divergence:
+        reasons.append(f"prediction divergence {m.divergence:.3f} > {params.max_divergence}")
+    return reasons
+
+
+@dataclass
+class Analysis:
+    """Running tally of measurements against the failure and inconclusive limits."""
+
+    params: CanaryParams
+    measurements: list[Measurement] = field(default_factory=list)
+
+    def add(self, m: Measurement) -> None:
+        self.measurements.append(m)
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for m in self.measurements if m.verdict == "failed")
+
+    @property
+    def inconclusives(self) -> int:
+        return sum(1 for m in self.measurements if m.verdict == "inconclusive")
+
+    def aborted(self) -> str | None:
+        """Why the analysis must stop and roll back, or None while within the limits."""
+        if self.failures > self.params.failure_limit:
+            last = next(m for m in reversed(self.measurements) if m.verdict == "failed")
+            return f"{self.failures} failed measurement(s) > failure_limit {self.params.failure_limit}: " + \
+                "; ".join(last.reasons)
+        if self.inconclusives > self.params.inconclusive_limit:
+            return (f"{self.inconclusives} inconclusive measurement(s) > inconclusive_limit "
+                    f"{self.params.inconclusive_limit}: no data is never a pass")
+        return None
+
+
+def scrape(url: str) -> Snapshot:
+    """The slot's /metrics, parsed; an empty snapshot when it does not answer (counts as no data)."""
+    from deploy.targets.local import http_get
+
+    code, body = http_get(f"{url}/metrics", timeout=2.0)
+    return parse_metrics(body) if code == 200 else Snapshot()
+
+
+def measure_interval(promoter: Promoter, weight: float, params: CanaryParams, rows: list[list[float]]) -> Measurement:
+    """Scrape both slots, let one interval of traffic pass (driving load if asked), scrape again, judge."""
+    from deploy.targets.traffic import LoadDriver
+
+    target = promoter.target
+    canary_url, stable_url = target.slot_url("production", "canary"), target.slot_url("production", "stable")
+    entry = target.entry_url("production")
+    if canary_url is None or stable_url is None or entry is None:
+        raise RuntimeError("canary analysis needs running stable and canary slots and a router")
+    before_c, before_s = scrape(canary_url), scrape(stable_url)
+    driver = LoadDriver(entry, promoter.model_name, rows, params.load_rps, params.load_concurrency,
+                        max_seconds=params.interval + 5) if params.drive_load else None
+    if driver is not None:
+        driver.start()
+    try:
+        promoter.sleep(params.interval)
+    finally:
+        if driver is not None:
+            driver.stop()
+    after_c, after_s = scrape(canary_url), scrape(stable_url)
+    return measure(delta(after_c, before_c), delta(after_s, before_s), weight, params)
+
+
+def run_analysis(promoter: Promoter, version: str, stable: str, bundle: Path, params: CanaryParams,
+                 out: Outcome) -> dict[str, Any]:
+    """Shift traffic step by step; measure every interval; stop at the first verdict beyond the limits."""
+    from deploy.targets.traffic import sample_rows
+    from registry.audit import AuditRecord
+
+    rows = sample_rows(bundle, 256, seed=7)
+    analysis = Analysis(params)
+    aborted: str | None = None
+    for weight in params.steps:
+        weights = {"stable": 100 - weight, "canary": weight}
+        promoter.target.set_weights("production", weights)
+        promoter.note(AuditRecord("traffic", "production", promoter.by, to_version=version, from_version=stable,
+                                  weights=weights, reason=f"canary step {weight:g}%"))
+        while aborted is None:
+            m = measure_interval(promoter, weight, params, rows)
+            analysis.add(m)
+            out.say(f"step {weight:g}%: {m.verdict} ({'; '.join(m.reasons) or _summary(m)})")
+            aborted = analysis.aborted()
+            if m.verdict == "passed":
+                break
+        if aborted:
+            break
+    report = promoter.write_report(f"canary_v{version}.json", {
+        "version": version, "stable": stable, "params": params.model_dump(), "aborted": aborted,
+        "measurements": [m.as_dict() for m in analysis.measurements]})
+    return {"aborted": aborted, "report": report, "measurements": [m.as_dict() for m in analysis.measurements]}
+
+
+def _summary(m: Measurement) -> str:
+    def fmt(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    return (f"canary {m.canary_requests:g} req, errors {fmt(m.canary_error_rate, '.2%')}, "
+            f"p99 {fmt(m.canary_p99_ms, '.1f')} ms vs {fmt(m.stable_p99_ms, '.1f')} ms, "
+            f"divergence {fmt(m.divergence, '.3f')}")

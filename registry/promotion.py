@@ -1,0 +1,556 @@
+"""Gated, idempotent, audited moves of a model version: candidate -> staging -> canary -> production, and back.
+
+The MLflow registry is the source of truth (aliases ``staging``, ``canary``, ``production``); the deployment
+target runs the versions and routes traffic; the audit log records every alias and traffic change. Every command
+takes the promotion lock, first finishes or undoes a promotion that crashed (its journal is in the state file),
+and leaves all traffic on a healthy version whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from deploy.targets.base import DeploymentTarget
+from deploy.targets.local import http_get
+from deploy.targets.state import DeployState, Operation, RollbackMark, StateStore
+from mlrelease.modelcard import ModelCard, verify_bundle
+from mlrelease.settings import Settings
+from registry.analysis import CanaryParams, parse_duration
+from registry.audit import AuditLog, AuditRecord, record
+from registry.locking import promotion_lock
+
+log = logging.getLogger(__name__)
+PROD, STAGING = "production", "staging"
+ABORT_FILE = "abort.request"
+PASSED_TAG = {"staging": "mlrelease.staging_passed", "canary": "mlrelease.canary_passed"}
+
+
+class PromotionError(RuntimeError):
+    """A gate failed or a precondition is not met; ``exit_code`` and the message tell the operator what next."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class PromotionParams(BaseModel):
+    """The ``promotion:`` section of params.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rollback_window: float = 1800.0
+    ready_timeout: float = 90.0
+    drain_timeout: float = 15.0
+    rollback_lock_wait: float = 15.0
+    smoke_rows: int = Field(8, ge=1, le=256)
+    load_gate: bool = True
+
+    @field_validator("rollback_window", "ready_timeout", "drain_timeout", "rollback_lock_wait", mode="before")
+    @classmethod
+    def _duration(cls, value: str | float) -> float:
+        return parse_duration(value)
+
+
+@dataclass
+class Outcome:
+    """What a command did, as lines for the one-screen summary, plus the exit code."""
+
+    lines: list[str] = field(default_factory=list)
+    exit_code: int = 0
+
+    def say(self, text: str) -> None:
+        log.debug(text)
+        self.lines.append(text)
+
+
+class Registry:
+    """The few MLflow registry operations promotion needs, on one registered model."""
+
+    def __init__(self, model_name: str, settings: Settings) -> None:
+        self.model_name = model_name
+        self.settings = settings
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """One MlflowClient per command (creating one opens and checks the registry database)."""
+        if self._client is None:
+            from registry.client import get_client
+
+            self._client = get_client(self.settings)
+        return self._client
+
+    def alias(self, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
+        except MlflowException:
+            return None
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.model_name, alias, version)
+
+    def delete_alias(self, alias: str) -> None:
+        if self.alias(alias) is not None:
+            self.client.delete_registered_model_alias(self.model_name, alias)
+
+    def tags(self, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(self.model_name, version).tags)
+
+    def set_tag(self, version: str, key: str, value: str) -> None:
+        self.client.set_model_version_tag(self.model_name, version, key, value)
+
+    def bundle(self, version: str, root: Path) -> Path:
+        """The version's verified bundle (cached per version; re-verified against the registry's sha256)."""
+        from registry.register import SHA_TAG, download_bundle
+
+        dest = root / f"v{version}"
+        expected = self.tags(version).get(SHA_TAG)
+        if expected and (dest / "model_card.json").is_file():
+            try:
+                verify_bundle(dest, expected_sha256=expected)
+                return dest
+            except Exception:  # stale or tampered cache: fetch again
+                log.warning("cached bundle %s does not verify; downloading again", dest)
+        return download_bundle(str(version), self.model_name, dest, self.settings)
+
+
+@dataclass
+class Promoter:
+    """Runs the promotion commands against one target, registry and audit log."""
+
+    settings: Settings
+    model_name: str
+    canary_params: CanaryParams
+    params: PromotionParams
+    target: DeploymentTarget
+    registry: Registry
+    by: str
+    dry_run: bool = False
+    reports_dir: Path = field(default_factory=lambda: Path("reports"))
+    loadtest: Any = None  # deploy.loadtest.runner.LoadtestParams, parsed from params.yaml by the CLI
+    target_column: str = "target"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.state_dir
+
+    @property
+    def journal(self) -> StateStore:
+        """Promotion's own state (journal of the running operation, production history, last rollback)."""
+        return StateStore(self.state_dir)
+
+    @property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.state_dir)
+
+    def note(self, entry: AuditRecord) -> None:
+        """Record an audit entry (log + tags) unless this is a dry run."""
+        entry.dry_run = self.dry_run
+        if not self.dry_run:
+            record(self.audit, entry, self.model_name, self.registry.client)
+
+    # ----- journal, lock and crash recovery --------------------------------------------------------------------
+    @contextmanager
+    def operation(self, command: str, version: str, out: Outcome, wait_s: float = 0.0,
+                  reconcile: bool = True) -> Iterator[None]:
+        """Hold the lock, recover a crashed predecessor, journal this operation, clear it when done."""
+        with promotion_lock(self.state_dir, command, self.by, wait_s=wait_s):
+            self.recover(out)
+            for line in (self.target.reconcile() if reconcile else []):
+                out.say(f"reconciled: {line}")
+            self._journal(Operation(command=command, version=version, pid=os.getpid(), by=self.by))
+            try:
+                yield
+            finally:
+                self._journal(None)
+
+    def _journal(self, op: Operation | None) -> None:
+        state = self.journal.load()
+        state.operation = op
+        self.journal.save(state)
+
+    def recover(self, out: Outcome) -> None:
+        """A promotion that died (kill -9) left its journal: put all traffic on stable and undo the rest."""
+        op = self.journal.load().operation
+        if op is None:
+            return
+        out.say(f"recovering from an interrupted `{op.command}` of version {op.version} (pid {op.pid})")
+        weights = self.target.weights(PROD)
+        if weights and weights.get("stable", 0) < 100 and self.target.slot_version(PROD, "stable") is not None:
+            self.target.set_weights(PROD, {"stable": 100})
+            out.say("traffic: 100% back on stable")
+        for env, slot in ((PROD, "canary"), (STAGING, "pending")):
+            if self.target.slot_version(env, slot) is not None and self.target.weights(env).get(slot, 0) == 0:
+                self.target.stop(env, slot)
+                out.say(f"stopped {env}/{slot}")
+        if op.command == "promote canary" and self.registry.alias("canary") == op.version:
+            self.registry.delete_alias("canary")
+        self.note(AuditRecord("recover", PROD, self.by, to_version=op.version, outcome="undone",
+                              reason=f"interrupted `{op.command}` by {op.by} (pid {op.pid})"))
+        self._journal(None)
+
+    # ----- helpers --------------------------------------------------------------------------------------------
+    def bundle(self, version: str) -> Path:
+        """Fetch and verify the bundle; a sha256 mismatch stops here, before any process or traffic."""
+        from mlrelease.modelcard import IntegrityError
+
+        try:
+            return self.registry.bundle(version, self.state_dir / "bundles")
+        except IntegrityError as exc:
+            self.note(AuditRecord("integrity-check", PROD, self.by, to_version=version, outcome="rejected",
+                                  reason=str(exc)))
+            raise PromotionError(f"version {version} refused: {exc}. It never got traffic; register a good "
+                                 "artifact as a new version") from exc
+
+    def require_version(self, given: str | None, alias: str, hint: str) -> str:
+        version = given or self.registry.alias(alias)
+        if version is None:
+            raise PromotionError(f"no version has alias `{alias}` for {self.model_name}; {hint}", exit_code=2)
+        return str(version)
+
+    def write_report(self, name: str, data: dict[str, Any]) -> Path:
+        self.reports_dir.mkdir(parents=True, exist_ok=True)
+        path = self.reports_dir / name
+        path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        return path
+
+    def check_abort(self) -> bool:
+        """A rollback asked the running promotion to stop."""
+        return (self.state_dir / ABORT_FILE).exists()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake up at once when a rollback asks this promotion to abort."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.check_abort():
+                raise PromotionError("aborted: a rollback was requested during the promotion")
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    # ----- staging ---------------------------------------------------------------------------------------------
+    def promote_staging(self, version: str | None) -> Outcome:
+        """Deploy to staging, run the smoke test and the load-test gate, then move the ``staging`` alias."""
+        out = Outcome()
+        version = self.require_version(version, "candidate", "register one first (`mlrelease pipeline`)")
+        if self.registry.alias(STAGING) == version and self.target.slot_version(STAGING, "stable") == version \
+                and wait_healthy(str(self.target.slot_url(STAGING, "stable")), 1.0):
+            out.say(f"staging already serves version {version} and has the alias; nothing to do")
+            return out
+        if self.dry_run:
+            out.say(f"would deploy version {version} to staging, run smoke + load gates, set alias staging")
+            return out
+        with self.operation("promote staging", version, out):
+            bundle = self.bundle(version)
+            url = self.target.deploy(STAGING, "pending", bundle, version)
+            evidence = self._staging_gates(version, url, bundle)
+            previous = self.target.slot_version(STAGING, "stable")
+            self.target.set_weights(STAGING, {"pending": 100})  # staging has no router: this only records it
+            self.target.rename(STAGING, "pending", "stable")  # the old staging slot is stopped
+            self.registry.set_alias(STAGING, version)
+            self.registry.set_tag(version, PASSED_TAG["staging"], "true")
+            self.note(AuditRecord("promote", STAGING, self.by, to_version=version, from_version=previous,
+                                  alias=STAGING, evidence=evidence, reason="smoke and load gates passed"))
+            out.say(f"staging: version {version} on {url}; alias staging -> {version}")
+        return out
+
+    def _staging_gates(self, version: str, url: str, bundle: Path) -> dict[str, Any]:
+        """Smoke test then load gate; on failure stop the new slot, record why, keep staging as it was."""
+        try:
+            evidence: dict[str, Any] = {"smoke": smoke_test(url, bundle, self.params.smoke_rows)}
+            if self.params.load_gate:
+                evidence["loadtest"] = self.load_gate(url, version)
+            return evidence
+        except PromotionError as exc:
+            self.target.stop(STAGING, "pending")
+            self.note(AuditRecord("promote", STAGING, self.by, to_version=version, alias=STAGING,
+                                  outcome="failed", reason=str(exc)))
+            raise PromotionError(f"staging gate failed for version {version}: {exc}; staging unchanged") from exc
+
+    def load_gate(self, url: str, version: str) -> dict[str, Any]:
+        """The serving engineer's Locust gate (deploy/loadtest) against the staging slot, SLOs from params.yaml."""
+        from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest
+
+        test_csv = self.settings.home / "data" / "prepared" / "test.csv"
+        if not test_csv.is_file():
+            raise PromotionError(f"load-test gate: {test_csv} not found; run the pipeline (`mlrelease run`) first")
+        out = self.reports_dir / f"loadtest_staging_v{version}.json"
+        try:
+            params = self.loadtest or LoadtestParams.model_validate({})
+            report = run_loadtest(url, params, test_csv, self.target_column, out, out.with_suffix(".html"))
+        except LoadtestError as exc:
+            raise PromotionError(f"load-test gate could not run: {exc}") from exc
+        if report["breaches"]:
+            raise PromotionError(f"load-test gate: {'; '.join(report['breaches'])} (report {out})")
+        stats = report["stats"]
+        return {"report": str(out), **{k: stats[k] for k in sorted(stats) if k in
+                                       ("p95_ms", "p99_ms", "rps", "error_rate", "requests", "failures")}}
+
+    # ----- canary ----------------------------------------------------------------------------------------------
+    def promote_canary(self, steps: list[float] | None, interval: float | None) -> Outcome:
+        """Start the canary slot with the staging version and shift traffic step by step under analysis."""
+        out = Outcome()
+        params = self.canary_params.model_copy(update={k: v for k, v in
+                                                       {"steps": steps, "interval": interval}.items() if v})
+        version = self.require_version(None, STAGING, "promote a version to staging first")
+        stable = self.target.slot_version(PROD, "stable")
+        if stable is None:
+            raise PromotionError("production has no stable version to compare a canary with; the first release "
+                                 "goes `mlrelease promote production --version V --force --reason 'first release'`",
+                                 exit_code=2)
+        if stable == version:
+            out.say(f"version {version} already serves production; nothing to do")
+            return out
+        if self.registry.tags(version).get(PASSED_TAG["canary"]) == "true" \
+                and self.registry.alias("canary") == version:
+            out.say(f"version {version} already passed canary; next: `mlrelease promote production`")
+            return out
+        if self.dry_run:
+            out.say(f"would canary version {version} against stable {stable} at steps {params.steps}% "
+                    f"every {params.interval:g} s")
+            return out
+        with self.operation("promote canary", version, out):
+            self._run_canary(version, stable, params, out)
+        return out
+
+    def _run_canary(self, version: str, stable: str, params: CanaryParams, out: Outcome) -> None:
+        from registry.analysis import run_analysis
+
+        bundle = self.bundle(version)
+        self.target.deploy(PROD, "canary", bundle, version)
+        self.registry.set_alias("canary", version)
+        self.note(AuditRecord("alias", PROD, self.by, to_version=version, from_version=stable, alias="canary",
+                              reason="canary started"))
+        try:
+            analysis = run_analysis(self, version, stable, bundle, params, out)
+        except PromotionError as exc:
+            self.abort_canary(version, stable, str(exc), {})
+            raise
+        evidence = {"report": str(analysis["report"]), "measurements": analysis["measurements"]}
+        if analysis["aborted"]:
+            self.abort_canary(version, stable, analysis["aborted"], evidence)
+            raise PromotionError(f"canary of version {version} rolled back: {analysis['aborted']} "
+                                 f"(report {analysis['report']}); production stays on version {stable}")
+        self.target.set_weights(PROD, {"stable": 100})
+        self.registry.set_tag(version, PASSED_TAG["canary"], "true")
+        self.registry.set_tag(version, "mlrelease.canary_report", str(analysis["report"]))
+        self.note(AuditRecord("canary-passed", PROD, self.by, to_version=version, from_version=stable,
+                              alias="canary", weights={"stable": 100}, evidence=evidence,
+                              reason="analysis passed at every step; canary kept warm at weight 0"))
+        out.say(f"canary of version {version} passed (report {analysis['report']}); "
+                "next: `mlrelease promote production`")
+
+    def abort_canary(self, version: str, stable: str, reason: str, evidence: dict[str, Any]) -> None:
+        """Weight 0, canary slot stopped, alias removed, reason recorded."""
+        self.target.set_weights(PROD, {"stable": 100})
+        self.target.stop(PROD, "canary")
+        self.registry.delete_alias("canary")
+        self.registry.set_tag(version, PASSED_TAG["canary"], "false")
+        self.note(AuditRecord("canary-rollback", PROD, self.by, to_version=stable, from_version=version,
+                              alias="canary", weights={"stable": 100}, outcome="rolled back", reason=reason,
+                              evidence=evidence))
+
+    # ----- production ------------------------------------------------------------------------------------------
+    def promote_production(self, version: str | None, force: bool, reason: str | None) -> Outcome:
+        """Switch the stable slot to a version that passed canary; keep the previous one warm for rollbacks."""
+        out = Outcome()
+        if force and not (reason and reason.strip()):
+            raise PromotionError("--force needs --reason: say why the canary is skipped", exit_code=2)
+        version = self.require_version(version, "canary", "run `mlrelease promote canary` first")
+        if self.registry.alias(PROD) == version and self.target.slot_version(PROD, "stable") == version:
+            out.say(f"production already serves version {version}; nothing to do")
+            return out
+        passed = self.registry.tags(version).get(PASSED_TAG["canary"]) == "true"
+        if not passed and not force:
+            raise PromotionError(f"version {version} has not passed canary; run `mlrelease promote canary`, "
+                                 "or pass --force --reason TEXT", exit_code=2)
+        if self.dry_run:
+            out.say(f"would switch production stable to version {version} "
+                    f"(previous kept warm {self.params.rollback_window:g} s)")
+            return out
+        with self.operation("promote production", version, out):
+            self._switch_production(version, passed, reason, out)
+        return out
+
+    def _switch_production(self, version: str, passed: bool, reason: str | None, out: Outcome) -> None:
+        previous = self.target.slot_version(PROD, "stable")
+        if previous != version:
+            if self.target.slot_version(PROD, "canary") != version:
+                self.target.deploy(PROD, "canary", self.bundle(version), version)
+            if previous is None:
+                self.target.rename(PROD, "canary", "stable")
+                self.target.set_weights(PROD, {"stable": 100})
+            else:
+                self.target.set_weights(PROD, {"canary": 100})
+                self.target.rename(PROD, "stable", "previous",
+                                   expires_at=time.time() + self.params.rollback_window)
+                self.target.rename(PROD, "canary", "stable")
+        self._finish_production(version, previous, passed, reason)
+        out.say(f"production: version {version} takes 100% of traffic on {self.target.entry_url(PROD)}")
+        if previous and previous != version:
+            out.say(f"previous version {previous} kept warm for {self.params.rollback_window:g} s "
+                    "(scripts/rollback.sh switches back to it)")
+
+    def _finish_production(self, version: str, previous: str | None, passed: bool, reason: str | None) -> None:
+        state = self.journal.load()
+        state.production_history.append(version)
+        state.last_rollback = None
+        self.journal.save(state)
+        self.registry.set_alias(PROD, version)
+        self.registry.delete_alias("canary")
+        tags = self.registry.tags(version)
+        self.note(AuditRecord("promote", PROD, self.by, to_version=version, from_version=previous, alias=PROD,
+                              weights={"stable": 100}, reason=reason or "passed canary",
+                              outcome="done" if passed else "forced",
+                              evidence={"canary_report": tags.get("mlrelease.canary_report")}))
+
+    # ----- rollback --------------------------------------------------------------------------------------------
+    def rollback(self, to: str | None, reason: str | None) -> Outcome:
+        """Incident path: no analysis; all production traffic back on the previous (or given) version."""
+        return run_rollback(self, to, reason or "incident rollback")
+
+
+def smoke_test(url: str, bundle_dir: Path, rows: int = 8) -> dict[str, Any]:
+    """Ready, then a prediction whose classes and probabilities match the card; raise PromotionError if not."""
+    import httpx
+
+    from deploy.targets.traffic import predict_path, sample_rows
+
+    card = ModelCard.read(bundle_dir)
+    if http_get(f"{url}/ready")[0] != 200:
+        raise PromotionError(f"smoke test: {url}/ready is not 200")
+    batch = sample_rows(bundle_dir, rows, seed=1)
+    resp = httpx.post(url + predict_path(card.name), json={"instances": batch}, timeout=10)
+    if resp.status_code != 200:
+        raise PromotionError(f"smoke test: prediction answered {resp.status_code}: {resp.text[:200]}")
+    preds = resp.json().get("predictions", [])
+    bad = [p for p in preds if p.get("class") not in card.classes
+           or abs(sum(p.get("probabilities", [])) - 1.0) > 1e-3]
+    if len(preds) != rows or bad:
+        raise PromotionError(f"smoke test: {len(preds)} predictions for {rows} rows, {len(bad)} malformed")
+    return {"rows": rows, "status": 200, "model_version": resp.json().get("model_version")}
+
+
+def wait_healthy(url: str, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if http_get(f"{url}/ready")[0] == 200:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+
+def previous_version(state: DeployState, current: str, warm: str | None) -> str | None:
+    """The version to roll back to: the warm previous slot's, else the last other production version."""
+    if warm is not None and warm != current:
+        return warm
+    skip = {current} | ({state.last_rollback.from_version} if state.last_rollback else set())
+    return next((v for v in reversed(state.production_history) if v not in skip), None)
+
+
+def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
+    """Move production back without analysis; idempotent; verifies /ready and a prediction afterwards."""
+    out = Outcome()
+    state = p.journal.load()
+    current = p.target.slot(PROD, "stable")
+    if current is None:
+        raise PromotionError("production serves nothing, so there is nothing to roll back. Next: "
+                             "`mlrelease status`; deploy with `mlrelease promote production`", exit_code=2)
+    mark = state.last_rollback
+    if to is None and mark is not None and mark.to_version == current.version:
+        out.say(f"already rolled back from version {mark.from_version} to {mark.to_version}; nothing to do")
+        return verify_production(p, current.version, out)
+    goal = to or previous_version(state, current.version, p.target.slot_version(PROD, "previous"))
+    if goal is None:
+        raise PromotionError("no previous production version is known; pass --to VERSION", exit_code=2)
+    if goal == current.version:
+        out.say(f"production already serves version {goal}; nothing to do")
+        return verify_production(p, goal, out)
+    if p.dry_run:
+        out.say(f"would move all production traffic from version {current.version} to {goal}, canary weight 0")
+        return out
+    abort = p.state_dir / ABORT_FILE
+    abort.touch()  # a running canary sees this and stops, releasing the lock
+    try:
+        with p.operation("rollback", goal, out, wait_s=p.params.rollback_lock_wait, reconcile=False):
+            abort.unlink(missing_ok=True)
+            return _switch_back(p, current.version, goal, reason, out)
+    finally:
+        abort.unlink(missing_ok=True)
+
+
+def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) -> Outcome:
+    started = time.monotonic()
+    warm = p.target.slot("production", "previous")
+    was_warm = warm is not None and str(warm.version) == goal and wait_healthy(warm.url, 1.0)
+    if not was_warm:
+        out.say(f"version {goal} is not warm: starting it (slower than the warm path)")
+        p.target.stop(PROD, "previous")
+        p.target.deploy(PROD, "previous", p.bundle(goal), goal)
+    p.target.set_weights(PROD, {"previous": 100})
+    switch_s = time.monotonic() - started
+    since_command = time.time() - command_started()
+    out.say(f"traffic: 100% on version {goal}, {since_command:.2f} s after the command started "
+            f"({'warm' if was_warm else 'cold'} switch {switch_s:.3f} s); canary weight 0")
+    p.target.stop(PROD, "canary", wait=False)
+    p.target.stop(PROD, "stable", wait=False)
+    p.target.rename(PROD, "previous", "stable")
+    state = p.journal.load()
+    state.last_rollback = RollbackMark(from_version=bad, to_version=goal, at=time.time())
+    state.production_history.append(goal)
+    p.journal.save(state)
+    verify_production(p, goal, out)
+    p.registry.set_alias(PROD, goal)
+    p.registry.delete_alias("canary")
+    p.registry.set_tag(bad, "mlrelease.rolled_back", reason[:500])
+    p.note(AuditRecord("rollback", PROD, p.by, to_version=goal, from_version=bad, alias=PROD,
+                       weights={"stable": 100}, reason=reason,
+                       evidence={"switch_seconds": round(switch_s, 4), "warm": was_warm,
+                                 "seconds_since_command": round(since_command, 3)}))
+    out.say(f"alias production -> {goal}; alias canary removed; version {bad} stopped and tagged rolled_back")
+    return out
+
+
+def command_started() -> float:
+    """Wall-clock start of this process (scripts/rollback.sh execs into it, so it is when the command began)."""
+    import psutil
+
+    return float(psutil.Process().create_time())
+
+
+def verify_production(p: Promoter, version: str, out: Outcome) -> Outcome:
+    """/ready of the stable slot and one prediction through the router, answered by ``version``."""
+    import httpx
+
+    from deploy.targets.traffic import predict_path, sample_rows
+
+    slot, entry = p.target.slot(PROD, "stable"), p.target.entry_url(PROD)
+    if slot is None or entry is None or not wait_healthy(slot.url, 5.0):
+        out.exit_code = 1
+        out.say(f"NOT OK: version {version} is not ready. Next: check {p.state_dir / 'logs'}, then "
+                "`scripts/rollback.sh --to VERSION` to another version, or `mlrelease status`")
+        return out
+    row = sample_rows(Path(slot.bundle_dir), 1, seed=3)
+    try:
+        resp = httpx.post(entry + predict_path(slot.model_name), json={"instances": row}, timeout=5)
+        answered = str(resp.json().get("model_version")) if resp.status_code == 200 else f"HTTP {resp.status_code}"
+    except (httpx.HTTPError, ValueError) as exc:
+        answered = f"error {exc}"
+    if answered != str(version):
+        out.exit_code = 1
+        out.say(f"NOT OK: a prediction through {entry} was answered by {answered}, expected version {version}. "
+                f"Next: `mlrelease status`, nginx log {p.state_dir / 'nginx' / PROD / 'error.log'}")
+        return out
+    out.say(f"verified: {slot.url}/ready is 200 and a prediction through {entry} is answered by version {version}")
+    return out

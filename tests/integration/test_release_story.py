@@ -1,0 +1,178 @@
+"""The whole release story on this machine, with real server processes, a real nginx and a real registry:
+pipeline output -> staging -> canary (a good version passes, a crash mid-canary is recovered, an erroring
+version is rolled back automatically) -> production -> scripts/rollback.sh under load -> history."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.targets.local import LocalTarget
+from deploy.targets.traffic import LoadDriver, sample_rows
+from mlrelease.modelcard import ModelCard, sha256_file
+from tests.release_helpers import (
+    BIN,
+    REPO,
+    audit_actions,
+    cli,
+    env_for,
+    make_variant,
+    register,
+    show,
+    stop_everything,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("release-story"),
+              pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx: run make setup")]
+
+FAST = {
+    "canary": {"steps": [50], "interval": "2.5s", "min_requests": 15, "load_rps": 40, "load_concurrency": 4,
+               "failure_limit": 0, "inconclusive_limit": 1},
+    "promotion": {"rollback_window": "10m", "ready_timeout": "120s", "drain_timeout": "5s"},
+    "loadtest": {"users": 4, "spawn_rate": 4, "duration_s": 3, "slo": {"min_rps": 5, "p95_ms": 1000,
+                                                                      "p99_ms": 2000}},
+}
+
+
+def registry(home: Path):  # noqa: ANN201 - MlflowClient
+    from mlrelease.settings import Settings
+    from registry.client import get_client
+
+    return get_client(Settings(home=home))
+
+
+def alias(home: Path, name: str, which: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(registry(home).get_model_version_by_alias(name, which).version)
+    except MlflowException:
+        return None
+
+
+def target(home: Path) -> LocalTarget:
+    from mlrelease.settings import Settings
+
+    return LocalTarget(Settings(home=home).state_dir)
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, show(proc)
+    return proc.stdout
+
+
+def tamper_artifacts(home: Path, sha: str) -> int:
+    """Flip the stored model.pt of a version in the artifact store; return how many copies were changed."""
+    changed = 0
+    for path in (home / "mlruns").rglob("model.pt"):
+        if sha256_file(path) == sha:
+            path.write_bytes(path.read_bytes() + b"\0")
+            changed += 1
+    return changed
+
+
+def kill_mid_canary(home: Path) -> None:
+    """Start a canary with a long interval, kill -9 it while traffic is split, check traffic stays healthy."""
+    proc = subprocess.Popen([str(BIN / "mlrelease"), "promote", "canary", "--interval", "60s"], cwd=home,
+                            env=env_for(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and target(home).weights("production").get("canary", 0) == 0:
+            assert proc.poll() is None, "canary exited before shifting traffic"
+            time.sleep(0.2)
+        assert target(home).weights("production").get("canary", 0) > 0
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert target(home).store.load().operation is not None  # the journal says a promotion died
+
+
+@pytest.fixture
+def story_home(registry_workspace, built_workspace):  # noqa: ANN001, ANN201
+    home = registry_workspace.root
+    registry_workspace.set_params(**FAST)
+    try:
+        yield home
+    finally:
+        stop_everything(home)
+
+
+def test_release_story(story_home: Path, tmp_path: Path) -> None:
+    home = story_home
+    bundle = home / "models"
+    name = ModelCard.read(bundle).name
+    v1 = alias(home, name, "candidate")
+    assert v1 is not None, "the pipeline registers a candidate"
+
+    # staging: smoke + load gate, then the alias; re-running is a no-op
+    assert "alias staging" in ok(cli(home, "promote", "staging", "--by", "alice"))
+    assert alias(home, name, "staging") == v1
+    assert "nothing to do" in ok(cli(home, "promote", "staging"))
+
+    # no production yet: the canary has nothing to compare with, and says what to do
+    first = cli(home, "promote", "canary")
+    assert first.returncode == 2 and "first release" in first.stderr, show(first)
+    refused = cli(home, "promote", "production", "--version", v1)
+    assert refused.returncode == 2 and "has not passed canary" in refused.stderr, show(refused)
+    dry = ok(cli(home, "promote", "production", "--version", v1, "--force", "--reason", "first", "--dry-run"))
+    assert "would switch" in dry and alias(home, name, "production") is None
+    ok(cli(home, "promote", "production", "--version", v1, "--force", "--reason", "first release"))
+    assert alias(home, name, "production") == v1
+
+    # a good version: staging, a canary killed mid-way (recovered on re-run), then a passing canary
+    v2 = register(make_variant(bundle, tmp_path / "good", "same"), home, name, "good")
+    ok(cli(home, "promote", "staging"))
+    kill_mid_canary(home)
+    canary = ok(cli(home, "promote", "canary"))
+    assert "recovering from an interrupted" in canary and "passed" in canary, canary
+    ok(cli(home, "promote", "production"))
+    assert alias(home, name, "production") == v2
+    assert target(home).slot_version("production", "previous") == v1  # warm for rollbacks
+
+    # a bad version (answers 500 for about half the rows) that slipped through staging: rolled back by itself
+    v3 = register(make_variant(bundle, tmp_path / "bad", "error"), home, name, "bad")
+    registry(home).set_registered_model_alias(name, "staging", v3)
+    bad = cli(home, "promote", "canary")
+    assert bad.returncode == 1 and "rolled back" in bad.stderr and "error rate" in bad.stderr, show(bad)
+    assert alias(home, name, "canary") is None and alias(home, name, "production") == v2
+    assert target(home).weights("production") == {"stable": 100.0}
+    assert target(home).slot_version("production", "canary") is None
+
+    # a version whose artifact does not match its sha256 never gets a process, let alone traffic
+    v4 = register(make_variant(bundle, tmp_path / "tampered", "same"), home, name, "tampered")
+    assert tamper_artifacts(home, registry(home).get_model_version(name, v4).tags["artifact_sha256"]) > 0
+    tampered = cli(home, "promote", "staging", "--version", v4)
+    assert tampered.returncode == 1 and "refused" in tampered.stderr, show(tampered)
+    assert target(home).slot_version("staging", "stable") == v2
+
+    # incident: roll back under load, zero failed requests; running it twice is harmless
+    entry = target(home).entry_url("production")
+    with LoadDriver(str(entry), name, sample_rows(bundle, 32), rps=60, concurrency=4, max_seconds=90) as load:
+        time.sleep(1.0)
+        rolled = subprocess.run([str(REPO / "scripts" / "rollback.sh"), "--reason", "pager: p99"], cwd=tmp_path,
+                                env=env_for(home), capture_output=True, text=True, timeout=180)
+        time.sleep(1.0)
+    assert rolled.returncode == 0, show(rolled)
+    assert load.result.failed == 0 and load.result.total > 50, load.result.statuses
+    assert load.result.versions[v1] > 0
+    assert alias(home, name, "production") == v1
+    again = subprocess.run([str(REPO / "scripts" / "rollback.sh")], cwd=home, env=env_for(home),
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, show(again)
+    assert alias(home, name, "production") == v1
+
+    # history shows every step, in the log and on the versions
+    actions = [(r["action"], r.get("to_version"), r["outcome"]) for r in audit_actions(home)]
+    for step in [("promote", v1, "forced"), ("canary-passed", v2, "done"), ("promote", v2, "done"),
+                 ("canary-rollback", v2, "rolled back"), ("integrity-check", v4, "rejected"),
+                 ("rollback", v1, "done"), ("recover", v2, "undone")]:
+        assert step in actions, (step, actions)
+    table = ok(cli(home, "history"))
+    assert "canary-rollback" in table and "pager: p99" in table
+    tags = registry(home).get_model_version(name, v3).tags
+    assert any(k.startswith("mlrelease.audit.") and "canary-rollback" in k for k in tags), tags

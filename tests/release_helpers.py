@@ -1,0 +1,103 @@
+"""Helpers for the release tests and the rollback benchmark: model variants, registration, CLI runs, cleanup.
+
+A *variant* wraps an exported bundle's TorchScript module so only behaviour differs: ``same`` (new bytes, same
+answers), ``slow`` (heavy matmuls on every call) or ``error`` (raises for about half the rows, so the server
+answers 500). Each variant is written with a correct card sha256 and the original reference stats.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MODES = {"same": 0, "slow": 1, "error": 2}
+
+
+def make_variant(bundle: Path, dest: Path, kind: str, reps: int = 40) -> Path:
+    """Write a bundle whose model wraps ``bundle``'s model with the given behaviour."""
+    import torch
+
+    from mlrelease.modelcard import MODEL_FILE, REFERENCE_FILE, ModelCard, ReferenceStats, sha256_file
+
+    card = ModelCard.read(bundle)
+    stats = ReferenceStats.model_validate_json((bundle / REFERENCE_FILE).read_text())
+    first = stats.features[card.feature_names[0]]
+    # above the mean row that registration uses as its input example, below a good share of real rows
+    threshold = max(first.mean, card.preprocessing.mean[0]) + 0.25 * first.std
+
+    class Variant(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.mode = MODES[kind]
+            self.reps = reps
+            self.threshold = threshold
+            self.register_buffer("w", torch.eye(192) * 0.9)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.mode == 1:
+                acc = torch.ones(192, 192)
+                for _ in range(self.reps):
+                    acc = torch.tanh(acc @ self.w)
+                return self.inner(x) + 0.0 * acc.sum()
+            if self.mode == 2 and bool((x[:, 0] > self.threshold).any()):
+                raise RuntimeError("deliberately bad version")
+            return self.inner(x)
+
+    inner = torch.jit.load(str(bundle / MODEL_FILE))
+    module = torch.jit.freeze(torch.jit.script(Variant(inner).eval()))
+    dest.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(module, str(dest / MODEL_FILE))
+    shutil.copyfile(bundle / REFERENCE_FILE, dest / REFERENCE_FILE)
+    card.model_copy(update={"sha256": sha256_file(dest / MODEL_FILE)}).write(dest)
+    return dest
+
+
+def register(bundle: Path, home: Path, model_name: str, kind: str) -> str:
+    """Register a bundle in the workspace's registry; return the new version number."""
+    from mlrelease.settings import Settings
+    from registry.register import register_bundle
+
+    version, _ = register_bundle(bundle, model_name, metrics={}, params={}, tags={"variant": kind},
+                                 settings=Settings(home=home))
+    return str(version.version)
+
+
+def env_for(home: Path, **extra: str) -> dict[str, str]:
+    """Environment for CLI runs against a workspace."""
+    return {**os.environ, "MLRELEASE_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "MLRELEASE_BY": "release-test",
+            **extra}
+
+
+def cli(home: Path, *args: str, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess[str]:
+    """Run ``mlrelease ARGS`` in the workspace (its params.yaml, its state) and capture the output."""
+    return subprocess.run([str(BIN / "mlrelease"), *args], cwd=home, env=env_for(home, **extra),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def stop_everything(home: Path) -> None:
+    """Stop every server and nginx a test started in this workspace."""
+    from deploy.targets.local import LocalTarget
+    from mlrelease.settings import Settings
+
+    LocalTarget(Settings(home=home).state_dir).stop_all()
+
+
+def show(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+
+
+def audit_actions(home: Path) -> list[dict[str, Any]]:
+    from mlrelease.settings import Settings
+    from registry.audit import AuditLog
+
+    return AuditLog(Settings(home=home).state_dir).records()
+
+

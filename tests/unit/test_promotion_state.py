@@ -1,0 +1,134 @@
+"""State file, promotion lock and the nginx router, with real files, real processes and a real nginx."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.targets.base import DeploymentError
+from deploy.targets.router import Nginx, render
+from deploy.targets.state import DeployState, Environment, Slot, StateStore
+from registry.locking import PromotionLocked, promotion_lock
+
+
+def test_state_roundtrip_and_atomic_replace(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    assert store.load().environments == {}
+    state = DeployState()
+    state.env("production").slots["stable"] = Slot(version="3", port=1234, pid=1, model_name="m", bundle_dir="/b")
+    state.env("production").weights = {"stable": 100}
+    store.save(state)
+    again = store.load()
+    assert again.env("production").slots["stable"].url == "http://127.0.0.1:1234"
+    assert again.env("production").weight("canary") == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left behind
+
+
+def test_corrupt_state_gives_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(RuntimeError, match="unreadable deployment state"):
+        StateStore(tmp_path).load()
+
+
+def test_second_caller_is_told_who_holds_the_lock(tmp_path: Path) -> None:
+    code = (
+        "import sys, time; from registry.locking import promotion_lock\n"
+        "with promotion_lock(__import__('pathlib').Path(sys.argv[1]), 'promote canary', 'alice'):\n"
+        "    print('held', flush=True); time.sleep(30)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with (
+            pytest.raises(PromotionLocked, match=r"promote canary` by alice \(pid \d+\)"),
+            promotion_lock(tmp_path, "promote production", "bob"),
+        ):
+            pass
+        holder.kill()  # kill -9: the kernel releases the lock
+        holder.wait()
+        with promotion_lock(tmp_path, "promote production", "bob"):
+            assert json.loads((tmp_path / "promotion.lock.holder").read_text())["by"] == "bob"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+class _Backend(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = self.server.name.encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def backends() -> Iterator[dict[str, int]]:
+    servers = {}
+    for name in ("stable", "canary"):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+        server.name = name  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers[name] = server
+    yield {name: s.server_address[1] for name, s in servers.items()}
+    for server in servers.values():
+        server.shutdown()
+
+
+def _env(ports: dict[str, int], weights: dict[str, float], entry: int) -> Environment:
+    slots = {n: Slot(version=n, port=p, pid=os.getpid(), model_name="m", bundle_dir="/b") for n, p in ports.items()}
+    return Environment(slots=slots, weights=weights, entry_port=entry)
+
+
+def _hits(port: int, n: int) -> Counter[str]:
+    import httpx
+
+    with httpx.Client() as client:
+        return Counter(client.get(f"http://127.0.0.1:{port}/x").text for _ in range(n))
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx is installed by make setup")
+def test_nginx_splits_by_weight_and_reloads(tmp_path: Path, backends: dict[str, int]) -> None:
+    from deploy.targets.local import free_port
+
+    entry = free_port()
+    nginx = Nginx(tmp_path / "nginx")
+    try:
+        nginx.apply(_env(backends, {"stable": 100}, entry))
+        assert _hits(entry, 20) == Counter({"stable": 20})
+        pid = nginx.pid()
+        nginx.apply(_env(backends, {"stable": 50, "canary": 50}, entry))
+        assert nginx.pid() == pid  # a graceful reload, not a restart
+        split = _hits(entry, 400)
+        assert 120 < split["canary"] < 280, split
+        nginx.apply(_env(backends, {"canary": 100}, entry))
+        assert _hits(entry, 20) == Counter({"canary": 20})
+    finally:
+        nginx.stop()
+    assert nginx.pid() is None
+
+
+def test_router_refuses_empty_routing(tmp_path: Path) -> None:
+    with pytest.raises(DeploymentError, match="no slot receives traffic"):
+        render(Environment(entry_port=1), tmp_path, "g")
+    text = render(_env({"stable": 1001, "canary": 1002}, {"stable": 95, "canary": 5}, 1000), tmp_path, "g")
+    assert "95% mlrelease_1001;" in text and "* mlrelease_1002;" in text
+    assert "server 127.0.0.1:1001 backup;" in text  # a dead canary falls back to stable
