@@ -15,6 +15,9 @@ class TabularClassifier(nn.Module):
     ``logits`` is what training optimizes.
     """
 
+    mean: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, n_features: int, n_classes: int, hidden: list[int], dropout: float,
                  mean: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> None:
         super().__init__()

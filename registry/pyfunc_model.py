@@ -9,9 +9,10 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 
-class TorchScriptClassifier(mlflow.pyfunc.PythonModel):
+class TorchScriptClassifier(PythonModel):
     """Wraps the exported TorchScript module: a DataFrame or 2-D array of raw features -> probabilities."""
 
     def load_context(self, context: Any) -> None:
