@@ -47,7 +47,7 @@ def test_second_repro_skips_every_stage(built_workspace: Workspace) -> None:
     out = built_workspace.dvc("repro").stdout
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in out, out
-    status = built_workspace.dvc("status").stdout
+    status = built_workspace.dvc("status", "dvc.yaml").stdout
     assert "up to date" in status.lower(), status
 
 

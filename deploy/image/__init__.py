@@ -1,0 +1,1 @@
+"""Build, smoke-test and scan the serving image: the release artifact that staging, canary and production run."""
