@@ -130,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.metrics, {**scores, "n_test": len(test.y), "confusion_matrix": matrix.tolist()})
     write_json(args.plots / "roc.json", {"roc": roc_points(test.y, proba)})
     write_json(args.plots / "confusion.json", {"confusion": confusion_rows(test.y, proba, contract.class_names)})
-    champion, note = champion_metrics(params, contract, test)
+    try:
+        champion, note = champion_metrics(params, contract, test)
+    except RuntimeError as exc:
+        sys.stderr.write(f"evaluate: champion/challenger gate could not run: {exc}\n")
+        return 1
     gates = (threshold_gates(scores, params.gates) + behavioural_gates(model, test, params.gates, params.seed)
              + champion_gates(scores, champion, params.gates.champion_tolerance, note))
     write_json(args.gates, gates_payload("evaluate", gates))

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     card = ModelCard(
         name=params.model.name, feature_names=contract.feature_names, input_shape=[-1, len(contract.features)],
         classes=contract.class_names, sha256=sha256_file(model_path), torch_version=torch.__version__,
-        preprocessing=Standardization(mean=eager.mean.tolist(), scale=eager.scale.tolist()),
+        preprocessing=Standardization(mean=eager.mean.tolist(), scale=eager.scale.tolist()),  # type: ignore[operator]
         export_method=method, metrics=metrics, latency_ms=latency,
     )
     card.write(args.out)

@@ -8,7 +8,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Gate:
-    """One check; ``passed`` is None only for an informational gate that could not be evaluated."""
+    """One check: what was measured, against what, and whether it passed."""
 
     name: str
     value: Any
@@ -27,15 +27,6 @@ def at_least(name: str, value: float, minimum: float) -> Gate:
 
 def at_most(name: str, value: float, maximum: float) -> Gate:
     return Gate(name, round(value, 6), f"<= {maximum}", bool(value <= maximum))
-
-
-class GateFailure(RuntimeError):
-    """One or more gates failed; the message lists each failing gate, its value and its threshold."""
-
-    def __init__(self, stage: str, gates: list[Gate]) -> None:
-        self.gates = gates
-        failed = [g for g in gates if not g.passed]
-        super().__init__(f"{stage}: {len(failed)} gate(s) failed:\n" + "\n".join(g.line() for g in failed))
 
 
 def gates_payload(stage: str, gates: list[Gate]) -> dict[str, Any]:

@@ -15,9 +15,6 @@ class TabularClassifier(nn.Module):
     ``logits`` is what training optimizes.
     """
 
-    mean: torch.Tensor
-    scale: torch.Tensor
-
     def __init__(self, n_features: int, n_classes: int, hidden: list[int], dropout: float,
                  mean: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -32,7 +29,8 @@ class TabularClassifier(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.scale)
+        # buffers are typed Tensor | Module by nn.Module; class-level annotations would break torch.jit.script
+        return self.net((x - self.mean) / self.scale)  # type: ignore[operator]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(x), dim=1)

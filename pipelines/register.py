@@ -77,6 +77,8 @@ def flat_params(params: Params) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """DVC entry point: check gates, register (or reuse) the version, write reports/registration.json."""
+    from mlflow.exceptions import MlflowException
+
     from mlrelease.modelcard import IntegrityError
     from registry.register import register_bundle
 
@@ -96,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         example = pd.read_csv(args.splits / "test.csv").drop(columns=[params.data.target]).head(5)
         version, created = register_bundle(args.bundle, params.model.name, metrics=metrics,
                                            params=flat_params(params), tags=tags, run_id=run_id, example=example)
-    except (GateReportError, IntegrityError) as exc:
-        sys.stderr.write(f"register: {exc}\n")
+    except (GateReportError, IntegrityError, ValueError, KeyError) as exc:
+        sys.stderr.write(f"register: {exc!r}; nothing was registered\n")
+        return 1
+    except MlflowException as exc:
+        sys.stderr.write(f"register: the registry refused or could not be reached ({exc}); check "
+                         "MLFLOW_TRACKING_URI and re-run `dvc repro`\n")
         return 1
     write_json(args.out, {"model_name": version.name, "version": int(version.version), "created": created,
                           "aliases": sorted(version.aliases), "run_id": version.run_id,

@@ -18,7 +18,7 @@ def production_metrics(model_name: str, feature_names: list[str], x: np.ndarray,
     import torch
     from mlflow.exceptions import MlflowException
 
-    from mlrelease.modelcard import MODEL_FILE, ModelCard
+    from mlrelease.modelcard import MODEL_FILE, IntegrityError, ModelCard
     from pipelines.common import predict_proba
     from pipelines.evaluate import classification_metrics
     from registry.register import download_bundle
@@ -29,7 +29,11 @@ def production_metrics(model_name: str, feature_names: list[str], x: np.ndarray,
         except MlflowException as exc:
             if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
                 return None, f"no production version of {model_name!r} in the registry; nothing to compare"
-            raise
+            raise RuntimeError(f"cannot read the production version of {model_name!r} from the registry "
+                               f"({exc}); check MLFLOW_TRACKING_URI and retry") from exc
+        except IntegrityError as exc:
+            raise RuntimeError(f"the production version's artifact fails its sha256 check ({exc}); "
+                               "investigate before comparing or promoting anything") from exc
         card = ModelCard.read(bundle)
         if card.feature_names != feature_names:
             return None, (f"production version expects other features ({card.n_features}); "

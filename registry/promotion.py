@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from deploy.targets.base import DeploymentTarget
 from deploy.targets.local import http_get
@@ -173,8 +173,11 @@ class Promoter:
             self._journal(Operation(command=command, version=version, pid=os.getpid(), by=self.by))
             try:
                 yield
-            finally:
-                self._journal(None)
+            except PromotionError:
+                self._journal(None)  # a handled failure: it already undid its own changes
+                raise
+            # any other error keeps the journal, so the next command's recover() puts traffic back on stable
+            self._journal(None)
 
     def _journal(self, op: Operation | None) -> None:
         state = self.journal.load()
@@ -188,6 +191,10 @@ class Promoter:
             return
         out.say(f"recovering from an interrupted `{op.command}` of version {op.version} (pid {op.pid})")
         weights = self.target.weights(PROD)
+        if op.command == "rollback" and weights.get("previous", 0) == 100:
+            out.say(f"the interrupted rollback had already moved all traffic to version {op.version}; "
+                    "run `scripts/rollback.sh` again to finish it")
+            return
         if weights and weights.get("stable", 0) < 100 and self.target.slot_version(PROD, "stable") is not None:
             self.target.set_weights(PROD, {"stable": 100})
             out.say("traffic: 100% back on stable")
@@ -271,7 +278,7 @@ class Promoter:
             if self.params.load_gate:
                 evidence["loadtest"] = self.load_gate(url, version)
             return evidence
-        except PromotionError as exc:
+        except Exception as exc:  # a failed gate, or a timeout/connection error while checking it
             self.target.stop(STAGING, "pending")
             self.note(AuditRecord("promote", STAGING, self.by, to_version=version, alias=STAGING,
                                   outcome="failed", reason=str(exc)))
@@ -300,8 +307,11 @@ class Promoter:
     def promote_canary(self, steps: list[float] | None, interval: float | None) -> Outcome:
         """Start the canary slot with the staging version and shift traffic step by step under analysis."""
         out = Outcome()
-        params = self.canary_params.model_copy(update={k: v for k, v in
-                                                       {"steps": steps, "interval": interval}.items() if v})
+        updates = {k: v for k, v in {"steps": steps, "interval": interval}.items() if v}
+        try:  # validate, so --steps cannot give the canary the majority of traffic
+            params = CanaryParams.model_validate({**self.canary_params.model_dump(), **updates})
+        except ValidationError as exc:
+            raise PromotionError(f"invalid canary settings {updates}: {exc.errors()[0]['msg']}", exit_code=2) from exc
         version = self.require_version(None, STAGING, "promote a version to staging first")
         stable = self.target.slot_version(PROD, "stable")
         if stable is None:
@@ -336,6 +346,10 @@ class Promoter:
         except PromotionError as exc:
             self.abort_canary(version, stable, str(exc), {})
             raise
+        except Exception as exc:  # a crashed analysis, a canary that died, a failed reload: never keep its traffic
+            self.abort_canary(version, stable, f"analysis error: {exc}", {})
+            raise PromotionError(f"canary of version {version} rolled back after an error: {exc}; "
+                                 f"production stays on version {stable}") from exc
         evidence = {"report": str(analysis["report"]), "measurements": analysis["measurements"]}
         if analysis["aborted"]:
             self.abort_canary(version, stable, analysis["aborted"], evidence)
@@ -459,9 +473,8 @@ def previous_version(state: DeployState, current: str, warm: str | None) -> str 
     return next((v for v in reversed(state.production_history) if v not in skip), None)
 
 
-def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
-    """Move production back without analysis; idempotent; verifies /ready and a prediction afterwards."""
-    out = Outcome()
+def _rollback_goal(p: Promoter, to: str | None, out: Outcome) -> tuple[str | None, str | None]:
+    """(version serving now, version to go back to); goal None means nothing to do, and says why."""
     state = p.journal.load()
     current = p.target.slot(PROD, "stable")
     if current is None:
@@ -470,22 +483,34 @@ def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
     mark = state.last_rollback
     if to is None and mark is not None and mark.to_version == current.version:
         out.say(f"already rolled back from version {mark.from_version} to {mark.to_version}; nothing to do")
-        return verify_production(p, current.version, out)
+        return current.version, None
     goal = to or previous_version(state, current.version, p.target.slot_version(PROD, "previous"))
     if goal is None:
         raise PromotionError("no previous production version is known; pass --to VERSION", exit_code=2)
     if goal == current.version:
         out.say(f"production already serves version {goal}; nothing to do")
-        return verify_production(p, goal, out)
+        return current.version, None
+    return current.version, goal
+
+
+def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
+    """Move production back without analysis; idempotent; verifies /ready and a prediction afterwards."""
+    out = Outcome()
+    current, goal = _rollback_goal(p, to, out)
+    if goal is None:
+        return verify_production(p, str(current), out)
     if p.dry_run:
-        out.say(f"would move all production traffic from version {current.version} to {goal}, canary weight 0")
+        out.say(f"would move all production traffic from version {current} to {goal}, canary weight 0")
         return out
     abort = p.state_dir / ABORT_FILE
     abort.touch()  # a running canary sees this and stops, releasing the lock
     try:
         with p.operation("rollback", goal, out, wait_s=p.params.rollback_lock_wait, reconcile=False):
             abort.unlink(missing_ok=True)
-            return _switch_back(p, current.version, goal, reason, out)
+            current, goal = _rollback_goal(p, to, Outcome())  # decide again under the lock: state may have moved
+            if goal is None:
+                return verify_production(p, str(current), out)
+            return _switch_back(p, str(current), goal, reason, out)
     finally:
         abort.unlink(missing_ok=True)
 

@@ -34,13 +34,8 @@ SHA_TAG = "artifact_sha256"
 
 def find_version_by_sha(model_name: str, sha256: str, settings: Settings | None = None) -> ModelVersion | None:
     """The existing version of ``model_name`` whose artifact has this sha256, if any."""
-    from mlflow.exceptions import MlflowException
-
     client = get_client(settings)
-    try:
-        versions = client.search_model_versions(f"name='{model_name}'")
-    except MlflowException:
-        return None
+    versions = client.search_model_versions(f"name='{model_name}'")  # an unreachable registry raises, never "none"
     matches = [v for v in versions if v.tags.get(SHA_TAG) == sha256]
     return min(matches, key=lambda v: int(v.version)) if matches else None
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from mlrelease.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "breast-cancer-classifier"
@@ -98,12 +99,6 @@ def write_test_csv(path: Path, target: str = "target", rows: int = 120) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def server_env(**settings: str) -> dict[str, str]:

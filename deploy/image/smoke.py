@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from deploy.image.engine import Engine, inspect_image
 from mlrelease.modelcard import MODEL_FILE, REFERENCE_FILE, ModelCard, ReferenceStats
+from mlrelease.net import free_port
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,6 @@ class SmokeResult:
         return {"rows": self.rows, "max_abs_diff": self.max_abs_diff,
                 "ready_seconds": round(self.ready_seconds, 2), "healthcheck_ok": self.healthcheck_ok,
                 "passed": True}
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def reference_inputs(bundle: Path, rows: int, data_csv: Path | None = None) -> list[list[float]]:

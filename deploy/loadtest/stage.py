@@ -11,22 +11,16 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest, wait_ready
+from mlrelease.net import free_port
 from mlrelease.params import load_params, section
 
 log = logging.getLogger("deploy.loadtest.stage")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(model_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:

@@ -14,7 +14,6 @@ import logging
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mlrelease.net import free_port
 
 log = logging.getLogger("deploy.serving.bench")
 
@@ -81,12 +82,6 @@ class Candidate:
     command: Callable[[int], list[str]]
     env: dict[str, str]
     ready_path: str
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pinned(cpu: int, command: list[str]) -> list[str]:

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,8 @@ from pathlib import Path
 
 from deploy.targets.base import DeploymentError, DeploymentTarget, SlotStatus
 from deploy.targets.state import DeployState, Slot, StateStore, atomic_write
-from mlrelease.modelcard import ModelCard, verify_bundle
+from mlrelease.modelcard import IntegrityError, verify_bundle
+from mlrelease.net import free_port
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "nginx.conf.tmpl"
 NGINX_BIN = "/usr/sbin/nginx"
 SERVER_MARKER = "deploy.serving"
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 1.0) -> tuple[int, str]:
@@ -111,8 +104,20 @@ class LocalTarget(DeploymentTarget):
         env.slots[slot] = Slot(version=version, port=port, pid=process.pid, model_name=card.name,
                                bundle_dir=str(Path(bundle_dir).resolve()))
         self.store.save(state)  # record the pid at once: a crash from here on leaves no orphan untracked
-        self._wait_ready(env.slots[slot], process)
+        try:
+            self._wait_ready(env.slots[slot], process)
+        except DeploymentError:
+            self._forget(environment, slot)  # a server that never became ready is stopped and dropped
+            raise
         return env.slots[slot].url
+
+    def _forget(self, environment: str, slot: str) -> None:
+        """Stop a slot's server and remove it from the state, so later commands do not try to revive it."""
+        state = self.store.load()
+        dropped = state.env(environment).slots.pop(slot, None)
+        if dropped is not None:
+            self._stop_slot(dropped, wait=False)
+            self.store.save(state)
 
     def _spawn(self, environment: str, slot: str, bundle_dir: Path, version: str,
                port: int) -> subprocess.Popen[bytes]:
@@ -273,8 +278,14 @@ class LocalTarget(DeploymentTarget):
                     self.stop(env_name, slot_name)
                     done.append(f"stopped expired {env_name}/{slot_name} (version {slot.version})")
                 elif not pid_alive(slot.pid):
-                    self._restart(env_name, slot_name, slot)
-                    done.append(f"restarted {env_name}/{slot_name} (version {slot.version})")
+                    try:
+                        self._restart(env_name, slot_name, slot)
+                        done.append(f"restarted {env_name}/{slot_name} (version {slot.version})")
+                    except (DeploymentError, IntegrityError) as exc:
+                        if env.weight(slot_name) > 0:
+                            raise  # it serves traffic: say so loudly rather than route around it silently
+                        self._forget(env_name, slot_name)
+                        done.append(f"dropped dead {env_name}/{slot_name} (version {slot.version}): {exc}")
             if env_name in self.routed and env.weights:
                 self.apply_routing(self.store.load(), env_name)
         return done
@@ -311,11 +322,6 @@ def _reap(pid: int) -> None:
     """Collect a child's exit status so it does not linger as a zombie."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-
-
-def read_card(bundle_dir: Path) -> ModelCard:
-    """The bundle's model card (name, features, classes)."""
-    return ModelCard.read(Path(bundle_dir))
 
 
 __all__ = ["LocalTarget", "atomic_write", "free_port", "http_get"]

@@ -6,7 +6,6 @@ at any point leaves either the old or the new state on disk, never half of one.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -59,7 +58,6 @@ class Operation(BaseModel):
     pid: int
     by: str
     started_at: float = Field(default_factory=time.time)
-    phase: str = "started"
 
 
 class RollbackMark(BaseModel):
@@ -128,8 +126,3 @@ def atomic_write(path: Path, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def dump_json(data: object) -> str:
-    """Compact, stable JSON used in logs and tags."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)

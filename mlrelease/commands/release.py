@@ -88,8 +88,14 @@ def run_guarded(action: str, call: Callable[[], None]) -> None:
     except PromotionError as exc:
         err.print(f"[red]{action} failed: {exc}[/red]", highlight=False)
         raise typer.Exit(exc.exit_code) from exc
-    except (DeploymentError, ParamsError) as exc:
+    except (DeploymentError, ParamsError, ValueError, RuntimeError, OSError) as exc:
         err.print(f"[red]{action} failed: {exc}[/red]", highlight=False)
+        raise typer.Exit(1) from exc
+    except Exception as exc:
+        if not type(exc).__module__.startswith("mlflow"):  # matched by module: importing mlflow costs ~1 s
+            raise
+        err.print(f"[red]{action} failed: the registry refused or could not be reached: {exc}. "
+                  "Check MLFLOW_TRACKING_URI, then re-run the command.[/red]", highlight=False)
         raise typer.Exit(1) from exc
 
 

@@ -1,0 +1,49 @@
+"""A server that never becomes ready is stopped and forgotten, so it neither leaks nor blocks later commands."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.targets.base import DeploymentError
+from deploy.targets.local import LocalTarget, pid_alive
+from mlrelease.modelcard import MODEL_FILE, ModelCard, sha256_file
+from tests.serving_helpers import make_bundle
+
+pytestmark = pytest.mark.integration
+
+
+def _unloadable_bundle(dest: Path) -> Path:
+    """A bundle whose card matches its bytes (sha256 is right) but whose model.pt is not TorchScript."""
+    bundle = make_bundle(dest, epochs=2)
+    (bundle / MODEL_FILE).write_bytes(b"not a torchscript archive\n" * 64)
+    card = ModelCard.read(bundle)
+    card.model_copy(update={"sha256": sha256_file(bundle / MODEL_FILE)}).write(bundle)
+    return bundle
+
+
+def test_failed_deploy_leaves_no_process_and_no_slot(tmp_path: Path) -> None:
+    target = LocalTarget(tmp_path / "state", routed=(), ready_timeout_s=8, drain_timeout_s=2)
+    bundle = _unloadable_bundle(tmp_path / "bundle")
+    with pytest.raises(DeploymentError, match="not ready|exited"):
+        target.deploy("staging", "pending", bundle, "9")
+    state = target.store.load()
+    assert "pending" not in state.env("staging").slots
+    assert target.reconcile() == []  # nothing left for later commands to revive
+    logs = list((tmp_path / "state" / "logs").glob("staging-pending-v9-*.log"))
+    assert logs, "the server's log is kept for the post-mortem"
+    deadline = time.monotonic() + 10
+    # every server this target started for the slot is gone
+    while time.monotonic() < deadline and any(pid_alive(p) for p in _server_pids(logs[0])):
+        time.sleep(0.1)
+    assert not any(pid_alive(p) for p in _server_pids(logs[0]))
+
+
+def _server_pids(log: Path) -> list[int]:
+    import psutil
+
+    port = log.stem.rsplit("-", 1)[-1]
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"] and "deploy.serving" in p.info["cmdline"] and port in p.info["cmdline"]]
