@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 ALIASES = ("candidate", "staging", "canary", "production")
+_MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 def configure_mlflow(settings: Settings | None = None) -> str:
@@ -22,8 +23,16 @@ def configure_mlflow(settings: Settings | None = None) -> str:
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///"):
         (settings.home / "mlruns").mkdir(parents=True, exist_ok=True)
+    saved = {key: os.environ.get(key) for key in _MLFLOW_URI_VARS}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # MLflow also exports the URI into os.environ; undo that, or later Settings() and child processes in this
+    # process would silently follow the last registry configured here instead of their own workspace.
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     return uri
 
 

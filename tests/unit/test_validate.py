@@ -108,3 +108,4 @@ def test_parquet_is_accepted(tmp_path: Path) -> None:
     good_frame().to_parquet(path)
     assert validate_file(path, CONTRACT).valid
     pd.read_parquet(path)
+
