@@ -54,7 +54,8 @@ def _signature_and_example(bundle_dir: Path, card: ModelCard, example: Any) -> t
     return infer_signature(example, output), example
 
 
-def _log_pyfunc(bundle_dir: Path, card: ModelCard, run_id: str | None, experiment: str, example: Any) -> str:
+def _log_pyfunc(bundle_dir: Path, card: ModelCard, run_id: str | None, experiment: str, example: Any,
+                settings: Settings | None) -> str:
     """Log the bundle as a models-from-code pyfunc in the training run (or a new run); return its model URI."""
     import mlflow
     import torch
@@ -62,7 +63,9 @@ def _log_pyfunc(bundle_dir: Path, card: ModelCard, run_id: str | None, experimen
     signature, example = _signature_and_example(bundle_dir, card, example)
     code = Path(__file__).with_name("pyfunc_model.py")
     artifacts = {key: str(bundle_dir / name) for key, name in BUNDLE_FILES.items()}
-    run_kwargs: dict[str, Any] = {"run_id": run_id} if run_id else {"experiment_id": ensure_experiment(experiment)}
+    run_kwargs: dict[str, Any] = (
+        {"run_id": run_id} if run_id else {"experiment_id": ensure_experiment(experiment, settings)}
+    )
     with mlflow.start_run(**run_kwargs):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(code), artifacts=artifacts, signature=signature,
@@ -86,7 +89,7 @@ def register_bundle(bundle_dir: Path, model_name: str, *, metrics: dict[str, flo
                  existing.version)
         client.set_registered_model_alias(model_name, "candidate", existing.version)
         return client.get_model_version(model_name, existing.version), False
-    model_uri = _log_pyfunc(bundle_dir, card, run_id, model_name, example)
+    model_uri = _log_pyfunc(bundle_dir, card, run_id, model_name, example, settings)
     version = mlflow.register_model(model_uri, model_name, tags={SHA_TAG: card.sha256})
     all_tags = {**tags, **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()},
                 **{f"param.{k}": str(v)[:500] for k, v in params.items()}}

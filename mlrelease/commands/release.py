@@ -82,6 +82,8 @@ def run_guarded(action: str, call: Callable[[], None]) -> None:
     err = Console(stderr=True)
     try:
         call()
+    except typer.Exit:
+        raise  # click's Exit is a RuntimeError: a finished command's exit code passes through untouched
     except PromotionLocked as exc:
         err.print(f"[red]{action}: {exc}[/red]", highlight=False)
         raise typer.Exit(3) from exc
