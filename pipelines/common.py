@@ -69,3 +69,8 @@ def predict_proba(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def read_numeric(path: Path) -> dict[str, float]:
+    """The numeric entries of a JSON metrics file (the confusion matrix and other lists are left out)."""
+    return {k: float(v) for k, v in json.loads(path.read_text()).items() if isinstance(v, (int, float))}

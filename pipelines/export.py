@@ -8,7 +8,6 @@ reference statistics, per the contract in mlrelease/modelcard.py.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ import torch
 
 from mlrelease.modelcard import CARD_FILE, MODEL_FILE, REFERENCE_FILE, ModelCard, Standardization, sha256_file
 from mlrelease.params import ExportParams, load_params
-from pipelines.common import load_checkpoint, predict_proba, read_split, write_json
+from pipelines.common import load_checkpoint, predict_proba, read_numeric, read_split, write_json
 from pipelines.evaluate import EDGE_SCALE, edge_inputs
 from pipelines.gates import Gate, at_most, gates_payload
 from pipelines.schema import load_contract
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"export: gate(s) failed, no bundle written:\n{failed}\n")
         return 1
     shutil.copyfile(args.reference, args.out / REFERENCE_FILE)
-    metrics = {k: float(v) for k, v in json.loads(args.metrics.read_text()).items() if isinstance(v, (int, float))}
+    metrics = read_numeric(args.metrics)
     card = ModelCard(
         name=params.model.name, feature_names=contract.feature_names, input_shape=[-1, len(contract.features)],
         classes=contract.class_names, sha256=sha256_file(model_path), torch_version=torch.__version__,

@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from mlrelease.params import Params, load_params
-from pipelines.common import write_json
+from pipelines.common import read_numeric, write_json
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     try:
         require_passed(args.eval_gates, args.export_report)
-        metrics = {k: float(v) for k, v in json.loads(args.metrics.read_text()).items() if isinstance(v, (int, float))}
+        metrics = read_numeric(args.metrics)
         run_id = json.loads(args.run_info.read_text())["run_id"]
         tags = {"git_commit": git_commit(), "data_hash": data_hash(args.lock, args.splits),
                 "params_hash": params_hash(params), "gates": "evaluate=passed,export=passed"}

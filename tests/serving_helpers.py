@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from mlrelease.net import free_port
+from mlrelease.net import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "breast-cancer-classifier"
@@ -155,18 +154,7 @@ def run_server(
             wait_ready(server.url, process)
         yield server
     finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-    return int(process.returncode)
+        stop_process(process)
 
 
 def shared_bundle(tmp_path_factory: Any, seed: int) -> Path:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest, wait_ready
-from mlrelease.net import free_port
+from mlrelease.net import free_port, stop_process
 from mlrelease.params import load_params, section
 
 log = logging.getLogger("deploy.loadtest.stage")
@@ -46,18 +45,6 @@ def start_server(model_dir: Path, port: int, log_path: Path) -> subprocess.Popen
         )
 
 
-def stop_server(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    """SIGTERM (graceful drain), then SIGKILL if it does not exit in time."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m deploy.loadtest.stage", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -84,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("loadtest could not run: %s (server log: %s)", exc, args.server_log)
         return 2
     finally:
-        stop_server(process)
+        stop_process(process)
     stats = report["stats"]
     log.info(
         "loadtest: %.0f req/s, p95 %.1f ms, p99 %.1f ms, errors %.4f",
