@@ -44,6 +44,8 @@ async def app(
 def main() -> None:
     import uvicorn
 
+    from deploy.serving.transport import CombiningHttpToolsProtocol
+
     parser = argparse.ArgumentParser(prog="python -m deploy.serving.bare")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
@@ -52,7 +54,7 @@ def main() -> None:
         host="127.0.0.1",
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=CombiningHttpToolsProtocol,
         lifespan="off",
         access_log=False,
         log_level="warning",

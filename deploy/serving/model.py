@@ -62,7 +62,7 @@ class LoadedModel:
         import torch
 
         with torch.inference_mode():
-            out = self.module(torch.from_numpy(batch))
+            out = self.module.forward(torch.from_numpy(batch))  # skips nn.Module hook dispatch (~15 us a call)
         return np.asarray(out.numpy(), dtype=np.float32)
 
 
