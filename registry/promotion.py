@@ -27,6 +27,7 @@ from mlrelease.modelcard import ModelCard, verify_bundle
 from mlrelease.settings import Settings
 from registry.analysis import CanaryParams, parse_duration
 from registry.audit import AuditLog, AuditRecord, record
+from registry.fast_rollback import process_started, switched_from_env
 from registry.locking import promotion_lock
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ class Promoter:
         out = Outcome()
         version = self.require_version(version, "candidate", "register one first (`mlrelease pipeline`)")
         if self.registry.alias(STAGING) == version and self.target.slot_version(STAGING, "stable") == version \
-                and wait_healthy(str(self.target.slot_url(STAGING, "stable")), 1.0):
+                and wait_identity(self.target, STAGING, "stable", 1.0):
             out.say(f"staging already serves version {version} and has the alias; nothing to do")
             return out
         if self.dry_run:
@@ -455,13 +456,15 @@ def smoke_test(url: str, bundle_dir: Path, rows: int = 8) -> dict[str, Any]:
     return {"rows": rows, "status": 200, "model_version": resp.json().get("model_version")}
 
 
-def wait_healthy(url: str, timeout: float = 5.0) -> bool:
+def wait_identity(target: DeploymentTarget, environment: str, slot: str, timeout: float = 5.0) -> bool:
+    """Wait until the slot is ready and answers as its own version and bundle (not just anything on its port)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if http_get(f"{url}/ready")[0] == 200:
+    while True:
+        if target.slot_problem(environment, slot) is None:
             return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)
-    return False
 
 
 
@@ -518,16 +521,20 @@ def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
 def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) -> Outcome:
     started = time.monotonic()
     warm = p.target.slot("production", "previous")
-    was_warm = warm is not None and str(warm.version) == goal and wait_healthy(warm.url, 1.0)
+    was_warm = warm is not None and str(warm.version) == goal and wait_identity(p.target, PROD, "previous", 1.0)
     if not was_warm:
         out.say(f"version {goal} is not warm: starting it (slower than the warm path)")
         p.target.stop(PROD, "previous")
         p.target.deploy(PROD, "previous", p.bundle(goal), goal)
-    p.target.set_weights(PROD, {"previous": 100})
+    p.target.set_weights(PROD, {"previous": 100})  # a no-op when the fast path already routed there
     switch_s = time.monotonic() - started
-    since_command = time.time() - command_started()
+    since_command = time.time() - process_started()
+    fast = switched_from_env(goal)
+    if fast is not None:
+        switch_s, since_command = fast.switch_s, fast.seconds_since_command
+    how = "fast path, " if fast is not None else ""
     out.say(f"traffic: 100% on version {goal}, {since_command:.2f} s after the command started "
-            f"({'warm' if was_warm else 'cold'} switch {switch_s:.3f} s); canary weight 0")
+            f"({how}{'warm' if was_warm else 'cold'} switch {switch_s:.3f} s); canary weight 0")
     p.target.stop(PROD, "canary", wait=False)
     p.target.stop(PROD, "stable", wait=False)
     p.target.rename(PROD, "previous", "stable")
@@ -541,17 +548,10 @@ def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) ->
     p.registry.set_tag(bad, "mlrelease.rolled_back", reason[:500])
     p.note(AuditRecord("rollback", PROD, p.by, to_version=goal, from_version=bad, alias=PROD,
                        weights={"stable": 100}, reason=reason,
-                       evidence={"switch_seconds": round(switch_s, 4), "warm": was_warm,
+                       evidence={"switch_seconds": round(switch_s, 4), "warm": was_warm, "fast_path": fast is not None,
                                  "seconds_since_command": round(since_command, 3)}))
     out.say(f"alias production -> {goal}; alias canary removed; version {bad} stopped and tagged rolled_back")
     return out
-
-
-def command_started() -> float:
-    """Wall-clock start of this process (scripts/rollback.sh execs into it, so it is when the command began)."""
-    import psutil
-
-    return float(psutil.Process().create_time())
 
 
 def verify_production(p: Promoter, version: str, out: Outcome) -> Outcome:
@@ -561,7 +561,7 @@ def verify_production(p: Promoter, version: str, out: Outcome) -> Outcome:
     from deploy.targets.traffic import predict_path, sample_rows
 
     slot, entry = p.target.slot(PROD, "stable"), p.target.entry_url(PROD)
-    if slot is None or entry is None or not wait_healthy(slot.url, 5.0):
+    if slot is None or entry is None or not wait_identity(p.target, PROD, "stable", 5.0):
         out.exit_code = 1
         out.say(f"NOT OK: version {version} is not ready. Next: check {p.state_dir / 'logs'}, then "
                 "`scripts/rollback.sh --to VERSION` to another version, or `mlrelease status`")

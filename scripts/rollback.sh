@@ -9,5 +9,6 @@ if [ ! -x "$repo/.venv/bin/mlrelease" ]; then
   exit 2
 fi
 export MLRELEASE_HOME="${MLRELEASE_HOME:-$repo}"
-# The release commands alone (same code as `mlrelease rollback`, without importing the other command groups).
-exec "$repo/.venv/bin/python" -m mlrelease.commands.release rollback "$@"
+# Fast path first: traffic onto the warm previous version before the slow imports (registry/fast_rollback.py),
+# then the same code as `mlrelease rollback` finishes the job (slots, aliases, audit, verification).
+exec "$repo/.venv/bin/python" -m registry.fast_rollback "$@"

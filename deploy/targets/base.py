@@ -86,6 +86,10 @@ class DeploymentTarget(ABC):
         """The slot's record (version, url, model name, bundle), None when the slot is empty."""
 
     @abstractmethod
+    def slot_problem(self, environment: str, slot: str) -> str | None:
+        """None when the slot is ready and provably serves its recorded version and bundle; else what is wrong."""
+
+    @abstractmethod
     def slot_version(self, environment: str, slot: str) -> str | None:
         """The version running in the slot, None when it is empty."""
 

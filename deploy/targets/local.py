@@ -9,6 +9,7 @@ the config from the state file and sending a graceful reload (SIGHUP), then wait
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -61,6 +62,23 @@ def pid_alive(pid: int | None) -> bool:
             return handle.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def identity_problem(slot: Slot, timeout: float = 1.0) -> tuple[int, str | None]:
+    """(HTTP status of /ready, None) when the slot's port is ready and serves the slot's version and bundle;
+    otherwise the status and what is wrong. Another process that took the port answers, but not as this slot."""
+    status, body = http_get(f"{slot.url}/ready", timeout=timeout)
+    if status != 200:
+        return status, f"{slot.url}/ready answered {status or body}"
+    try:
+        ready = json.loads(body)
+        expected = json.loads((Path(slot.bundle_dir) / "model_card.json").read_text()).get("sha256")
+    except (OSError, ValueError) as exc:
+        return status, f"cannot check who serves {slot.url}: {exc}"
+    if str(ready.get("model_version")) != slot.version or (expected and ready.get("sha256") != expected):
+        return status, (f"{slot.url} is served by version {ready.get('model_version')!r} (sha256 "
+                        f"{str(ready.get('sha256'))[:12]}), not by version {slot.version} of {slot.bundle_dir}")
+    return status, None
 
 
 def is_our_server(pid: int, port: int) -> bool:
@@ -137,8 +155,11 @@ class LocalTarget(DeploymentTarget):
     def _wait_ready(self, slot: Slot, process: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
-            if http_get(f"{slot.url}/ready", timeout=1.0)[0] == 200:
+            status, problem = identity_problem(slot)
+            if problem is None:
                 return
+            if status == 200:
+                raise DeploymentError(f"{problem}; another server holds the port: see {self._log_hint(slot)}")
             if (process is not None and process.poll() is not None) or not pid_alive(slot.pid):
                 raise DeploymentError(f"server for version {slot.version} exited before it was ready; "
                                       f"see {self._log_hint(slot)}")
@@ -213,9 +234,10 @@ class LocalTarget(DeploymentTarget):
             slot = env.slots.get(name)
             if slot is None:
                 raise DeploymentError(f"{environment}/{name} is empty; deploy a version there first")
-            if http_get(f"{slot.url}/ready")[0] != 200:
-                raise DeploymentError(f"{environment}/{name} (version {slot.version}) is not ready; "
-                                      "no traffic was moved")
+            problem = identity_problem(slot)[1]
+            if problem is not None:
+                raise DeploymentError(f"{environment}/{name} (version {slot.version}) is not ready to take "
+                                      f"traffic: {problem}; no traffic was moved")
         env.weights = routed
         self.store.save(state)
         if environment in self.routed:
@@ -253,6 +275,10 @@ class LocalTarget(DeploymentTarget):
         """The full slot record (port, pid, bundle), None when empty."""
         return self.store.load().env(environment).slots.get(slot)
 
+    def slot_problem(self, environment: str, slot: str) -> str | None:
+        found = self.slot(environment, slot)
+        return f"{environment}/{slot} is empty" if found is None else identity_problem(found)[1]
+
     # ----- supervision ----------------------------------------------------------------------------------------
     def status(self) -> list[SlotStatus]:
         rows: list[SlotStatus] = []
@@ -260,12 +286,12 @@ class LocalTarget(DeploymentTarget):
         for env_name, env in sorted(state.environments.items()):
             for slot_name, slot in sorted(env.slots.items()):
                 alive = pid_alive(slot.pid)
-                code = http_get(f"{slot.url}/ready", timeout=0.5)[0] if alive else 0
-                detail = "" if alive else "process gone"
-                if slot.expires_at:
+                problem = identity_problem(slot, timeout=0.5)[1] if alive else "process gone"
+                detail = problem or ""
+                if slot.expires_at and problem is None:
                     detail = f"warm until {time.strftime('%H:%M:%S', time.localtime(slot.expires_at))}"
                 rows.append(SlotStatus(env_name, slot_name, slot.version, slot.url, slot.pid,
-                                       env.weight(slot_name), code == 200, detail))
+                                       env.weight(slot_name), problem is None, detail))
         return rows
 
     def reconcile(self) -> list[str]:

@@ -47,3 +47,24 @@ def _server_pids(log: Path) -> list[int]:
     port = log.stem.rsplit("-", 1)[-1]
     return [p.pid for p in psutil.process_iter(["cmdline"])
             if p.info["cmdline"] and "deploy.serving" in p.info["cmdline"] and port in p.info["cmdline"]]
+
+
+def test_a_port_answered_by_another_version_is_never_taken_for_the_slot(tmp_path: Path) -> None:
+    """Readiness means "this slot's version and bundle answer", not "something answers on the port"."""
+    target = LocalTarget(tmp_path / "state", routed=(), ready_timeout_s=60, drain_timeout_s=2)
+    bundle = make_bundle(tmp_path / "bundle", epochs=2)
+    try:
+        target.deploy("staging", "stable", bundle, "3")
+        assert target.slot_problem("staging", "stable") is None
+        state = target.store.load()
+        real = state.env("staging").slots["stable"]
+        state.env("staging").slots["stable"] = real.model_copy(update={"version": "4"})  # the record says 4
+        target.store.save(state)
+        problem = target.slot_problem("staging", "stable")
+        assert problem is not None and "served by version '3'" in problem and "not by version 4" in problem
+        with pytest.raises(DeploymentError, match="not ready to take traffic.*served by version '3'"):
+            target.set_weights("staging", {"stable": 100})
+        row = next(r for r in target.status() if r.slot == "stable")
+        assert not row.healthy and "served by version '3'" in row.detail
+    finally:
+        target.stop_all()

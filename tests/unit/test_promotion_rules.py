@@ -7,7 +7,8 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from deploy.targets.state import DeployState, RollbackMark
+from deploy.targets.state import DeployState, Environment, Operation, RollbackMark, Slot
+from registry.fast_rollback import fast_goal
 from registry.promotion import PromotionParams, previous_version
 
 
@@ -36,3 +37,42 @@ def test_promotion_params_parse_durations_and_refuse_typos() -> None:
         PromotionParams(rollback_windw="30m")
     with pytest.raises(ValidationError):
         PromotionParams(rollback_window="later")
+
+
+def _production(weights: dict[str, float], expires_in: float = 600.0) -> DeployState:
+    """Production serving version 2 (stable) with version 1 warm in the previous slot."""
+    slots = {
+        "stable": Slot(version="2", port=1, pid=1, model_name="m", bundle_dir="/b2"),
+        "previous": Slot(
+            version="1", port=2, pid=2, model_name="m", bundle_dir="/b1", expires_at=time.time() + expires_in
+        ),
+    }
+    return DeployState(environments={"production": Environment(slots=slots, weights=weights)})
+
+
+def test_fast_rollback_applies_only_to_a_warm_previous_version() -> None:
+    assert fast_goal(_production({"stable": 100}), None) == ("2", "1")
+    assert fast_goal(_production({"stable": 95, "canary": 5}), "1") == ("2", "1")
+
+
+@pytest.mark.parametrize(
+    ("state", "to", "reason"),
+    [
+        (DeployState(), None, "no warm previous"),
+        (_production({"stable": 100}), "7", "--to 7 is not the warm previous version"),
+        (_production({"stable": 100}, expires_in=-1), None, "expired"),
+        (_production({"previous": 100}), None, "already on the previous version"),
+        (
+            _production({"stable": 100}).model_copy(
+                update={"operation": Operation(command="promote canary", version="3", pid=9, by="x")}
+            ),
+            None,
+            "interrupted `promote canary`",
+        ),
+    ],
+)
+def test_fast_rollback_hands_everything_else_to_the_full_command(
+    state: DeployState, to: str | None, reason: str
+) -> None:
+    found = fast_goal(state, to)
+    assert isinstance(found, str) and reason in found

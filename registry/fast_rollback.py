@@ -1,0 +1,139 @@
+"""The first second of an incident rollback: production traffic onto the warm previous version, before anything
+slow (the registry client, the audit trail, typer, rich) is imported.
+
+``scripts/rollback.sh`` runs this module. When production's previous version is still warm, answers /ready as
+that very version and bundle, and no promotion holds the lock, it moves all traffic there under the promotion
+lock, then hands over to the full ``mlrelease rollback``, which finds the traffic moved and does the rest
+(slots, aliases, audit, verification). Otherwise it changes nothing and hands over at once, so the full
+command's rules (waiting for the lock, aborting a running canary, crash recovery, a cold ``--to``) apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from deploy.targets.state import DeployState
+
+PROD = "production"
+SWITCHED_ENV = "MLRELEASE_ROLLBACK_SWITCHED"  # tells the full command what this fast path already did
+
+
+@dataclass(frozen=True)
+class FastSwitch:
+    """What the fast path did: traffic moved from ``from_version`` to ``to_version``, and when."""
+
+    from_version: str
+    to_version: str
+    seconds_since_command: float
+    switch_s: float
+
+
+def process_started() -> float:
+    """Wall-clock start of this process (rollback.sh execs into it, so this is when the command began)."""
+    import psutil
+
+    return float(psutil.Process().create_time())
+
+
+def fast_goal(state: DeployState, to: str | None) -> tuple[str, str] | str:
+    """(serving version, warm previous version) when the fast path applies; otherwise why it does not."""
+    if state.operation is not None:
+        return f"an interrupted `{state.operation.command}` must be recovered first"
+    env = state.environments.get(PROD)
+    stable = env.slots.get("stable") if env else None
+    previous = env.slots.get("previous") if env else None
+    if env is None or stable is None or previous is None:
+        return "no warm previous production version"
+    if to is not None and to != previous.version:
+        return f"--to {to} is not the warm previous version ({previous.version})"
+    if previous.version == stable.version:
+        return f"the warm slot serves the current version {stable.version}"
+    if previous.expires_at is not None and previous.expires_at < time.time():
+        return f"the rollback window of version {previous.version} has expired"
+    if env.weight("previous") >= 100:
+        return "all traffic is already on the previous version"
+    return stable.version, previous.version
+
+
+def switch(state_dir: Path, to: str | None, by: str, started: float) -> FastSwitch | str:
+    """Under the promotion lock (never waiting for it), move production to the warm previous version."""
+    from deploy.targets.base import DeploymentError
+    from deploy.targets.local import LocalTarget
+    from registry.locking import PromotionLocked, promotion_lock
+
+    target = LocalTarget(state_dir)
+    try:
+        with promotion_lock(state_dir, "rollback (fast switch)", by):
+            goal = fast_goal(target.store.load(), to)
+            if isinstance(goal, str):
+                return goal
+            t0 = time.monotonic()
+            target.set_weights(PROD, {"previous": 100})  # checks the slot's identity first; atomic nginx reload
+            done = time.monotonic()
+            return FastSwitch(goal[0], goal[1], round(time.time() - started, 3), round(done - t0, 4))
+    except PromotionLocked:
+        return "another promotion holds the lock (the full rollback asks it to stop)"
+    except DeploymentError as exc:
+        return f"the warm version cannot take traffic: {exc}"
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(add_help=False)  # the full command owns --help and validation
+    for flag in ("--to", "--reason", "--by", "--params"):
+        parser.add_argument(flag)
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("-h", "--help", action="store_true")
+    return parser.parse_known_args(argv)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fast switch when it applies, then the full ``mlrelease rollback`` with the same arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _args(argv)
+    switched: FastSwitch | None = None
+    if not (args.dry_run or args.help):
+        from mlrelease.settings import get_settings
+
+        by = args.by or os.environ.get("MLRELEASE_BY") or os.environ.get("GITHUB_ACTOR") or os.environ.get("USER")
+        result = switch(get_settings().state_dir, args.to, by or "unknown", process_started())
+        if isinstance(result, FastSwitch):
+            switched = result
+            os.environ[SWITCHED_ENV] = json.dumps(asdict(result))
+    from mlrelease.commands.release import main as full
+
+    sys.argv = ["mlrelease rollback", "rollback", *argv]
+    try:
+        full()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code and switched is not None:
+            print(
+                f"rollback: all production traffic already runs on version {switched.to_version} "
+                f"(moved {switched.seconds_since_command:.2f} s after the command started); the steps after "
+                "it failed as shown above. Fix that, then run scripts/rollback.sh again to finish.",
+                file=sys.stderr,
+            )
+        return code
+    return 0
+
+
+def switched_from_env(goal: str) -> FastSwitch | None:
+    """The fast path's record, when it moved traffic to ``goal`` in this command."""
+    raw = os.environ.get(SWITCHED_ENV)
+    if not raw:
+        return None
+    try:
+        found = FastSwitch(**json.loads(raw))
+    except (TypeError, ValueError):
+        return None
+    return found if found.to_version == goal else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
