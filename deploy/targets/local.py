@@ -219,6 +219,10 @@ class LocalTarget(DeploymentTarget):
         if moved:
             env.weights[dest] = moved
         self.store.save(state)
+        if expires_at is not None:
+            from deploy.targets.expiry import start_watch
+
+            start_watch(self.state_dir, environment, dest, env.slots[dest].pid)  # stops it on time, unattended
         if replaced is not None and replaced.pid != env.slots[dest].pid:
             self._stop_slot(replaced)
 

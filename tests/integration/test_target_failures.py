@@ -68,3 +68,28 @@ def test_a_port_answered_by_another_version_is_never_taken_for_the_slot(tmp_path
         assert not row.healthy and "served by version '3'" in row.detail
     finally:
         target.stop_all()
+
+
+def test_a_warm_slot_stops_when_its_window_ends_without_any_command(tmp_path: Path) -> None:
+    """The rollback window is enforced by a detached watcher, unless a rollback gave the slot traffic meanwhile."""
+    target = LocalTarget(tmp_path / "state", routed=(), ready_timeout_s=60, drain_timeout_s=2)
+    bundle = make_bundle(tmp_path / "bundle", epochs=2)
+    try:
+        target.deploy("production", "stable", bundle, "1")
+        target.deploy("staging", "stable", bundle, "1")
+        target.set_weights("staging", {"stable": 100})
+        target.rename("production", "stable", "previous", expires_at=time.time() + 1.5)
+        target.rename("staging", "stable", "previous", expires_at=time.time() + 1.5)
+        target.set_weights("staging", {"previous": 100})  # a rollback took this one over: it must stay
+        expiring = target.slot("production", "previous")
+        kept = target.slot("staging", "previous")
+        assert expiring is not None and kept is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (target.slot("production", "previous") or pid_alive(expiring.pid)):
+            time.sleep(0.2)
+        assert target.slot("production", "previous") is None and not pid_alive(expiring.pid)
+        assert target.slot_problem("staging", "previous") is None and pid_alive(kept.pid)
+        log = (tmp_path / "state" / "logs" / "expiry.log").read_text()
+        assert "rollback window ended" in log and "taken over" in log
+    finally:
+        target.stop_all()

@@ -1,0 +1,97 @@
+"""End of the rollback window: stop the warm previous production version when its time is up, even if no
+command runs by then.
+
+The local target starts one detached watcher per slot given an expiry (``python -m deploy.targets.expiry``). It
+sleeps until the slot's ``expires_at``, takes the promotion lock (so it never races a promotion or a rollback),
+and stops the slot only if it is still the same process, still expired and still without traffic. A rollback
+that took the slot over, a newer promotion that replaced it, or a removed state folder simply ends the watcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("deploy.targets.expiry")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOCK_RETRY_S = 30.0
+
+
+def start_watch(state_dir: Path, environment: str, slot: str, pid: int) -> None:
+    """Start the detached watcher for a slot that has an expiry (its output goes to the state's logs folder)."""
+    logs = Path(state_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "deploy.targets.expiry", "--state-dir", str(state_dir), "--environment", environment,
+           "--slot", slot, "--pid", str(pid)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    with (logs / "expiry.log").open("ab") as out:
+        subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT, env=env,
+                         start_new_session=True)
+
+
+def due_in(state_dir: Path, environment: str, slot: str, pid: int) -> float | None:
+    """Seconds until the watched slot expires (<= 0: due now); None when it is no longer this watcher's job."""
+    from deploy.targets.state import StateStore
+
+    store = StateStore(state_dir)
+    if not store.path.is_file():
+        return None
+    env = store.load().environments.get(environment)
+    found = env.slots.get(slot) if env else None
+    if env is None or found is None or found.pid != pid or found.expires_at is None or env.weight(slot) > 0:
+        return None
+    return found.expires_at - time.time()
+
+
+def expire_once(state_dir: Path, environment: str, slot: str, pid: int) -> str | None:
+    """Under the lock: stop the slot if it is due; return what happened, or None to keep waiting."""
+    from deploy.targets.local import LocalTarget
+    from registry.locking import PromotionLocked, promotion_lock
+
+    try:
+        with promotion_lock(state_dir, f"expire {environment}/{slot}", "rollback-window", wait_s=LOCK_RETRY_S):
+            left = due_in(state_dir, environment, slot, pid)
+            if left is None:
+                return "nothing to do: the slot was taken over, replaced or removed"
+            if left > 0:
+                return None
+            LocalTarget(state_dir).stop(environment, slot)
+            return f"stopped {environment}/{slot} (pid {pid}): its rollback window ended"
+    except PromotionLocked:
+        return None  # a promotion is running: try again after it
+
+
+def watch(state_dir: Path, environment: str, slot: str, pid: int) -> str:
+    """Sleep until the slot is due (its expiry may move), then expire it; return what happened."""
+    while True:
+        left = due_in(state_dir, environment, slot, pid)
+        if left is None:
+            return "nothing to do: the slot was taken over, replaced or removed"
+        if left > 0:
+            time.sleep(min(left, 60.0))  # re-read the state at least every minute
+            continue
+        done = expire_once(state_dir, environment, slot, pid)
+        if done is not None:
+            return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.targets.expiry", description=__doc__)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--environment", default="production")
+    parser.add_argument("--slot", default="previous")
+    parser.add_argument("--pid", type=int, required=True, help="The slot's server process this watcher is for")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("watching %s/%s (pid %d)", args.environment, args.slot, args.pid)
+    log.info("%s", watch(args.state_dir, args.environment, args.slot, args.pid))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
