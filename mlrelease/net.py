@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -14,13 +16,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> int:
-    """SIGTERM (a server drains its in-flight requests), then SIGKILL if it is still running after ``timeout``."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-    return int(process.returncode)
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20, group: bool = False) -> int | None:
+    """SIGTERM (a server drains its in-flight requests), then SIGKILL if it is still running after ``timeout``.
+
+    ``group``: signal the process group the process leads (started with ``start_new_session=True``), so
+    children such as a container runtime's payload stop too. Returns the exit code (None if it would not die).
+    """
+
+    def send(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
+
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        if process.poll() is not None:
+            break
+        send(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(wait)
+    return process.returncode

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from deploy.image.engine import Engine, inspect_image
 from mlrelease.modelcard import MODEL_FILE, REFERENCE_FILE, ModelCard, ReferenceStats
-from mlrelease.net import free_port
+from mlrelease.net import free_port, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +126,7 @@ def _stop(engine: Engine, proc: subprocess.Popen[bytes], container: str | None) 
     """SIGTERM the process group we started, SIGKILL after a grace period, then remove the container."""
     if not engine.is_buildah and container:
         engine.run("stop", "-t", "10", container, check=False, timeout=60)
-    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 10.0)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
+    stop_process(proc, 15.0, group=True)
     if engine.is_buildah and container:
         engine.run("rm", container, check=False, timeout=300)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlrelease.net import free_port
+from mlrelease.net import free_port, stop_process
 
 log = logging.getLogger("deploy.serving.bench")
 
@@ -198,21 +198,7 @@ def started(candidate: Candidate, logs: Path) -> Iterator[tuple[str, int]]:
             raise RuntimeError(f"{candidate.label} answered {answer.status_code}: {answer.text[:300]}")
         yield url, proc.pid
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    import signal
-
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process(proc, 20, group=True)
 
 
 def saturate(candidate: Candidate, url: str, pid: int, duration: float) -> dict[str, Any]:

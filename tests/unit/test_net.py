@@ -1,0 +1,42 @@
+"""Stopping server processes: SIGTERM first, SIGKILL for one that ignores it, the whole group when asked."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from mlrelease.net import free_port, stop_process
+
+IGNORES_TERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+)
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_the_timeout() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", IGNORES_TERM], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"  # the handler is installed
+    assert stop_process(proc, timeout=0.5) == -signal.SIGKILL
+
+
+def test_group_stop_reaches_the_children() -> None:
+    shell = "sleep 60 & echo $!; wait"
+    proc = subprocess.Popen(["bash", "-c", shell], stdout=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    assert stop_process(proc, timeout=5, group=True) is not None
+    deadline = time.monotonic() + 10  # the orphaned child is reaped by init shortly after it dies
+    while (
+        time.monotonic() < deadline and subprocess.run(["kill", "-0", str(child)], capture_output=True).returncode == 0
+    ):
+        time.sleep(0.05)
+    assert subprocess.run(["kill", "-0", str(child)], capture_output=True).returncode != 0  # the child is gone too
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
