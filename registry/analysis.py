@@ -1,10 +1,12 @@
 """Canary analysis: compare the canary slot with the stable slot from the servers' own Prometheus metrics.
 
 Semantics borrowed from Flagger and Argo Rollouts rather than invented: every ``interval`` one *measurement* is
-taken per slot (deltas of counters between two scrapes); a measurement is ``failed`` when a check is over its
-threshold, ``inconclusive`` when a slot served fewer than ``min_requests`` predictions (no data is never a pass,
-flagger#1098); the analysis fails once failed measurements exceed ``failure_limit`` or inconclusive ones exceed
-``inconclusive_limit`` (Argo's ``failureLimit``/``inconclusiveLimit``).
+taken per slot (deltas of counters between two scrapes). A measurement is ``failed`` when a check is over its
+threshold, when the canary does not answer /metrics, or when the analysis' own load through the router fails more
+often than ``max_error_rate``; it is ``inconclusive`` when a slot served fewer than ``min_requests`` predictions or
+the stable slot does not answer (no data is never a pass, flagger#1098). The analysis fails once failed
+measurements exceed ``failure_limit`` or inconclusive ones exceed ``inconclusive_limit`` (Argo's
+``failureLimit``/``inconclusiveLimit``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
+    from deploy.targets.traffic import LoadResult
     from registry.promotion import Outcome, Promoter
 
 Verdict = Literal["passed", "failed", "inconclusive"]
@@ -81,6 +84,13 @@ class Snapshot:
     classes: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class NoAnswer:
+    """A slot whose /metrics gave no metrics page: refused, dead, timed out, non-200 or unreadable."""
+
+    reason: str
+
+
 def _is_prediction_route(route: str) -> bool:
     return "predict" in route or "infer" in route
 
@@ -97,8 +107,9 @@ def parse_metrics(text: str) -> Snapshot:
                 snap.requests += sample.value
                 if labels.get("status", "").startswith("5"):
                     snap.errors += sample.value
-            elif (sample.name == "mlrelease_request_duration_seconds_bucket"
-                  and _is_prediction_route(labels.get("route", ""))):
+            elif sample.name == "mlrelease_request_duration_seconds_bucket" and _is_prediction_route(
+                labels.get("route", "")
+            ):
                 le = float(labels["le"])
                 snap.buckets[le] = snap.buckets.get(le, 0.0) + sample.value
             elif sample.name == "mlrelease_predictions_total":
@@ -167,6 +178,12 @@ class Measurement:
     canary_p99_ms: float | None
     stable_p99_ms: float | None
     divergence: float | None
+    canary_scrape_error: str | None = None  # why the canary's /metrics did not answer this interval
+    stable_scrape_error: str | None = None
+    driver_requests: int | None = None  # the analysis' own load through the router; None when it drove none
+    driver_failed: int | None = None  # transport errors and 5xx among them
+    driver_error_rate: float | None = None
+    driver_statuses: dict[str, int] = field(default_factory=dict)  # status code ("0" = no answer) -> count
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -180,36 +197,101 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else value * 1000.0
 
 
-def measure(canary: Snapshot, stable: Snapshot, weight: float, params: CanaryParams) -> Measurement:
-    """Judge one interval: inconclusive without enough data on either slot, failed when any check is over."""
-    c_rate, s_rate = _rate(canary), _rate(stable)
-    c_p99, s_p99 = _ms(quantile(0.99, canary.buckets)), _ms(quantile(0.99, stable.buckets))
-    div = js_divergence(canary.classes, stable.classes)
-    m = Measurement(weight, "passed", [], canary.requests, stable.requests, c_rate, s_rate, c_p99, s_p99, div)
-    if canary.requests < params.min_requests or stable.requests < params.min_requests:
-        m.verdict = "inconclusive"
-        m.reasons.append(f"too few requests (canary {canary.requests:g}, stable {stable.requests:g}, "
-                         f"need {params.min_requests} each)")
-        return m
-    m.reasons = _failed_checks(m, params)
-    m.verdict = "failed" if m.reasons else "passed"
+def measure(
+    canary: Snapshot | NoAnswer,
+    stable: Snapshot | NoAnswer,
+    weight: float,
+    params: CanaryParams,
+    load: LoadResult | None = None,
+) -> Measurement:
+    """Judge one interval: failed when the canary did not answer, the driven load failed or a check is over;
+    inconclusive without enough data or without a stable to compare with; passed otherwise."""
+    m = _observe(canary, stable, weight, load)
+    failed = _hard_failures(m, params)
+    missing = _missing_data(m, params)
+    if not missing and m.canary_scrape_error is None:
+        failed += _failed_checks(m, params)
+    m.verdict = "failed" if failed else "inconclusive" if missing else "passed"
+    m.reasons = failed + missing
     return m
 
 
-def _failed_checks(m: Measurement, params: CanaryParams) -> list[str]:
+def _observe(
+    canary: Snapshot | NoAnswer, stable: Snapshot | NoAnswer, weight: float, load: LoadResult | None
+) -> Measurement:
+    """The interval's values (an unanswered slot counts as no data) with the scrape and load evidence."""
+    c = canary if isinstance(canary, Snapshot) else Snapshot()
+    s = stable if isinstance(stable, Snapshot) else Snapshot()
+    m = Measurement(
+        weight,
+        "passed",
+        [],
+        c.requests,
+        s.requests,
+        _rate(c),
+        _rate(s),
+        _ms(quantile(0.99, c.buckets)),
+        _ms(quantile(0.99, s.buckets)),
+        js_divergence(c.classes, s.classes),
+        canary_scrape_error=canary.reason if isinstance(canary, NoAnswer) else None,
+        stable_scrape_error=stable.reason if isinstance(stable, NoAnswer) else None,
+    )
+    if load is not None:
+        m.driver_requests, m.driver_failed, m.driver_error_rate = load.total, load.failed, load.error_rate
+        m.driver_statuses = {str(code): n for code, n in sorted(load.statuses.items())}
+    return m
+
+
+def _hard_failures(m: Measurement, params: CanaryParams) -> list[str]:
+    """Failures that need no comparison with stable: a canary that did not answer, load that failed."""
     reasons: list[str] = []
-    c_rate, s_rate = m.canary_error_rate or 0.0, m.stable_error_rate or 0.0
-    if c_rate > params.max_error_rate and c_rate > s_rate + params.max_error_rate_increase:
-        reasons.append(f"error rate {c_rate:.2%} > {params.max_error_rate:.2%} (stable {s_rate:.2%})")
+    if m.canary_scrape_error is not None:
+        reasons.append(f"canary did not answer /metrics: {m.canary_scrape_error}")
+    if m.driver_error_rate is not None and m.driver_error_rate > params.max_error_rate:
+        reasons.append(
+            f"error rate through the router {m.driver_error_rate:.2%} > {params.max_error_rate:.2%} "
+            f"({m.driver_failed} of {m.driver_requests} driven requests failed; statuses {m.driver_statuses})"
+        )
+    return reasons
+
+
+def _missing_data(m: Measurement, params: CanaryParams) -> list[str]:
+    """Why the slots' metrics cannot be compared this interval (inconclusive, never a pass)."""
+    if m.stable_scrape_error is not None:
+        return [f"stable did not answer /metrics: {m.stable_scrape_error} (nothing to compare with: inconclusive)"]
+    if m.canary_scrape_error is None and min(m.canary_requests, m.stable_requests) < params.min_requests:
+        return [
+            f"too few requests (canary {m.canary_requests:g}, stable {m.stable_requests:g}, "
+            f"need {params.min_requests} each)"
+        ]
+    return []
+
+
+def _failed_checks(m: Measurement, params: CanaryParams) -> list[str]:
+    """Checks of the canary's metrics against absolute ceilings and against stable."""
+    reasons = _error_rate_check(m, params)
     if m.canary_p99_ms is not None:
         relative = (m.stable_p99_ms or 0.0) * params.max_p99_ratio + params.p99_slack_ms
         limit = min(params.max_p99_latency_ms, relative) if m.stable_p99_ms is not None else params.max_p99_latency_ms
         if m.canary_p99_ms > limit:
-            reasons.append(f"p99 latency {m.canary_p99_ms:.1f} ms > {limit:.1f} ms "
-                           f"(stable {m.stable_p99_ms or 0:.1f} ms)")
+            reasons.append(
+                f"p99 latency {m.canary_p99_ms:.1f} ms > {limit:.1f} ms (stable {m.stable_p99_ms or 0:.1f} ms)"
+            )
     if m.divergence is not None and m.divergence > params.max_divergence:
         reasons.append(f"prediction divergence {m.divergence:.3f} > {params.max_divergence}")
     return reasons
+
+
+def _error_rate_check(m: Measurement, params: CanaryParams) -> list[str]:
+    """Canary 5xx share over the absolute ceiling (whatever stable does) or over stable's plus the allowed increase."""
+    c_rate, s_rate = m.canary_error_rate or 0.0, m.stable_error_rate or 0.0
+    if c_rate > params.max_error_rate:
+        return [f"error rate {c_rate:.2%} > ceiling {params.max_error_rate:.2%} (stable {s_rate:.2%})"]
+    if c_rate > s_rate + params.max_error_rate_increase:
+        return [
+            f"error rate {c_rate:.2%} > stable {s_rate:.2%} + allowed increase {params.max_error_rate_increase:.2%}"
+        ]
+    return []
 
 
 @dataclass
@@ -234,20 +316,38 @@ class Analysis:
         """Why the analysis must stop and roll back, or None while within the limits."""
         if self.failures > self.params.failure_limit:
             last = next(m for m in reversed(self.measurements) if m.verdict == "failed")
-            return f"{self.failures} failed measurement(s) > failure_limit {self.params.failure_limit}: " + \
-                "; ".join(last.reasons)
+            why = "; ".join(last.reasons)
+            return f"{self.failures} failed measurement(s) > failure_limit {self.params.failure_limit}: {why}"
         if self.inconclusives > self.params.inconclusive_limit:
-            return (f"{self.inconclusives} inconclusive measurement(s) > inconclusive_limit "
-                    f"{self.params.inconclusive_limit}: no data is never a pass")
+            return (
+                f"{self.inconclusives} inconclusive measurement(s) > inconclusive_limit "
+                f"{self.params.inconclusive_limit}: no data is never a pass"
+            )
         return None
 
 
-def scrape(url: str) -> Snapshot:
-    """The slot's /metrics, parsed; an empty snapshot when it does not answer (counts as no data)."""
+def scrape(url: str) -> Snapshot | NoAnswer:
+    """The slot's /metrics, parsed; NoAnswer with the reason when it gives no readable metrics page."""
     from deploy.targets.local import http_get
 
     code, body = http_get(f"{url}/metrics", timeout=2.0)
-    return parse_metrics(body) if code == 200 else Snapshot()
+    if code == 0:
+        return NoAnswer(f"no connection to {url} ({body[:200]})")
+    if code != 200:
+        return NoAnswer(f"HTTP {code} from {url}/metrics")
+    try:
+        return parse_metrics(body)
+    except ValueError as exc:
+        return NoAnswer(f"unreadable metrics page from {url} ({str(exc)[:200]})")
+
+
+def interval_delta(before: Snapshot | NoAnswer, after: Snapshot | NoAnswer) -> Snapshot | NoAnswer:
+    """The slot's counters over the interval, or why it did not answer at its start or its end."""
+    if isinstance(before, NoAnswer):
+        return NoAnswer(f"{before.reason} at the start of the interval")
+    if isinstance(after, NoAnswer):
+        return NoAnswer(f"{after.reason} at the end of the interval")
+    return delta(after, before)
 
 
 def measure_interval(promoter: Promoter, weight: float, params: CanaryParams, rows: list[list[float]]) -> Measurement:
@@ -260,21 +360,25 @@ def measure_interval(promoter: Promoter, weight: float, params: CanaryParams, ro
     if canary_url is None or stable_url is None or entry is None:
         raise RuntimeError("canary analysis needs running stable and canary slots and a router")
     before_c, before_s = scrape(canary_url), scrape(stable_url)
-    driver = LoadDriver(entry, promoter.model_name, rows, params.load_rps, params.load_concurrency,
-                        max_seconds=params.interval + 5) if params.drive_load else None
-    if driver is not None:
+    driver = None
+    if params.drive_load:
+        driver = LoadDriver(
+            entry, promoter.model_name, rows, params.load_rps, params.load_concurrency, max_seconds=params.interval + 5
+        )
         driver.start()
+    load: LoadResult | None = None
     try:
         promoter.sleep(params.interval)
     finally:
         if driver is not None:
-            driver.stop()
+            load = driver.stop()
     after_c, after_s = scrape(canary_url), scrape(stable_url)
-    return measure(delta(after_c, before_c), delta(after_s, before_s), weight, params)
+    return measure(interval_delta(before_c, after_c), interval_delta(before_s, after_s), weight, params, load)
 
 
-def run_analysis(promoter: Promoter, version: str, stable: str, bundle: Path, params: CanaryParams,
-                 out: Outcome) -> dict[str, Any]:
+def run_analysis(
+    promoter: Promoter, version: str, stable: str, bundle: Path, params: CanaryParams, out: Outcome
+) -> dict[str, Any]:
     """Shift traffic step by step; measure every interval; stop at the first verdict beyond the limits."""
     from deploy.targets.traffic import sample_rows
     from registry.audit import AuditRecord
@@ -285,8 +389,17 @@ def run_analysis(promoter: Promoter, version: str, stable: str, bundle: Path, pa
     for weight in params.steps:
         weights = {"stable": 100 - weight, "canary": weight}
         promoter.target.set_weights("production", weights)
-        promoter.note(AuditRecord("traffic", "production", promoter.by, to_version=version, from_version=stable,
-                                  weights=weights, reason=f"canary step {weight:g}%"))
+        promoter.note(
+            AuditRecord(
+                "traffic",
+                "production",
+                promoter.by,
+                to_version=version,
+                from_version=stable,
+                weights=weights,
+                reason=f"canary step {weight:g}%",
+            )
+        )
         while aborted is None:
             m = measure_interval(promoter, weight, params, rows)
             analysis.add(m)
@@ -296,9 +409,16 @@ def run_analysis(promoter: Promoter, version: str, stable: str, bundle: Path, pa
                 break
         if aborted:
             break
-    report = promoter.write_report(f"canary_v{version}.json", {
-        "version": version, "stable": stable, "params": params.model_dump(), "aborted": aborted,
-        "measurements": [m.as_dict() for m in analysis.measurements]})
+    report = promoter.write_report(
+        f"canary_v{version}.json",
+        {
+            "version": version,
+            "stable": stable,
+            "params": params.model_dump(),
+            "aborted": aborted,
+            "measurements": [m.as_dict() for m in analysis.measurements],
+        },
+    )
     return {"aborted": aborted, "report": report, "measurements": [m.as_dict() for m in analysis.measurements]}
 
 
@@ -306,6 +426,9 @@ def _summary(m: Measurement) -> str:
     def fmt(value: float | None, spec: str) -> str:
         return "n/a" if value is None else format(value, spec)
 
-    return (f"canary {m.canary_requests:g} req, errors {fmt(m.canary_error_rate, '.2%')}, "
-            f"p99 {fmt(m.canary_p99_ms, '.1f')} ms vs {fmt(m.stable_p99_ms, '.1f')} ms, "
-            f"divergence {fmt(m.divergence, '.3f')}")
+    return (
+        f"canary {m.canary_requests:g} req, errors {fmt(m.canary_error_rate, '.2%')}, "
+        f"p99 {fmt(m.canary_p99_ms, '.1f')} ms vs {fmt(m.stable_p99_ms, '.1f')} ms, "
+        f"divergence {fmt(m.divergence, '.3f')}"
+        + ("" if m.driver_requests is None else f", driven load {m.driver_requests} req, {m.driver_failed} failed")
+    )

@@ -56,12 +56,29 @@ class LoadResult:
     def failed(self) -> int:
         return sum(n for code, n in self.statuses.items() if code == 0 or code >= 500)
 
+    @property
+    def error_rate(self) -> float | None:
+        """Share of requests that failed (transport error or 5xx); None when none were sent."""
+        return self.failed / self.total if self.total else None
+
+    def copy(self) -> LoadResult:
+        """An independent copy (the driver's threads keep adding to the original)."""
+        return LoadResult(Counter(self.statuses), Counter(self.versions), list(self.timeline))
+
 
 class LoadDriver:
     """Background threads sending predictions to a loopback URL at a bounded rate until stopped or timed out."""
 
-    def __init__(self, url: str, model_name: str, rows: list[list[float]], rps: float, concurrency: int = 4,
-                 max_seconds: float = 600.0, keep_timeline: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        model_name: str,
+        rows: list[list[float]],
+        rps: float,
+        concurrency: int = 4,
+        max_seconds: float = 600.0,
+        keep_timeline: bool = False,
+    ) -> None:
         if not url.startswith("http://127.0.0.1:"):
             raise ValueError(f"{url}: load is only ever sent to 127.0.0.1")
         self.url = url.rstrip("/") + predict_path(model_name)
@@ -89,10 +106,12 @@ class LoadDriver:
             self._threads.append(thread)
 
     def stop(self) -> LoadResult:
+        """Stop the threads; what they saw until now (a copy: a request still in flight cannot change it)."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=10)
-        return self.result
+        with self._lock:
+            return self.result.copy()
 
     def _run(self, index: int) -> None:
         import httpx

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import socket
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
+from deploy.targets.traffic import LoadDriver, LoadResult
 from registry.analysis import (
     Analysis,
     CanaryParams,
+    NoAnswer,
     Snapshot,
     delta,
+    interval_delta,
     js_divergence,
     measure,
     parse_duration,
     parse_metrics,
     quantile,
+    scrape,
 )
 
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
@@ -92,11 +105,30 @@ def test_healthy_canary_passes() -> None:
     assert m.canary_error_rate == 0 and m.divergence == pytest.approx(0)
 
 
-def test_errors_fail_unless_stable_errors_as_much() -> None:
+def test_errors_fail_against_stable() -> None:
     failed = measure(snap(100, errors=10), snap(300), 25, params())
     assert failed.verdict == "failed" and "error rate" in failed.reasons[0]
-    both_bad = measure(snap(100, errors=10), snap(300, errors=30), 25, params())
-    assert both_bad.verdict == "passed"
+
+
+def test_absolute_error_ceiling_applies_even_when_stable_errors_as_much() -> None:
+    both_bad = measure(
+        parse_metrics(server_metrics(70, 30, 0.003, {"a": 35, "b": 35})),
+        parse_metrics(server_metrics(210, 90, 0.003, {"a": 105, "b": 105})),
+        25,
+        params(),
+    )
+    assert (both_bad.canary_error_rate, both_bad.stable_error_rate) == (pytest.approx(0.3), pytest.approx(0.3))
+    assert both_bad.verdict == "failed"
+    assert both_bad.reasons == ["error rate 30.00% > ceiling 1.00% (stable 30.00%)"]
+    at_ceiling = measure(snap(1000, errors=10), snap(1000, errors=10), 25, params())
+    assert at_ceiling.verdict == "passed", at_ceiling.reasons  # 1% is not above a 1% ceiling
+
+
+def test_error_rate_below_the_ceiling_is_still_compared_with_stable() -> None:
+    worse = measure(snap(1000, errors=8), snap(1000, errors=1), 25, params())
+    assert worse.verdict == "failed" and "allowed increase 0.50%" in worse.reasons[0]
+    close = measure(snap(1000, errors=5), snap(1000, errors=2), 25, params())
+    assert close.verdict == "passed", close.reasons
 
 
 def test_slow_canary_fails_relative_to_stable() -> None:
@@ -132,3 +164,145 @@ def test_params_are_strict() -> None:
         CanaryParams(thresold=1)  # typo is refused
     with pytest.raises(ValidationError):
         CanaryParams(interval="soon")
+
+
+class _Slot(http.server.BaseHTTPRequestHandler):
+    """A stand-in serving slot: /metrics gives a fixed page and status; every n-th prediction answers 503."""
+
+    def do_GET(self) -> None:
+        status, text = self.server.metrics  # type: ignore[attr-defined]
+        self._answer(status, text.encode(), "text/plain")
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with self.server.lock:  # type: ignore[attr-defined]
+            self.server.posts += 1  # type: ignore[attr-defined]
+            n = self.server.posts  # type: ignore[attr-defined]
+        every = self.server.fail_every  # type: ignore[attr-defined]
+        status = 503 if every and n % every == 0 else 200
+        body = {"predictions": [{"class": "a"}], "model_version": "7"} if status == 200 else {"error": "boom"}
+        self._answer(status, json.dumps(body).encode(), "application/json")
+
+    def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def slot_server(status: int = 200, text: str = "", fail_every: int = 0) -> Iterator[http.server.ThreadingHTTPServer]:
+    """A real HTTP server on 127.0.0.1 (ephemeral port), shut down on exit."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slot)
+    server.metrics, server.fail_every = (status, text), fail_every  # type: ignore[attr-defined]
+    server.lock, server.posts = threading.Lock(), 0  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def url_of(server: http.server.ThreadingHTTPServer) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_scrape_says_why_a_slot_did_not_answer() -> None:
+    page = server_metrics(90, 10, 0.003, {"a": 90})
+    with slot_server(200, page) as good, slot_server(500, "oops") as broken, slot_server(200, "<html>") as wrong:
+        assert scrape(url_of(good)) == parse_metrics(page)
+        assert scrape(url_of(broken)) == NoAnswer(f"HTTP 500 from {url_of(broken)}/metrics")
+        unreadable = scrape(url_of(wrong))
+        assert isinstance(unreadable, NoAnswer) and "unreadable metrics page" in unreadable.reason
+    refused = scrape(closed_port_url())
+    assert isinstance(refused, NoAnswer) and "no connection" in refused.reason
+
+
+def test_canary_that_stops_answering_fails_and_rolls_back() -> None:
+    with slot_server(200, server_metrics(10, 0, 0.003, {"a": 10})) as canary:
+        url = url_of(canary)
+        before = scrape(url)
+    after = scrape(url)  # the canary's process is gone: connection refused
+    m = measure(interval_delta(before, after), snap(300), 25, params())
+    assert m.verdict == "failed"
+    assert m.reasons[0].startswith(f"canary did not answer /metrics: no connection to {url}")
+    assert m.reasons[0].endswith("at the end of the interval") and m.canary_scrape_error is not None
+    analysis = Analysis(params(failure_limit=0, inconclusive_limit=5))
+    analysis.add(m)
+    assert "canary did not answer /metrics" in (analysis.aborted() or "")
+
+
+def test_canary_answering_non_200_fails_even_without_stable() -> None:
+    with slot_server(503, "draining") as canary:
+        m = measure(interval_delta(scrape(url_of(canary)), snap(0)), NoAnswer("HTTP 500"), 25, params())
+    expected = f"canary did not answer /metrics: HTTP 503 from {url_of(canary)}/metrics at the start of the interval"
+    assert m.verdict == "failed" and m.reasons[0] == expected
+    assert m.reasons[1].startswith("stable did not answer /metrics: HTTP 500")
+
+
+def test_stable_that_does_not_answer_is_inconclusive_and_says_so() -> None:
+    before = scrape(closed_port_url())
+    m = measure(snap(100), interval_delta(before, snap(300)), 25, params())
+    assert m.verdict == "inconclusive"
+    assert m.reasons == [
+        f"stable did not answer /metrics: {before.reason} at the start of the interval "  # type: ignore[union-attr]
+        "(nothing to compare with: inconclusive)"
+    ]
+    analysis = Analysis(params(inconclusive_limit=1))
+    analysis.add(m)
+    assert analysis.aborted() is None and analysis.failures == 0  # tolerated like any missing data
+    analysis.add(m)
+    assert "no data is never a pass" in (analysis.aborted() or "")
+
+
+def test_driver_failures_are_evidence() -> None:
+    load = LoadResult(statuses=Tally({200: 995, 503: 3, 0: 2}))
+    m = measure(snap(100), snap(300), 25, params(), load)
+    assert m.verdict == "passed", m.reasons  # 0.5% through the router is within max_error_rate 1%
+    evidence = m.as_dict()
+    assert evidence["driver_requests"] == 1000 and evidence["driver_failed"] == 5
+    assert evidence["driver_error_rate"] == pytest.approx(0.005)
+    assert evidence["driver_statuses"] == {"0": 2, "200": 995, "503": 3}
+    assert measure(snap(100), snap(300), 25, params()).driver_requests is None  # no load driven
+
+
+def test_driver_failures_above_max_error_rate_fail_the_check() -> None:
+    load = LoadResult(statuses=Tally({200: 90, 502: 6, 0: 4}))
+    m = measure(snap(100), snap(300), 25, params(), load)
+    assert m.verdict == "failed"
+    assert m.reasons == [
+        "error rate through the router 10.00% > 1.00% (10 of 100 driven requests failed; "
+        "statuses {'0': 4, '200': 90, '502': 6})"
+    ]
+    quiet = measure(snap(3), snap(4), 25, params(), load)  # too little slot data cannot excuse failing users
+    assert quiet.verdict == "failed" and quiet.reasons[0].startswith("error rate through the router")
+    assert "too few requests" in quiet.reasons[1]
+
+
+def test_load_driver_counts_failures_it_saw_through_a_real_server() -> None:
+    with slot_server(fail_every=4) as router:
+        driver = LoadDriver(url_of(router), "m", [[0.0, 1.0]], rps=200, concurrency=2, max_seconds=5)
+        driver.start()
+        deadline = time.monotonic() + 10
+        while router.posts < 40 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.05)
+        seen = driver.stop()
+    assert seen is not driver.result  # a copy: threads cannot change it afterwards
+    assert seen.total >= 40 and seen.statuses[503] == pytest.approx(seen.total / 4, abs=2)
+    assert seen.error_rate == pytest.approx(seen.failed / seen.total)
+    m = measure(snap(100), snap(300), 25, params(), seen)
+    assert m.verdict == "failed" and m.driver_failed == seen.statuses[503]
+    assert m.driver_statuses == {"200": seen.statuses[200], "503": seen.statuses[503]}
