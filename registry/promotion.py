@@ -21,7 +21,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from deploy.targets.base import DeploymentTarget
-from deploy.targets.local import http_get
 from deploy.targets.state import DeployState, Operation, RollbackMark, StateStore
 from mlrelease.modelcard import ModelCard, verify_bundle
 from mlrelease.settings import Settings
@@ -442,8 +441,12 @@ def smoke_test(url: str, bundle_dir: Path, rows: int = 8) -> dict[str, Any]:
     from deploy.targets.traffic import predict_path, sample_rows
 
     card = ModelCard.read(bundle_dir)
-    if http_get(f"{url}/ready")[0] != 200:
-        raise PromotionError(f"smoke test: {url}/ready is not 200")
+    try:
+        ready = httpx.get(f"{url}/ready", timeout=5).status_code
+    except httpx.HTTPError as exc:
+        raise PromotionError(f"smoke test: {url}/ready did not answer: {exc}") from exc
+    if ready != 200:
+        raise PromotionError(f"smoke test: {url}/ready answered {ready}, not 200")
     batch = sample_rows(bundle_dir, rows, seed=1)
     resp = httpx.post(url + predict_path(card.name), json={"instances": batch}, timeout=10)
     if resp.status_code != 200:
