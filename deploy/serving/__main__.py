@@ -73,6 +73,7 @@ def serve(settings: ServingSettings) -> None:
         backlog=4096,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
         server_header=False,
+        proxy_headers=True,  # behind the loopback nginx, X-Forwarded-For names the client the rate limit keys on
     )
     DrainingServer(config).run()
 

@@ -71,6 +71,7 @@ class _Backend(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = self.server.name.encode()  # type: ignore[attr-defined]
         self.send_response(200)
+        self.send_header("X-Seen-Forwarded-For", self.headers.get("X-Forwarded-For", ""))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -107,6 +108,8 @@ def _hits(port: int, n: int) -> Counter[str]:
 @pytest.mark.integration
 @pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx is installed by make setup")
 def test_nginx_splits_by_weight_and_reloads(tmp_path: Path, backends: dict[str, int]) -> None:
+    import httpx
+
     from deploy.targets.local import free_port
 
     entry = free_port()
@@ -114,6 +117,8 @@ def test_nginx_splits_by_weight_and_reloads(tmp_path: Path, backends: dict[str, 
     try:
         nginx.apply(_env(backends, {"stable": 100}, entry))
         assert _hits(entry, 20) == Counter({"stable": 20})
+        seen = httpx.get(f"http://127.0.0.1:{entry}/x", headers={"X-Forwarded-For": "203.0.113.7"})
+        assert seen.headers["X-Seen-Forwarded-For"] == "203.0.113.7, 127.0.0.1"  # the client the rate limit sees
         pid = nginx.pid()
         nginx.apply(_env(backends, {"stable": 50, "canary": 50}, entry))
         assert nginx.pid() == pid  # a graceful reload, not a restart
