@@ -163,16 +163,20 @@ class Promoter:
 
     # ----- journal, lock and crash recovery --------------------------------------------------------------------
     @contextmanager
-    def operation(self, command: str, version: str, out: Outcome, wait_s: float = 0.0,
-                  reconcile: bool = True) -> Iterator[None]:
-        """Hold the lock, recover a crashed predecessor, journal this operation, clear it when done."""
+    def operation(self, command: str, version: str, out: Outcome, wait_s: float = 0.0, reconcile: bool = True,
+                  from_version: str | None = None, reason: str | None = None) -> Iterator[Operation | None]:
+        """Hold the lock, recover a crashed predecessor, journal this operation, clear it when done.
+
+        Yields the interrupted rollback this command is to finish (only a rollback resumes one), else None.
+        """
         with promotion_lock(self.state_dir, command, self.by, wait_s=wait_s):
-            self.recover(out)
+            interrupted = self.recover(out, resume_rollback=command == "rollback")
             for line in (self.target.reconcile() if reconcile else []):
                 out.say(f"reconciled: {line}")
-            self._journal(Operation(command=command, version=version, pid=os.getpid(), by=self.by))
+            self._journal(Operation(command=command, version=version, pid=os.getpid(), by=self.by,
+                                    from_version=from_version, reason=reason))
             try:
-                yield
+                yield interrupted
             except PromotionError:
                 self._journal(None)  # a handled failure: it already undid its own changes
                 raise
@@ -184,17 +188,22 @@ class Promoter:
         state.operation = op
         self.journal.save(state)
 
-    def recover(self, out: Outcome) -> None:
-        """A promotion that died (kill -9) left its journal: put all traffic on stable and undo the rest."""
+    def recover(self, out: Outcome, resume_rollback: bool = False) -> Operation | None:
+        """A promotion that died (kill -9) left its journal: put all traffic on stable and undo the rest.
+
+        An interrupted rollback is not undone: it is returned for the rollback command to finish, and any other
+        command is refused until it is finished (an incident is in progress).
+        """
         op = self.journal.load().operation
         if op is None:
-            return
+            return None
+        if op.command == "rollback":
+            if resume_rollback:
+                return op
+            raise PromotionError(f"a rollback to version {op.version} by {op.by} (pid {op.pid}) was interrupted; "
+                                 "run `scripts/rollback.sh` to finish it, then retry", exit_code=3)
         out.say(f"recovering from an interrupted `{op.command}` of version {op.version} (pid {op.pid})")
         weights = self.target.weights(PROD)
-        if op.command == "rollback" and weights.get("previous", 0) == 100:
-            out.say(f"the interrupted rollback had already moved all traffic to version {op.version}; "
-                    "run `scripts/rollback.sh` again to finish it")
-            return
         if weights and weights.get("stable", 0) < 100 and self.target.slot_version(PROD, "stable") is not None:
             self.target.set_weights(PROD, {"stable": 100})
             out.say("traffic: 100% back on stable")
@@ -207,6 +216,7 @@ class Promoter:
         self.note(AuditRecord("recover", PROD, self.by, to_version=op.version, outcome="undone",
                               reason=f"interrupted `{op.command}` by {op.by} (pid {op.pid})"))
         self._journal(None)
+        return None
 
     # ----- helpers --------------------------------------------------------------------------------------------
     def bundle(self, version: str) -> Path:
@@ -499,37 +509,66 @@ def _rollback_goal(p: Promoter, to: str | None, out: Outcome) -> tuple[str | Non
     return current.version, goal
 
 
-def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
-    """Move production back without analysis; idempotent; verifies /ready and a prediction afterwards."""
-    out = Outcome()
+def _rollback_plan(p: Promoter, to: str | None, out: Outcome, interrupted: Operation | None) -> tuple[str, str] | None:
+    """(version to leave, version to go back to), None when there is nothing to do.
+
+    An interrupted rollback is finished toward its own goal, whatever intermediate state it left behind.
+    """
+    if interrupted is not None and interrupted.command == "rollback" and interrupted.from_version:
+        if to is not None and to != interrupted.version:
+            raise PromotionError(f"a rollback to version {interrupted.version} was interrupted; run "
+                                 f"`scripts/rollback.sh` without --to to finish it first, then --to {to}", exit_code=2)
+        out.say(f"finishing the interrupted rollback from version {interrupted.from_version} to {interrupted.version}")
+        return interrupted.from_version, interrupted.version
     current, goal = _rollback_goal(p, to, out)
-    if goal is None:
-        return verify_production(p, str(current), out)
+    return None if goal is None else (str(current), goal)
+
+
+def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
+    """Move production back without analysis; idempotent, resumable after a crash; verifies afterwards."""
+    out = Outcome()
+    plan = _rollback_plan(p, to, out, p.journal.load().operation)
+    if plan is None:
+        return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
     if p.dry_run:
-        out.say(f"would move all production traffic from version {current} to {goal}, canary weight 0")
+        out.say(f"would move all production traffic from version {plan[0]} to {plan[1]}, canary weight 0")
         return out
     abort = p.state_dir / ABORT_FILE
     abort.touch()  # a running canary sees this and stops, releasing the lock
     try:
-        with p.operation("rollback", goal, out, wait_s=p.params.rollback_lock_wait, reconcile=False):
+        with p.operation("rollback", plan[1], out, wait_s=p.params.rollback_lock_wait, reconcile=False,
+                         from_version=plan[0], reason=reason) as interrupted:
             abort.unlink(missing_ok=True)
-            current, goal = _rollback_goal(p, to, Outcome())  # decide again under the lock: state may have moved
-            if goal is None:
-                return verify_production(p, str(current), out)
-            return _switch_back(p, str(current), goal, reason, out)
+            decided = _rollback_plan(p, to, Outcome(), interrupted)  # decide again under the lock
+            if decided is None:
+                return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
+            if decided != plan:
+                p._journal(Operation(command="rollback", version=decided[1], pid=os.getpid(), by=p.by,
+                                     from_version=decided[0], reason=reason))
+            return _switch_back(p, decided[0], decided[1], reason, out)
     finally:
         abort.unlink(missing_ok=True)
 
 
-def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) -> Outcome:
-    started = time.monotonic()
-    warm = p.target.slot("production", "previous")
-    was_warm = warm is not None and str(warm.version) == goal and wait_identity(p.target, PROD, "previous", 1.0)
-    if not was_warm:
+def _route_to(p: Promoter, goal: str, out: Outcome) -> tuple[bool, bool]:
+    """All production traffic on ``goal``; returns (it was warm, its slot is already named stable)."""
+    if p.target.slot_version(PROD, "stable") == goal and wait_identity(p.target, PROD, "stable", 1.0):
+        if p.target.weights(PROD) != {"stable": 100.0}:
+            p.target.set_weights(PROD, {"stable": 100})
+        return True, True  # an interrupted rollback got this far already
+    warm = p.target.slot_version(PROD, "previous") == goal and wait_identity(p.target, PROD, "previous", 1.0)
+    if not warm:
         out.say(f"version {goal} is not warm: starting it (slower than the warm path)")
         p.target.stop(PROD, "previous")
         p.target.deploy(PROD, "previous", p.bundle(goal), goal)
     p.target.set_weights(PROD, {"previous": 100})  # a no-op when the fast path already routed there
+    return warm, False
+
+
+def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) -> Outcome:
+    """Every step checks the state first, so a re-run after a crash at any point finishes the same rollback."""
+    started = time.monotonic()
+    was_warm, in_stable = _route_to(p, goal, out)
     switch_s = time.monotonic() - started
     since_command = time.time() - process_started()
     fast = switched_from_env(goal)
@@ -539,11 +578,13 @@ def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) ->
     out.say(f"traffic: 100% on version {goal}, {since_command:.2f} s after the command started "
             f"({how}{'warm' if was_warm else 'cold'} switch {switch_s:.3f} s); canary weight 0")
     p.target.stop(PROD, "canary", wait=False)
-    p.target.stop(PROD, "stable", wait=False)
-    p.target.rename(PROD, "previous", "stable")
+    if not in_stable:
+        p.target.stop(PROD, "stable", wait=False)
+        p.target.rename(PROD, "previous", "stable")
     state = p.journal.load()
     state.last_rollback = RollbackMark(from_version=bad, to_version=goal, at=time.time())
-    state.production_history.append(goal)
+    if state.production_history[-1:] != [goal]:
+        state.production_history.append(goal)
     p.journal.save(state)
     verify_production(p, goal, out)
     p.registry.set_alias(PROD, goal)

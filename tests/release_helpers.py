@@ -12,7 +12,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deploy.targets.local import LocalTarget
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -101,3 +104,33 @@ def audit_actions(home: Path) -> list[dict[str, Any]]:
     return AuditLog(Settings(home=home).state_dir).records()
 
 
+def registry(home: Path) -> Any:
+    """An MlflowClient on the workspace's registry."""
+    from mlrelease.settings import Settings
+    from registry.client import get_client
+
+    return get_client(Settings(home=home))
+
+
+def alias(home: Path, name: str, which: str) -> str | None:
+    """The version holding ``which``, None when no version has that alias."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(registry(home).get_model_version_by_alias(name, which).version)
+    except MlflowException:
+        return None
+
+
+def target(home: Path) -> LocalTarget:
+    """The workspace's local deployment target."""
+    from deploy.targets.local import LocalTarget
+    from mlrelease.settings import Settings
+
+    return LocalTarget(Settings(home=home).state_dir)
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    """The output of a command that must have succeeded."""
+    assert proc.returncode == 0, show(proc)
+    return proc.stdout

@@ -195,14 +195,19 @@ class LocalTarget(DeploymentTarget):
         if env.weight(slot) > 0:
             raise DeploymentError(f"{environment}/{slot} still receives {env.weight(slot)}% of traffic; "
                                   "set its weight to 0 first")
-        found = env.slots.pop(slot)
-        self.store.save(state)
+        found = env.slots[slot]
         if environment in self.routed:
             from deploy.targets import router
 
             # old nginx workers may still be finishing requests on this slot: let them, then stop it
             router.Nginx(self.state_dir / "nginx" / environment).wait_drained(self.drain_timeout_s)
         self._stop_slot(found, wait=wait)
+        # forget it only once it was told to stop: a crash before this line leaves a tracked (dead) slot, never
+        # an untracked running server
+        state = self.store.load()
+        if state.env(environment).slots.get(slot) == found:
+            del state.env(environment).slots[slot]
+            self.store.save(state)
 
     def rename(self, environment: str, source: str, dest: str, expires_at: float | None = None) -> None:
         """Relabel a slot; the destination must be empty or not routed (it is stopped)."""

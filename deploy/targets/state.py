@@ -58,6 +58,8 @@ class Operation(BaseModel):
     pid: int
     by: str
     started_at: float = Field(default_factory=time.time)
+    from_version: str | None = None  # a rollback: the version it moves away from, so a re-run can finish it
+    reason: str | None = None
 
 
 class RollbackMark(BaseModel):

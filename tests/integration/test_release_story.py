@@ -12,19 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from deploy.targets.local import LocalTarget
 from deploy.targets.traffic import LoadDriver, sample_rows
 from mlrelease.modelcard import ModelCard, sha256_file
 from tests.release_helpers import (
     BIN,
     REPO,
+    alias,
     audit_actions,
     cli,
     env_for,
     make_variant,
+    ok,
     register,
+    registry,
     show,
     stop_everything,
+    target,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("release-story"),
@@ -39,31 +42,12 @@ FAST = {
 }
 
 
-def registry(home: Path):  # noqa: ANN201 - MlflowClient
-    from mlrelease.settings import Settings
-    from registry.client import get_client
-
-    return get_client(Settings(home=home))
 
 
-def alias(home: Path, name: str, which: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(registry(home).get_model_version_by_alias(name, which).version)
-    except MlflowException:
-        return None
 
 
-def target(home: Path) -> LocalTarget:
-    from mlrelease.settings import Settings
-
-    return LocalTarget(Settings(home=home).state_dir)
 
 
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, show(proc)
-    return proc.stdout
 
 
 def tamper_artifacts(home: Path, sha: str) -> int:

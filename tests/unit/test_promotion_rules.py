@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -76,3 +77,31 @@ def test_fast_rollback_hands_everything_else_to_the_full_command(
 ) -> None:
     found = fast_goal(state, to)
     assert isinstance(found, str) and reason in found
+
+
+def test_an_interrupted_rollback_blocks_other_commands_until_it_is_finished(tmp_path: Path) -> None:
+    from deploy.targets.local import LocalTarget
+    from mlrelease.settings import Settings
+    from registry.analysis import CanaryParams
+    from registry.promotion import Outcome, Promoter, PromotionError, Registry
+
+    settings = Settings(home=tmp_path)
+    promoter = Promoter(
+        settings=settings,
+        model_name="m",
+        canary_params=CanaryParams(),
+        params=PromotionParams(),
+        target=LocalTarget(settings.state_dir),
+        registry=Registry("m", settings),
+        by="tester",
+    )
+    interrupted = Operation(command="rollback", version="1", pid=4242, by="oncall", from_version="2", reason="p99")
+    state = promoter.journal.load()
+    state.operation = interrupted
+    promoter.journal.save(state)
+    with pytest.raises(
+        PromotionError, match="rollback to version 1 by oncall .* was interrupted; run `scripts/rollback"
+    ):
+        promoter.recover(Outcome())
+    assert promoter.recover(Outcome(), resume_rollback=True) == interrupted  # the rollback finishes it instead
+    assert promoter.journal.load().operation == interrupted

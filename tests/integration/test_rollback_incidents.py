@@ -1,0 +1,379 @@
+"""Incident rollbacks in the hard cases, with real server processes, a real nginx, the real registry and the real
+``scripts/rollback.sh``: a rollback that takes over from a canary in the middle of its analysis, and a rollback
+killed with SIGKILL part way and run again. A load driver sends predictions through the production entry point the
+whole time and must not see a single failed request.
+
+Behaviour is checked through the script and the CLI (exit codes, output, ``mlrelease history``), the registry
+aliases, the state file's slots and weights, and which version answers predictions through the entry point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy.targets.local import is_our_server, pid_alive
+from deploy.targets.state import DeployState
+from deploy.targets.traffic import LoadDriver, LoadResult, predict_path, sample_rows
+from mlrelease.modelcard import ModelCard
+from tests.release_helpers import (
+    BIN,
+    REPO,
+    alias,
+    cli,
+    env_for,
+    make_variant,
+    ok,
+    register,
+    registry,
+    show,
+    stop_everything,
+    target,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("release-story"),
+              pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx: run make setup")]
+
+PROD = "production"
+ROLLBACK = REPO / "scripts" / "rollback.sh"
+# The workspace copy's params.yaml (used by `mlrelease promote`, run from the workspace). scripts/rollback.sh runs
+# from the repository, so a rollback uses the repository's params.yaml, as in production.
+FAST = {
+    "canary": {"steps": [50], "interval": "2.5s", "min_requests": 15, "load_rps": 40, "load_concurrency": 4,
+               "failure_limit": 0, "inconclusive_limit": 1},
+    "promotion": {"rollback_window": "10m", "ready_timeout": "120s", "drain_timeout": "5s"},
+}
+LOAD = {"rps": 40, "concurrency": 4}
+
+
+# ----- helpers ------------------------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+def rollback(home: Path, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run scripts/rollback.sh (from an unrelated cwd, as an operator would); return the result and its seconds."""
+    started = time.monotonic()
+    proc = subprocess.run([str(ROLLBACK), *args], cwd=home.parent, env=env_for(home), capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    return proc, time.monotonic() - started
+
+
+def answered_by(entry: str, model_name: str, rows: list[list[float]]) -> list[str]:
+    """The version that answered each of a few predictions sent through the entry point (or the HTTP status)."""
+    found = []
+    with httpx.Client(timeout=10) as client:
+        for row in rows:
+            resp = client.post(entry + predict_path(model_name), json={"instances": [row]})
+            found.append(str(resp.json().get("model_version")) if resp.status_code == 200
+                         else f"HTTP {resp.status_code}")
+    return found
+
+
+def versions_after(result: LoadResult, since: float) -> set[str]:
+    """Versions that answered requests sent after ``since`` (time.monotonic())."""
+    return {version for start, _, code, version in result.timeline if start > since and code == 200}
+
+
+def load_summary(result: LoadResult) -> str:
+    return f"{result.total} requests, statuses {dict(result.statuses)}, versions {dict(result.versions)}"
+
+
+def history_rows(home: Path) -> list[dict[str, str]]:
+    """`mlrelease history` parsed back into rows (continuation lines of folded cells are joined)."""
+    text = ok(cli(home, "history", "--limit", "1000"))
+    columns = ["when", "by", "action", "env", "alias", "from", "to", "weights", "outcome", "reason"]
+    rows: list[dict[str, str]] = []
+    for line in text.splitlines():
+        sep = "│" if "│" in line else "|"
+        cells = [c.strip() for c in line.split(sep)[1:-1]]
+        if len(cells) != len(columns) or cells[0] == "when (UTC)":
+            continue
+        if re.match(r"\d{4}-\d\d-\d\d", cells[0]):
+            rows.append(dict(zip(columns, cells, strict=True)))
+        elif rows:  # a folded cell goes on over the next lines
+            for key, cell in zip(columns, cells, strict=True):
+                if cell:
+                    rows[-1][key] = f"{rows[-1][key]} {cell}"
+    assert rows, f"`mlrelease history` printed no rows:\n{text}"
+    return rows
+
+
+def same_text(printed: str, expected: str) -> bool:
+    """Equal but for whitespace (a folded table cell may be cut anywhere)."""
+    return "".join(printed.split()) == "".join(expected.split())
+
+
+@dataclass
+class Incident:
+    """A workspace with production traffic, plus every process a test starts in it, so teardown stops them all."""
+
+    home: Path
+    name: str
+    bundle: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    servers: set[tuple[int, int]] = field(default_factory=set)  # (pid, port) of every server seen in the state
+
+    def popen(self, args: list[str], out: Path) -> subprocess.Popen[bytes]:
+        """Start a command in its own process group (so kill -9 reaches it and its children), output to a file."""
+        with out.open("wb") as sink:
+            proc = subprocess.Popen(args, cwd=self.home, env=env_for(self.home), stdout=sink,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def state(self) -> DeployState:
+        state = target(self.home).store.load()
+        for env in state.environments.values():
+            self.servers.update((slot.pid, slot.port) for slot in env.slots.values())
+        return state
+
+    def teardown(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        try:
+            self.state()
+            stop_everything(self.home)
+        finally:
+            for pid, port in self.servers:  # a server an interrupted command stopped tracking must not outlive us
+                if pid_alive(pid) and is_our_server(pid, port):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            for pid in self.watchers():  # rollback-window watchers sleep until the window ends (minutes)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def watchers(self) -> list[int]:
+        """Pids of the detached rollback-window watchers (deploy.targets.expiry) started for this workspace."""
+        import psutil
+
+        state_dir = str(target(self.home).state_dir)
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = proc.info["cmdline"] or []
+            if "deploy.targets.expiry" in cmdline and state_dir in cmdline:
+                found.append(proc.info["pid"])
+        return found
+
+
+@pytest.fixture
+def incident(registry_workspace, built_workspace) -> Iterator[Incident]:  # noqa: ANN001
+    home = registry_workspace.root
+    registry_workspace.set_params(**FAST)
+    bundle = home / "models"
+    found = Incident(home, ModelCard.read(bundle).name, bundle)
+    try:
+        yield found
+    finally:
+        found.teardown()
+
+
+def production_with_warm_previous(incident: Incident, tmp_path: Path) -> tuple[str, str]:
+    """Version P (the pipeline's candidate) then version A (a same-behaviour copy) in production, the second
+    with --force so P stays warm as the previous version. Returns (P, A)."""
+    home, name = incident.home, incident.name
+    p = alias(home, name, "candidate")
+    assert p is not None, "the pipeline registers a candidate"
+    a = register(make_variant(incident.bundle, tmp_path / "version-a", "same"), home, name, "incident-a")
+    ok(cli(home, "promote", "production", "--version", p, "--force", "--reason", "test: first release"))
+    promote_over(incident, a, p)
+    return p, a
+
+
+def promote_over(incident: Incident, version: str, previous: str) -> None:
+    """Force ``version`` into production over ``previous``, which stays warm."""
+    ok(cli(incident.home, "promote", "production", "--version", version, "--force", "--reason",
+           f"test: {version} over {previous}"))
+    t = target(incident.home)
+    assert (t.slot_version(PROD, "stable"), t.slot_version(PROD, "previous")) == (version, previous)
+    assert t.weights(PROD) == {"stable": 100.0}
+    incident.state()
+
+
+def assert_all_on(incident: Incident, version: str, rows: list[list[float]], context: str = "") -> None:
+    """All production traffic on ``version``: state, registry, and predictions through the entry point."""
+    home, name = incident.home, incident.name
+    t = target(home)
+    state = t.store.load()
+    env = state.env(PROD)
+    where = f"state: weights {env.weights}, slots { {k: s.version for k, s in env.slots.items()} }\n{context}"
+    assert env.weights == {"stable": 100.0}, where
+    assert "stable" in env.slots and env.slots["stable"].version == version, where
+    assert "canary" not in env.slots, where
+    assert (alias(home, name, PROD), alias(home, name, "canary")) == (version, None), f"aliases\n{where}"
+    entry = t.entry_url(PROD)
+    assert entry is not None
+    answers = answered_by(entry, name, rows)
+    assert set(answers) == {version}, f"predictions through {entry} answered by {answers}\n{where}"
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.1)
+    return not pid_alive(pid)
+
+
+# ----- 1. a rollback takes over from a running canary ---------------------------------------------------------------
+def test_rollback_takes_over_from_a_running_canary(incident: Incident, tmp_path: Path) -> None:
+    home, name = incident.home, incident.name
+    p, a = production_with_warm_previous(incident, tmp_path)
+    c = register(make_variant(incident.bundle, tmp_path / "version-c", "same"), home, name, "incident-c")
+    registry(home).set_registered_model_alias(name, "staging", c)
+    rows = sample_rows(incident.bundle, 32)
+    t = target(home)
+    entry = t.entry_url(PROD)
+    assert entry is not None
+
+    # a canary of C, mid-analysis: a long interval keeps it sleeping with half of the traffic on C
+    canary_log = tmp_path / "canary.out"
+    canary = incident.popen([str(BIN / "mlrelease"), "promote", "canary", "--interval", "60s"], canary_log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and t.weights(PROD).get("canary", 0) == 0:
+        assert canary.poll() is None, f"the canary exited before shifting traffic:\n{canary_log.read_text()}"
+        time.sleep(0.2)
+    assert t.weights(PROD).get("canary", 0) > 0, canary_log.read_text()
+    incident.state()
+    canary_slot = t.slot(PROD, "canary")
+    assert canary_slot is not None and canary_slot.version == c
+
+    with LoadDriver(entry, name, rows, keep_timeline=True, max_seconds=180, **LOAD) as load:
+        time.sleep(1.5)
+        rolled, took = rollback(home, "--reason", "test")
+        finished = time.monotonic()
+        time.sleep(1.5)
+    canary_code = canary.wait(timeout=60)
+    canary_text = canary_log.read_text()
+    print(f"rollback ({took:.1f} s): {show(rolled)}\ncanary: exit {canary_code}\n{canary_text}\n"
+          f"load: {load_summary(load.result)}")
+
+    assert rolled.returncode == 0, show(rolled)
+    assert took < 60, f"the rollback took {took:.1f} s\n{show(rolled)}"
+    assert canary_code != 0 and "aborted" in canary_text.lower(), f"canary exit {canary_code}:\n{canary_text}"
+    assert load.result.failed == 0, load_summary(load.result)
+    assert load.result.versions[c] > 0, f"the canary never got load-driver traffic: {load_summary(load.result)}"
+    assert versions_after(load.result, finished) == {p}, load_summary(load.result)
+    assert_all_on(incident, p, rows, show(rolled))  # canary weight 0 and slot gone, aliases, answers by P
+    assert t.slot_version(PROD, "previous") is None
+    assert wait_gone(canary_slot.pid, 20), f"the canary server (pid {canary_slot.pid}) still runs"
+    assert "nothing to do" in ok(rollback(home)[0])  # and the incident is over: a second run changes nothing
+
+    history = history_rows(home)
+    aborted = [r for r in history if r["action"] == "canary-rollback" and r["from"] == c]
+    assert aborted and "abort" in aborted[-1]["reason"].lower(), history
+    back = [r for r in history if r["action"] == "rollback"]
+    assert back and (back[-1]["from"], back[-1]["to"], back[-1]["outcome"]) == (a, p, "done"), history
+    assert same_text(back[-1]["reason"], "test"), history
+    assert history.index(aborted[-1]) < history.index(back[-1]), "the canary is undone before the rollback"
+
+
+# ----- 2. recovery after an interrupted rollback --------------------------------------------------------------------
+Trigger = Callable[[DeployState], bool]
+
+
+def kill_rollback(incident: Incident, log: Path, reason: str, trigger: Trigger, limit: float = 60) -> str:
+    """Start scripts/rollback.sh and kill -9 its process group as soon as ``trigger`` holds for the state file.
+    Returns where it was killed (it may also have finished first: the checks afterwards must hold either way)."""
+    proc = incident.popen([str(ROLLBACK), "--reason", reason], log)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"not killed: it exited {proc.returncode} first"
+        state = incident.state()
+        if trigger(state):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            env = state.env(PROD)
+            return f"killed with weights {env.weights} and slots { {k: s.version for k, s in env.slots.items()} }"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    return f"killed after {limit:g} s without seeing the trigger"
+
+
+def traffic_moved(goal: str) -> Trigger:
+    """The state file says traffic left the bad version (the weights are written before nginx is reloaded)."""
+    def check(state: DeployState) -> bool:
+        env = state.env(PROD)
+        return env.weights.get("previous", 0) >= 100 or (
+            "stable" in env.slots and env.slots["stable"].version == goal)
+    return check
+
+
+def bad_slot_dropped(goal: str) -> Trigger:
+    """The state file no longer lists the bad version's stable slot (it is being stopped)."""
+    def check(state: DeployState) -> bool:
+        stable = state.env(PROD).slots.get("stable")
+        return stable is None or stable.version == goal
+    return check
+
+
+def slots_switched(goal: str) -> Trigger:
+    """The state file says the good version holds the stable slot again (the registry alias has not moved yet)."""
+    def check(state: DeployState) -> bool:
+        stable = state.env(PROD).slots.get("stable")
+        return stable is not None and stable.version == goal
+    return check
+
+
+# Where the first run is killed, in the order a rollback gets there. A point it passes too fast to be seen just
+# means a later one (or none): the checks after the re-run must hold wherever it died.
+KILL_POINTS: dict[str, Callable[[str], Trigger]] = {"traffic-moved": traffic_moved,
+                                                     "bad-slot-dropped": bad_slot_dropped,
+                                                     "slots-switched": slots_switched}
+
+
+@pytest.mark.parametrize("where", list(KILL_POINTS))
+def test_rollback_killed_midway_is_finished_by_the_next_run(incident: Incident, tmp_path: Path, where: str) -> None:
+    home, name = incident.home, incident.name
+    p, a = production_with_warm_previous(incident, tmp_path)
+    rows = sample_rows(incident.bundle, 32)
+    entry = target(home).entry_url(PROD)
+    assert entry is not None
+    bad_slot = target(home).slot(PROD, "stable")
+    assert bad_slot is not None and bad_slot.version == a
+    reason = f"test: rollback killed at {where}"
+    log = tmp_path / "killed-rollback.out"
+
+    with LoadDriver(entry, name, rows, keep_timeline=True, max_seconds=180, **LOAD) as load:
+        time.sleep(1.0)
+        killed = kill_rollback(incident, log, reason, KILL_POINTS[where](p))
+        second, _ = rollback(home, "--reason", reason)
+        finished = time.monotonic()
+        third, _ = rollback(home)
+        time.sleep(1.0)
+    context = (f"[{where}] {killed}\nkilled run's output:\n{log.read_text()}\nsecond run: {show(second)}\n"
+               f"third run: {show(third)}\nload: {load_summary(load.result)}")
+    print(context)
+
+    # the second run finishes the job: traffic on P, alias moved, verified, the bad version stopped, audited
+    assert second.returncode == 0 and "verified" in second.stdout, context
+    assert_all_on(incident, p, rows, context)
+    assert wait_gone(bad_slot.pid, 30), f"version {a}'s server (pid {bad_slot.pid}) still runs\n{context}"
+    assert target(home).store.load().operation is None, f"an interrupted operation is still journaled\n{context}"
+    done = [r for r in history_rows(home) if r["action"] == "rollback" and same_text(r["reason"], reason)]
+    assert done and (done[-1]["from"], done[-1]["to"], done[-1]["outcome"]) == (a, p, "done"), context
+    # the third run is a harmless no-op
+    assert third.returncode == 0 and "nothing to do" in third.stdout, context
+    assert_all_on(incident, p, rows, context)
+    # and the load driver saw no failed request, from before the kill to after the third run
+    assert load.result.failed == 0, context
+    assert load.result.total > 50 and load.result.versions[a] > 0, context
+    assert versions_after(load.result, finished) == {p}, context
