@@ -61,13 +61,18 @@ class LoadedModel:
         """Class probabilities for a float32 [N, F] batch (called from the batcher's single worker thread)."""
         import torch
 
-        with torch.inference_mode():
-            out = self.module.forward(torch.from_numpy(batch))  # skips nn.Module hook dispatch (~15 us a call)
+        if torch.is_grad_enabled():  # the serving threads turn grad off once (set_threads); others pay the context
+            with torch.inference_mode():
+                out = self.module.forward(torch.from_numpy(batch))
+        else:
+            out = self.module.forward(torch.from_numpy(batch))  # .forward skips nn.Module hook dispatch (~15 us)
         return np.asarray(out.numpy(), dtype=np.float32)
 
 
 def set_threads(count: int) -> None:
-    """Intra-op threads for the calling thread, and no TorchScript re-profiling per new batch size.
+    """Set up a serving thread: intra-op threads, grad off, no TorchScript re-profiling per new batch size.
+
+    For the server's own threads only (grad stays off in the calling thread: never call it where training runs).
 
     The profiling executor recompiles a graph for each new input shape it meets; with micro-batching every batch
     size is new, so the server runs TorchScript graphs as they were exported (no re-specialisation).
@@ -76,6 +81,7 @@ def set_threads(count: int) -> None:
 
     torch.set_num_threads(count)
     torch._C._set_graph_executor_optimize(False)
+    torch.set_grad_enabled(False)  # thread-local: inference only, no autograd bookkeeping per call
 
 
 def bundle_folder(path: Path) -> Path:
@@ -125,6 +131,20 @@ def warm_up(model: LoadedModel, max_batch: int) -> float:
     return float(np.median(timings))
 
 
+def frozen(module: Any) -> Any:
+    """The module with its weights folded into the graph (same outputs, ~25% less per call at batch 1).
+
+    A module that cannot be frozen (e.g. it mutates its attributes) is served as loaded.
+    """
+    import torch
+
+    try:
+        return torch.jit.freeze(module)
+    except (RuntimeError, AttributeError) as exc:
+        log.warning("serving the module unfrozen: torch.jit.freeze failed: %s", exc)
+        return module
+
+
 def load_model(
     path: Path,
     *,
@@ -147,7 +167,7 @@ def load_model(
         module = torch.jit.load(str(folder / card.artifact), map_location="cpu")
     except (RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(f"{folder / card.artifact}: torch.jit.load failed: {exc}") from exc
-    module.eval()
+    module = frozen(module.eval())
     model = LoadedModel(
         card=card,
         version=version,
