@@ -36,4 +36,6 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20, group: b
         send(sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(wait)
+    if group:
+        send(signal.SIGKILL)  # members that outlived the leader (a runtime that left its payload behind)
     return process.returncode

@@ -61,20 +61,32 @@ def fast_goal(state: DeployState, to: str | None) -> tuple[str, str] | str:
     return stable.version, previous.version
 
 
-def switch(state_dir: Path, to: str | None, by: str, started: float) -> FastSwitch | str:
-    """Under the promotion lock (never waiting for it), move production to the warm previous version."""
+def switch(state_dir: Path, to: str | None, by: str, reason: str, started: float) -> FastSwitch | str:
+    """Under the promotion lock (never waiting for it), move production to the warm previous version.
+
+    The rollback is journaled before traffic moves: until the full command has finished it, every other command
+    refuses to run and a re-run of the rollback finishes it.
+    """
     from deploy.targets.base import DeploymentError
     from deploy.targets.local import LocalTarget
+    from deploy.targets.state import Operation
     from registry.locking import PromotionLocked, promotion_lock
 
     target = LocalTarget(state_dir)
     try:
         with promotion_lock(state_dir, "rollback (fast switch)", by):
-            goal = fast_goal(target.store.load(), to)
+            state = target.store.load()
+            goal = fast_goal(state, to)
             if isinstance(goal, str):
                 return goal
+            problem = target.slot_problem(PROD, "previous")
+            if problem is not None:
+                return f"the warm version cannot take traffic: {problem}"
             t0 = time.monotonic()
-            target.set_weights(PROD, {"previous": 100})  # checks the slot's identity first; atomic nginx reload
+            state.operation = Operation(command="rollback", version=goal[1], pid=os.getpid(), by=by,
+                                        from_version=goal[0], reason=reason)
+            target.store.save(state)
+            target.set_weights(PROD, {"previous": 100})  # checks the slot's identity again; atomic nginx reload
             done = time.monotonic()
             return FastSwitch(goal[0], goal[1], round(time.time() - started, 3), round(done - t0, 4))
     except PromotionLocked:
@@ -83,25 +95,32 @@ def switch(state_dir: Path, to: str | None, by: str, started: float) -> FastSwit
         return f"the warm version cannot take traffic: {exc}"
 
 
-def _args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(add_help=False)  # the full command owns --help and validation
+def _args(argv: list[str]) -> argparse.Namespace | None:
+    """The options the fast path needs; None when they do not parse (the full command then explains)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     for flag in ("--to", "--reason", "--by", "--params"):
         parser.add_argument(flag)
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("-h", "--help", action="store_true")
-    return parser.parse_known_args(argv)[0]
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except (argparse.ArgumentError, SystemExit):
+        return None
+    return None if unknown else args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Fast switch when it applies, then the full ``mlrelease rollback`` with the same arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.pop(SWITCHED_ENV, None)  # only this command's own fast path may claim the switch
     args = _args(argv)
     switched: FastSwitch | None = None
-    if not (args.dry_run or args.help):
+    if args is not None and not (args.dry_run or args.help):
         from mlrelease.settings import get_settings
 
         by = args.by or os.environ.get("MLRELEASE_BY") or os.environ.get("GITHUB_ACTOR") or os.environ.get("USER")
-        result = switch(get_settings().state_dir, args.to, by or "unknown", process_started())
+        result = switch(get_settings().state_dir, args.to, by or "unknown", args.reason or "incident rollback",
+                        process_started())
         if isinstance(result, FastSwitch):
             switched = result
             os.environ[SWITCHED_ENV] = json.dumps(asdict(result))
@@ -114,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if code and switched is not None:
             print(
-                f"rollback: all production traffic already runs on version {switched.to_version} "
-                f"(moved {switched.seconds_since_command:.2f} s after the command started); the steps after "
-                "it failed as shown above. Fix that, then run scripts/rollback.sh again to finish.",
+                f"rollback: production traffic was moved to version {switched.to_version} "
+                f"{switched.seconds_since_command:.2f} s after the command started; the steps after it failed as "
+                "shown above. Fix that, then run scripts/rollback.sh again to finish (other commands wait for it; "
+                "`mlrelease status` shows where traffic is now).",
                 file=sys.stderr,
             )
         return code

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from deploy.targets.base import DeploymentTarget
+from deploy.targets.base import DeploymentError, DeploymentTarget
 from deploy.targets.state import DeployState, Operation, RollbackMark, StateStore
 from mlrelease.modelcard import ModelCard, verify_bundle
 from mlrelease.settings import Settings
@@ -163,18 +163,19 @@ class Promoter:
 
     # ----- journal, lock and crash recovery --------------------------------------------------------------------
     @contextmanager
-    def operation(self, command: str, version: str, out: Outcome, wait_s: float = 0.0, reconcile: bool = True,
-                  from_version: str | None = None, reason: str | None = None) -> Iterator[Operation | None]:
+    def operation(self, command: str, version: str, out: Outcome, wait_s: float = 0.0,
+                  reconcile: bool = True) -> Iterator[Operation | None]:
         """Hold the lock, recover a crashed predecessor, journal this operation, clear it when done.
 
-        Yields the interrupted rollback this command is to finish (only a rollback resumes one), else None.
+        A rollback journals itself once it has decided under the lock; it is handed the rollback it is to
+        finish (an interrupted one, or its own fast path's), else None.
         """
         with promotion_lock(self.state_dir, command, self.by, wait_s=wait_s):
             interrupted = self.recover(out, resume_rollback=command == "rollback")
             for line in (self.target.reconcile() if reconcile else []):
                 out.say(f"reconciled: {line}")
-            self._journal(Operation(command=command, version=version, pid=os.getpid(), by=self.by,
-                                    from_version=from_version, reason=reason))
+            if command != "rollback":
+                self._journal(Operation(command=command, version=version, pid=os.getpid(), by=self.by))
             try:
                 yield interrupted
             except PromotionError:
@@ -182,6 +183,10 @@ class Promoter:
                 raise
             # any other error keeps the journal, so the next command's recover() puts traffic back on stable
             self._journal(None)
+
+    def record_operation(self, op: Operation | None) -> None:
+        """Write (or clear, with None) the journal of the running operation."""
+        self._journal(op)
 
     def _journal(self, op: Operation | None) -> None:
         state = self.journal.load()
@@ -200,9 +205,14 @@ class Promoter:
         if op.command == "rollback":
             if resume_rollback:
                 return op
-            raise PromotionError(f"a rollback to version {op.version} by {op.by} (pid {op.pid}) was interrupted; "
-                                 "run `scripts/rollback.sh` to finish it, then retry", exit_code=3)
+            raise PromotionError(f"a rollback to version {op.version} by {op.by} (pid {op.pid}) is running or was "
+                                 "interrupted; run `scripts/rollback.sh` to finish it, then retry", exit_code=3)
         out.say(f"recovering from an interrupted `{op.command}` of version {op.version} (pid {op.pid})")
+        if self.target.slot_version(PROD, "stable") is None and self.target.slot_version(PROD, "previous"):
+            # `promote production` died between its two renames: the old stable is `previous`; put it back
+            self.target.set_weights(PROD, {"previous": 100})
+            self.target.rename(PROD, "previous", "stable")
+            out.say("traffic: 100% back on the previous production version, which is stable again")
         weights = self.target.weights(PROD)
         if weights and weights.get("stable", 0) < 100 and self.target.slot_version(PROD, "stable") is not None:
             self.target.set_weights(PROD, {"stable": 100})
@@ -512,13 +522,16 @@ def _rollback_goal(p: Promoter, to: str | None, out: Outcome) -> tuple[str | Non
 def _rollback_plan(p: Promoter, to: str | None, out: Outcome, interrupted: Operation | None) -> tuple[str, str] | None:
     """(version to leave, version to go back to), None when there is nothing to do.
 
-    An interrupted rollback is finished toward its own goal, whatever intermediate state it left behind.
+    A journaled rollback (interrupted, or this command's own fast path) is finished toward its own goal, whatever
+    intermediate state it left behind.
     """
     if interrupted is not None and interrupted.command == "rollback" and interrupted.from_version:
         if to is not None and to != interrupted.version:
-            raise PromotionError(f"a rollback to version {interrupted.version} was interrupted; run "
+            raise PromotionError(f"a rollback to version {interrupted.version} is unfinished; run "
                                  f"`scripts/rollback.sh` without --to to finish it first, then --to {to}", exit_code=2)
-        out.say(f"finishing the interrupted rollback from version {interrupted.from_version} to {interrupted.version}")
+        if interrupted.pid != os.getpid():
+            out.say(f"finishing the interrupted rollback from version {interrupted.from_version} "
+                    f"to {interrupted.version} (pid {interrupted.pid}, by {interrupted.by})")
         return interrupted.from_version, interrupted.version
     current, goal = _rollback_goal(p, to, out)
     return None if goal is None else (str(current), goal)
@@ -536,28 +549,55 @@ def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
     abort = p.state_dir / ABORT_FILE
     abort.touch()  # a running canary sees this and stops, releasing the lock
     try:
-        with p.operation("rollback", plan[1], out, wait_s=p.params.rollback_lock_wait, reconcile=False,
-                         from_version=plan[0], reason=reason) as interrupted:
+        with p.operation("rollback", plan[1], out, wait_s=p.params.rollback_lock_wait, reconcile=False) as pending:
             abort.unlink(missing_ok=True)
-            decided = _rollback_plan(p, to, Outcome(), interrupted)  # decide again under the lock
+            decided = _rollback_plan(p, to, Outcome(), pending)  # decide again under the lock, then journal it
             if decided is None:
                 return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
-            if decided != plan:
-                p._journal(Operation(command="rollback", version=decided[1], pid=os.getpid(), by=p.by,
-                                     from_version=decided[0], reason=reason))
+            if decided != plan and pending is None:
+                raise PromotionError(f"production changed while this rollback waited for the lock (it planned "
+                                     f"{plan[0]} -> {plan[1]}, now it would be {decided[0]} -> {decided[1]}); "
+                                     "nothing was changed. Check `mlrelease status`, then run scripts/rollback.sh "
+                                     "again, or with --to VERSION", exit_code=2)
+            reason = (pending.reason if pending is not None and pending.reason else reason)
+            p.record_operation(Operation(command="rollback", version=decided[1], pid=os.getpid(), by=p.by,
+                                         from_version=decided[0], reason=reason))
             return _switch_back(p, decided[0], decided[1], reason, out)
     finally:
         abort.unlink(missing_ok=True)
 
 
+def _revive(p: Promoter, slot: str, out: Outcome) -> None:
+    """A slot that holds traffic but does not answer as itself: let the target restart it, then wait for it.
+
+    Never stopped or replaced while it holds traffic; DeploymentError (journal kept, so a re-run retries) if it
+    does not come back.
+    """
+    for line in p.target.reconcile():
+        out.say(f"reconciled: {line}")
+    if not wait_identity(p.target, PROD, slot, p.params.ready_timeout):
+        problem = p.target.slot_problem(PROD, slot)
+        raise DeploymentError(f"{PROD}/{slot} holds the traffic but is not ready: {problem}. Next: check "
+                              f"{p.state_dir / 'logs'} and `mlrelease status`, then run scripts/rollback.sh again")
+
+
 def _route_to(p: Promoter, goal: str, out: Outcome) -> tuple[bool, bool]:
     """All production traffic on ``goal``; returns (it was warm, its slot is already named stable)."""
+    weights = p.target.weights(PROD)
+    for slot in ("stable", "previous"):
+        if p.target.slot_version(PROD, slot) == goal and weights.get(slot, 0) > 0 \
+                and not wait_identity(p.target, PROD, slot, 1.0):
+            _revive(p, slot, out)
     if p.target.slot_version(PROD, "stable") == goal and wait_identity(p.target, PROD, "stable", 1.0):
-        if p.target.weights(PROD) != {"stable": 100.0}:
+        if weights != {"stable": 100.0}:
             p.target.set_weights(PROD, {"stable": 100})
         return True, True  # an interrupted rollback got this far already
     warm = p.target.slot_version(PROD, "previous") == goal and wait_identity(p.target, PROD, "previous", 1.0)
     if not warm:
+        if weights.get("previous", 0) > 0:
+            raise DeploymentError(f"{PROD}/previous (version {p.target.slot_version(PROD, 'previous')}) holds "
+                                  f"traffic, so version {goal} cannot be started in its place; run "
+                                  "scripts/rollback.sh without --to first")
         out.say(f"version {goal} is not warm: starting it (slower than the warm path)")
         p.target.stop(PROD, "previous")
         p.target.deploy(PROD, "previous", p.bundle(goal), goal)

@@ -218,6 +218,8 @@ class LocalTarget(DeploymentTarget):
         replaced = env.slots.get(dest)
         if replaced is not None and env.weight(dest) > 0:
             raise DeploymentError(f"{environment}/{dest} still receives traffic; cannot replace it")
+        if replaced is not None and replaced.pid != env.slots[source].pid:
+            self._stop_slot(replaced)  # before it leaves the state: a crash never leaves an untracked server
         env.slots[dest] = env.slots.pop(source).model_copy(update={"expires_at": expires_at})
         moved = env.weights.pop(source, None)
         env.weights.pop(dest, None)
@@ -225,11 +227,18 @@ class LocalTarget(DeploymentTarget):
             env.weights[dest] = moved
         self.store.save(state)
         if expires_at is not None:
-            from deploy.targets.expiry import start_watch
+            self._watch_expiry(environment, dest, env.slots[dest].pid)
 
-            start_watch(self.state_dir, environment, dest, env.slots[dest].pid)  # stops it on time, unattended
-        if replaced is not None and replaced.pid != env.slots[dest].pid:
-            self._stop_slot(replaced)
+    def _watch_expiry(self, environment: str, slot: str, pid: int) -> None:
+        """Start the detached watcher that stops the slot when its window ends (a failure only loses the timer:
+        the next command's reconcile stops an expired slot too)."""
+        from deploy.targets.expiry import start_watch
+
+        try:
+            start_watch(self.state_dir, environment, slot, pid)
+        except OSError as exc:
+            log.warning("could not start the expiry watcher of %s/%s: %s; the next command stops it once expired",
+                        environment, slot, exc)
 
     # ----- traffic ---------------------------------------------------------------------------------------------
     def set_weights(self, environment: str, weights: Mapping[str, float]) -> None:
@@ -335,6 +344,8 @@ class LocalTarget(DeploymentTarget):
                                                                          "started_at": time.time()})
         self.store.save(state)
         self._wait_ready(state.env(environment).slots[slot_name], process)
+        if slot.expires_at is not None:  # the old watcher followed the old pid and has ended
+            self._watch_expiry(environment, slot_name, process.pid)
 
     def stop_all(self) -> None:
         """Stop every slot and every router (tests and `make clean`)."""

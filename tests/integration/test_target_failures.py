@@ -93,3 +93,32 @@ def test_a_warm_slot_stops_when_its_window_ends_without_any_command(tmp_path: Pa
         assert "rollback window ended" in log and "taken over" in log
     finally:
         target.stop_all()
+
+
+def test_a_production_promotion_killed_between_its_renames_is_undone(tmp_path: Path) -> None:
+    """Killed after `stable` became `previous` but before the new version became `stable`: recovery puts the old
+    version back as stable with all traffic (a rollback must always find a stable slot)."""
+    from deploy.targets.state import Operation
+    from mlrelease.settings import Settings
+    from registry.analysis import CanaryParams
+    from registry.promotion import Outcome, Promoter, PromotionParams, Registry
+
+    settings = Settings(home=tmp_path)
+    target = LocalTarget(settings.state_dir, routed=(), ready_timeout_s=60, drain_timeout_s=2)
+    bundle = make_bundle(tmp_path / "bundle", epochs=2)
+    promoter = Promoter(settings=settings, model_name="m", canary_params=CanaryParams(), params=PromotionParams(),
+                        target=target, registry=Registry("m", settings), by="tester")
+    try:
+        target.deploy("production", "previous", bundle, "1")
+        target.deploy("production", "canary", bundle, "2")
+        target.set_weights("production", {"canary": 100})
+        state = promoter.journal.load()
+        state.operation = Operation(command="promote production", version="2", pid=1, by="ci")
+        promoter.journal.save(state)
+        promoter.recover(Outcome())
+        assert target.slot_version("production", "stable") == "1"
+        assert target.weights("production") == {"stable": 100.0}
+        assert target.slot("production", "canary") is None and target.slot("production", "previous") is None
+        assert promoter.journal.load().operation is None
+    finally:
+        target.stop_all()

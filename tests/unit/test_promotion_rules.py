@@ -105,3 +105,13 @@ def test_an_interrupted_rollback_blocks_other_commands_until_it_is_finished(tmp_
         promoter.recover(Outcome())
     assert promoter.recover(Outcome(), resume_rollback=True) == interrupted  # the rollback finishes it instead
     assert promoter.journal.load().operation == interrupted
+
+
+def test_the_fast_path_leaves_arguments_it_cannot_read_to_the_full_command() -> None:
+    from registry.fast_rollback import _args
+
+    parsed = _args(["--to", "3", "--reason", "p99 alarm"])
+    assert parsed is not None and (parsed.to, parsed.reason) == ("3", "p99 alarm")
+    assert _args(["--t", "5"]) is None  # no abbreviations: click would refuse it, so must the fast path
+    assert _args(["--reason", "-x"]) is None
+    assert _args(["--bogus"]) is None
