@@ -11,17 +11,15 @@ command's rules (waiting for the lock, aborting a running canary, crash recovery
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.targets.state import DeployState
 
 PROD = "production"
-SWITCHED_ENV = "MLRELEASE_ROLLBACK_SWITCHED"  # tells the full command what this fast path already did
 
 
 @dataclass(frozen=True)
@@ -79,14 +77,12 @@ def switch(state_dir: Path, to: str | None, by: str, reason: str, started: float
             goal = fast_goal(state, to)
             if isinstance(goal, str):
                 return goal
-            problem = target.slot_problem(PROD, "previous")
-            if problem is not None:
-                return f"the warm version cannot take traffic: {problem}"
             t0 = time.monotonic()
             state.operation = Operation(command="rollback", version=goal[1], pid=os.getpid(), by=by,
                                         from_version=goal[0], reason=reason)
             target.store.save(state)
-            target.set_weights(PROD, {"previous": 100})  # checks the slot's identity again; atomic nginx reload
+            # checks the slot's identity first; if it fails, the full command finishes the journaled rollback cold
+            target.set_weights(PROD, {"previous": 100})
             done = time.monotonic()
             return FastSwitch(goal[0], goal[1], round(time.time() - started, 3), round(done - t0, 4))
     except PromotionLocked:
@@ -112,18 +108,17 @@ def _args(argv: list[str]) -> argparse.Namespace | None:
 def main(argv: list[str] | None = None) -> int:
     """Fast switch when it applies, then the full ``mlrelease rollback`` with the same arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.pop(SWITCHED_ENV, None)  # only this command's own fast path may claim the switch
+    global _switched
     args = _args(argv)
     switched: FastSwitch | None = None
     if args is not None and not (args.dry_run or args.help):
         from mlrelease.settings import get_settings
+        from registry.audit import resolve_actor
 
-        by = args.by or os.environ.get("MLRELEASE_BY") or os.environ.get("GITHUB_ACTOR") or os.environ.get("USER")
-        result = switch(get_settings().state_dir, args.to, by or "unknown", args.reason or "incident rollback",
-                        process_started())
+        result = switch(get_settings().state_dir, args.to, resolve_actor(args.by),
+                        args.reason or "incident rollback", process_started())
         if isinstance(result, FastSwitch):
-            switched = result
-            os.environ[SWITCHED_ENV] = json.dumps(asdict(result))
+            switched = _switched = result
     from mlrelease.commands.release import main as full
 
     sys.argv = ["mlrelease rollback", "rollback", *argv]
@@ -143,16 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def switched_from_env(goal: str) -> FastSwitch | None:
-    """The fast path's record, when it moved traffic to ``goal`` in this command."""
-    raw = os.environ.get(SWITCHED_ENV)
-    if not raw:
-        return None
-    try:
-        found = FastSwitch(**json.loads(raw))
-    except (TypeError, ValueError):
-        return None
-    return found if found.to_version == goal else None
+_switched: FastSwitch | None = None  # set by main() in this process, read by the full command that follows
+
+
+def switched_to(goal: str) -> FastSwitch | None:
+    """This command's fast switch, when it moved traffic to ``goal``."""
+    return _switched if _switched is not None and _switched.to_version == goal else None
 
 
 if __name__ == "__main__":

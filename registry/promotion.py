@@ -26,7 +26,7 @@ from mlrelease.modelcard import ModelCard, verify_bundle
 from mlrelease.settings import Settings
 from registry.analysis import CanaryParams, parse_duration
 from registry.audit import AuditLog, AuditRecord, record
-from registry.fast_rollback import process_started, switched_from_env
+from registry.fast_rollback import process_started, switched_to
 from registry.locking import promotion_lock
 
 log = logging.getLogger(__name__)
@@ -183,10 +183,6 @@ class Promoter:
                 raise
             # any other error keeps the journal, so the next command's recover() puts traffic back on stable
             self._journal(None)
-
-    def record_operation(self, op: Operation | None) -> None:
-        """Write (or clear, with None) the journal of the running operation."""
-        self._journal(op)
 
     def _journal(self, op: Operation | None) -> None:
         state = self.journal.load()
@@ -560,7 +556,7 @@ def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
                                      "nothing was changed. Check `mlrelease status`, then run scripts/rollback.sh "
                                      "again, or with --to VERSION", exit_code=2)
             reason = (pending.reason if pending is not None and pending.reason else reason)
-            p.record_operation(Operation(command="rollback", version=decided[1], pid=os.getpid(), by=p.by,
+            p._journal(Operation(command="rollback", version=decided[1], pid=os.getpid(), by=p.by,
                                          from_version=decided[0], reason=reason))
             return _switch_back(p, decided[0], decided[1], reason, out)
     finally:
@@ -584,15 +580,16 @@ def _revive(p: Promoter, slot: str, out: Outcome) -> None:
 def _route_to(p: Promoter, goal: str, out: Outcome) -> tuple[bool, bool]:
     """All production traffic on ``goal``; returns (it was warm, its slot is already named stable)."""
     weights = p.target.weights(PROD)
-    for slot in ("stable", "previous"):
-        if p.target.slot_version(PROD, slot) == goal and weights.get(slot, 0) > 0 \
-                and not wait_identity(p.target, PROD, slot, 1.0):
-            _revive(p, slot, out)
-    if p.target.slot_version(PROD, "stable") == goal and wait_identity(p.target, PROD, "stable", 1.0):
+    where = next((slot for slot in ("stable", "previous") if p.target.slot_version(PROD, slot) == goal), None)
+    ready = where is not None and wait_identity(p.target, PROD, where, 1.0)
+    if where is not None and not ready and weights.get(where, 0) > 0:
+        _revive(p, where, out)  # it holds traffic: bring it back, never replace it
+        ready = True
+    if where == "stable" and ready:
         if weights != {"stable": 100.0}:
             p.target.set_weights(PROD, {"stable": 100})
         return True, True  # an interrupted rollback got this far already
-    warm = p.target.slot_version(PROD, "previous") == goal and wait_identity(p.target, PROD, "previous", 1.0)
+    warm = where == "previous" and ready
     if not warm:
         if weights.get("previous", 0) > 0:
             raise DeploymentError(f"{PROD}/previous (version {p.target.slot_version(PROD, 'previous')}) holds "
@@ -611,7 +608,7 @@ def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) ->
     was_warm, in_stable = _route_to(p, goal, out)
     switch_s = time.monotonic() - started
     since_command = time.time() - process_started()
-    fast = switched_from_env(goal)
+    fast = switched_to(goal)
     if fast is not None:
         switch_s, since_command = fast.switch_s, fast.seconds_since_command
     how = "fast path, " if fast is not None else ""

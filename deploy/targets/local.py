@@ -23,7 +23,7 @@ from pathlib import Path
 
 from deploy.targets.base import DeploymentError, DeploymentTarget, SlotStatus
 from deploy.targets.state import DeployState, Slot, StateStore, atomic_write
-from mlrelease.modelcard import IntegrityError, verify_bundle
+from mlrelease.modelcard import IntegrityError, ModelCard, verify_bundle
 from mlrelease.net import free_port
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,10 @@ def identity_problem(slot: Slot, timeout: float = 1.0) -> tuple[int, str | None]
         return status, f"{slot.url}/ready answered {status or body}"
     try:
         ready = json.loads(body)
-        expected = json.loads((Path(slot.bundle_dir) / "model_card.json").read_text()).get("sha256")
+        expected = ModelCard.read(Path(slot.bundle_dir)).sha256
     except (OSError, ValueError) as exc:
         return status, f"cannot check who serves {slot.url}: {exc}"
-    if str(ready.get("model_version")) != slot.version or (expected and ready.get("sha256") != expected):
+    if str(ready.get("model_version")) != slot.version or ready.get("sha256") != expected:
         return status, (f"{slot.url} is served by version {ready.get('model_version')!r} (sha256 "
                         f"{str(ready.get('sha256'))[:12]}), not by version {slot.version} of {slot.bundle_dir}")
     return status, None
