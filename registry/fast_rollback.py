@@ -147,4 +147,7 @@ def switched_to(goal: str) -> FastSwitch | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run main() in the importable module, not in __main__: the full command reads _switched from there
+    from registry.fast_rollback import main as shared_main
+
+    sys.exit(shared_main())
