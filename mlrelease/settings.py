@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024)
     rate_limit_per_second: float = Field(0.0, ge=0, description="Per-client requests/s; 0 disables")
     rate_limit_burst: int = Field(100, ge=1)
+    trusted_proxies: str = Field(
+        "127.0.0.1,::1", description="Peers whose X-Forwarded-For names the client (comma-separated addresses)"
+    )
     drift_window: int = Field(1000, ge=10)
 
     @field_validator("api_key", "admin_token")

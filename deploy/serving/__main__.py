@@ -73,7 +73,7 @@ def serve(settings: ServingSettings) -> None:
         backlog=4096,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
         server_header=False,
-        proxy_headers=True,  # behind the loopback nginx, X-Forwarded-For names the client the rate limit keys on
+        proxy_headers=False,  # the rate limiter reads X-Forwarded-For itself (security.client_address), when on
     )
     DrainingServer(config).run()
 

@@ -31,7 +31,7 @@ from deploy.serving.model import LoadedModel, ModelLoadError, load_model, set_th
 from deploy.serving.openapi import build_openapi
 from deploy.serving.payload import ClientError, loads_json, parse_v1, parse_v2
 from deploy.serving.resolve import resolve
-from deploy.serving.security import RateLimiter, presented_secret, secret_matches
+from deploy.serving.security import RateLimiter, client_address, presented_secret, secret_matches
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class ModelServer:
         self.load_error: str | None = None
         self.draining = False
         self.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        self._trusted = frozenset(hop.strip() for hop in settings.trusted_proxies.split(",") if hop.strip())
         self._api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         admin = settings.admin_token.get_secret_value().encode() if settings.admin_token else None
         self._admin_token = admin if settings.enable_admin else None
@@ -186,8 +187,9 @@ class ModelServer:
                 headers=[(b"www-authenticate", b"Bearer")],
             )
         if self.limiter.enabled:
-            client = scope.get("client")
-            wait = self.limiter.retry_after(client[0] if client else "unknown")
+            peer = scope.get("client")
+            client = client_address(peer[0] if peer else "unknown", scope["headers"], self._trusted)
+            wait = self.limiter.retry_after(client)
             if wait:
                 raise ClientError(
                     429,

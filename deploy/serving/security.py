@@ -19,6 +19,25 @@ def presented_secret(headers: list[tuple[bytes, bytes]], allow_api_key_header: b
     return bearer
 
 
+def client_address(peer: str, headers: list[tuple[bytes, bytes]], trusted: frozenset[str]) -> str:
+    """Who the rate limit counts a request against: the peer, or behind a trusted proxy the address it saw.
+
+    A trusted proxy (the loopback nginx) appends the address it received from to ``X-Forwarded-For``, so that
+    list is walked from the right past trusted hops; a header from an untrusted peer is ignored, since any
+    client can send one. Only the rate limiter needs this, so it is not computed on every request.
+    """
+    if peer not in trusted:
+        return peer
+    forwarded = [value for name, value in headers if name == b"x-forwarded-for"]
+    if not forwarded:
+        return peer
+    hops = [hop.strip() for hop in b",".join(forwarded).decode("latin-1").split(",")]
+    for hop in reversed(hops):
+        if hop and hop not in trusted:
+            return hop
+    return peer
+
+
 def secret_matches(presented: bytes | None, expected: bytes) -> bool:
     """Compare in constant time, so response timing does not leak how much of a guess was right."""
     if presented is None:

@@ -192,6 +192,9 @@ def test_api_key_and_rate_limit(bundle: Path, tmp_path: Path) -> None:
         assert statuses == [200, 200, 429]
         limited = httpx.post(srv.url + PREDICT, content=body, headers=auth)
         assert limited.json()["code"] == "rate_limited" and int(limited.headers["retry-after"]) >= 1
+        # behind the loopback nginx (a trusted proxy) X-Forwarded-For names the client: another bucket
+        proxied = {**auth, "X-Forwarded-For": "203.0.113.9"}
+        assert httpx.post(srv.url + PREDICT, content=body, headers=proxied).status_code == 200
         assert httpx.get(f"{srv.url}/ready").status_code == 200
 
 

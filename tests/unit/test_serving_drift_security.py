@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from deploy.serving.drift import DriftMonitor, psi
-from deploy.serving.security import RateLimiter, presented_secret, secret_matches
+from deploy.serving.security import RateLimiter, client_address, presented_secret, secret_matches
 from mlrelease.modelcard import FeatureReference, ReferenceStats
 
 
@@ -40,6 +40,15 @@ def test_rate_limiter_allows_the_burst_then_refuses_then_refills() -> None:
     assert 0.4 < wait <= 0.5
     assert limiter.retry_after("b", now=100.0) == 0.0
     assert limiter.retry_after("a", now=100.6) == 0.0
+
+
+def test_client_address_trusts_forwarded_for_only_from_a_trusted_proxy() -> None:
+    trusted = frozenset({"127.0.0.1"})
+    via_nginx = [(b"x-forwarded-for", b"198.51.100.4, 203.0.113.9")]
+    assert client_address("127.0.0.1", via_nginx, trusted) == "203.0.113.9"  # the hop nginx itself saw
+    assert client_address("192.0.2.1", via_nginx, trusted) == "192.0.2.1"  # anyone can send the header
+    assert client_address("127.0.0.1", [], trusted) == "127.0.0.1"
+    assert client_address("127.0.0.1", [(b"x-forwarded-for", b"127.0.0.1")], trusted) == "127.0.0.1"
 
 
 def test_secrets_are_read_from_bearer_or_api_key_header() -> None:
