@@ -46,15 +46,18 @@ def load_settings(args: argparse.Namespace) -> ServingSettings:
 
 
 def serve(settings: ServingSettings) -> None:
-    """Run uvicorn (uvloop, write-combining httptools, one process) until SIGTERM/SIGINT, then drain."""
+    """Run uvicorn (uvloop, write-combining httptools with the prediction fast path, one process) until
+    SIGTERM/SIGINT, then drain."""
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(settings.torch_threads)
     import uvicorn
 
     from deploy.serving.app import ModelServer
+    from deploy.serving.fastpath import protocol_for
     from deploy.serving.transport import CombiningHttpToolsProtocol
 
     app = ModelServer(settings)
+    protocol = protocol_for(app) if settings.fast_path else CombiningHttpToolsProtocol
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -66,7 +69,7 @@ def serve(settings: ServingSettings) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=CombiningHttpToolsProtocol,
+        http=protocol,
         lifespan="on",
         access_log=False,
         log_level="info",

@@ -14,6 +14,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,42 @@ Response = tuple[int, bytes, Headers]
 Handler = Callable[[Scope, Receive, str], Awaitable[Response]]
 
 JSON: Headers = [(b"content-type", b"application/json")]
+INTERNAL_ERROR: Response = (
+    500,
+    orjson.dumps({"error": "internal server error", "code": "internal", "status": 500}),
+    JSON,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """One prediction protocol: its metrics label, body parser and answer builder."""
+
+    label: str
+    parse: Callable[[bytes, list[str], int], tuple[np.ndarray, str | None]]
+    answer: Callable[[LoadedModel, np.ndarray, str | None], bytes]
+
+
+V1 = Api(
+    "/v1/models/{name}:predict",
+    lambda body, names, limit: (parse_v1(body, names, limit), None),
+    lambda model, probs, _: responses.predict_v1(model, probs),
+)
+V2 = Api("/v2/models/{name}/infer", parse_v2, responses.infer_v2)
+
+
+def check_content_type(headers: Headers) -> None:
+    """Prediction bodies are JSON: anything else is a 415 that says what to send."""
+    ctype = b""
+    for key, value in headers:
+        if key == b"content-type":
+            ctype = value
+    if ctype.split(b";", 1)[0].strip().lower() != b"application/json":
+        raise ClientError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {ctype.decode('latin-1')[:60]!r} is not supported; send 'Content-Type: application/json'",
+        )
 
 
 class ClientGone(Exception):
@@ -89,6 +126,32 @@ class Serving:
         await self.batcher.close()
 
 
+def _peer(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+class Batched:
+    """A fast-path prediction waiting for its micro-batch; ``finish()`` builds the answer (or the error)."""
+
+    __slots__ = ("api", "future", "request_id", "serving")
+
+    def __init__(self, api: Api, serving: Serving, future: asyncio.Future[np.ndarray], request_id: str | None) -> None:
+        self.api = api
+        self.serving = serving
+        self.future = future
+        self.request_id = request_id
+
+    def finish(self) -> Response:
+        serving = self.serving
+        serving.leave()
+        try:
+            return 200, self.api.answer(serving.model, self.future.result(), self.request_id), JSON
+        except Exception:
+            log.exception("internal error on POST %s", self.api.label)
+            return INTERNAL_ERROR
+
+
 class ModelServer:
     """ASGI callable: ``uvicorn.run(ModelServer(settings), ...)``."""
 
@@ -131,12 +194,12 @@ class ModelServer:
         if path.startswith("/v1/models/"):
             rest = path[11:]
             if rest.endswith(":predict"):
-                return "/v1/models/{name}:predict", ("POST",), self._predict_v1, rest[:-8]
+                return V1.label, ("POST",), self._predict_v1, rest[:-8]
             return "/v1/models/{name}", ("GET",), self._metadata_v1, rest
         if path.startswith("/v2/models/"):
             rest = path[11:]
             if rest.endswith("/infer"):
-                return "/v2/models/{name}/infer", ("POST",), self._infer_v2, rest[:-6]
+                return V2.label, ("POST",), self._infer_v2, rest[:-6]
             return "/v2/models/{name}", ("GET",), self._metadata_v2, rest
         return "other", (), None, ""
 
@@ -161,11 +224,7 @@ class ModelServer:
             return
         except Exception:
             log.exception("internal error on %s %s", scope["method"], label)
-            status, body, headers = (
-                500,
-                orjson.dumps({"error": "internal server error", "code": "internal", "status": 500}),
-                JSON,
-            )
+            status, body, headers = INTERNAL_ERROR
         await send(
             {
                 "type": "http.response.start",
@@ -177,9 +236,9 @@ class ModelServer:
         self.metrics.record(label, status, time.perf_counter() - start)
 
     # -- request checks --------------------------------------------------------------------------------------
-    def _begin(self, scope: Scope, name: str) -> Serving:
+    def _begin(self, headers: Headers, peer: str | None, name: str) -> Serving:
         """Auth, rate limit, readiness and model name; marks the request in flight on the current model."""
-        if self._api_key is not None and not secret_matches(presented_secret(scope["headers"], True), self._api_key):
+        if self._api_key is not None and not secret_matches(presented_secret(headers, True), self._api_key):
             raise ClientError(
                 401,
                 "unauthorized",
@@ -187,9 +246,7 @@ class ModelServer:
                 headers=[(b"www-authenticate", b"Bearer")],
             )
         if self.limiter.enabled:
-            peer = scope.get("client")
-            client = client_address(peer[0] if peer else "unknown", scope["headers"], self._trusted)
-            wait = self.limiter.retry_after(client)
+            wait = self.limiter.retry_after(client_address(peer or "unknown", headers, self._trusted))
             if wait:
                 raise ClientError(
                     429,
@@ -217,19 +274,10 @@ class ModelServer:
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """The request body, after checking Content-Type and the size limit (413) before buffering it."""
         limit = self.settings.max_body_bytes
-        ctype = b""
         for key, value in scope["headers"]:
-            if key == b"content-type":
-                ctype = value
-            elif key == b"content-length" and value.isdigit() and int(value) > limit:
+            if key == b"content-length" and value.isdigit() and int(value) > limit:
                 raise ClientError(413, "body_too_large", f"body of {int(value)} bytes exceeds the limit of {limit}")
-        if ctype.split(b";", 1)[0].strip().lower() != b"application/json":
-            raise ClientError(
-                415,
-                "unsupported_media_type",
-                f"Content-Type {ctype.decode('latin-1')[:60]!r} "
-                "is not supported; send 'Content-Type: application/json'",
-            )
+        check_content_type(scope["headers"])
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -248,33 +296,65 @@ class ModelServer:
     async def _run(self, serving: Serving, rows: np.ndarray) -> np.ndarray:
         return await serving.batcher.predict(rows)
 
-    async def _predict_v1(self, scope: Scope, receive: Receive, name: str) -> Response:
-        serving = self._begin(scope, name)
+    async def _predict(self, api: Api, scope: Scope, receive: Receive, name: str) -> Response:
+        serving = self._begin(scope["headers"], _peer(scope), name)
         try:
             body = await self._read_body(scope, receive)
-            rows = parse_v1(body, serving.names, self.settings.max_batch_size)
+            rows, request_id = api.parse(body, serving.names, self.settings.max_batch_size)
             probs = await self._run(serving, rows)
         finally:
             serving.leave()
-        return 200, responses.predict_v1(serving.model, probs), JSON
+        return 200, api.answer(serving.model, probs, request_id), JSON
+
+    async def _predict_v1(self, scope: Scope, receive: Receive, name: str) -> Response:
+        return await self._predict(V1, scope, receive, name)
 
     async def _infer_v2(self, scope: Scope, receive: Receive, name: str) -> Response:
-        serving = self._begin(scope, name)
+        return await self._predict(V2, scope, receive, name)
+
+    # -- the same two routes for the protocol's fast path (deploy/serving/fastpath.py) ---------------------
+    @property
+    def max_body_bytes(self) -> int:
+        return self.settings.max_body_bytes
+
+    def fast_route(self, path: bytes) -> tuple[Api, str] | None:
+        """(api, model name) for a prediction path, else None (the request goes through ASGI)."""
+        if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
+            return V1, path[11:-8].decode("ascii")
+        if path.startswith(b"/v2/models/") and path.endswith(b"/infer"):
+            return V2, path[11:-6].decode("ascii")
+        return None
+
+    def fast_call(self, route: tuple[Api, str], headers: Headers, peer: str | None, body: bytes) -> Response | Batched:
+        """The ASGI path's checks in the same order, then the batch: an error Response now, or the pending answer."""
+        api, name = route
         try:
-            body = await self._read_body(scope, receive)
-            rows, request_id = parse_v2(body, serving.names, self.settings.max_batch_size)
-            probs = await self._run(serving, rows)
-        finally:
+            serving = self._begin(headers, peer, name)
+        except ClientError as exc:
+            return exc.status, exc.body(), JSON + exc.headers
+        try:
+            check_content_type(headers)
+            rows, request_id = api.parse(body, serving.names, self.settings.max_batch_size)
+            return Batched(api, serving, serving.batcher.submit(rows), request_id)
+        except ClientError as exc:
             serving.leave()
-        return 200, responses.infer_v2(serving.model, probs, request_id), JSON
+            return exc.status, exc.body(), JSON + exc.headers
+        except Exception:
+            serving.leave()
+            log.exception("internal error on POST %s", api.label)
+            return INTERNAL_ERROR
+
+    def fast_record(self, route: tuple[Api, str], status: int, seconds: float) -> None:
+        self.metrics.requests.fast += 1
+        self.metrics.record(route[0].label, status, seconds)
 
     async def _metadata_v1(self, scope: Scope, receive: Receive, name: str) -> Response:
-        serving = self._begin(scope, name)
+        serving = self._begin(scope["headers"], _peer(scope), name)
         serving.leave()
         return 200, serving.metadata_v1, JSON
 
     async def _metadata_v2(self, scope: Scope, receive: Receive, name: str) -> Response:
-        serving = self._begin(scope, name)
+        serving = self._begin(scope["headers"], _peer(scope), name)
         serving.leave()
         return 200, serving.metadata_v2, JSON
 

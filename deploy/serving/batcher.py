@@ -79,6 +79,10 @@ class MicroBatcher:
 
     async def predict(self, rows: np.ndarray) -> np.ndarray:
         """Probabilities for ``rows``, computed in the next batch the worker runs."""
+        return await self.submit(rows)
+
+    def submit(self, rows: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """Queue ``rows`` for the next batch; the future resolves to their probabilities (no task needed)."""
         if self._closed:
             raise RuntimeError("batcher is closed")
         loop = asyncio.get_running_loop()
@@ -86,7 +90,7 @@ class MicroBatcher:
         self._pending.append((rows, future))
         if not self._running:
             self._dispatch(loop)
-        return await future
+        return future
 
     def _take(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
         """The oldest requests up to max_rows (always at least one)."""

@@ -26,6 +26,9 @@ class ServingSettings(Settings):
     inline_max_batch_ms: float = Field(
         0.5, ge=0, description="run batches on the event loop when the largest one warms up faster; 0 = never"
     )
+    fast_path: bool = Field(
+        True, description="answer plain prediction requests in the HTTP protocol, without an ASGI task (fastpath.py)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ServingSettings:

@@ -37,6 +37,7 @@ class RequestStats(Collector):
         self._labels = [floatToGoString(b) for b in buckets]
         self.counts: dict[tuple[str, int], int] = {}
         self.histograms: dict[str, list[float]] = {}  # per route: one count per bucket, +Inf count, then the sum
+        self.fast = 0  # requests the protocol answered itself (deploy/serving/fastpath.py)
 
     def record(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)
@@ -65,6 +66,9 @@ class RequestStats(Collector):
             duration.add_metric([route], buckets, sum_value=histogram[-1])
         yield requests
         yield duration
+        yield CounterMetricFamily(
+            "mlrelease_fast_path_requests", "Prediction requests answered without an ASGI task", value=self.fast
+        )
 
 
 class DriftCollector(Collector):

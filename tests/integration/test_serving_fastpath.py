@@ -1,0 +1,167 @@
+"""The prediction fast path (deploy/serving/fastpath.py) against the ASGI path, over real sockets on loopback.
+
+Two servers on the same bundle, one with MLRELEASE_FAST_PATH=false: every request gets the same status and
+body from both. Raw sockets check what an HTTP client library would hide: pipelining order, keep-alive,
+Connection: close and HTTP/1.0, a client that leaves mid-request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.serving_helpers import API_KEY, MODEL_NAME, Server, breast_cancer, run_server, shared_bundle
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("serving")]
+PREDICT = f"/v1/models/{MODEL_NAME}:predict"
+INFER = f"/v2/models/{MODEL_NAME}/infer"
+SETTINGS = {"max_body_bytes": "4096", "max_batch_size": "8", "api_key": API_KEY}
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    bundle = shared_bundle(tmp_path_factory, seed=0)
+    logs = tmp_path_factory.mktemp("fastpath-logs")
+    with run_server(bundle, logs, **SETTINGS) as fast, run_server(bundle, logs, fast_path="false", **SETTINGS) as asgi:
+        yield fast, asgi
+
+
+def fast_count(server: Server) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    match = re.search(r"^mlrelease_fast_path_requests_total (\S+)$", text, re.M)
+    assert match, text[:500]
+    return float(match.group(1))
+
+
+def cases() -> list[tuple[str, str, dict[str, str], bytes]]:
+    """(name, path, headers, body): good requests and client mistakes that both paths must answer alike."""
+    x, _, names = breast_cancer()
+    row = [round(float(v), 4) for v in x[0]]
+    auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    v1 = json.dumps({"instances": [row, row]}).encode()
+    keyed = json.dumps({"instances": [dict(zip(names, row, strict=True))]}).encode()
+    v2 = json.dumps({"id": "r1", "inputs": [{"name": "x", "shape": [1, 30], "datatype": "FP32", "data": row}]})
+    return [
+        ("v1 rows", PREDICT, auth, v1),
+        ("v1 named", PREDICT, auth, keyed),
+        ("v2", INFER, auth, v2.encode()),
+        ("no key", PREDICT, {"Content-Type": "application/json"}, v1),
+        ("wrong key", PREDICT, {**auth, "Authorization": "Bearer nope"}, v1),
+        ("text body", PREDICT, {**auth, "Content-Type": "text/plain"}, v1),
+        ("bad json", PREDICT, auth, b'{"instances": [1,'),
+        ("nan", PREDICT, auth, b'{"instances": [[NaN]]}'),
+        ("few features", PREDICT, auth, b'{"instances": [[1, 2, 3]]}'),
+        ("empty", PREDICT, auth, b'{"instances": []}'),
+        ("over batch", PREDICT, auth, json.dumps({"instances": [row] * 9}).encode()),
+        ("over size", PREDICT, auth, json.dumps({"instances": [row] * 20}).encode()),
+        ("other model", "/v1/models/other:predict", auth, v1),
+        ("query string", PREDICT + "?x=1", auth, v1),
+    ]
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda c: c[0])
+def test_fast_and_asgi_paths_answer_alike(servers: tuple[Server, Server], case: tuple) -> None:
+    _, path, headers, body = case
+    fast, asgi = servers
+    answers = [httpx.post(s.url + path, content=body, headers=headers, timeout=10) for s in (fast, asgi)]
+    assert answers[0].status_code == answers[1].status_code, [a.text for a in answers]
+    assert answers[0].json() == answers[1].json()
+    assert answers[0].status_code < 500
+    for name in ("content-type", "www-authenticate", "retry-after"):
+        assert answers[0].headers.get(name) == answers[1].headers.get(name)
+
+
+def test_the_fast_path_answers_plain_predictions_only(servers: tuple[Server, Server]) -> None:
+    fast, asgi = servers
+    _, path, headers, body = cases()[0]
+    before = fast_count(fast)
+    assert httpx.post(fast.url + path, content=body, headers=headers, timeout=10).status_code == 200
+    assert fast_count(fast) == before + 1
+    assert httpx.post(fast.url + path + "?q=1", content=body, headers=headers, timeout=10).status_code == 200
+    assert fast_count(fast) == before + 1  # a query string goes through ASGI
+    assert httpx.post(asgi.url + path, content=body, headers=headers, timeout=10).status_code == 200
+    assert fast_count(asgi) == 0
+
+
+def _request(path: str, body: bytes, extra: str = "", version: str = "1.1") -> bytes:
+    head = (
+        f"POST {path} HTTP/{version}\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    )
+    return head.encode() + body
+
+
+def _read_responses(sock: socket.socket, count: int, deadline: float = 10.0) -> list[tuple[int, bytes, bytes]]:
+    """``count`` responses as (status, headers, body), read by Content-Length; fewer if the server closes."""
+    sock.settimeout(deadline)
+    data = b""
+    found: list[tuple[int, bytes, bytes]] = []
+    while len(found) < count:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            head = data[:end]
+            length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+            if len(data) >= end + 4 + length:
+                found.append((int(head.split(b" ")[1]), head, data[end + 4 : end + 4 + length]))
+                data = data[end + 4 + length :]
+                continue
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return found
+
+
+def test_pipelined_requests_are_answered_in_order(servers: tuple[Server, Server]) -> None:
+    fast, _ = servers
+    port = int(fast.url.rsplit(":", 1)[1])
+    _, _, _, body = cases()[0]
+    bad = b'{"instances": [[1, 2]]}'
+    metadata = f"GET /v1/models/{MODEL_NAME} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\n\r\n".encode()
+    burst = _request(PREDICT, body) + _request(PREDICT, bad) + metadata + _request(PREDICT, body)
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(burst)
+        answers = _read_responses(sock, 4)
+    assert [status for status, _, _ in answers] == [200, 422, 200, 200]
+    assert b"predictions" in answers[0][2] and b"wrong_feature" in answers[1][2]
+    assert b'"signature"' in answers[2][2] or b"inputs" in answers[2][2]
+    assert answers[3][2] == answers[0][2]
+
+
+@pytest.mark.parametrize(("extra", "version"), [("Connection: close\r\n", "1.1"), ("", "1.0")])
+def test_connection_close_and_http10_close_after_the_answer(
+    servers: tuple[Server, Server], extra: str, version: str
+) -> None:
+    fast, _ = servers
+    port = int(fast.url.rsplit(":", 1)[1])
+    _, _, _, body = cases()[0]
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(_request(PREDICT, body, extra, version))
+        answers = _read_responses(sock, 1)
+        assert answers and answers[0][0] == 200
+        assert b"connection: close" in answers[0][1].lower()
+        sock.settimeout(5)
+        assert sock.recv(1) == b""  # the server closed its end
+
+
+def test_a_client_that_leaves_mid_request_does_not_hurt_the_server(servers: tuple[Server, Server]) -> None:
+    fast, _ = servers
+    port = int(fast.url.rsplit(":", 1)[1])
+    _, _, _, body = cases()[0]
+    for cut in (10, len(body) // 2):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(_request(PREDICT, body)[: -len(body) + cut])
+    for _ in range(20):  # whole requests, then gone before the answer
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(_request(PREDICT, body))
+    time.sleep(0.2)
+    assert httpx.get(fast.url + "/ready", timeout=10).status_code == 200
+    _, path, headers, body = cases()[0]
+    assert httpx.post(fast.url + path, content=body, headers=headers, timeout=10).status_code == 200
+    assert 'status="500"' not in httpx.get(fast.url + "/metrics", timeout=10).text
