@@ -1,7 +1,9 @@
 """A bare ASGI app that answers the predict request without a model: the HTTP ceiling for the benchmark.
 
 It does the same HTTP work as the model server (read the body, parse it with orjson, answer a JSON body of the
-same shape) and nothing else. ``python -m deploy.serving.bare --port P``.
+same shape) and nothing else. ``python -m deploy.serving.bare --port P`` runs it as an ASGI app (the ceiling
+the serving issue names); ``--fast`` answers through the same protocol fast path as the model server
+(deploy/serving/fastpath.py), the like-for-like ceiling for that server's prediction route.
 """
 
 from __future__ import annotations
@@ -19,7 +21,24 @@ _ANSWER = orjson.dumps(
         "model_version": "0",
     }
 )
-_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(_ANSWER)).encode())]
+_JSON = [(b"content-type", b"application/json")]
+_HEADERS = [*_JSON, (b"content-length", str(len(_ANSWER)).encode())]
+
+
+class FixedAnswer:
+    """The fast path's server side for the benchmark: parse the body, answer the constant."""
+
+    max_body_bytes = 1_048_576
+
+    def fast_route(self, path: bytes) -> bool | None:
+        return True if path.endswith(b":predict") else None
+
+    def fast_call(self, route: Any, headers: list[tuple[bytes, bytes]], peer: str | None, body: bytes) -> Any:
+        orjson.loads(body or b"{}")
+        return 200, _ANSWER, _JSON
+
+    def fast_record(self, route: Any, status: int, seconds: float) -> None:
+        """Nothing to count."""
 
 
 async def app(
@@ -44,17 +63,19 @@ async def app(
 def main() -> None:
     import uvicorn
 
+    from deploy.serving.fastpath import protocol_for
     from deploy.serving.transport import CombiningHttpToolsProtocol
 
     parser = argparse.ArgumentParser(prog="python -m deploy.serving.bare")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--fast", action="store_true", help="answer through the protocol fast path")
     args = parser.parse_args()
     uvicorn.run(
         app,
         host="127.0.0.1",
         port=args.port,
         loop="uvloop",
-        http=CombiningHttpToolsProtocol,
+        http=protocol_for(FixedAnswer()) if args.fast else CombiningHttpToolsProtocol,
         lifespan="off",
         access_log=False,
         log_level="warning",

@@ -1,0 +1,45 @@
+"""The serving benchmark's verdicts: ratios, pass/fail against the targets, saturated points named in the table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deploy.serving.bench import markdown, summarize
+
+
+def _server(label: str, peak: float, p99_80: float, achieved_80: float, rss: float = 100.0) -> dict[str, Any]:
+    def point(share: float, p99: float, achieved: float) -> dict[str, Any]:
+        target = share * peak
+        return {"target_rps": target, "rps": achieved, "saturated": achieved < 0.97 * target, "p50_ms": 1.0,
+                "p99_ms": p99, "errors": 0}
+
+    return {"label": label, "peak_rps": peak, "cpu_ms_per_request": 1000 / peak, "rss_mb": rss, "errors": 0,
+            "at_50": point(0.5, 2.0, 0.5 * peak), "at_80": point(0.8, p99_80, achieved_80)}
+
+
+def test_targets_pass_and_fail_on_the_measured_values() -> None:
+    servers = {
+        "bare_asgi": _server("bare", 10_000, 5.0, 8_000),
+        "bare_fast": _server("bare fast", 20_000, 4.0, 16_000),
+        "mlrelease": _server("ours", 6_000, 12.0, 4_000, rss=450),
+        "mlflow": _server("mlflow", 100, 50.0, 80),
+    }
+    summary = summarize(servers)
+    assert summary["ratios"]["of_bare_asgi_ceiling"] == 0.6
+    assert summary["ratios"]["of_bare_same_fast_path"] == 0.3
+    assert summary["ratios"]["vs_mlflow"] == 60
+    verdicts = {key: check["pass"] for key, check in summary["targets"].items()}
+    assert verdicts == {"fraction_of_ceiling": True, "p99_ms_at_80": False, "rss_mb": False, "speedup_vs_mlflow": True}
+    table = markdown({"servers": servers, **summary, "setup": "setup line"})
+    assert "saturated there): ours at 80%" in table  # 4,000 of a 4,800 req/s target
+    assert "| ours | 6,000 |" in table and "4,000 / 4,800" in table
+    assert "target p99_ms_at_80 <= 10: 12.00 -> FAIL" in table
+
+
+def test_without_mlflow_there_is_no_speedup_verdict() -> None:
+    servers = {"bare_asgi": _server("bare", 10_000, 5.0, 8_000), "mlrelease": _server("ours", 4_000, 8.0, 3_200)}
+    summary = summarize(servers)
+    assert "speedup_vs_mlflow" not in summary["targets"] and "of_bare_same_fast_path" not in summary["ratios"]
+    assert summary["targets"]["p99_ms_at_80"]["pass"] and "saturated" not in markdown(
+        {"servers": servers, **summary, "setup": ""}
+    )
