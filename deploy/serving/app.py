@@ -27,6 +27,7 @@ from deploy.serving import responses
 from deploy.serving.batcher import MicroBatcher
 from deploy.serving.config import ModelSource, ServingSettings
 from deploy.serving.drift import DriftMonitor
+from deploy.serving.fastpath import INTERNAL_ERROR
 from deploy.serving.metrics import CONTENT_TYPE, ServerMetrics
 from deploy.serving.model import LoadedModel, ModelLoadError, load_model, set_threads
 from deploy.serving.openapi import build_openapi
@@ -44,11 +45,6 @@ Response = tuple[int, bytes, Headers]
 Handler = Callable[[Scope, Receive, str], Awaitable[Response]]
 
 JSON: Headers = [(b"content-type", b"application/json")]
-INTERNAL_ERROR: Response = (
-    500,
-    orjson.dumps({"error": "internal server error", "code": "internal", "status": 500}),
-    JSON,
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from deploy.serving.transport import CombiningHttpToolsProtocol
@@ -28,6 +29,11 @@ log = logging.getLogger(__name__)
 
 Headers = list[tuple[bytes, bytes]]
 Response = tuple[int, bytes, Headers]
+INTERNAL_ERROR: Response = (
+    500,
+    orjson.dumps({"error": "internal server error", "code": "internal", "status": 500}),
+    [(b"content-type", b"application/json")],
+)
 
 
 class Pending(Protocol):
@@ -102,8 +108,8 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
 
     def _fast_candidate(self) -> _Request | None:
         """A fast request when this one qualifies; None sends it through ASGI."""
-        if self.parser.get_method() != b"POST" or self.expect_100_continue:
-            return None
+        if self.parser.get_method() != b"POST" or self.expect_100_continue or self.flow.write_paused:
+            return None  # (a client that does not read its answers gets ASGI's wait for the socket to drain)
         if self.cycle is not None and not self.cycle.response_complete:
             return None  # pipelined behind a request in flight: uvicorn's queue keeps the order
         url = self.url
@@ -121,7 +127,9 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
         if not length.isdigit() or int(length) > self.fast_server.max_body_bytes:
             return None  # no length, or too large: the ASGI path names the problem (413)
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        return _Request(route, keep_alive)
+        request = _Request(route, keep_alive)
+        request.start = time.perf_counter()  # like the ASGI path, latency includes the body's upload
+        return request
 
     def on_body(self, body: bytes) -> None:
         if self._fast is not None:
@@ -135,13 +143,18 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
             super().on_message_complete()
             return
         self._fast = None
-        request.start = time.perf_counter()
         chunks = request.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        server = self.fast_server
-        outcome = server.fast_call(request.route, self.headers, self.client[0] if self.client else None, body)
+        peer = self.client[0] if self.client else None
+        try:
+            outcome = self.fast_server.fast_call(request.route, self.headers, peer, body)
+        except Exception:  # never into httptools: it would turn into a 400 and a closed connection
+            log.exception("internal error on the prediction fast path")
+            outcome = INTERNAL_ERROR
         if type(outcome) is tuple:
-            self._answer(request, outcome)
+            # Answer on the next loop step, not inside the parser: a request pipelined in the same read then
+            # queues behind this one, and the keep-alive timer is armed only once nothing is in flight.
+            self.loop.call_soon(self._answer, request, outcome)
         else:
             pending: Pending = outcome  # type: ignore[assignment]
             pending.future.add_done_callback(_when_done(self, request, pending))
@@ -174,7 +187,12 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
 
 def _when_done(protocol: FastPathProtocol, request: _Request, pending: Pending) -> Callable[[Any], None]:
     def done(_: Any) -> None:
-        protocol._answer(request, pending.finish())
+        try:
+            response = pending.finish()
+        except BaseException:  # a cancelled batch included: the client gets an answer, the connection lives
+            log.exception("internal error on the prediction fast path")
+            response = INTERNAL_ERROR
+        protocol._answer(request, response)
 
     return done
 

@@ -1,0 +1,115 @@
+"""The fast-path protocol against a recording transport: what reaches the wire, in which order, and when it closes.
+
+A real loopback server cannot hold a request longer than uvicorn's keep-alive timeout on demand, so these drive
+the protocol object directly, with uvicorn's own Config and ServerState and a short keep-alive timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+from uvicorn.server import ServerState
+
+from deploy.serving.fastpath import FastPathProtocol, protocol_for
+
+ERROR = (415, b'{"code":"unsupported_media_type"}', [(b"content-type", b"application/json")])
+
+
+class Transport(asyncio.Transport):
+    """Records writes; closing is remembered, reading can be paused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = b""
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "write after close"
+        self.data += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        """Flow control: nothing to pause here."""
+
+    def resume_reading(self) -> None:
+        """Flow control: nothing to resume here."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+
+class Answers:
+    """A fast server: every prediction gets ``outcome`` (a Response, or an exception to raise)."""
+
+    max_body_bytes = 1000
+
+    def __init__(self, outcome: Any) -> None:
+        self.outcome = outcome
+        self.recorded: list[int] = []
+
+    def fast_route(self, path: bytes) -> str | None:
+        return "predict" if path.endswith(b":predict") else None
+
+    def fast_call(self, route: Any, headers: Any, peer: str | None, body: bytes) -> Any:
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+    def fast_record(self, route: Any, status: int, seconds: float) -> None:
+        self.recorded.append(status)
+
+
+async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The ASGI side: answers after 0.3 s, longer than the test's keep-alive timeout."""
+    await asyncio.sleep(0.3)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+    await send({"type": "http.response.body", "body": b"slow"})
+
+
+def predict(body: bytes = b"{}") -> bytes:
+    return b"POST /v1/models/m:predict HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+async def drive(server: Answers, *reads: bytes, seconds: float = 0.6) -> Transport:
+    """Feed each of ``reads`` as one read to a fresh connection, letting the loop run ``seconds`` after each."""
+    config = uvicorn.Config(slow_app, http=protocol_for(server), timeout_keep_alive=0.1, lifespan="off")
+    config.load()
+    protocol_class: type[FastPathProtocol] = config.http_protocol_class  # type: ignore[assignment]
+    protocol = protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
+    transport = Transport()
+    protocol.connection_made(transport)
+    for data in reads:
+        protocol.data_received(data)
+        await asyncio.sleep(seconds)
+    return transport
+
+
+def test_a_pipelined_request_behind_a_fast_error_is_not_cut_by_the_keep_alive_timer() -> None:
+    server = Answers(ERROR)
+    transport = asyncio.run(drive(server, predict() + b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"))
+    first = transport.data.find(b"HTTP/1.1 415")
+    second = transport.data.find(b"HTTP/1.1 200")
+    assert 0 <= first < second, transport.data
+    assert transport.data.endswith(b"slow") and server.recorded == [415]
+
+
+def test_a_failing_fast_call_is_a_500_and_the_connection_keeps_serving() -> None:
+    server = Answers(RuntimeError("bug"))
+    transport = asyncio.run(drive(server, predict(), predict(), seconds=0.05))
+    assert transport.data.count(b"HTTP/1.1 500") == 2 and not transport.closed
+    assert server.recorded == [500, 500]
+
+
+def test_connection_close_is_honoured_after_a_fast_answer() -> None:
+    server = Answers((200, b"{}", [(b"content-type", b"application/json")]))
+    request = predict().replace(b"Host: t\r\n", b"Host: t\r\nConnection: close\r\n")
+    transport = asyncio.run(drive(server, request, seconds=0.05))
+    assert transport.data.startswith(b"HTTP/1.1 200") and b"connection: close" in transport.data
+    assert transport.closed
