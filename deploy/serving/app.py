@@ -78,6 +78,11 @@ def check_content_type(headers: Headers) -> None:
         )
 
 
+def error_response(exc: ClientError) -> Response:
+    """A client mistake as the JSON answer both request paths send."""
+    return exc.status, exc.body(), JSON + exc.headers
+
+
 class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
@@ -214,7 +219,7 @@ class ModelServer:
                 )
             status, body, headers = await handler(scope, receive, name)
         except ClientError as exc:
-            status, body, headers = exc.status, exc.body(), JSON + exc.headers
+            status, body, headers = error_response(exc)
         except ClientGone:
             self.metrics.record(label, 499, time.perf_counter() - start)
             return
@@ -327,22 +332,21 @@ class ModelServer:
         try:
             serving = self._begin(headers, peer, name)
         except ClientError as exc:
-            return exc.status, exc.body(), JSON + exc.headers
+            return error_response(exc)
         try:
             check_content_type(headers)
             rows, request_id = api.parse(body, serving.names, self.settings.max_batch_size)
             return Batched(api, serving, serving.batcher.submit(rows), request_id)
         except ClientError as exc:
             serving.leave()
-            return exc.status, exc.body(), JSON + exc.headers
+            return error_response(exc)
         except Exception:
             serving.leave()
             log.exception("internal error on POST %s", api.label)
             return INTERNAL_ERROR
 
     def fast_record(self, route: tuple[Api, str], status: int, seconds: float) -> None:
-        self.metrics.requests.fast += 1
-        self.metrics.record(route[0].label, status, seconds)
+        self.metrics.record(route[0].label, status, seconds, fast=True)
 
     async def _metadata_v1(self, scope: Scope, receive: Receive, name: str) -> Response:
         serving = self._begin(scope["headers"], _peer(scope), name)

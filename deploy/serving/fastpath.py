@@ -89,7 +89,7 @@ class _Request:
         self.route = route
         self.cycle = FastCycle(keep_alive)
         self.chunks: list[bytes] = []
-        self.start = 0.0
+        self.start = time.perf_counter()  # like the ASGI path, latency includes the body's upload
 
 
 class FastPathProtocol(CombiningHttpToolsProtocol):
@@ -127,9 +127,7 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
         if not length.isdigit() or int(length) > self.fast_server.max_body_bytes:
             return None  # no length, or too large: the ASGI path names the problem (413)
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        request = _Request(route, keep_alive)
-        request.start = time.perf_counter()  # like the ASGI path, latency includes the body's upload
-        return request
+        return _Request(route, keep_alive)
 
     def on_body(self, body: bytes) -> None:
         if self._fast is not None:

@@ -118,9 +118,11 @@ class ServerMetrics:
         self._class_children: dict[tuple[str, int], Counter] = {}
         self._info: tuple[str, str, str] | None = None
 
-    def record(self, route: str, status: int, seconds: float) -> None:
-        """Count one request and observe its latency."""
+    def record(self, route: str, status: int, seconds: float, fast: bool = False) -> None:
+        """Count one request and observe its latency (``fast``: answered by the protocol fast path)."""
         self.requests.record(route, status, seconds)
+        if fast:
+            self.requests.fast += 1
 
     def record_batch(self, rows: int, requests: int) -> None:
         self.batch_size.observe(rows)
