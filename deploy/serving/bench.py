@@ -5,7 +5,9 @@ median of interleaved rounds), then p50/p99 at 50% and 80% of its own peak (wrk 
 point whose achieved rate falls more than 3% short of its target is marked saturated), CPU seconds per request
 and resident memory of the server's process tree. Two ceilings answer the same request without a model: the
 bare ASGI app the serving issue names, and the same app behind the protocol fast path our server uses for
-predictions (the like-for-like ceiling). Writes reports/bench_serving.json and a markdown table next to it.
+predictions (the like-for-like ceiling). The servers' core is probed for steadiness (deploy/serving/steadiness.py)
+just before and after the latency points, so a missed p99 target can be read against the machine it was measured
+on. Writes reports/bench_serving.json and a markdown table next to it.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.serving.steadiness import describe
 from mlrelease.net import free_port, stop_process
 
 log = logging.getLogger("deploy.serving.bench")
 
 CONNECTIONS = 64
 SATURATED_SHORTFALL = 0.03  # a paced point that achieves less than 97% of its target rate ran saturated
+STEADINESS_SECONDS = 3.0  # the core probe's run, before and after the latency points
+UNSTEADY_SHARE = 0.01  # the core fell short of 80% of its average work in more windows than this: p99 is the host's
 TARGETS = {
     "min_speedup_vs_mlflow": 10.0,
     "min_fraction_of_ceiling": 0.5,
@@ -229,13 +234,31 @@ def latency_points(candidate: Candidate, url: str, peak_rps: float, duration: fl
     return points
 
 
-def measure_all(found: list[Candidate], duration: float, logs: Path, rounds: int) -> dict[str, dict[str, Any]]:
+def core_steadiness(cpu: int, seconds: float) -> dict[str, Any]:
+    """The steadiness probe (deploy/serving/steadiness.py) pinned to ``cpu``, in its own process."""
+    proc = subprocess.run(
+        pinned(cpu, [sys.executable, "-m", "deploy.serving.steadiness", "--seconds", f"{seconds:g}"]),
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+        env=base_env(),
+    )
+    summary: dict[str, Any] = json.loads(proc.stdout)
+    return summary
+
+
+def measure_all(
+    found: list[Candidate], duration: float, logs: Path, rounds: int
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """All servers up at once (idle ones cost nothing); saturation runs interleaved, the median round kept.
 
     Interleaving spreads bursts of other work on a shared machine over every candidate alike; the median
-    (the lower one for an even count) neither rewards a lucky round nor punishes an unlucky one.
+    (the lower one for an even count) neither rewards a lucky round nor punishes an unlucky one. The servers'
+    core is probed for steadiness just before and just after the latency points (-> results, steadiness).
     """
     results: dict[str, dict[str, Any]] = {}
+    steadiness: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         running = {c.key: stack.enter_context(started(c, logs)) for c in found}
         for c in found:
@@ -252,6 +275,7 @@ def measure_all(found: list[Candidate], duration: float, logs: Path, rounds: int
                 **ordered[(len(ordered) - 1) // 2],
                 "peak_rps_rounds": [run["peak_rps"] for run in runs[c.key]],
             }
+        steadiness["before_latency_points"] = core_steadiness(0, STEADINESS_SECONDS)
         for c in found:
             url, pid = running[c.key]
             result = results[c.key]
@@ -259,7 +283,8 @@ def measure_all(found: list[Candidate], duration: float, logs: Path, rounds: int
             result["errors"] += result["at_50"]["errors"] + result["at_80"]["errors"]
             result["rss_mb"] = rss_mb(pid)
             log.info("%s: %.0f req/s peak, p99 at 80%% %.2f ms", c.label, result["peak_rps"], result["at_80"]["p99_ms"])
-    return results
+        steadiness["after_latency_points"] = core_steadiness(0, STEADINESS_SECONDS)
+    return results, steadiness
 
 
 def payload(model_dir: Path) -> tuple[list[float], str]:
@@ -360,8 +385,8 @@ def candidates(model_dir: Path, work: Path, skip_mlflow: bool) -> list[Candidate
     return found
 
 
-def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Ratios and pass/fail against the targets."""
+def summarize(results: dict[str, dict[str, Any]], steadiness: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ratios and pass/fail against the targets; the p99 verdict says when the core itself was unsteady."""
     ours = results["mlrelease"]
     ratios: dict[str, float] = {"of_bare_asgi_ceiling": ours["peak_rps"] / results["bare_asgi"]["peak_rps"]}
     if "bare_fast" in results:
@@ -383,7 +408,11 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         }
         for key, (value, limit, op) in checks.items()
     }
-    return {"ratios": ratios, "targets": targets}
+    if not steadiness:
+        return {"ratios": ratios, "targets": targets}
+    behind = max(probe["share_of_windows_behind_at_load"]["80%"] for probe in steadiness.values())
+    targets["p99_ms_at_80"]["core_unsteady"] = behind > UNSTEADY_SHARE
+    return {"ratios": ratios, "targets": targets, "steadiness": steadiness}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -407,7 +436,12 @@ def markdown(report: dict[str, Any]) -> str:
     for key, value in report["ratios"].items():
         lines.append(f"- {key}: {value:.2f}")
     for key, check in report["targets"].items():
-        lines.append(f"- target {key} {check['target']}: {check['value']:.2f} -> {'PASS' if check['pass'] else 'FAIL'}")
+        verdict = "PASS" if check["pass"] else "FAIL"
+        if check.get("core_unsteady"):
+            verdict += " (the servers' core was unsteady, below: at 80% load any server falls behind there)"
+        lines.append(f"- target {key} {check['target']}: {check['value']:.2f} -> {verdict}")
+    for when, probe in report.get("steadiness", {}).items():
+        lines.append(f"- servers' core (CPU 0), {when.replace('_', ' ')}: {describe(probe)}")
     lines.append(f"\n{report['setup']}\n")
     return "\n".join(lines)
 
@@ -420,10 +454,10 @@ def run(model_dir: Path, out: Path, duration: float, skip_mlflow: bool, rounds: 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
-        results = measure_all(candidates(model_dir, work, skip_mlflow), duration, work, rounds)
+        results, steadiness = measure_all(candidates(model_dir, work, skip_mlflow), duration, work, rounds)
     report = {
         "servers": results,
-        **summarize(results),
+        **summarize(results, steadiness),
         "setup": (
             f"Same model ({model_dir}), same instance (30 features; rows for the mlrelease and bare servers, "
             f"named `inputs` records for MLflow, whose signature is column-based), wrk 1 thread x {CONNECTIONS} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from deploy.serving.bench import markdown, summarize
+from deploy.serving.steadiness import summarise
 
 
 def _server(label: str, peak: float, p99_80: float, achieved_80: float, rss: float = 100.0) -> dict[str, Any]:
@@ -43,3 +44,18 @@ def test_without_mlflow_there_is_no_speedup_verdict() -> None:
     assert summary["targets"]["p99_ms_at_80"]["pass"] and "saturated" not in markdown(
         {"servers": servers, **summary, "setup": ""}
     )
+
+
+def test_an_unsteady_core_is_named_next_to_the_p99_verdict() -> None:
+    servers = {"bare_asgi": _server("bare", 10_000, 5.0, 8_000), "mlrelease": _server("ours", 6_000, 12.0, 4_800)}
+    steady = summarise([100] * 1000)
+    unsteady = summarise([100] * 900 + [20] * 100)  # a tenth of the windows at a fifth of the speed
+    calm = summarize(servers, {"before_latency_points": steady, "after_latency_points": steady})
+    assert calm["targets"]["p99_ms_at_80"]["core_unsteady"] is False
+    rough = summarize(servers, {"before_latency_points": steady, "after_latency_points": unsteady})
+    assert rough["targets"]["p99_ms_at_80"] == {
+        "value": 12.0, "target": "<= 10", "pass": False, "core_unsteady": True
+    }
+    table = markdown({"servers": servers, **rough, "setup": ""})
+    assert "12.00 -> FAIL (the servers' core was unsteady" in table
+    assert "core (CPU 0), after latency points: in 10.0% of 10-ms windows" in table
