@@ -3,10 +3,12 @@
 Semantics borrowed from Flagger and Argo Rollouts rather than invented: every ``interval`` one *measurement* is
 taken per slot (deltas of counters between two scrapes). A measurement is ``failed`` when a check is over its
 threshold, when the canary does not answer /metrics, or when the analysis' own load through the router fails more
-often than ``max_error_rate``; it is ``inconclusive`` when a slot served fewer than ``min_requests`` predictions or
-the stable slot does not answer (no data is never a pass, flagger#1098). The analysis fails once failed
-measurements exceed ``failure_limit`` or inconclusive ones exceed ``inconclusive_limit`` (Argo's
-``failureLimit``/``inconclusiveLimit``).
+often than ``max_error_rate``. Besides 5xx, the canary's client errors (4xx but 429) are compared with stable's:
+both slots get the same traffic, so a canary that rejects requests stable accepts (a changed input contract)
+fails, while clients' own mistakes, which hit both alike, do not. A measurement is ``inconclusive`` when a slot
+served fewer than ``min_requests`` predictions or the stable slot does not answer (no data is never a pass,
+flagger#1098). The analysis fails once failed measurements exceed ``failure_limit`` or inconclusive ones exceed
+``inconclusive_limit`` (Argo's ``failureLimit``/``inconclusiveLimit``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class CanaryParams(BaseModel):
     min_requests: int = Field(20, ge=1)
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_error_rate_increase: float = Field(0.005, ge=0, le=1)
+    max_client_error_rate_increase: float = Field(0.01, ge=0, le=1)
+    client_error_z: float = Field(3.0, gt=0)
     max_p99_latency_ms: float = Field(500.0, gt=0)
     max_p99_ratio: float = Field(2.0, ge=1)
     p99_slack_ms: float = Field(25.0, ge=0)
@@ -79,9 +83,10 @@ class Snapshot:
     """Cumulative counters of one slot at one scrape, prediction routes only."""
 
     requests: float = 0.0
-    errors: float = 0.0
+    errors: float = 0.0  # 5xx
     buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
     classes: dict[str, float] = field(default_factory=dict)
+    client_errors: float = 0.0  # 4xx but 429 (a rate limit is policy, the same on both slots)
 
 
 @dataclass(frozen=True)
@@ -105,8 +110,11 @@ def parse_metrics(text: str) -> Snapshot:
             labels = sample.labels
             if sample.name == "mlrelease_requests_total" and _is_prediction_route(labels.get("route", "")):
                 snap.requests += sample.value
-                if labels.get("status", "").startswith("5"):
+                status = labels.get("status", "")
+                if status.startswith("5"):
                     snap.errors += sample.value
+                elif status.startswith("4") and status != "429":
+                    snap.client_errors += sample.value
             elif sample.name == "mlrelease_request_duration_seconds_bucket" and _is_prediction_route(
                 labels.get("route", "")
             ):
@@ -127,6 +135,7 @@ def delta(after: Snapshot, before: Snapshot) -> Snapshot:
         errors=after.errors - before.errors,
         buckets={le: n - before.buckets.get(le, 0.0) for le, n in after.buckets.items()},
         classes={c: n - before.classes.get(c, 0.0) for c, n in after.classes.items()},
+        client_errors=after.client_errors - before.client_errors,
     )
 
 
@@ -181,9 +190,11 @@ class Measurement:
     canary_scrape_error: str | None = None  # why the canary's /metrics did not answer this interval
     stable_scrape_error: str | None = None
     driver_requests: int | None = None  # the analysis' own load through the router; None when it drove none
-    driver_failed: int | None = None  # transport errors and 5xx among them
+    driver_failed: int | None = None  # no answer, 5xx, or 4xx but 429 among them
     driver_error_rate: float | None = None
     driver_statuses: dict[str, int] = field(default_factory=dict)  # status code ("0" = no answer) -> count
+    canary_client_error_rate: float | None = None  # 4xx but 429, share of prediction requests
+    stable_client_error_rate: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -191,6 +202,10 @@ class Measurement:
 
 def _rate(snap: Snapshot) -> float | None:
     return snap.errors / snap.requests if snap.requests > 0 else None
+
+
+def _client_rate(snap: Snapshot) -> float | None:
+    return snap.client_errors / snap.requests if snap.requests > 0 else None
 
 
 def _ms(value: float | None) -> float | None:
@@ -235,6 +250,8 @@ def _observe(
         js_divergence(c.classes, s.classes),
         canary_scrape_error=canary.reason if isinstance(canary, NoAnswer) else None,
         stable_scrape_error=stable.reason if isinstance(stable, NoAnswer) else None,
+        canary_client_error_rate=_client_rate(c),
+        stable_client_error_rate=_client_rate(s),
     )
     if load is not None:
         m.driver_requests, m.driver_failed, m.driver_error_rate = load.total, load.failed, load.error_rate
@@ -269,7 +286,7 @@ def _missing_data(m: Measurement, params: CanaryParams) -> list[str]:
 
 def _failed_checks(m: Measurement, params: CanaryParams) -> list[str]:
     """Checks of the canary's metrics against absolute ceilings and against stable."""
-    reasons = _error_rate_check(m, params)
+    reasons = _error_rate_check(m, params) + _client_error_check(m, params)
     if m.canary_p99_ms is not None:
         relative = (m.stable_p99_ms or 0.0) * params.max_p99_ratio + params.p99_slack_ms
         limit = min(params.max_p99_latency_ms, relative) if m.stable_p99_ms is not None else params.max_p99_latency_ms
@@ -292,6 +309,28 @@ def _error_rate_check(m: Measurement, params: CanaryParams) -> list[str]:
             f"error rate {c_rate:.2%} > stable {s_rate:.2%} + allowed increase {params.max_error_rate_increase:.2%}"
         ]
     return []
+
+
+def _client_error_check(m: Measurement, params: CanaryParams) -> list[str]:
+    """Canary 4xx share (429 aside) over stable's plus the allowed increase, by more than sampling noise.
+
+    Clients' own mistakes can be a real share of the traffic, and at a 5% weight the canary sees few requests: the
+    excess must also be ``client_error_z`` standard errors of a two-proportion test, so chance does not roll back.
+    """
+    c_rate, s_rate = m.canary_client_error_rate or 0.0, m.stable_client_error_rate or 0.0
+    if c_rate <= s_rate + params.max_client_error_rate_increase:
+        return []
+    c_n, s_n = m.canary_requests, m.stable_requests
+    pooled = (c_rate * c_n + s_rate * s_n) / (c_n + s_n)
+    noise = math.sqrt(pooled * (1 - pooled) * (1 / c_n + 1 / s_n))
+    z = (c_rate - s_rate) / noise if noise > 0 else 0.0
+    if z <= params.client_error_z:
+        return []
+    return [
+        f"client errors (4xx) {c_rate:.2%} > stable {s_rate:.2%} + allowed increase "
+        f"{params.max_client_error_rate_increase:.2%}, {z:.1f} standard errors: the canary rejects requests stable "
+        "accepts (a changed input contract?)"
+    ]
 
 
 @dataclass
@@ -376,14 +415,26 @@ def measure_interval(promoter: Promoter, weight: float, params: CanaryParams, ro
     return measure(interval_delta(before_c, after_c), interval_delta(before_s, after_s), weight, params, load)
 
 
+def client_rows(promoter: Promoter, canary_bundle: Path) -> list[list[float]]:
+    """Rows shaped like today's clients' requests: drawn from the stable version's training statistics.
+
+    A canary with a changed input contract must meet the requests production gets now, not its own; the canary's
+    bundle is used only when the stable slot's bundle is gone.
+    """
+    from deploy.targets.traffic import sample_rows
+
+    stable = promoter.target.slot("production", "stable")
+    source = Path(stable.bundle_dir) if stable is not None else canary_bundle
+    return sample_rows(source if source.is_dir() else canary_bundle, 256, seed=7)
+
+
 def run_analysis(
     promoter: Promoter, version: str, stable: str, bundle: Path, params: CanaryParams, out: Outcome
 ) -> dict[str, Any]:
     """Shift traffic step by step; measure every interval; stop at the first verdict beyond the limits."""
-    from deploy.targets.traffic import sample_rows
     from registry.audit import AuditRecord
 
-    rows = sample_rows(bundle, 256, seed=7)
+    rows = client_rows(promoter, bundle)
     analysis = Analysis(params)
     aborted: str | None = None
     for weight in params.steps:

@@ -3,6 +3,7 @@
 A *variant* wraps an exported bundle's TorchScript module so only behaviour differs: ``same`` (new bytes, same
 answers), ``slow`` (heavy matmuls on every call) or ``error`` (raises for about half the rows, so the server
 answers 500). Each variant is written with a correct card sha256 and the original reference stats.
+``make_contract_variant`` changes the input contract instead: one more feature, so today's requests get a 422.
 """
 
 from __future__ import annotations
@@ -134,3 +135,45 @@ def ok(proc: subprocess.CompletedProcess[str]) -> str:
     """The output of a command that must have succeeded."""
     assert proc.returncode == 0, show(proc)
     return proc.stdout
+
+
+def make_contract_variant(bundle: Path, dest: Path) -> Path:
+    """A bundle that takes one more feature than ``bundle`` (ignored), so the current clients' rows get a 422."""
+    import torch
+
+    from mlrelease.modelcard import MODEL_FILE, REFERENCE_FILE, ModelCard, ReferenceStats, sha256_file
+
+    card = ModelCard.read(bundle)
+    stats = ReferenceStats.model_validate_json((bundle / REFERENCE_FILE).read_text())
+    n = card.n_features
+
+    class Wider(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.n = n
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x[:, : self.n])
+
+    inner = torch.jit.load(str(bundle / MODEL_FILE))
+    module = torch.jit.freeze(torch.jit.script(Wider(inner).eval()))
+    dest.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(module, str(dest / MODEL_FILE))
+    extra = "contract_extra_feature"
+    first = stats.features[card.feature_names[0]]
+    stats.features[extra] = first
+    (dest / REFERENCE_FILE).write_text(stats.model_dump_json())
+    prep = card.preprocessing.model_copy(
+        update={"mean": [*card.preprocessing.mean, first.mean], "scale": [*card.preprocessing.scale, 1.0]}
+    )
+    wider = card.model_copy(
+        update={
+            "feature_names": [*card.feature_names, extra],
+            "input_shape": [-1, n + 1],
+            "preprocessing": prep,
+            "sha256": sha256_file(dest / MODEL_FILE),
+        }
+    )
+    wider.write(dest)
+    return dest

@@ -21,6 +21,7 @@ from tests.release_helpers import (
     audit_actions,
     cli,
     env_for,
+    make_contract_variant,
     make_variant,
     ok,
     register,
@@ -126,6 +127,16 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
     assert alias(home, name, "canary") is None and alias(home, name, "production") == v2
     assert target(home).weights("production") == {"stable": 100.0}
     assert target(home).slot_version("production", "canary") is None
+
+    # a version with a changed input contract (one more feature): healthy by its 5xx, but it answers today's
+    # clients 422; the analysis compares client errors with stable's and rolls it back
+    wide = register(make_contract_variant(bundle, tmp_path / "wide"), home, name, "contract")
+    registry(home).set_registered_model_alias(name, "staging", wide)
+    rejecting = cli(home, "promote", "canary")
+    assert rejecting.returncode == 1 and "rolled back" in rejecting.stderr, show(rejecting)
+    assert "client errors (4xx)" in rejecting.stderr and "changed input contract" in rejecting.stderr, show(rejecting)
+    assert alias(home, name, "canary") is None and alias(home, name, "production") == v2
+    assert target(home).weights("production") == {"stable": 100.0}
 
     # a version whose artifact does not match its sha256 never gets a process, let alone traffic
     v4 = register(make_variant(bundle, tmp_path / "tampered", "same"), home, name, "tampered")

@@ -34,7 +34,9 @@ from registry.analysis import (
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
 
 
-def server_metrics(ok: int, errors: int, seconds: float, classes: dict[str, int]) -> str:
+def server_metrics(
+    ok: int, errors: int, seconds: float, classes: dict[str, int], client: dict[str, int] | None = None
+) -> str:
     """A /metrics page with the serving contract's metric names, produced by prometheus_client itself."""
     reg = CollectorRegistry()
     requests = Counter("mlrelease_requests", "r", ["route", "status"], registry=reg)
@@ -43,6 +45,8 @@ def server_metrics(ok: int, errors: int, seconds: float, classes: dict[str, int]
     route = "/v1/models/{name}:predict"
     requests.labels(route, "200").inc(ok)
     requests.labels(route, "500").inc(errors)
+    for status, n in (client or {}).items():
+        requests.labels(route, status).inc(n)
     requests.labels("/ready", "200").inc(1000)  # not a prediction route: ignored
     for _ in range(ok + errors):
         duration.labels(route).observe(seconds)
@@ -179,7 +183,7 @@ class _Slot(http.server.BaseHTTPRequestHandler):
             self.server.posts += 1  # type: ignore[attr-defined]
             n = self.server.posts  # type: ignore[attr-defined]
         every = self.server.fail_every  # type: ignore[attr-defined]
-        status = 503 if every and n % every == 0 else 200
+        status = self.server.fail_status if every and n % every == 0 else 200  # type: ignore[attr-defined]
         body = {"predictions": [{"class": "a"}], "model_version": "7"} if status == 200 else {"error": "boom"}
         self._answer(status, json.dumps(body).encode(), "application/json")
 
@@ -195,10 +199,13 @@ class _Slot(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def slot_server(status: int = 200, text: str = "", fail_every: int = 0) -> Iterator[http.server.ThreadingHTTPServer]:
+def slot_server(
+    status: int = 200, text: str = "", fail_every: int = 0, fail_status: int = 503
+) -> Iterator[http.server.ThreadingHTTPServer]:
     """A real HTTP server on 127.0.0.1 (ephemeral port), shut down on exit."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slot)
     server.metrics, server.fail_every = (status, text), fail_every  # type: ignore[attr-defined]
+    server.fail_status = fail_status  # type: ignore[attr-defined]
     server.lock, server.posts = threading.Lock(), 0  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -210,6 +217,16 @@ def slot_server(status: int = 200, text: str = "", fail_every: int = 0) -> Itera
 
 def url_of(server: http.server.ThreadingHTTPServer) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def drive(router: http.server.ThreadingHTTPServer, posts: int = 40) -> tuple[LoadDriver, LoadResult]:
+    """Send predictions through a real LoadDriver until the server saw ``posts`` of them (or 10 s); its result."""
+    driver = LoadDriver(url_of(router), "m", [[0.0, 1.0]], rps=200, concurrency=2, max_seconds=5)
+    driver.start()
+    deadline = time.monotonic() + 10
+    while router.posts < posts and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    return driver, driver.stop()
 
 
 def closed_port_url() -> str:
@@ -294,15 +311,66 @@ def test_driver_failures_above_max_error_rate_fail_the_check() -> None:
 
 def test_load_driver_counts_failures_it_saw_through_a_real_server() -> None:
     with slot_server(fail_every=4) as router:
-        driver = LoadDriver(url_of(router), "m", [[0.0, 1.0]], rps=200, concurrency=2, max_seconds=5)
-        driver.start()
-        deadline = time.monotonic() + 10
-        while router.posts < 40 and time.monotonic() < deadline:  # type: ignore[attr-defined]
-            time.sleep(0.05)
-        seen = driver.stop()
+        driver, seen = drive(router)
     assert seen is not driver.result  # a copy: threads cannot change it afterwards
     assert seen.total >= 40 and seen.statuses[503] == pytest.approx(seen.total / 4, abs=2)
     assert seen.error_rate == pytest.approx(seen.failed / seen.total)
     m = measure(snap(100), snap(300), 25, params(), seen)
     assert m.verdict == "failed" and m.driver_failed == seen.statuses[503]
     assert m.driver_statuses == {"200": seen.statuses[200], "503": seen.statuses[503]}
+
+
+def test_client_errors_are_read_apart_from_429() -> None:
+    page = server_metrics(80, 5, 0.003, {"a": 80}, client={"422": 10, "400": 3, "429": 50})
+    snap_ = parse_metrics(page)
+    assert (snap_.requests, snap_.errors, snap_.client_errors) == (148, 5, 13)
+    before = parse_metrics(server_metrics(10, 0, 0.003, {"a": 10}, client={"422": 1}))
+    assert delta(snap_, before).client_errors == 12
+
+
+def test_canary_that_rejects_what_stable_accepts_fails() -> None:
+    canary = parse_metrics(server_metrics(70, 0, 0.003, {"a": 35, "b": 35}, client={"422": 30}))
+    stable = parse_metrics(server_metrics(297, 0, 0.003, {"a": 150, "b": 147}, client={"422": 3}))
+    m = measure(canary, stable, 25, params())
+    assert m.verdict == "failed"
+    assert (m.canary_client_error_rate, m.stable_client_error_rate) == (pytest.approx(0.3), pytest.approx(0.01))
+    assert m.reasons == [
+        "client errors (4xx) 30.00% > stable 1.00% + allowed increase 1.00%, 9.1 standard errors: the canary "
+        "rejects requests stable accepts (a changed input contract?)"
+    ]
+
+
+def test_a_few_more_client_errors_at_a_small_weight_are_sampling_noise() -> None:
+    canary = parse_metrics(server_metrics(16, 0, 0.003, {"a": 8, "b": 8}, client={"422": 4}))  # 20% of 20
+    stable = parse_metrics(server_metrics(342, 0, 0.003, {"a": 171, "b": 171}, client={"422": 38}))  # 10% of 380
+    m = measure(canary, stable, 5, params())
+    assert m.verdict == "passed", m.reasons  # 1.4 standard errors: chance, not a rejecting canary
+    strict = measure(canary, stable, 5, params(client_error_z=1.0))
+    assert strict.verdict == "failed" and "1.4 standard errors" in strict.reasons[0]
+
+
+def test_clients_own_mistakes_and_rate_limits_do_not_fail_a_canary() -> None:
+    same_junk = measure(
+        parse_metrics(server_metrics(90, 0, 0.003, {"a": 45, "b": 45}, client={"422": 10})),
+        parse_metrics(server_metrics(270, 0, 0.003, {"a": 135, "b": 135}, client={"422": 30})),
+        25,
+        params(),
+    )
+    assert same_junk.verdict == "passed", same_junk.reasons  # 10% on both: the clients', not the canary's
+    limited = measure(
+        parse_metrics(server_metrics(100, 0, 0.003, {"a": 50, "b": 50}, client={"429": 40})),
+        parse_metrics(server_metrics(300, 0, 0.003, {"a": 150, "b": 150})),
+        25,
+        params(),
+    )
+    assert limited.verdict == "passed", limited.reasons
+    assert limited.canary_client_error_rate == 0
+
+
+def test_driven_requests_that_get_a_client_error_count_as_failed() -> None:
+    assert LoadResult(statuses=Tally({200: 90, 422: 6, 404: 1, 429: 3})).failed == 7
+    with slot_server(fail_every=4, fail_status=422) as router:
+        _, seen = drive(router)
+    assert seen.statuses[422] == pytest.approx(seen.total / 4, abs=2) and seen.failed == seen.statuses[422]
+    m = measure(snap(100), snap(300), 25, params(), seen)
+    assert m.verdict == "failed" and m.reasons[0].startswith("error rate through the router")
