@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -86,7 +85,8 @@ class Snapshot:
     errors: float = 0.0  # 5xx
     buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
     classes: dict[str, float] = field(default_factory=dict)
-    client_errors: float = 0.0  # 4xx but 429 (a rate limit is policy, the same on both slots)
+    client_errors: float = 0.0  # 4xx but 429
+    rate_limited: float = 0.0  # 429: answered before the body is read, so never a client error as well
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,9 @@ def parse_metrics(text: str) -> Snapshot:
                 status = labels.get("status", "")
                 if status.startswith("5"):
                     snap.errors += sample.value
-                elif status.startswith("4") and status != "429":
+                elif status == "429":
+                    snap.rate_limited += sample.value
+                elif status.startswith("4"):
                     snap.client_errors += sample.value
             elif sample.name == "mlrelease_request_duration_seconds_bucket" and _is_prediction_route(
                 labels.get("route", "")
@@ -136,6 +138,7 @@ def delta(after: Snapshot, before: Snapshot) -> Snapshot:
         buckets={le: n - before.buckets.get(le, 0.0) for le, n in after.buckets.items()},
         classes={c: n - before.classes.get(c, 0.0) for c, n in after.classes.items()},
         client_errors=after.client_errors - before.client_errors,
+        rate_limited=after.rate_limited - before.rate_limited,
     )
 
 
@@ -190,10 +193,10 @@ class Measurement:
     canary_scrape_error: str | None = None  # why the canary's /metrics did not answer this interval
     stable_scrape_error: str | None = None
     driver_requests: int | None = None  # the analysis' own load through the router; None when it drove none
-    driver_failed: int | None = None  # no answer, 5xx, or 4xx but 429 among them
+    driver_failed: int | None = None  # no answer or 5xx among them (their 4xx are in driver_statuses)
     driver_error_rate: float | None = None
     driver_statuses: dict[str, int] = field(default_factory=dict)  # status code ("0" = no answer) -> count
-    canary_client_error_rate: float | None = None  # 4xx but 429, share of prediction requests
+    canary_client_error_rate: float | None = None  # 4xx but 429, share of prediction requests but 429
     stable_client_error_rate: float | None = None
 
     def as_dict(self) -> dict[str, object]:
@@ -205,7 +208,10 @@ def _rate(snap: Snapshot) -> float | None:
 
 
 def _client_rate(snap: Snapshot) -> float | None:
-    return snap.client_errors / snap.requests if snap.requests > 0 else None
+    """4xx share of the requests the slot judged: each slot rate-limits on its own (stable, with most of every
+    client's traffic, more often), so 429s are left out of both the count and the base."""
+    judged = snap.requests - snap.rate_limited
+    return snap.client_errors / judged if judged > 0 else None
 
 
 def _ms(value: float | None) -> float | None:
@@ -315,7 +321,8 @@ def _client_error_check(m: Measurement, params: CanaryParams) -> list[str]:
     """Canary 4xx share (429 aside) over stable's plus the allowed increase, by more than sampling noise.
 
     Clients' own mistakes can be a real share of the traffic, and at a 5% weight the canary sees few requests: the
-    excess must also be ``client_error_z`` standard errors of a two-proportion test, so chance does not roll back.
+    difference must also be over ``client_error_z`` standard errors of a two-proportion test, so chance does not
+    roll back.
     """
     c_rate, s_rate = m.canary_client_error_rate or 0.0, m.stable_client_error_rate or 0.0
     if c_rate <= s_rate + params.max_client_error_rate_increase:
@@ -395,14 +402,14 @@ def measure_interval(promoter: Promoter, weight: float, params: CanaryParams, ro
 
     target = promoter.target
     canary_url, stable_url = target.slot_url("production", "canary"), target.slot_url("production", "stable")
-    entry = target.entry_url("production")
-    if canary_url is None or stable_url is None or entry is None:
+    entry, stable = target.entry_url("production"), target.slot("production", "stable")
+    if canary_url is None or stable_url is None or entry is None or stable is None:
         raise RuntimeError("canary analysis needs running stable and canary slots and a router")
     before_c, before_s = scrape(canary_url), scrape(stable_url)
     driver = None
     if params.drive_load:
         driver = LoadDriver(
-            entry, promoter.model_name, rows, params.load_rps, params.load_concurrency, max_seconds=params.interval + 5
+            entry, stable.model_name, rows, params.load_rps, params.load_concurrency, max_seconds=params.interval + 5
         )
         driver.start()
     load: LoadResult | None = None
@@ -415,26 +422,24 @@ def measure_interval(promoter: Promoter, weight: float, params: CanaryParams, ro
     return measure(interval_delta(before_c, after_c), interval_delta(before_s, after_s), weight, params, load)
 
 
-def client_rows(promoter: Promoter, canary_bundle: Path) -> list[list[float]]:
-    """Rows shaped like today's clients' requests: drawn from the stable version's training statistics.
+def client_rows(promoter: Promoter, stable: str) -> list[list[float]]:
+    """Rows shaped like today's clients' requests: drawn from the stable version's (verified) bundle.
 
-    A canary with a changed input contract must meet the requests production gets now, not its own; the canary's
-    bundle is used only when the stable slot's bundle is gone.
+    A canary with a changed input contract must meet the requests production gets now, not its own: rows drawn
+    from the canary's bundle would make stable look broken. No stable bundle, no analysis (never the canary's).
     """
     from deploy.targets.traffic import sample_rows
 
-    stable = promoter.target.slot("production", "stable")
-    source = Path(stable.bundle_dir) if stable is not None else canary_bundle
-    return sample_rows(source if source.is_dir() else canary_bundle, 256, seed=7)
+    return sample_rows(promoter.bundle(stable), 256, seed=7)
 
 
 def run_analysis(
-    promoter: Promoter, version: str, stable: str, bundle: Path, params: CanaryParams, out: Outcome
+    promoter: Promoter, version: str, stable: str, params: CanaryParams, out: Outcome
 ) -> dict[str, Any]:
     """Shift traffic step by step; measure every interval; stop at the first verdict beyond the limits."""
     from registry.audit import AuditRecord
 
-    rows = client_rows(promoter, bundle)
+    rows = client_rows(promoter, stable)
     analysis = Analysis(params)
     aborted: str | None = None
     for weight in params.steps:

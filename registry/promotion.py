@@ -358,7 +358,7 @@ class Promoter:
         self.note(AuditRecord("alias", PROD, self.by, to_version=version, from_version=stable, alias="canary",
                               reason="canary started"))
         try:
-            analysis = run_analysis(self, version, stable, bundle, params, out)
+            analysis = run_analysis(self, version, stable, params, out)
         except PromotionError as exc:
             self.abort_canary(version, stable, str(exc), {})
             raise

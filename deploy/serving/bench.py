@@ -36,7 +36,7 @@ log = logging.getLogger("deploy.serving.bench")
 CONNECTIONS = 64
 SATURATED_SHORTFALL = 0.03  # a paced point that achieves less than 97% of its target rate ran saturated
 STEADINESS_SECONDS = 3.0  # the core probe's run, before and after the latency points
-UNSTEADY_SHARE = 0.01  # the core fell short of 80% of its average work in more windows than this: p99 is the host's
+UNSTEADY_SHARE = 0.01  # an ideal server at 80% load would be past the p99 target after more windows than this
 TARGETS = {
     "min_speedup_vs_mlflow": 10.0,
     "min_fraction_of_ceiling": 0.5,
@@ -235,16 +235,20 @@ def latency_points(candidate: Candidate, url: str, peak_rps: float, duration: fl
 
 
 def core_steadiness(cpu: int, seconds: float) -> dict[str, Any]:
-    """The steadiness probe (deploy/serving/steadiness.py) pinned to ``cpu``, in its own process."""
-    proc = subprocess.run(
-        pinned(cpu, [sys.executable, "-m", "deploy.serving.steadiness", "--seconds", f"{seconds:g}"]),
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=True,
-        env=base_env(),
-    )
-    summary: dict[str, Any] = json.loads(proc.stdout)
+    """The steadiness probe (deploy/serving/steadiness.py) pinned to ``cpu``, in its own process.
+
+    A probe that fails is recorded as ``{"error": ...}``: it must not cost the run's measurements.
+    """
+    command = [sys.executable, "-m", "deploy.serving.steadiness", "--seconds", f"{seconds:g}"]
+    command += ["--behind-ms", f"{TARGETS['max_p99_ms_at_80']:g}"]
+    try:
+        proc = subprocess.run(
+            pinned(cpu, command), capture_output=True, text=True, timeout=seconds + 60, check=True, env=base_env()
+        )
+        summary: dict[str, Any] = json.loads(proc.stdout)
+    except (subprocess.SubprocessError, OSError, ValueError) as exc:
+        log.warning("core steadiness probe failed: %s", exc)
+        return {"error": str(exc)[-300:]}
     return summary
 
 
@@ -410,8 +414,10 @@ def summarize(results: dict[str, dict[str, Any]], steadiness: dict[str, Any] | N
     }
     if not steadiness:
         return {"ratios": ratios, "targets": targets}
-    behind = max(probe["share_of_windows_behind_at_load"]["80%"] for probe in steadiness.values())
-    targets["p99_ms_at_80"]["core_unsteady"] = behind > UNSTEADY_SHARE
+    probes = [probe for probe in steadiness.values() if "error" not in probe]
+    if probes:
+        behind = max(probe["ideal_server_at_load"]["80%"]["share_of_windows_behind"] for probe in probes)
+        targets["p99_ms_at_80"]["core_unsteady"] = behind > UNSTEADY_SHARE
     return {"ratios": ratios, "targets": targets, "steadiness": steadiness}
 
 
@@ -437,11 +443,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- {key}: {value:.2f}")
     for key, check in report["targets"].items():
         verdict = "PASS" if check["pass"] else "FAIL"
-        if check.get("core_unsteady"):
-            verdict += " (the servers' core was unsteady, below: at 80% load any server falls behind there)"
+        if not check["pass"] and check.get("core_unsteady"):
+            limit = TARGETS["max_p99_ms_at_80"]
+            verdict += f" (the servers' core was unsteady, below: at 80% load no server meets {limit:g} ms there)"
         lines.append(f"- target {key} {check['target']}: {check['value']:.2f} -> {verdict}")
     for when, probe in report.get("steadiness", {}).items():
-        lines.append(f"- servers' core (CPU 0), {when.replace('_', ' ')}: {describe(probe)}")
+        said = f"probe failed: {probe['error']}" if "error" in probe else describe(probe)
+        lines.append(f"- servers' core (CPU 0), {when.replace('_', ' ')}: {said}")
     lines.append(f"\n{report['setup']}\n")
     return "\n".join(lines)
 

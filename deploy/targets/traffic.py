@@ -54,12 +54,16 @@ class LoadResult:
 
     @property
     def failed(self) -> int:
-        """No answer, a 5xx, or a 4xx but 429: the driver sends valid rows only, so a client error is the server's."""
-        return sum(n for code, n in self.statuses.items() if code == 0 or (code >= 400 and code != 429))
+        return sum(n for code, n in self.statuses.items() if code == 0 or code >= 500)
+
+    @property
+    def rejected(self) -> int:
+        """4xx but 429: the driver sends valid rows only, so for its requests a client error is the server's."""
+        return sum(n for code, n in self.statuses.items() if 400 <= code < 500 and code != 429)
 
     @property
     def error_rate(self) -> float | None:
-        """Share of requests that failed (see ``failed``); None when none were sent."""
+        """Share of requests that failed (transport error or 5xx); None when none were sent."""
         return self.failed / self.total if self.total else None
 
     def copy(self) -> LoadResult:

@@ -154,7 +154,7 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
         time.sleep(1.0)
     assert rolled.returncode == 0, show(rolled)
     assert "fast path, warm switch" in rolled.stdout, show(rolled)  # the warm previous version took it at once
-    assert load.result.failed == 0 and load.result.total > 50, load.result.statuses
+    assert load.result.failed == 0 and load.result.rejected == 0 and load.result.total > 50, load.result.statuses
     assert load.result.versions[v1] > 0
     assert alias(home, name, "production") == v1
     again = subprocess.run([str(REPO / "scripts" / "rollback.sh")], cwd=home, env=env_for(home),

@@ -267,7 +267,7 @@ def test_rollback_takes_over_from_a_running_canary(incident: Incident, tmp_path:
     assert rolled.returncode == 0, show(rolled)
     assert took < 60, f"the rollback took {took:.1f} s\n{show(rolled)}"
     assert canary_code != 0 and "aborted" in canary_text.lower(), f"canary exit {canary_code}:\n{canary_text}"
-    assert load.result.failed == 0, load_summary(load.result)
+    assert load.result.failed == 0 and load.result.rejected == 0, load_summary(load.result)
     assert load.result.versions[c] > 0, f"the canary never got load-driver traffic: {load_summary(load.result)}"
     assert versions_after(load.result, finished) == {p}, load_summary(load.result)
     assert_all_on(incident, p, rows, show(rolled))  # canary weight 0 and slot gone, aliases, answers by P
@@ -374,6 +374,6 @@ def test_rollback_killed_midway_is_finished_by_the_next_run(incident: Incident, 
     assert third.returncode == 0 and "nothing to do" in third.stdout, context
     assert_all_on(incident, p, rows, context)
     # and the load driver saw no failed request, from before the kill to after the third run
-    assert load.result.failed == 0, context
+    assert load.result.failed == 0 and load.result.rejected == 0, context
     assert load.result.total > 50 and load.result.versions[a] > 0, context
     assert versions_after(load.result, finished) == {p}, context
