@@ -196,8 +196,10 @@ class Measurement:
     driver_failed: int | None = None  # no answer or 5xx among them (their 4xx are in driver_statuses)
     driver_error_rate: float | None = None
     driver_statuses: dict[str, int] = field(default_factory=dict)  # status code ("0" = no answer) -> count
-    canary_client_error_rate: float | None = None  # 4xx but 429, share of prediction requests but 429
+    canary_client_error_rate: float | None = None  # 4xx but 429, share of the judged requests (429 aside)
     stable_client_error_rate: float | None = None
+    canary_judged: float = 0.0  # the bases of those shares
+    stable_judged: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -207,10 +209,14 @@ def _rate(snap: Snapshot) -> float | None:
     return snap.errors / snap.requests if snap.requests > 0 else None
 
 
+def _judged(snap: Snapshot) -> float:
+    """Requests the slot judged: each slot rate-limits on its own (stable, with most of every client's traffic,
+    more often), so 429s are left out of the 4xx count and of its base."""
+    return snap.requests - snap.rate_limited
+
+
 def _client_rate(snap: Snapshot) -> float | None:
-    """4xx share of the requests the slot judged: each slot rate-limits on its own (stable, with most of every
-    client's traffic, more often), so 429s are left out of both the count and the base."""
-    judged = snap.requests - snap.rate_limited
+    judged = _judged(snap)
     return snap.client_errors / judged if judged > 0 else None
 
 
@@ -258,6 +264,8 @@ def _observe(
         stable_scrape_error=stable.reason if isinstance(stable, NoAnswer) else None,
         canary_client_error_rate=_client_rate(c),
         stable_client_error_rate=_client_rate(s),
+        canary_judged=_judged(c),
+        stable_judged=_judged(s),
     )
     if load is not None:
         m.driver_requests, m.driver_failed, m.driver_error_rate = load.total, load.failed, load.error_rate
@@ -327,7 +335,9 @@ def _client_error_check(m: Measurement, params: CanaryParams) -> list[str]:
     c_rate, s_rate = m.canary_client_error_rate or 0.0, m.stable_client_error_rate or 0.0
     if c_rate <= s_rate + params.max_client_error_rate_increase:
         return []
-    c_n, s_n = m.canary_requests, m.stable_requests
+    c_n, s_n = m.canary_judged, m.stable_judged  # the bases of the shares, 429s left out
+    if c_n <= 0 or s_n <= 0:
+        return []
     pooled = (c_rate * c_n + s_rate * s_n) / (c_n + s_n)
     noise = math.sqrt(pooled * (1 - pooled) * (1 / c_n + 1 / s_n))
     z = (c_rate - s_rate) / noise if noise > 0 else 0.0
