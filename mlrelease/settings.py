@@ -69,6 +69,13 @@ class Settings(BaseSettings):
             raise ValueError("MLRELEASE_ENABLE_ADMIN is on but MLRELEASE_ADMIN_TOKEN is not set")
         return self
 
+    def prediction_headers(self) -> dict[str, str]:
+        """What our own clients (smoke test, load gate, canary load, verification) send to servers started with
+        these settings: the API key when prediction auth is on, so promotion works with it on."""
+        if self.api_key is None:
+            return {}
+        return {"Authorization": f"Bearer {self.api_key.get_secret_value()}"}
+
     @property
     def tracking_uri(self) -> str:
         """The MLflow tracking and registry URI: the team server if set, else a sqlite file in the workspace."""

@@ -6,9 +6,11 @@ threshold, when the canary does not answer /metrics, or when the analysis' own l
 often than ``max_error_rate``. Besides 5xx, the canary's client errors (4xx but 429) are compared with stable's:
 both slots get the same traffic, so a canary that rejects requests stable accepts (a changed input contract)
 fails, while clients' own mistakes, which hit both alike, do not. A measurement is ``inconclusive`` when a slot
-served fewer than ``min_requests`` predictions or the stable slot does not answer (no data is never a pass,
-flagger#1098). The analysis fails once failed measurements exceed ``failure_limit`` or inconclusive ones exceed
-``inconclusive_limit`` (Argo's ``failureLimit``/``inconclusiveLimit``).
+served fewer than ``min_requests`` predictions, the stable slot does not answer, or the analysis' own valid
+requests were refused by stable as much as by the canary (a 401 for a missing API key: the slots then count
+refusals, not predictions). No data is never a pass (flagger#1098). The analysis fails once failed measurements
+exceed ``failure_limit`` or inconclusive ones exceed ``inconclusive_limit`` (Argo's ``failureLimit``/
+``inconclusiveLimit``).
 """
 
 from __future__ import annotations
@@ -196,6 +198,7 @@ class Measurement:
     driver_failed: int | None = None  # no answer or 5xx among them (their 4xx are in driver_statuses)
     driver_error_rate: float | None = None
     driver_statuses: dict[str, int] = field(default_factory=dict)  # status code ("0" = no answer) -> count
+    driver_rejected: int | None = None  # 4xx but 429 among them: valid rows, so never the analysis' evidence
     canary_client_error_rate: float | None = None  # 4xx but 429, share of the judged requests (429 aside)
     stable_client_error_rate: float | None = None
     canary_judged: float = 0.0  # the bases of those shares
@@ -232,12 +235,15 @@ def measure(
     load: LoadResult | None = None,
 ) -> Measurement:
     """Judge one interval: failed when the canary did not answer, the driven load failed or a check is over;
-    inconclusive without enough data or without a stable to compare with; passed otherwise."""
+    inconclusive without enough data, without a stable to compare with, or when the driven load was rejected
+    by both slots alike; passed otherwise."""
     m = _observe(canary, stable, weight, load)
     failed = _hard_failures(m, params)
     missing = _missing_data(m, params)
     if not missing and m.canary_scrape_error is None:
         failed += _failed_checks(m, params)
+    if not failed:
+        missing += _rejected_load(m, params)
     m.verdict = "failed" if failed else "inconclusive" if missing else "passed"
     m.reasons = failed + missing
     return m
@@ -270,6 +276,7 @@ def _observe(
     if load is not None:
         m.driver_requests, m.driver_failed, m.driver_error_rate = load.total, load.failed, load.error_rate
         m.driver_statuses = {str(code): n for code, n in sorted(load.statuses.items())}
+        m.driver_rejected = load.rejected
     return m
 
 
@@ -296,6 +303,21 @@ def _missing_data(m: Measurement, params: CanaryParams) -> list[str]:
             f"need {params.min_requests} each)"
         ]
     return []
+
+
+def _rejected_load(m: Measurement, params: CanaryParams) -> list[str]:
+    """The analysis' own valid requests refused by stable as much as by the canary (a 401 when the servers want
+    an API key the analysis does not send): the slots' metrics then count refusals, not predictions."""
+    if not m.driver_requests or not m.driver_rejected:
+        return []
+    share = m.driver_rejected / m.driver_requests
+    if share <= params.max_error_rate:
+        return []
+    return [
+        f"{m.driver_rejected} of the analysis' {m.driver_requests} requests were rejected (statuses "
+        f"{m.driver_statuses}) by stable as much as by the canary: no evidence either way. Check the API key "
+        "the analysis sends (MLRELEASE_API_KEY) and the stable version's input contract"
+    ]
 
 
 def _failed_checks(m: Measurement, params: CanaryParams) -> list[str]:
@@ -419,7 +441,8 @@ def measure_interval(promoter: Promoter, weight: float, params: CanaryParams, ro
     driver = None
     if params.drive_load:
         driver = LoadDriver(
-            entry, stable.model_name, rows, params.load_rps, params.load_concurrency, max_seconds=params.interval + 5
+            entry, stable.model_name, rows, params.load_rps, params.load_concurrency, max_seconds=params.interval + 5,
+            headers=promoter.settings.prediction_headers(),
         )
         driver.start()
     load: LoadResult | None = None

@@ -290,7 +290,8 @@ class Promoter:
     def _staging_gates(self, version: str, url: str, bundle: Path) -> dict[str, Any]:
         """Smoke test then load gate; on failure stop the new slot, record why, keep staging as it was."""
         try:
-            evidence: dict[str, Any] = {"smoke": smoke_test(url, bundle, self.params.smoke_rows)}
+            evidence: dict[str, Any] = {"smoke": smoke_test(url, bundle, self.params.smoke_rows,
+                                                              self.settings.prediction_headers())}
             if self.params.load_gate:
                 evidence["loadtest"] = self.load_gate(url, version)
             return evidence
@@ -310,7 +311,8 @@ class Promoter:
         out = self.reports_dir / f"loadtest_staging_v{version}.json"
         try:
             params = self.loadtest or LoadtestParams.model_validate({})
-            report = run_loadtest(url, params, test_csv, self.target_column, out, out.with_suffix(".html"))
+            report = run_loadtest(url, params, test_csv, self.target_column, out, out.with_suffix(".html"),
+                                  self.settings.prediction_headers())
         except LoadtestError as exc:
             raise PromotionError(f"load-test gate could not run: {exc}") from exc
         if report["breaches"]:
@@ -450,8 +452,10 @@ class Promoter:
         return run_rollback(self, to, reason or "incident rollback")
 
 
-def smoke_test(url: str, bundle_dir: Path, rows: int = 8) -> dict[str, Any]:
-    """Ready, then a prediction whose classes and probabilities match the card; raise PromotionError if not."""
+def smoke_test(url: str, bundle_dir: Path, rows: int = 8, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Ready, then a prediction whose classes and probabilities match the card; raise PromotionError if not.
+
+    ``headers`` carry the API key when the slot requires one (``Settings.prediction_headers``)."""
     import httpx
 
     from deploy.targets.traffic import predict_path, sample_rows
@@ -464,7 +468,7 @@ def smoke_test(url: str, bundle_dir: Path, rows: int = 8) -> dict[str, Any]:
     if ready != 200:
         raise PromotionError(f"smoke test: {url}/ready answered {ready}, not 200")
     batch = sample_rows(bundle_dir, rows, seed=1)
-    resp = httpx.post(url + predict_path(card.name), json={"instances": batch}, timeout=10)
+    resp = httpx.post(url + predict_path(card.name), json={"instances": batch}, headers=headers, timeout=10)
     if resp.status_code != 200:
         raise PromotionError(f"smoke test: prediction answered {resp.status_code}: {resp.text[:200]}")
     preds = resp.json().get("predictions", [])
@@ -649,7 +653,8 @@ def verify_production(p: Promoter, version: str, out: Outcome) -> Outcome:
         return out
     row = sample_rows(Path(slot.bundle_dir), 1, seed=3)
     try:
-        resp = httpx.post(entry + predict_path(slot.model_name), json={"instances": row}, timeout=5)
+        resp = httpx.post(entry + predict_path(slot.model_name), json={"instances": row},
+                          headers=p.settings.prediction_headers(), timeout=5)
         answered = str(resp.json().get("model_version")) if resp.status_code == 200 else f"HTTP {resp.status_code}"
     except (httpx.HTTPError, ValueError) as exc:
         answered = f"error {exc}"

@@ -46,10 +46,11 @@ def one_run(home: Path, bundle: Path, model_name: str, good: str, bad: str, rps:
     proc = cli(home, "promote", "production", "--version", bad, "--force", "--reason", "bench: to roll back")
     if proc.returncode != 0:
         raise SystemExit(f"promotion failed:\n{proc.stdout}\n{proc.stderr}")
-    entry = LocalTarget(Settings(home=home).state_dir).entry_url("production")
+    settings = Settings(home=home)
+    entry = LocalTarget(settings.state_dir).entry_url("production")
     assert entry is not None
     driver = LoadDriver(entry, model_name, sample_rows(bundle, 64), rps=rps, concurrency=4, max_seconds=60,
-                        keep_timeline=True)
+                        keep_timeline=True, headers=settings.prediction_headers())
     with driver:
         time.sleep(1.5)
         t0 = time.monotonic()

@@ -2,7 +2,8 @@
 
 Configured by environment variables set by deploy.loadtest.runner (so it also runs under plain ``locust -f``):
 LOADTEST_CSV (test split), LOADTEST_TARGET (label column to drop), LOADTEST_MODEL (model name),
-LOADTEST_BATCH (instances per request), LOADTEST_USER_RPS (requests/s per user, 0 = as fast as possible).
+LOADTEST_BATCH (instances per request), LOADTEST_USER_RPS (requests/s per user, 0 = as fast as possible),
+LOADTEST_HEADERS (a JSON object of extra request headers: the API key when the server requires one).
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ def load_rows(path: str, target: str) -> list[list[float]]:
         return [[float(row[i]) for i in keep] for row in reader if row]
 
 
+def request_headers(raw: str | None) -> dict[str, str]:
+    """Extra headers from LOADTEST_HEADERS (a JSON object of strings); a malformed value is an error, not ignored."""
+    headers = orjson.loads(raw) if raw else {}
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ValueError("LOADTEST_HEADERS must be a JSON object of header name -> string value")
+    return headers
+
+
 @events.init.add_listener
 def _on_init(environment: Any, **_: Any) -> None:
     rows = load_rows(os.environ["LOADTEST_CSV"], os.environ.get("LOADTEST_TARGET", "target"))
@@ -52,6 +61,7 @@ class PredictUser(FastHttpUser):
         self._path = f"/v1/models/{os.environ.get('LOADTEST_MODEL', 'model')}:predict"
         self._batch = int(os.environ.get("LOADTEST_BATCH", "1"))
         self._rng = random.Random()  # noqa: S311 - payload sampling, not security
+        self._headers = {**request_headers(os.environ.get("LOADTEST_HEADERS")), "Content-Type": "application/json"}
 
     @task
     def predict(self) -> None:
@@ -60,7 +70,7 @@ class PredictUser(FastHttpUser):
         with self.client.post(
             self._path,
             data=body.decode(),
-            headers={"Content-Type": "application/json"},
+            headers=self._headers,
             name="predict",
             catch_response=True,
         ) as response:

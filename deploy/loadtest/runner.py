@@ -156,9 +156,18 @@ def breaches(stats: dict[str, float], slo: SLO) -> list[str]:
 
 
 def run_loadtest(
-    url: str, params: LoadtestParams, test_csv: Path, target: str, out_json: Path, out_html: Path
+    url: str,
+    params: LoadtestParams,
+    test_csv: Path,
+    target: str,
+    out_json: Path,
+    out_html: Path,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run Locust headless against ``url`` and write the JSON and HTML reports; return the JSON document."""
+    """Run Locust headless against ``url`` and write the JSON and HTML reports; return the JSON document.
+
+    ``headers`` go on every request (the API key when the server requires one: ``Settings.prediction_headers``).
+    """
     if not test_csv.is_file():
         raise LoadtestError(f"{test_csv}: test split not found (run the prepare stage first)")
     ready = wait_ready(url, params.ready_timeout_s)
@@ -171,6 +180,7 @@ def run_loadtest(
         "LOADTEST_MODEL": str(ready["model_name"]),
         "LOADTEST_BATCH": str(params.batch_size),
         "LOADTEST_USER_RPS": str(params.user_rps),
+        "LOADTEST_HEADERS": json.dumps(headers or {}),
     }
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "locust"

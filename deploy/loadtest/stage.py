@@ -18,6 +18,7 @@ from pathlib import Path
 from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest, wait_ready
 from mlrelease.net import free_port, stop_process
 from mlrelease.params import load_params, section
+from mlrelease.settings import get_settings
 
 log = logging.getLogger("deploy.loadtest.stage")
 
@@ -66,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     process = start_server(args.model_dir, port, args.server_log)
     try:
         wait_ready(url, loadtest.ready_timeout_s, alive=lambda: process.poll() is None)
-        report = run_loadtest(url, loadtest, args.test_csv, params.data.target, args.out, args.html)
+        headers = get_settings().prediction_headers()  # the server inherits this environment, API key included
+        report = run_loadtest(url, loadtest, args.test_csv, params.data.target, args.out, args.html, headers)
     except LoadtestError as exc:
         log.error("loadtest could not run: %s (server log: %s)", exc, args.server_log)
         return 2

@@ -83,6 +83,7 @@ class LoadDriver:
         concurrency: int = 4,
         max_seconds: float = 600.0,
         keep_timeline: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> None:
         if not url.startswith("http://127.0.0.1:"):
             raise ValueError(f"{url}: load is only ever sent to 127.0.0.1")
@@ -92,6 +93,7 @@ class LoadDriver:
         self.concurrency = concurrency
         self.max_seconds = max_seconds
         self.keep_timeline = keep_timeline
+        self.headers = dict(headers or {})  # the API key when the servers require one
         self.result = LoadResult()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -122,7 +124,7 @@ class LoadDriver:
         import httpx
 
         deadline = time.monotonic() + self.max_seconds
-        with httpx.Client(timeout=10.0) as client:
+        with httpx.Client(timeout=10.0, headers=self.headers) as client:
             i = index
             while not self._stop.is_set() and time.monotonic() < deadline:
                 started = time.monotonic()

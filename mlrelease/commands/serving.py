@@ -43,12 +43,19 @@ def _loadtest(
 
     from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest
     from mlrelease.params import load_params, section
+    from mlrelease.settings import get_settings
 
     params = load_params(params_file)
     console = Console()
     try:
         report = run_loadtest(
-            url, section(params, "loadtest", LoadtestParams), test_csv, params.data.target, out, html
+            url,
+            section(params, "loadtest", LoadtestParams),
+            test_csv,
+            params.data.target,
+            out,
+            html,
+            get_settings().prediction_headers(),
         )
     except LoadtestError as exc:
         console.print(f"[red]loadtest could not run:[/red] {exc}")

@@ -1,6 +1,9 @@
 """The whole release story on this machine, with real server processes, a real nginx and a real registry:
 pipeline output -> staging -> canary (a good version passes, a crash mid-canary is recovered, an erroring
-version is rolled back automatically) -> production -> scripts/rollback.sh under load -> history."""
+version is rolled back automatically) -> production -> scripts/rollback.sh under load -> history.
+
+Prediction auth is on throughout (MLRELEASE_API_KEY, as a production deployment would run): every gate's own
+requests (smoke test, Locust gate, canary load, verification) carry the key, and a request without it gets 401."""
 
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from deploy.targets.traffic import LoadDriver, sample_rows
+from deploy.targets.traffic import LoadDriver, predict_path, sample_rows
 from mlrelease.modelcard import ModelCard, sha256_file
 from tests.release_helpers import (
     BIN,
@@ -41,14 +45,8 @@ FAST = {
     "loadtest": {"users": 4, "spawn_rate": 4, "duration_s": 3, "slo": {"min_rps": 5, "p95_ms": 1000,
                                                                       "p99_ms": 2000}},
 }
-
-
-
-
-
-
-
-
+API_KEY = "story-" + "api-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def tamper_artifacts(home: Path, sha: str) -> int:
@@ -78,7 +76,8 @@ def kill_mid_canary(home: Path) -> None:
 
 
 @pytest.fixture
-def story_home(registry_workspace, built_workspace):  # noqa: ANN001, ANN201
+def story_home(registry_workspace, built_workspace, monkeypatch):  # noqa: ANN001, ANN201
+    monkeypatch.setenv("MLRELEASE_API_KEY", API_KEY)  # every CLI run and server of the story inherits it
     home = registry_workspace.root
     registry_workspace.set_params(**FAST)
     try:
@@ -108,6 +107,10 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
     assert "would switch" in dry and alias(home, name, "production") is None
     ok(cli(home, "promote", "production", "--version", v1, "--force", "--reason", "first release"))
     assert alias(home, name, "production") == v1
+    entry = target(home).entry_url("production")
+    row = {"instances": sample_rows(bundle, 1)}
+    assert httpx.post(f"{entry}{predict_path(name)}", json=row, timeout=5).status_code == 401
+    assert httpx.post(f"{entry}{predict_path(name)}", json=row, headers=AUTH, timeout=5).status_code == 200
 
     # a good version: staging, a canary killed mid-way (recovered on re-run), then a passing canary
     v2 = register(make_variant(bundle, tmp_path / "good", "same"), home, name, "good")
@@ -115,6 +118,9 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
     kill_mid_canary(home)
     canary = ok(cli(home, "promote", "canary"))
     assert "recovering from an interrupted" in canary and "passed" in canary, canary
+    passed = next(r for r in audit_actions(home) if r["action"] == "canary-passed")
+    driven = [m["driver_statuses"] for m in passed["evidence"]["measurements"]]
+    assert driven and all(set(statuses) == {"200"} for statuses in driven), driven  # judged on answers, with the key
     ok(cli(home, "promote", "production"))
     assert alias(home, name, "production") == v2
     assert target(home).slot_version("production", "previous") == v1  # warm for rollbacks
@@ -146,8 +152,8 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
     assert target(home).slot_version("staging", "stable") == v2
 
     # incident: roll back under load, zero failed requests; running it twice is harmless
-    entry = target(home).entry_url("production")
-    with LoadDriver(str(entry), name, sample_rows(bundle, 32), rps=60, concurrency=4, max_seconds=90) as load:
+    with LoadDriver(str(entry), name, sample_rows(bundle, 32), rps=60, concurrency=4, max_seconds=90,
+                    headers=AUTH) as load:
         time.sleep(1.0)
         rolled = subprocess.run([str(REPO / "scripts" / "rollback.sh"), "--reason", "pager: p99"], cwd=tmp_path,
                                 env=env_for(home), capture_output=True, text=True, timeout=180)

@@ -10,12 +10,14 @@ import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
 from deploy.targets.traffic import LoadDriver, LoadResult
+from mlrelease.settings import Settings
 from registry.analysis import (
     Analysis,
     CanaryParams,
@@ -181,6 +183,7 @@ class _Slot(http.server.BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         with self.server.lock:  # type: ignore[attr-defined]
             self.server.posts += 1  # type: ignore[attr-defined]
+            self.server.auth.add(self.headers.get("Authorization"))  # type: ignore[attr-defined]
             n = self.server.posts  # type: ignore[attr-defined]
         every = self.server.fail_every  # type: ignore[attr-defined]
         status = self.server.fail_status if every and n % every == 0 else 200  # type: ignore[attr-defined]
@@ -206,7 +209,7 @@ def slot_server(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slot)
     server.metrics, server.fail_every = (status, text), fail_every  # type: ignore[attr-defined]
     server.fail_status = fail_status  # type: ignore[attr-defined]
-    server.lock, server.posts = threading.Lock(), 0  # type: ignore[attr-defined]
+    server.lock, server.posts, server.auth = threading.Lock(), 0, set()  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield server
@@ -219,9 +222,11 @@ def url_of(server: http.server.ThreadingHTTPServer) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def drive(router: http.server.ThreadingHTTPServer, posts: int = 40) -> tuple[LoadDriver, LoadResult]:
+def drive(
+    router: http.server.ThreadingHTTPServer, posts: int = 40, headers: dict[str, str] | None = None
+) -> tuple[LoadDriver, LoadResult]:
     """Send predictions through a real LoadDriver until the server saw ``posts`` of them (or 10 s); its result."""
-    driver = LoadDriver(url_of(router), "m", [[0.0, 1.0]], rps=200, concurrency=2, max_seconds=5)
+    driver = LoadDriver(url_of(router), "m", [[0.0, 1.0]], rps=200, concurrency=2, max_seconds=5, headers=headers)
     driver.start()
     deadline = time.monotonic() + 10
     while router.posts < posts and time.monotonic() < deadline:  # type: ignore[attr-defined]
@@ -320,6 +325,14 @@ def test_load_driver_counts_failures_it_saw_through_a_real_server() -> None:
     assert m.driver_statuses == {"200": seen.statuses[200], "503": seen.statuses[503]}
 
 
+def test_load_driver_sends_the_api_key_of_the_settings() -> None:
+    settings = Settings(api_key="k" * 20, home=Path("/nonexistent"))
+    assert Settings(home=Path("/nonexistent")).prediction_headers() == {}  # no key: no header
+    with slot_server() as router:
+        _, seen = drive(router, posts=10, headers=settings.prediction_headers())
+    assert seen.total >= 10 and router.auth == {"Bearer " + "k" * 20}  # type: ignore[attr-defined]
+
+
 def test_client_errors_are_read_apart_from_429() -> None:
     page = server_metrics(80, 5, 0.003, {"a": 80}, client={"422": 10, "400": 3, "429": 50})
     snap_ = parse_metrics(page)
@@ -382,5 +395,24 @@ def test_driven_requests_that_get_a_client_error_are_counted_apart() -> None:
         _, seen = drive(router)
     assert seen.statuses[422] == pytest.approx(seen.total / 4, abs=2)
     assert seen.rejected == seen.statuses[422] and seen.failed == 0
-    m = measure(snap(100), snap(300), 25, params(), seen)  # judged on the slots' own 4xx, against stable's
-    assert m.verdict == "passed" and m.driver_statuses["422"] == seen.statuses[422]
+    m = measure(snap(100), snap(300), 25, params(), seen)  # the canary rejects no more than stable: not its fault,
+    assert m.driver_statuses["422"] == seen.statuses[422] == m.driver_rejected  # but a quarter of the evidence
+    assert m.verdict == "inconclusive" and "were rejected" in m.reasons[0], m.reasons  # is refusals: no pass
+    few = LoadResult(statuses=Tally({200: 199, 422: 1}))  # within max_error_rate: still judged
+    assert measure(snap(100), snap(300), 25, params(), few).verdict == "passed"
+
+
+def test_load_rejected_by_both_slots_is_no_evidence() -> None:
+    # servers that want an API key the analysis does not send: both slots answer its rows 401
+    refused = LoadResult(Tally({401: 95, 200: 5}))
+    canary = parse_metrics(server_metrics(5, 0, 0.003, {"a": 5}, client={"401": 45}))
+    stable = parse_metrics(server_metrics(5, 0, 0.003, {"a": 5}, client={"401": 50}))
+    m = measure(canary, stable, 50, params(), refused)
+    assert m.verdict == "inconclusive" and m.driver_rejected == 95, m.reasons
+    assert "95 of the analysis' 100 requests were rejected" in m.reasons[0] and "MLRELEASE_API_KEY" in m.reasons[0]
+    # rejected by the canary only (a changed input contract): that is the canary's failure, not missing data
+    contract = LoadResult(Tally({422: 50, 200: 50}))
+    wide = parse_metrics(server_metrics(0, 0, 0.003, {}, client={"422": 50}))
+    ok_stable = parse_metrics(server_metrics(50, 0, 0.003, {"a": 50}))
+    failed = measure(wide, ok_stable, 50, params(), contract)
+    assert failed.verdict == "failed" and failed.reasons[0].startswith("client errors (4xx)"), failed.reasons
