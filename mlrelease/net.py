@@ -16,6 +16,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def safe_for_secrets(url: str) -> bool:
+    """Whether a credential may be sent to ``url``: over https, or over plain http to a loopback address only."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if parts.scheme != "http" or not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 20, group: bool = False) -> int | None:
     """SIGTERM (a server drains its in-flight requests), then SIGKILL if it is still running after ``timeout``.
 

@@ -23,6 +23,10 @@ def check_secret(name: str, value: SecretStr | None) -> SecretStr | None:
     if value is None:
         return None
     raw = value.get_secret_value()
+    if any(c.isspace() or not c.isprintable() for c in raw):
+        # a trailing newline from a secret file: HTTP clients refuse the header and quote it, key included, in
+        # their error, which would reach logs and the audit trail
+        raise ValueError(f"{name} contains whitespace or control characters (a trailing newline?); strip it")
     if raw.strip().lower() in PLACEHOLDER_SECRETS or len(raw) < MIN_SECRET_LENGTH:
         raise ValueError(
             f"{name} is a placeholder or shorter than {MIN_SECRET_LENGTH} characters; "

@@ -199,6 +199,7 @@ class Measurement:
     driver_error_rate: float | None = None
     driver_statuses: dict[str, int] = field(default_factory=dict)  # status code ("0" = no answer) -> count
     driver_rejected: int | None = None  # 4xx but 429 among them: valid rows, so never the analysis' evidence
+    driver_judged: int | None = None  # driven requests that got an answer other than 429 (the base of that share)
     canary_client_error_rate: float | None = None  # 4xx but 429, share of the judged requests (429 aside)
     stable_client_error_rate: float | None = None
     canary_judged: float = 0.0  # the bases of those shares
@@ -277,6 +278,7 @@ def _observe(
         m.driver_requests, m.driver_failed, m.driver_error_rate = load.total, load.failed, load.error_rate
         m.driver_statuses = {str(code): n for code, n in sorted(load.statuses.items())}
         m.driver_rejected = load.rejected
+        m.driver_judged = load.total - load.statuses.get(0, 0) - load.statuses.get(429, 0)
     return m
 
 
@@ -306,17 +308,18 @@ def _missing_data(m: Measurement, params: CanaryParams) -> list[str]:
 
 
 def _rejected_load(m: Measurement, params: CanaryParams) -> list[str]:
-    """The analysis' own valid requests refused by stable as much as by the canary (a 401 when the servers want
-    an API key the analysis does not send): the slots' metrics then count refusals, not predictions."""
-    if not m.driver_requests or not m.driver_rejected:
+    """The analysis' own valid requests refused, and the canary refusing no more of them than stable (a 401 when
+    the servers want an API key the analysis does not send): the slots' metrics then count refusals, not
+    predictions. 429s and requests without an answer are left out of the base."""
+    if not m.driver_judged or not m.driver_rejected:
         return []
-    share = m.driver_rejected / m.driver_requests
-    if share <= params.max_error_rate:
+    if m.driver_rejected / m.driver_judged <= params.max_error_rate:
         return []
     return [
-        f"{m.driver_rejected} of the analysis' {m.driver_requests} requests were rejected (statuses "
-        f"{m.driver_statuses}) by stable as much as by the canary: no evidence either way. Check the API key "
-        "the analysis sends (MLRELEASE_API_KEY) and the stable version's input contract"
+        f"{m.driver_rejected} of the analysis' {m.driver_judged} answered requests were rejected (statuses "
+        f"{m.driver_statuses}) and the canary rejects no more of them than stable: no evidence either way. Check "
+        "the API key the analysis sends (MLRELEASE_API_KEY) against the slots' and the stable version's input "
+        "contract"
     ]
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlrelease.net import safe_for_secrets
+
 log = logging.getLogger(__name__)
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -171,6 +173,9 @@ def run_loadtest(
     if not test_csv.is_file():
         raise LoadtestError(f"{test_csv}: test split not found (run the prepare stage first)")
     ready = wait_ready(url, params.ready_timeout_s)
+    if headers and not safe_for_secrets(url):
+        log.warning("loadtest: %s is neither https nor loopback; sending it no credentials", url)
+        headers = None
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_html.parent.mkdir(parents=True, exist_ok=True)
     env = {

@@ -409,7 +409,11 @@ def test_load_rejected_by_both_slots_is_no_evidence() -> None:
     stable = parse_metrics(server_metrics(5, 0, 0.003, {"a": 5}, client={"401": 50}))
     m = measure(canary, stable, 50, params(), refused)
     assert m.verdict == "inconclusive" and m.driver_rejected == 95, m.reasons
-    assert "95 of the analysis' 100 requests were rejected" in m.reasons[0] and "MLRELEASE_API_KEY" in m.reasons[0]
+    assert "95 of the analysis' 100 answered requests were rejected" in m.reasons[0], m.reasons
+    assert "MLRELEASE_API_KEY" in m.reasons[0]
+    # 429s and no-answers are not in the base: 2 rejected of 100 judged is over 1%, whatever the 429s
+    limited = measure(snap(100), snap(300), 50, params(), LoadResult(Tally({200: 98, 422: 2, 429: 300, 0: 1})))
+    assert limited.verdict == "inconclusive" and limited.driver_judged == 100, limited.reasons
     # rejected by the canary only (a changed input contract): that is the canary's failure, not missing data
     contract = LoadResult(Tally({422: 50, 200: 50}))
     wide = parse_metrics(server_metrics(0, 0, 0.003, {}, client={"422": 50}))

@@ -57,3 +57,20 @@ def test_secrets_are_read_from_bearer_or_api_key_header() -> None:
     assert presented_secret(headers[::-1], allow_api_key_header=True) == b"k1"
     assert presented_secret(headers, allow_api_key_header=False) == b"k2"
     assert secret_matches(b"k2", b"k2") and not secret_matches(b"k3", b"k2") and not secret_matches(None, b"k2")
+
+
+def test_secrets_with_whitespace_or_placeholders_are_refused() -> None:
+    import pytest
+    from pydantic import SecretStr, ValidationError
+
+    from mlrelease.settings import Settings, check_secret
+
+    good = "k3y-" + "0123456789abcdefXYZ"
+    assert check_secret("api_key", SecretStr(good)) == SecretStr(good)
+    for bad, why in [(good + "\n", "whitespace"), (" " + good, "whitespace"), (good + "\x00", "control"),
+                     ("changeme", "placeholder"), ("short", "placeholder")]:
+        with pytest.raises(ValueError, match=why):
+            check_secret("api_key", SecretStr(bad))
+    with pytest.raises(ValidationError, match="whitespace"):
+        Settings(api_key=good + "\n")
+    assert Settings(api_key=good).prediction_headers() == {"Authorization": f"Bearer {good}"}
