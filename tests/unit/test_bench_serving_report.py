@@ -35,6 +35,9 @@ def test_targets_pass_and_fail_on_the_measured_values() -> None:
     assert "saturated there): ours at 80%" in table  # 4,000 of a 4,800 req/s target
     assert "| ours | 6,000 |" in table and "4,000 / 4,800" in table
     assert "target p99_ms_at_80 <= 10: 12.00 -> FAIL" in table
+    assert "| 0.167 | 450 |" in table  # no paced CPU measured (an older report): the peak's alone
+    servers["mlrelease"]["at_80"]["cpu_ms_per_request"] = 0.25  # 1.5x the peak's 0.1667 ms
+    assert "| 0.167 / 0.250 (1.50x) | 450 |" in markdown({"servers": servers, **summary, "setup": "s"})
 
 
 def test_without_mlflow_there_is_no_speedup_verdict() -> None:
