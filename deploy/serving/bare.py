@@ -3,12 +3,15 @@
 It does the same HTTP work as the model server (read the body, parse it with orjson, answer a JSON body of the
 same shape) and nothing else. ``python -m deploy.serving.bare --port P`` runs it as an ASGI app (the ceiling
 the serving issue names); ``--fast`` answers through the same protocol fast path as the model server
-(deploy/serving/fastpath.py), the like-for-like ceiling for that server's prediction route.
+(deploy/serving/fastpath.py), the like-for-like ceiling for that server's prediction route; ``--plain`` answers
+from a bare asyncio protocol over httptools, with no HTTP framework at all: the floor of Python HTTP on this
+machine, which shows what the core allows a server whose requests cost little.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -60,6 +63,46 @@ async def app(
     await send({"type": "http.response.body", "body": _ANSWER})
 
 
+def plain_protocol() -> type[asyncio.Protocol]:
+    """An HTTP/1.1 keep-alive protocol over httptools that parses each body and answers the fixed prediction."""
+    import httptools
+
+    response = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(_ANSWER),
+        _ANSWER,
+    )
+
+    class PlainProtocol(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport  # type: ignore[assignment]
+            self.parser = httptools.HttpRequestParser(self)
+            self.body: list[bytes] = []
+
+        def data_received(self, data: bytes) -> None:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                self.transport.close()
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            orjson.loads(b"".join(self.body) or b"{}")
+            self.body = []
+            self.transport.write(response)  # type: ignore[attr-defined]
+            if not self.parser.should_keep_alive():
+                self.transport.close()
+
+    return PlainProtocol
+
+
+async def _serve_plain(port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(plain_protocol(), "127.0.0.1", port, backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+
 def main() -> None:
     import uvicorn
 
@@ -69,7 +112,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m deploy.serving.bare")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--fast", action="store_true", help="answer through the protocol fast path")
+    parser.add_argument("--plain", action="store_true", help="answer from a bare asyncio protocol (no framework)")
     args = parser.parse_args()
+    if args.plain:
+        import uvloop
+
+        uvloop.run(_serve_plain(args.port))
+        return
     uvicorn.run(
         app,
         host="127.0.0.1",

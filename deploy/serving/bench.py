@@ -5,9 +5,11 @@ median of interleaved rounds), then p50/p99 at 50% and 80% of its own peak (wrk 
 point whose achieved rate falls more than 3% short of its target is marked saturated), CPU seconds per request
 (at the peak and at each paced point) and resident memory of the server's process tree. Two ceilings answer the
 same request without a model: the bare ASGI app the serving issue names, and the same app behind the protocol fast
-path our server uses for predictions (the like-for-like ceiling). The servers' core is probed for steadiness
-(deploy/serving/steadiness.py) just before and after the latency points, so a missed p99 target can be read
-against the machine it was measured on. Writes reports/bench_serving.json and a markdown table next to it.
+path our server uses for predictions (the like-for-like ceiling); a third, a bare asyncio protocol with no
+framework, shows what the core allows a server whose requests cost little (a missed p99 verdict names the
+model-less servers that met it in the same run). The servers' core is probed for steadiness
+(deploy/serving/steadiness.py) just before and after the latency points, as a measure of the machine's noise.
+Writes reports/bench_serving.json and a markdown table next to it.
 """
 
 from __future__ import annotations
@@ -358,6 +360,15 @@ def candidates(model_dir: Path, work: Path, skip_mlflow: bool) -> list[Candidate
             "/",
         ),
         Candidate(
+            "bare_plain",
+            "bare asyncio protocol, no framework (no model)",
+            f"/v1/models/{name}:predict",
+            v1,
+            lambda p: [py, "-m", "deploy.serving.bare", "--plain", "--port", str(p)],
+            base_env(),
+            "/",
+        ),
+        Candidate(
             "mlrelease",
             "mlrelease server",
             f"/v1/models/{name}:predict",
@@ -401,7 +412,8 @@ def candidates(model_dir: Path, work: Path, skip_mlflow: bool) -> list[Candidate
 
 
 def summarize(results: dict[str, dict[str, Any]], steadiness: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Ratios and pass/fail against the targets; the p99 verdict says when the core itself was unsteady."""
+    """Ratios and pass/fail against the targets; the p99 verdict names the model-less servers that met it on the
+    same core in the same run, and whether the steadiness probe found the core unsteady."""
     ours = results["mlrelease"]
     ratios: dict[str, float] = {"of_bare_asgi_ceiling": ours["peak_rps"] / results["bare_asgi"]["peak_rps"]}
     if "bare_fast" in results:
@@ -423,6 +435,7 @@ def summarize(results: dict[str, dict[str, Any]], steadiness: dict[str, Any] | N
         }
         for key, (value, limit, op) in checks.items()
     }
+    targets["p99_ms_at_80"]["met_on_this_core_by"] = met_by_ceilings(results)
     if not steadiness:
         return {"ratios": ratios, "targets": targets}
     probes = [probe for probe in steadiness.values() if "error" not in probe]
@@ -430,6 +443,14 @@ def summarize(results: dict[str, dict[str, Any]], steadiness: dict[str, Any] | N
         behind = max(probe["ideal_server_at_load"]["80%"]["share_of_windows_behind"] for probe in probes)
         targets["p99_ms_at_80"]["core_unsteady"] = behind > UNSTEADY_SHARE
     return {"ratios": ratios, "targets": targets, "steadiness": steadiness}
+
+
+def met_by_ceilings(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The servers without a model whose own p99 at 80% of their peak met the target in this run: the same core
+    allowed it, so a miss of ours is the server's, whatever the steadiness probe says."""
+    limit = TARGETS["max_p99_ms_at_80"]
+    bare = [item for key, item in results.items() if key.startswith("bare")]
+    return [item["label"] for item in bare if item["at_80"]["p99_ms"] <= limit]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -456,9 +477,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- {key}: {value:.2f}")
     for key, check in report["targets"].items():
         verdict = "PASS" if check["pass"] else "FAIL"
-        if not check["pass"] and check.get("core_unsteady"):
-            limit = TARGETS["max_p99_ms_at_80"]
-            verdict += f" (the servers' core was unsteady, below: at 80% load no server meets {limit:g} ms there)"
+        if not check["pass"] and check.get("met_on_this_core_by"):
+            verdict += f" (met on the same core by: {', '.join(check['met_on_this_core_by'])})"
+        elif not check["pass"] and check.get("core_unsteady"):
+            verdict += " (the servers' core was unsteady: see the probe below)"
         lines.append(f"- target {key} {check['target']}: {check['value']:.2f} -> {verdict}")
     for when, probe in report.get("steadiness", {}).items():
         said = f"probe failed: {probe['error']}" if "error" in probe else describe(probe)

@@ -5,12 +5,17 @@ milliseconds. On a shared or nested virtual machine it may not: the core can run
 milliseconds. A server loaded to 80% of its peak (its average speed) falls behind in every window where the core
 delivers less than 0.8 of its average work, and requests that arrive then wait for the backlog to drain. The
 probe replays its trace through an ideal server (a fluid queue) and reports how often that server would be more
-than the p99 target behind: when that happens in more than 1% of the windows, about 1% of requests arriving at
-80% load wait longer than the target whatever the server, so no server meets it on that core at that time.
+than the p99 target behind.
 
-The benchmark runs this probe on the servers' core and prints it next to the latency points, so a missed p99
-target can be read against the machine it was measured on. ``python -m deploy.serving.steadiness`` prints the
-summary as JSON.
+That figure is an upper bound on what the core costs a server, not proof that none can meet the target: the
+fluid queue takes arrivals open-loop, while the benchmark's wrk has 64 connections (at most 64 requests queue
+behind a stall), and a probe that never sleeps may be descheduled by the host more than a server that idles
+between requests. On this machine a bare asyncio protocol met p99 < 10 ms at ~80% CPU while the probe said an
+ideal server would be behind in 16-27% of windows; so the benchmark names the model-less servers that met the
+target in the same run next to a missed verdict, and the probe only says how noisy the core was.
+
+The benchmark runs this probe on the servers' core and prints it next to the latency points.
+``python -m deploy.serving.steadiness`` prints the summary as JSON.
 """
 
 from __future__ import annotations

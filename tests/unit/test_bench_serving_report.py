@@ -49,24 +49,31 @@ def test_without_mlflow_there_is_no_speedup_verdict() -> None:
     )
 
 
-def test_an_unsteady_core_is_named_next_to_a_failed_p99_verdict_only() -> None:
-    servers = {"bare_asgi": _server("bare", 10_000, 5.0, 8_000), "mlrelease": _server("ours", 6_000, 12.0, 4_800)}
+def test_a_failed_p99_names_the_ceilings_that_met_it_on_the_same_core_else_an_unsteady_core() -> None:
+    slow_ceiling = {"bare_asgi": _server("bare", 10_000, 15.0, 8_000), "mlrelease": _server("ours", 6_000, 12.0, 4_800)}
     steady = summarise([100] * 1000)
     unsteady = summarise(([100] * 40 + [10] * 10) * 20)  # runs of 100 ms at a tenth of the speed
-    calm = summarize(servers, {"before_latency_points": steady, "after_latency_points": steady})
+    calm = summarize(slow_ceiling, {"before_latency_points": steady, "after_latency_points": steady})
     assert calm["targets"]["p99_ms_at_80"]["core_unsteady"] is False
-    rough = summarize(servers, {"before_latency_points": steady, "after_latency_points": unsteady})
-    assert rough["targets"]["p99_ms_at_80"] == {"value": 12.0, "target": "<= 10", "pass": False, "core_unsteady": True}
-    table = markdown({"servers": servers, **rough, "setup": ""})
-    assert "12.00 -> FAIL (the servers' core was unsteady, below: at 80% load no server meets 10 ms there)" in table
+    rough = summarize(slow_ceiling, {"before_latency_points": steady, "after_latency_points": unsteady})
+    assert rough["targets"]["p99_ms_at_80"] == {
+        "value": 12.0, "target": "<= 10", "pass": False, "core_unsteady": True, "met_on_this_core_by": []
+    }
+    table = markdown({"servers": slow_ceiling, **rough, "setup": ""})
+    assert "12.00 -> FAIL (the servers' core was unsteady: see the probe below)" in table
     assert "core (CPU 0), after latency points: an ideal server at 80% load would have been over 10 ms behind" in table
+    # a model-less server met it in the same run: the miss is the server's, whatever the probe says
+    servers = {**slow_ceiling, "bare_plain": _server("plain", 50_000, 4.0, 40_000)}
+    ours = summarize(servers, {"before_latency_points": unsteady})
+    assert ours["targets"]["p99_ms_at_80"]["met_on_this_core_by"] == ["plain"]
+    assert "12.00 -> FAIL (met on the same core by: plain)\n" in markdown({"servers": servers, **ours, "setup": ""})
     fast = {**servers, "mlrelease": _server("ours", 6_000, 8.0, 4_800)}
     passed = summarize(fast, {"before_latency_points": unsteady})
     assert "8.00 -> PASS\n" in markdown({"servers": fast, **passed, "setup": ""})  # never an excuse on a pass
 
 
 def test_a_failed_probe_is_reported_and_costs_nothing_else() -> None:
-    servers = {"bare_asgi": _server("bare", 10_000, 5.0, 8_000), "mlrelease": _server("ours", 6_000, 12.0, 4_800)}
+    servers = {"bare_asgi": _server("bare", 10_000, 15.0, 8_000), "mlrelease": _server("ours", 6_000, 12.0, 4_800)}
     summary = summarize(servers, {"before_latency_points": {"error": "taskset: failed"}})
     assert "core_unsteady" not in summary["targets"]["p99_ms_at_80"]
     table = markdown({"servers": servers, **summary, "setup": ""})

@@ -1,0 +1,72 @@
+"""The serving benchmark's model-less reference servers answer the same request alike, over real loopback sockets.
+
+Their figures are only worth comparing if each does the same HTTP work: parse the request and its JSON body,
+answer the same prediction body, keep the connection alive.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import orjson
+import pytest
+
+from mlrelease.net import free_port, stop_process
+
+pytestmark = [pytest.mark.integration]
+MODES = {"asgi": [], "fast": ["--fast"], "plain": ["--plain"]}
+BODY = {"instances": [[1.0, 2.0, 3.0]]}
+
+
+@pytest.fixture(scope="module")
+def bare_servers() -> Iterator[dict[str, str]]:
+    started: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    try:
+        for mode, flags in MODES.items():
+            port = free_port()
+            command = [sys.executable, "-m", "deploy.serving.bare", *flags, "--port", str(port)]
+            started[mode] = (subprocess.Popen(command), f"http://127.0.0.1:{port}")
+        for process, url in started.values():
+            _wait_listening(process, url)
+        yield {mode: url for mode, (_, url) in started.items()}
+    finally:
+        for process, _ in started.values():
+            stop_process(process, timeout=5)
+
+
+def _wait_listening(process: subprocess.Popen[bytes], url: str) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{url}: the server exited"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{url}: nothing listens")
+
+
+def test_every_bare_server_answers_the_same_prediction_on_one_connection(bare_servers: dict[str, str]) -> None:
+    answers = {}
+    for mode, url in bare_servers.items():
+        with httpx.Client(base_url=url, timeout=5) as client:
+            first = client.post("/v1/models/m:predict", json=BODY)
+            second = client.post("/v1/models/m:predict", json=BODY)  # same connection, kept alive
+        assert first.status_code == second.status_code == 200, (mode, first.text)
+        assert first.headers["content-type"] == "application/json", mode
+        answers[mode] = orjson.loads(second.content)
+    assert answers["plain"] == answers["fast"] == answers["asgi"]
+    assert answers["plain"]["predictions"][0]["class"] == "benign"
+
+
+def test_the_plain_protocol_closes_a_connection_that_is_not_http(bare_servers: dict[str, str]) -> None:
+    port = int(bare_servers["plain"].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        assert sock.recv(100) == b""  # closed, no answer
