@@ -36,6 +36,7 @@ from mlrelease.net import free_port, stop_process
 log = logging.getLogger("deploy.serving.bench")
 
 CONNECTIONS = 64
+GENERATOR_BOUND_BUSY = 0.9  # a server using less of its core than this at its "peak" was waiting for wrk
 SATURATED_SHORTFALL = 0.03  # a paced point that achieves less than 97% of its target rate ran saturated
 STEADINESS_SECONDS = 3.0  # the core probe's run, before and after the latency points
 UNSTEADY_SHARE = 0.01  # an ideal server at 80% load would be past the p99 target after more windows than this
@@ -473,6 +474,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("")
     if saturated:
         lines.append(f"- paced points over 3% short of their target rate (saturated there): {', '.join(saturated)}")
+    for item in report["servers"].values():
+        busy = item["peak_rps"] * item["cpu_ms_per_request"] / 1000  # share of its one core the server used
+        if busy < GENERATOR_BOUND_BUSY:
+            lines.append(f"- {item['label']}: busy {busy:.0%} of its core at its peak: wrk, not the server, set it")
     for key, value in report["ratios"].items():
         lines.append(f"- {key}: {value:.2f}")
     for key, check in report["targets"].items():

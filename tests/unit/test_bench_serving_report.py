@@ -36,6 +36,11 @@ def test_targets_pass_and_fail_on_the_measured_values() -> None:
     assert "| ours | 6,000 |" in table and "4,000 / 4,800" in table
     assert "target p99_ms_at_80 <= 10: 12.00 -> FAIL" in table
     assert "| 0.167 | 450 |" in table  # no paced CPU measured (an older report): the peak's alone
+    assert "set it" not in table  # every server here used its whole core at its peak (1000 / peak ms per request)
+    servers["bare_fast"]["cpu_ms_per_request"] = 0.03  # 60% of the core at 20,000 req/s
+    assert "- bare fast: busy 60% of its core at its peak: wrk, not the server, set it" in markdown(
+        {"servers": servers, **summary, "setup": "s"}
+    )
     servers["mlrelease"]["at_80"]["cpu_ms_per_request"] = 0.25  # 1.5x the peak's 0.1667 ms
     assert "| 0.167 / 0.250 (1.50x) | 450 |" in markdown({"servers": servers, **summary, "setup": "s"})
 
