@@ -23,3 +23,7 @@ def test_manifests_validate_and_keep_canary_at_zero() -> None:
     weights = [d["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"]
                for d in docs if d["kind"] == "Ingress" and d["metadata"].get("annotations")]
     assert weights == ["0"]
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):  # both slots take the same optional key
+        env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        ref = env["MLRELEASE_API_KEY"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "mlrelease-serving", "key": "api-key", "optional": True}, deployment["metadata"]
