@@ -7,10 +7,10 @@ often than ``max_error_rate``. Besides 5xx, the canary's client errors (4xx but 
 both slots get the same traffic, so a canary that rejects requests stable accepts (a changed input contract)
 fails, while clients' own mistakes, which hit both alike, do not. A measurement is ``inconclusive`` when a slot
 served fewer than ``min_requests`` predictions, the stable slot does not answer, or the analysis' own valid
-requests were refused by stable as much as by the canary (a 401 for a missing API key: the slots then count
-refusals, not predictions). No data is never a pass (flagger#1098). The analysis fails once failed measurements
-exceed ``failure_limit`` or inconclusive ones exceed ``inconclusive_limit`` (Argo's ``failureLimit``/
-``inconclusiveLimit``).
+requests were refused while the canary refuses no more of them than stable (a 401 for a missing API key: the
+slots then count refusals, not predictions). No data is never a pass (flagger#1098). The analysis fails once
+failed measurements exceed ``failure_limit`` or inconclusive ones exceed ``inconclusive_limit`` (Argo's
+``failureLimit``/``inconclusiveLimit``).
 """
 
 from __future__ import annotations
@@ -236,8 +236,8 @@ def measure(
     load: LoadResult | None = None,
 ) -> Measurement:
     """Judge one interval: failed when the canary did not answer, the driven load failed or a check is over;
-    inconclusive without enough data, without a stable to compare with, or when the driven load was rejected
-    by both slots alike; passed otherwise."""
+    inconclusive without enough data, without a stable to compare with, or when the driven load was refused and
+    no check blames the canary for it; passed otherwise."""
     m = _observe(canary, stable, weight, load)
     failed = _hard_failures(m, params)
     missing = _missing_data(m, params)
@@ -278,7 +278,7 @@ def _observe(
         m.driver_requests, m.driver_failed, m.driver_error_rate = load.total, load.failed, load.error_rate
         m.driver_statuses = {str(code): n for code, n in sorted(load.statuses.items())}
         m.driver_rejected = load.rejected
-        m.driver_judged = load.total - load.statuses.get(0, 0) - load.statuses.get(429, 0)
+        m.driver_judged = load.judged
     return m
 
 

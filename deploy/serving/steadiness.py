@@ -10,9 +10,9 @@ than the p99 target behind.
 That figure is an upper bound on what the core costs a server, not proof that none can meet the target: the
 fluid queue takes arrivals open-loop, while the benchmark's wrk has 64 connections (at most 64 requests queue
 behind a stall), and a probe that never sleeps may be descheduled by the host more than a server that idles
-between requests. On this machine a bare asyncio protocol met p99 < 10 ms at ~80% CPU while the probe said an
-ideal server would be behind in 16-27% of windows; so the benchmark names the model-less servers that met the
-target in the same run next to a missed verdict, and the probe only says how noisy the core was.
+between requests. In the benchmark's own runs a bare asyncio protocol met the p99 target at 80% of its peak on
+cores this probe called unsteady; so the benchmark names the model-less servers that met the target in the same
+run next to a missed verdict, and the probe only says how noisy the core was.
 
 The benchmark runs this probe on the servers' core and prints it next to the latency points.
 ``python -m deploy.serving.steadiness`` prints the summary as JSON.
@@ -50,7 +50,7 @@ def backlog_ms(counts: list[int], load: float, window_ms: float) -> list[float]:
     """An ideal server's backlog after each window, in ms of work at the average speed (a fluid queue).
 
     Work arrives at ``load`` x the average rate and the server does what the core gave it in each window; what is
-    left over waits. A request arriving with the backlog at B ms waits about B ms, whatever the server's code.
+    left over waits. In this model a request arriving with the backlog at B ms waits about B ms.
     """
     mean = sum(counts) / len(counts)
     backlog, out = 0.0, []

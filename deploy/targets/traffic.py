@@ -54,12 +54,18 @@ class LoadResult:
 
     @property
     def failed(self) -> int:
+        """No answer or a 5xx: the server's failure whatever the request."""
         return sum(n for code, n in self.statuses.items() if code == 0 or code >= 500)
 
     @property
     def rejected(self) -> int:
         """4xx but 429: the driver sends valid rows only, so for its requests a client error is the server's."""
         return sum(n for code, n in self.statuses.items() if 400 <= code < 500 and code != 429)
+
+    @property
+    def judged(self) -> int:
+        """Requests that got an answer other than 429: the base of ``rejected``'s share."""
+        return self.total - self.statuses.get(0, 0) - self.statuses.get(429, 0)
 
     @property
     def error_rate(self) -> float | None:
