@@ -133,21 +133,38 @@ def _peer(scope: Scope) -> str | None:
 
 
 class Batched:
-    """A fast-path prediction waiting for its micro-batch; ``finish()`` builds the answer (or the error)."""
+    """A fast-path prediction waiting for its micro-batch (a batcher Sink); ``finish()`` builds the answer."""
 
-    __slots__ = ("api", "future", "request_id", "serving")
+    __slots__ = ("api", "outcome", "ready", "request_id", "serving")
 
-    def __init__(self, api: Api, serving: Serving, future: asyncio.Future[np.ndarray], request_id: str | None) -> None:
+    def __init__(self, api: Api, serving: Serving, request_id: str | None) -> None:
         self.api = api
         self.serving = serving
-        self.future = future
         self.request_id = request_id
+        self.outcome: np.ndarray | BaseException | None = None
+        self.ready: Callable[[], None] | None = None
+
+    def attach(self, ready: Callable[[], None]) -> None:
+        """Run ``ready`` once the outcome is in (on the next loop step if it already is: never inside the parser)."""
+        self.ready = ready
+        if self.outcome is not None:
+            asyncio.get_running_loop().call_soon(ready)
+
+    def deliver(self, outcome: np.ndarray | BaseException) -> None:
+        self.outcome = outcome
+        if self.ready is not None:
+            self.ready()
 
     def finish(self) -> Response:
         serving = self.serving
         serving.leave()
+        outcome = self.outcome
         try:
-            return 200, self.api.answer(serving.model, self.future.result(), self.request_id), JSON
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome is None:
+                raise RuntimeError("finish() before the batch delivered")
+            return 200, self.api.answer(serving.model, outcome, self.request_id), JSON
         except Exception:
             log.exception("internal error on POST %s", self.api.label)
             return INTERNAL_ERROR
@@ -336,7 +353,9 @@ class ModelServer:
         try:
             check_content_type(headers)
             rows, request_id = api.parse(body, serving.names, self.settings.max_batch_size)
-            return Batched(api, serving, serving.batcher.submit(rows), request_id)
+            pending = Batched(api, serving, request_id)
+            serving.batcher.enqueue(rows, pending)
+            return pending
         except ClientError as exc:
             serving.leave()
             return error_response(exc)
@@ -428,6 +447,7 @@ class ModelServer:
             expected_sha256=bundle.expected_sha256,
             max_batch=self.settings.max_batch_size,
             source=source.describe(),
+            runtime=self.settings.runtime,
         )
 
     async def reload(self, source: ModelSource | None = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import numpy as np
 
@@ -19,6 +20,15 @@ log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]
 Outcome = np.ndarray | BaseException
+
+
+class Sink(Protocol):
+    """Takes a request's outcome the moment its batch completes (no future, no extra loop step)."""
+
+    def deliver(self, outcome: Outcome) -> None: ...
+
+
+Waiter = asyncio.Future[np.ndarray] | Sink
 
 
 def run_batch(predict: Predict, parts: list[np.ndarray]) -> list[Outcome]:
@@ -51,8 +61,16 @@ def _run_one(predict: Predict, part: np.ndarray) -> Outcome:
         return exc
 
 
+def _deliver(sink: Sink, outcome: Outcome) -> None:
+    """Hand one outcome over; a failing sink is logged and cannot keep the rest of the batch from theirs."""
+    try:
+        sink.deliver(outcome)
+    except Exception:
+        log.exception("delivering a batch result failed")
+
+
 class MicroBatcher:
-    """Queue of (rows, future); one batch in flight at a time, on a dedicated thread.
+    """Queue of (rows, future or Sink); one batch in flight at a time, on a dedicated thread.
 
     ``inline=True`` runs each coalesced batch on the event loop instead (one loop iteration later, so requests
     that arrived together still share a call): for models whose largest batch takes well under a millisecond,
@@ -71,7 +89,7 @@ class MicroBatcher:
         self.inline = inline
         self._max_rows = max_rows
         self._on_batch = on_batch
-        self._pending: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+        self._pending: list[tuple[np.ndarray, Waiter]] = []
         self._running = False
         self._closed = False
         self._idle: asyncio.Event | None = None
@@ -83,16 +101,19 @@ class MicroBatcher:
 
     def submit(self, rows: np.ndarray) -> asyncio.Future[np.ndarray]:
         """Queue ``rows`` for the next batch; the future resolves to their probabilities (no task needed)."""
-        if self._closed:
-            raise RuntimeError("batcher is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._pending.append((rows, future))
-        if not self._running:
-            self._dispatch(loop)
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self.enqueue(rows, future)
         return future
 
-    def _take(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
+    def enqueue(self, rows: np.ndarray, waiter: Waiter) -> None:
+        """Queue ``rows`` for the next batch; a Sink gets its outcome called straight from the batch's completion."""
+        if self._closed:
+            raise RuntimeError("batcher is closed")
+        self._pending.append((rows, waiter))
+        if not self._running:
+            self._dispatch(asyncio.get_running_loop())
+
+    def _take(self) -> list[tuple[np.ndarray, Waiter]]:
         """The oldest requests up to max_rows (always at least one)."""
         total, count = 0, 0
         for rows, _ in self._pending:
@@ -127,7 +148,7 @@ class MicroBatcher:
     def _finish(
         self,
         loop: asyncio.AbstractEventLoop,
-        taken: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]],
+        taken: list[tuple[np.ndarray, Waiter]],
         done: asyncio.Future[list[Outcome]],
     ) -> None:
         error = done.exception()
@@ -136,19 +157,23 @@ class MicroBatcher:
     def _complete(
         self,
         loop: asyncio.AbstractEventLoop,
-        taken: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]],
+        taken: list[tuple[np.ndarray, Waiter]],
         outcomes: list[Outcome],
     ) -> None:
         self._running = False
-        for (_, future), outcome in zip(taken, outcomes, strict=True):
-            if future.done():
+        for (_, waiter), outcome in zip(taken, outcomes, strict=True):
+            if not isinstance(waiter, asyncio.Future):
+                _deliver(waiter, outcome)
+            elif waiter.done():
                 continue
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
+            elif isinstance(outcome, BaseException):
+                waiter.set_exception(outcome)
             else:
-                future.set_result(outcome)
+                waiter.set_result(outcome)
         if self._on_batch is not None:
             self._on_batch(sum(len(rows) for rows, _ in taken), len(taken))
+        if self._running:
+            return  # a delivery queued new work and dispatched it already
         if self._pending:
             self._dispatch(loop)
         elif self._idle is not None:

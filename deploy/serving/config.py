@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -25,6 +26,11 @@ class ServingSettings(Settings):
     graceful_timeout_s: float = Field(10.0, gt=0, le=300)
     inline_max_batch_ms: float = Field(
         0.5, ge=0, description="run batches on the event loop when the largest one warms up faster; 0 = never"
+    )
+    runtime: Literal["auto", "torchscript"] = Field(
+        "auto",
+        description="auto: answer through the numpy lowering of the loaded TorchScript graph when it covers the "
+        "graph and matches TorchScript's outputs (deploy/serving/lowering.py); torchscript: always run the module",
     )
     fast_path: bool = Field(
         True, description="answer plain prediction requests in the HTTP protocol, without an ASGI task (fastpath.py)"

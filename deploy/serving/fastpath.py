@@ -14,7 +14,6 @@ same checks, the same errors and the same answers (tests/integration/test_servin
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import Any, ClassVar, Protocol
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-from deploy.serving.transport import CombiningHttpToolsProtocol
+from deploy.serving.transport import CombiningHttpToolsProtocol, CombiningTransport
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +36,11 @@ INTERNAL_ERROR: Response = (
 
 
 class Pending(Protocol):
-    """An answer that is computed later: ``finish()`` builds it once ``future`` is done."""
+    """An answer that is computed later: ``attach`` names the callback to run when it is ready, ``finish()``
+    then builds it. The callback runs straight from the batch's completion, so the answer leaves in the same
+    loop step as the batch (a future's done-callback would wait for the next one)."""
 
-    future: asyncio.Future[Any]
+    def attach(self, ready: Callable[[], None]) -> None: ...
 
     def finish(self) -> Response: ...
 
@@ -96,6 +97,7 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
     """uvicorn's httptools protocol that answers prediction requests itself (see the module docstring)."""
 
     fast_server: ClassVar[FastServer]
+    transport: CombiningTransport  # type: ignore[assignment]  # connection_made wraps the socket's transport
     _fast: _Request | None = None  # the fast request being parsed on this connection
 
     def on_headers_complete(self) -> None:
@@ -155,7 +157,7 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
             self.loop.call_soon(self._answer, request, outcome)
         else:
             pending: Pending = outcome  # type: ignore[assignment]
-            pending.future.add_done_callback(_when_done(self, request, pending))
+            pending.attach(_when_done(self, request, pending))
 
     def _answer(self, request: _Request, response: Response) -> None:
         """Write the response (one write), finish the request the way uvicorn does, count it."""
@@ -176,15 +178,15 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
         if not keep_alive:
             out.append(b"connection: close\r\n")
         out += [b"\r\n", body]
-        self.transport.write(b"".join(out))
+        self.transport.write_now(b"".join(out))
         self.fast_server.fast_record(request.route, status, seconds)
         if not keep_alive:
             self.transport.close()
         self.on_response_complete()
 
 
-def _when_done(protocol: FastPathProtocol, request: _Request, pending: Pending) -> Callable[[Any], None]:
-    def done(_: Any) -> None:
+def _when_done(protocol: FastPathProtocol, request: _Request, pending: Pending) -> Callable[[], None]:
+    def done() -> None:
         try:
             response = pending.finish()
         except BaseException:  # a cancelled batch included: the client gets an answer, the connection lives

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,6 +45,8 @@ class LoadedModel:
     reference: ReferenceStats | None
     feature_index: dict[str, int] = field(default_factory=dict)
     batch_ms: float = float("nan")  # median warm-up time of the largest batch
+    runner: Callable[[np.ndarray], np.ndarray] | None = None  # the checked numpy lowering (lowering.py), if any
+    runtime: str = "torchscript"
 
     @property
     def name(self) -> str:
@@ -59,6 +62,8 @@ class LoadedModel:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a float32 [N, F] batch (called from the batcher's single worker thread)."""
+        if self.runner is not None:
+            return self.runner(batch)
         import torch
 
         if torch.is_grad_enabled():  # the serving threads turn grad off once (set_threads); others pay the context
@@ -145,6 +150,34 @@ def frozen(module: Any) -> Any:
         return module
 
 
+def with_numpy_runner(model: LoadedModel, max_batch: int) -> LoadedModel:
+    """The model answering through its numpy lowering when the graph allows one and it matches TorchScript's
+    outputs on standardised-range and extreme inputs; else the model unchanged (logged)."""
+    from deploy.serving.lowering import Unsupported, check_runner, lower
+
+    try:
+        runner = lower(model.module.graph)
+        check_runner(runner, model.predict, check_batches(model.card, max_batch))
+    except (Unsupported, AttributeError, RuntimeError) as exc:
+        log.info("serving with TorchScript: no numpy runner for this graph (%s)", exc)
+        return model
+    log.info("serving with the numpy runner of the TorchScript graph (%s)", " -> ".join(runner.ops))
+    return replace(model, runner=runner, runtime="numpy")
+
+
+def check_batches(card: ModelCard, max_batch: int) -> list[np.ndarray]:
+    """Inputs the numpy runner must match TorchScript on: the training mean, spread rows, far-out rows."""
+    n = card.n_features
+    mean = np.asarray(card.preprocessing.mean, dtype=np.float64)
+    scale = np.asarray(card.preprocessing.scale, dtype=np.float64)
+    if mean.shape != (n,) or scale.shape != (n,):
+        mean, scale = np.zeros(n), np.ones(n)
+    rng = np.random.default_rng(0)
+    spread = mean + scale * rng.normal(0.0, 1.0, size=(max_batch, n))
+    far = mean + scale * rng.normal(0.0, 30.0, size=(max(1, min(8, max_batch)), n))
+    return [np.ascontiguousarray(rows, dtype=np.float32) for rows in (mean[None, :], spread, far)]
+
+
 def load_model(
     path: Path,
     *,
@@ -152,8 +185,13 @@ def load_model(
     expected_sha256: str | None = None,
     max_batch: int = 64,
     source: str | None = None,
+    runtime: Literal["auto", "torchscript"] = "auto",
 ) -> LoadedModel:
-    """Verify (card and registry sha256), torch.jit.load only, warm up; ModelLoadError on failure."""
+    """Verify (card and registry sha256), torch.jit.load only, pick the runtime, warm up; ModelLoadError on failure.
+
+    ``runtime="auto"`` answers through the checked numpy lowering of the loaded graph when there is one
+    (lowering.py); ``"torchscript"`` always runs the module.
+    """
     import torch
 
     folder = bundle_folder(path)
@@ -177,17 +215,20 @@ def load_model(
         feature_index={n: i for i, n in enumerate(card.feature_names)},
     )
     try:
+        if runtime == "auto":
+            model = with_numpy_runner(model, max_batch)
         model = replace(model, batch_ms=warm_up(model, max_batch))
     except RuntimeError as exc:
         if isinstance(exc, ModelLoadError):
             raise
         raise ModelLoadError(f"model failed on warm-up input: {exc}") from exc
     log.info(
-        "loaded %s version %s (sha256 %s) from %s; batch of %d in %.3f ms",
+        "loaded %s version %s (sha256 %s) from %s; runtime %s, batch of %d in %.3f ms",
         card.name,
         version,
         card.sha256[:12],
         folder,
+        model.runtime,
         max_batch,
         model.batch_ms,
     )

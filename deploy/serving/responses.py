@@ -49,6 +49,7 @@ def metadata_v1(model: LoadedModel) -> bytes:
             "version": model.version,
             "sha256": model.sha256,
             "source": model.source,
+            "runtime": model.runtime,
             "signature": {
                 "inputs": {
                     "feature_names": card.feature_names,

@@ -29,6 +29,13 @@ class CombiningTransport:
             self._loop.call_soon(self.flush)
         self._pending.append(bytes(data))
 
+    def write_now(self, data: bytes) -> None:
+        """Send ``data`` at once, after anything buffered (a response that is already one buffer gains nothing
+        from waiting for the next loop step)."""
+        self.flush()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
     def writelines(self, chunks: Any) -> None:
         for chunk in chunks:
             self.write(chunk)

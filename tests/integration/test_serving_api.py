@@ -83,7 +83,7 @@ def test_v2_infer_and_metadata(server: Server) -> None:
     assert out["id"] == "abc" and out["outputs"][0]["shape"] == [2, 2] and len(out["outputs"][1]["data"]) == 2
     meta = httpx.get(f"{server.url}/v1/models/{MODEL_NAME}").json()
     assert meta["signature"]["inputs"]["feature_names"] == names and meta["version"] == "7"
-    assert len(meta["sha256"]) == 64
+    assert len(meta["sha256"]) == 64 and meta["runtime"] == "numpy"
     assert httpx.get(f"{server.url}/v2/models/{MODEL_NAME}").json()["inputs"][0]["shape"] == [-1, 30]
     assert httpx.get(f"{server.url}/health").status_code == 200
     ready = httpx.get(f"{server.url}/ready").json()

@@ -80,3 +80,60 @@ def test_a_failing_part_does_not_fail_the_others() -> None:
     np.testing.assert_array_equal(outcomes[2], np.ones((2, 1)))
     with pytest.raises(ValueError):
         run_batch(predict, [-np.ones((1, 1))])
+
+
+class RecordingSink:
+    """A batcher Sink that notes what it got and in which loop step."""
+
+    def __init__(self, log: list[tuple[str, object]], name: str, fail: bool = False) -> None:
+        self.log, self.name, self.fail = log, name, fail
+
+    def deliver(self, outcome: object) -> None:
+        self.log.append((self.name, outcome))
+        if self.fail:
+            raise RuntimeError("sink broke")
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_sinks_get_outcomes_straight_from_the_batch_and_a_broken_one_harms_no_other(inline: bool) -> None:
+    got: list[tuple[str, object]] = []
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(lambda b: b * 3, max_rows=8, inline=inline)
+        batcher.enqueue(np.ones((1, 2), np.float32), RecordingSink(got, "a", fail=True))
+        batcher.enqueue(np.full((2, 2), 2, np.float32), RecordingSink(got, "b"))
+        future = batcher.submit(np.zeros((1, 2), np.float32))
+        await future  # the future resolves in the same completion as the sinks, after them
+        assert [name for name, _ in got] == ["a", "b"]
+        await batcher.close()
+
+    asyncio.run(scenario())
+    np.testing.assert_array_equal(got[0][1], np.full((1, 2), 3, np.float32))
+    np.testing.assert_array_equal(got[1][1], np.full((2, 2), 6, np.float32))
+
+
+def test_a_sink_that_queues_more_work_gets_one_batch_not_two() -> None:
+    sizes: list[int] = []
+    batches: list[tuple[int, int]] = []
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        sizes.append(len(batch))
+        return batch
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(predict, max_rows=8, on_batch=lambda *counts: batches.append(counts), inline=True)
+        later: list[tuple[str, object]] = []
+
+        class Chain:
+            def deliver(self, outcome: object) -> None:
+                batcher.enqueue(np.zeros((1, 2), np.float32), RecordingSink(later, "next"))
+
+        batcher.enqueue(np.zeros((1, 2), np.float32), Chain())
+        batcher.enqueue(np.zeros((1, 2), np.float32), RecordingSink(later, "same"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert [name for name, _ in later] == ["same", "next"]
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert sizes == [2, 1] and batches == [(2, 2), (1, 1)]  # no empty batch dispatched twice

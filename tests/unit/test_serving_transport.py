@@ -40,6 +40,21 @@ def test_writes_of_one_step_are_sent_together_at_the_next() -> None:
     assert asyncio.run(scenario()) == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", b"next"]
 
 
+def test_write_now_sends_at_once_after_what_is_buffered() -> None:
+    async def scenario() -> list[bytes]:
+        inner = RecordingTransport()
+        transport = CombiningTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+        transport.write(b"head")
+        transport.write_now(b"whole answer")
+        assert inner.writes == [b"head", b"whole answer"]
+        await asyncio.sleep(0)  # the flush scheduled by the first write finds nothing left
+        inner.closed = True
+        transport.write_now(b"lost with the connection")
+        return inner.writes
+
+    assert asyncio.run(scenario()) == [b"head", b"whole answer"]
+
+
 def test_over_a_real_socket_bytes_arrive_in_order_and_close_loses_nothing() -> None:
     async def scenario() -> bytes:
         received: asyncio.Queue[bytes] = asyncio.Queue()

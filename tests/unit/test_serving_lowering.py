@@ -1,0 +1,124 @@
+"""The numpy runner of a TorchScript graph: what it lowers, what it refuses, and that it answers like TorchScript."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deploy.serving.lowering import MAX_ABS_DIFF, NumpyRunner, Unsupported, check_runner, lower
+from pipelines.export import to_torchscript
+from pipelines.model import TabularClassifier
+
+
+def frozen(module: nn.Module, features: int = 6) -> torch.jit.ScriptModule:
+    scripted, _ = to_torchscript(module, torch.zeros(2, features))
+    return scripted
+
+
+def torch_predict(module: torch.jit.ScriptModule):
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(batch)).numpy()
+
+    return predict
+
+
+def inputs(features: int = 6) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [rng.normal(3.0, 20.0, size=(rows, features)).astype(np.float32) for rows in (1, 7, 64)]
+
+
+@pytest.mark.parametrize(("hidden", "classes"), [([16, 8], 3), ([], 2)])
+def test_tabular_classifier_lowers_and_matches_torchscript(hidden: list[int], classes: int) -> None:
+    torch.manual_seed(0)
+    model = TabularClassifier(6, classes, hidden, 0.2, torch.arange(6.0), torch.linspace(0.5, 3.0, 6))
+    module = frozen(model)
+    runner = lower(module.graph)
+    assert runner.ops[:2] == ("aten::sub", "aten::div") and runner.ops[-1] == "aten::softmax"
+    check_runner(runner, torch_predict(module), inputs())
+    for batch in inputs():
+        got = runner(batch)
+        assert got.dtype == np.float32 and got.shape == (len(batch), classes)
+        np.testing.assert_allclose(got, torch_predict(module)(batch), atol=MAX_ABS_DIFF)
+
+
+class Activations(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 5, bias=False)
+        self.b = nn.Linear(5, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x * 0.5 + 1.0))
+        return torch.sigmoid(self.b(h) - 2.0)
+
+
+def test_other_chain_ops_lower_and_match() -> None:
+    torch.manual_seed(0)
+    module = frozen(Activations())
+    runner = lower(module.graph)
+    assert "aten::tanh" in runner.ops and "aten::sigmoid" in runner.ops
+    check_runner(runner, torch_predict(module), inputs())
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.a(x) + x, dim=1)
+
+
+class Normed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.norm(x), dim=1)
+
+
+class SoftmaxOverBatch(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x, dim=0)
+
+
+@pytest.mark.parametrize(
+    ("module", "reason"),
+    [
+        (Residual(), "second operand"),
+        (Normed(), "layer_norm is not lowered"),
+        (SoftmaxOverBatch(), "dim 0"),
+    ],
+)
+def test_graphs_outside_the_chain_keep_torchscript(module: nn.Module, reason: str) -> None:
+    with pytest.raises(Unsupported, match=reason):
+        lower(frozen(module).graph)
+
+
+def test_a_runner_that_answers_differently_is_refused() -> None:
+    torch.manual_seed(0)
+    module = frozen(TabularClassifier(6, 2, [4], 0.0))
+    runner = lower(module.graph)
+    off = NumpyRunner([runner, lambda p: p + np.float32(1e-3)], ["lowered", "shifted"])
+    with pytest.raises(Unsupported, match="differs from TorchScript"):
+        check_runner(off, torch_predict(module), inputs())
+    with pytest.raises(Unsupported, match="shape"):
+        check_runner(NumpyRunner([lambda x: x], ["identity"]), torch_predict(module), inputs())
+
+
+def test_load_model_picks_the_numpy_runner_unless_told_torchscript(tmp_path) -> None:
+    from deploy.serving.model import check_batches, load_model
+    from tests.serving_helpers import make_bundle
+
+    folder = tmp_path / "bundle"
+    make_bundle(folder, seed=3, hidden=(8,))
+    fast = load_model(folder, version="1", max_batch=16)
+    plain = load_model(folder, version="1", max_batch=16, runtime="torchscript")
+    assert (fast.runtime, plain.runtime) == ("numpy", "torchscript")
+    assert fast.runner is not None and plain.runner is None
+    for batch in check_batches(fast.card, 16):
+        np.testing.assert_allclose(fast.predict(batch), plain.predict(batch), atol=MAX_ABS_DIFF)
