@@ -5,13 +5,17 @@ same shape) and nothing else. ``python -m deploy.serving.bare --port P`` runs it
 the serving issue names); ``--fast`` answers through the same protocol fast path as the model server
 (deploy/serving/fastpath.py), the like-for-like ceiling for that server's prediction route; ``--plain`` answers
 from a bare asyncio protocol over httptools, with no HTTP framework at all: the floor of Python HTTP on this
-machine, which shows what the core allows a server whose requests cost little.
+machine, which shows what the core allows a server whose requests cost little. ``--plain --burn-us N`` adds N
+microseconds of CPU (a busy loop on the thread's CPU clock) to each request: a server with no framework and no
+model that costs as much per request as the model server, which tells a tail the core imposes on any server of
+that cost from one a server's own structure adds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -63,9 +67,19 @@ async def app(
     await send({"type": "http.response.body", "body": _ANSWER})
 
 
-def plain_protocol() -> type[asyncio.Protocol]:
-    """An HTTP/1.1 keep-alive protocol over httptools that parses each body and answers the fixed prediction."""
+def burn(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's CPU time (time taken from the thread by others does not count)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def plain_protocol(burn_us: float = 0.0) -> type[asyncio.Protocol]:
+    """An HTTP/1.1 keep-alive protocol over httptools that parses each body and answers the fixed prediction
+    (after ``burn_us`` microseconds of CPU per request, when given)."""
     import httptools
+
+    cost = burn_us / 1e6
 
     response = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
         len(_ANSWER),
@@ -90,6 +104,8 @@ def plain_protocol() -> type[asyncio.Protocol]:
         def on_message_complete(self) -> None:
             orjson.loads(b"".join(self.body) or b"{}")
             self.body = []
+            if cost:
+                burn(cost)
             self.transport.write(response)  # type: ignore[attr-defined]
             if not self.parser.should_keep_alive():
                 self.transport.close()
@@ -97,8 +113,9 @@ def plain_protocol() -> type[asyncio.Protocol]:
     return PlainProtocol
 
 
-async def _serve_plain(port: int) -> None:
-    server = await asyncio.get_running_loop().create_server(plain_protocol(), "127.0.0.1", port, backlog=4096)
+async def _serve_plain(port: int, burn_us: float) -> None:
+    protocol = plain_protocol(burn_us)
+    server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", port, backlog=4096)
     async with server:
         await server.serve_forever()
 
@@ -113,11 +130,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--fast", action="store_true", help="answer through the protocol fast path")
     parser.add_argument("--plain", action="store_true", help="answer from a bare asyncio protocol (no framework)")
+    parser.add_argument("--burn-us", type=float, default=0.0, help="with --plain: CPU microseconds spent per request")
     args = parser.parse_args()
+    if args.burn_us and not args.plain:
+        parser.error("--burn-us needs --plain")
     if args.plain:
         import uvloop
 
-        uvloop.run(_serve_plain(args.port))
+        uvloop.run(_serve_plain(args.port, args.burn_us))
         return
     uvicorn.run(
         app,

@@ -7,8 +7,12 @@ point whose achieved rate falls more than 3% short of its target is marked satur
 same request without a model: the bare ASGI app the serving issue names, and the same app behind the protocol fast
 path our server uses for predictions (the like-for-like ceiling); a third, a bare asyncio protocol with no
 framework, shows what the core allows a server whose requests cost little (a missed p99 verdict names the
-model-less servers that met it in the same run). The servers' core is probed for steadiness
-(deploy/serving/steadiness.py) just before and after the latency points, as a measure of the machine's noise.
+model-less servers that met it in the same run). Our server runs twice: as configured by default (the checked
+numpy runner of its TorchScript graph, deploy/serving/lowering.py) and with MLRELEASE_RUNTIME=torchscript, so the
+runner's share of the figures is on the table. Last, the bare protocol runs again with a busy loop that makes
+each request cost what one cost our server at the peak: a server of our cost without our structure. The servers'
+core is probed for steadiness (deploy/serving/steadiness.py) just before and after the latency points, as a
+measure of the machine's noise.
 Writes reports/bench_serving.json and a markdown table next to it.
 """
 
@@ -267,7 +271,7 @@ def core_steadiness(cpu: int, seconds: float) -> dict[str, Any]:
 
 
 def measure_all(
-    found: list[Candidate], duration: float, logs: Path, rounds: int
+    found: list[Candidate], duration: float, logs: Path, rounds: int, probe: bool = True
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """All servers up at once (idle ones cost nothing); saturation runs interleaved, the median round kept.
 
@@ -293,7 +297,8 @@ def measure_all(
                 **ordered[(len(ordered) - 1) // 2],
                 "peak_rps_rounds": [run["peak_rps"] for run in runs[c.key]],
             }
-        steadiness["before_latency_points"] = core_steadiness(0, STEADINESS_SECONDS)
+        if probe:
+            steadiness["before_latency_points"] = core_steadiness(0, STEADINESS_SECONDS)
         for c in found:
             url, pid = running[c.key]
             result = results[c.key]
@@ -301,8 +306,29 @@ def measure_all(
             result["errors"] += result["at_50"]["errors"] + result["at_80"]["errors"]
             result["rss_mb"] = rss_mb(pid)
             log.info("%s: %.0f req/s peak, p99 at 80%% %.2f ms", c.label, result["peak_rps"], result["at_80"]["p99_ms"])
-        steadiness["after_latency_points"] = core_steadiness(0, STEADINESS_SECONDS)
+        if probe:
+            steadiness["after_latency_points"] = core_steadiness(0, STEADINESS_SECONDS)
     return results, steadiness
+
+
+def cost_matched(results: dict[str, dict[str, Any]], ours: Candidate) -> Candidate | None:
+    """The bare protocol spending, per request, the CPU our server spent beyond it at the peak (a busy loop):
+    a server of our cost without our structure, measured after the others since its cost comes from them."""
+    if "mlrelease" not in results or "bare_plain" not in results:
+        return None
+    burn_us = 1000 * (results["mlrelease"]["cpu_ms_per_request"] - results["bare_plain"]["cpu_ms_per_request"])
+    if burn_us <= 0:
+        return None
+    py = sys.executable
+    return Candidate(
+        "bare_cost_matched",
+        f"bare asyncio protocol + {burn_us:.0f} us of CPU per request (our cost, no model)",
+        ours.path,
+        ours.body,
+        lambda p: [py, "-m", "deploy.serving.bare", "--plain", "--burn-us", f"{burn_us:.1f}", "--port", str(p)],
+        base_env(),
+        "/",
+    )
 
 
 def payload(model_dir: Path) -> tuple[list[float], str]:
@@ -378,6 +404,15 @@ def candidates(model_dir: Path, work: Path, skip_mlflow: bool) -> list[Candidate
             base_env(),
             "/ready",
         ),
+        Candidate(
+            "mlrelease_torchscript",
+            "mlrelease server, TorchScript runtime",
+            f"/v1/models/{name}:predict",
+            v1,
+            lambda p: [py, "-m", "deploy.serving", "--model-dir", str(model_dir), "--port", str(p)],
+            {**base_env(), "MLRELEASE_RUNTIME": "torchscript"},
+            "/ready",
+        ),
     ]
     if not skip_mlflow:
         uri, env = register_for_mlflow(model_dir, work / "mlflow-home")
@@ -417,6 +452,8 @@ def summarize(results: dict[str, dict[str, Any]], steadiness: dict[str, Any] | N
     same core in the same run, and whether the steadiness probe found the core unsteady."""
     ours = results["mlrelease"]
     ratios: dict[str, float] = {"of_bare_asgi_ceiling": ours["peak_rps"] / results["bare_asgi"]["peak_rps"]}
+    if "mlrelease_torchscript" in results:
+        ratios["vs_torchscript_runtime"] = ours["peak_rps"] / results["mlrelease_torchscript"]["peak_rps"]
     if "bare_fast" in results:
         ratios["of_bare_same_fast_path"] = ours["peak_rps"] / results["bare_fast"]["peak_rps"]
     checks = {
@@ -502,7 +539,11 @@ def run(model_dir: Path, out: Path, duration: float, skip_mlflow: bool, rounds: 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = Path(tmp)
-        results, steadiness = measure_all(candidates(model_dir, work, skip_mlflow), duration, work, rounds)
+        found = candidates(model_dir, work, skip_mlflow)
+        results, steadiness = measure_all(found, duration, work, rounds)
+        matched = cost_matched(results, next(c for c in found if c.key == "mlrelease"))
+        if matched is not None:
+            results.update(measure_all([matched], duration, work, rounds, probe=False)[0])
     report = {
         "servers": results,
         **summarize(results, steadiness),

@@ -70,3 +70,24 @@ def test_the_plain_protocol_closes_a_connection_that_is_not_http(bare_servers: d
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         assert sock.recv(100) == b""  # closed, no answer
+
+
+def test_a_cost_matched_plain_server_spends_the_cpu_it_is_told_per_request() -> None:
+    """--burn-us makes each request cost that much more CPU, and the answer stays the same."""
+    import psutil
+
+    port = free_port()
+    command = [sys.executable, "-m", "deploy.serving.bare", "--plain", "--burn-us", "2000", "--port", str(port)]
+    process = subprocess.Popen(command)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_listening(process, url)
+        with httpx.Client(base_url=url, timeout=5) as client:
+            client.post("/v1/models/m:predict", json=BODY)
+            before = sum(psutil.Process(process.pid).cpu_times()[:2])
+            answers = [client.post("/v1/models/m:predict", json=BODY) for _ in range(20)]
+            spent = sum(psutil.Process(process.pid).cpu_times()[:2]) - before
+        assert all(a.status_code == 200 and a.json()["predictions"] for a in answers)
+        assert spent >= 20 * 0.002 * 0.9, f"{spent:.3f} s of CPU for 20 requests at 2 ms each"
+    finally:
+        stop_process(process, timeout=5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploy.serving.bench import markdown, summarize
+from deploy.serving.bench import Candidate, cost_matched, markdown, summarize
 from deploy.serving.steadiness import summarise
 
 
@@ -83,3 +83,15 @@ def test_a_failed_probe_is_reported_and_costs_nothing_else() -> None:
     assert "core_unsteady" not in summary["targets"]["p99_ms_at_80"]
     table = markdown({"servers": servers, **summary, "setup": ""})
     assert "12.00 -> FAIL\n" in table and "before latency points: probe failed: taskset: failed" in table
+
+
+def test_the_cost_matched_reference_burns_what_our_server_spent_beyond_the_bare_protocol() -> None:
+    ours = Candidate("mlrelease", "ours", "/v1/models/m:predict", b"{}", lambda p: [], {}, "/ready")
+    servers = {"bare_plain": _server("plain", 100_000, 3.0, 80_000), "mlrelease": _server("ours", 20_000, 12.0, 16_000)}
+    matched = cost_matched(servers, ours)  # 0.05 ms against 0.01 ms per request: 40 us more
+    assert matched is not None and matched.key.startswith("bare") and "40 us" in matched.label
+    command = matched.command(8123)
+    assert command[command.index("--burn-us") + 1] == "40.0" and command[-1] == "8123"
+    assert (matched.path, matched.body) == (ours.path, ours.body)
+    cheaper = {**servers, "mlrelease": _server("ours", 200_000, 12.0, 160_000)}
+    assert cost_matched(cheaper, ours) is None and cost_matched({"mlrelease": servers["mlrelease"]}, ours) is None
