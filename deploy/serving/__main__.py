@@ -48,7 +48,7 @@ def load_settings(args: argparse.Namespace) -> ServingSettings:
 def serve(settings: ServingSettings) -> None:
     """Run uvicorn (uvloop, write-combining httptools with the prediction fast path, one process) until
     SIGTERM/SIGINT, then drain."""
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # torch and numpy's BLAS
         os.environ[variable] = str(settings.torch_threads)
     import uvicorn
 

@@ -151,7 +151,8 @@ class MicroBatcher:
         taken: list[tuple[np.ndarray, Waiter]],
         done: asyncio.Future[list[Outcome]],
     ) -> None:
-        error = done.exception()
+        cancelled = done.cancelled()  # exception() would raise, and no waiter of this batch would get an answer
+        error = asyncio.CancelledError("the model thread's batch was cancelled") if cancelled else done.exception()
         self._complete(loop, taken, [error] * len(taken) if error is not None else done.result())
 
     def _complete(
@@ -161,6 +162,8 @@ class MicroBatcher:
         outcomes: list[Outcome],
     ) -> None:
         self._running = False
+        if self._pending:
+            self._dispatch(loop)  # first: on the model thread, the next batch runs while these answers are written
         for (_, waiter), outcome in zip(taken, outcomes, strict=True):
             if not isinstance(waiter, asyncio.Future):
                 _deliver(waiter, outcome)
@@ -172,11 +175,7 @@ class MicroBatcher:
                 waiter.set_result(outcome)
         if self._on_batch is not None:
             self._on_batch(sum(len(rows) for rows, _ in taken), len(taken))
-        if self._running:
-            return  # a delivery queued new work and dispatched it already
-        if self._pending:
-            self._dispatch(loop)
-        elif self._idle is not None:
+        if not self._running and not self._pending and self._idle is not None:
             self._idle.set()
 
     async def close(self) -> None:

@@ -7,12 +7,13 @@ point whose achieved rate falls more than 3% short of its target is marked satur
 same request without a model: the bare ASGI app the serving issue names, and the same app behind the protocol fast
 path our server uses for predictions (the like-for-like ceiling); a third, a bare asyncio protocol with no
 framework, shows what the core allows a server whose requests cost little (a missed p99 verdict names the
-model-less servers that met it in the same run). Our server runs twice: as configured by default (the checked
-numpy runner of its TorchScript graph, deploy/serving/lowering.py) and with MLRELEASE_RUNTIME=torchscript, so the
-runner's share of the figures is on the table. Last, the bare protocol runs again with a busy loop that makes
-each request cost what one cost our server at the peak: a server of our cost without our structure. The servers'
-core is probed for steadiness (deploy/serving/steadiness.py) just before and after the latency points, as a
-measure of the machine's noise.
+model-less servers that met it in the same run). Our server runs twice: as configured by default (TorchScript) and
+with the opt-in numpy runner of its graph (MLRELEASE_RUNTIME=auto, deploy/serving/lowering.py). Last, the bare
+protocol runs with a busy loop that makes each request cost what one cost our server at the peak (a server of our
+cost without our structure), interleaved with our server measured again, so the two share a stretch of the
+machine's noise; their CPU per request is compared at the peak and at 80%. The servers' core is probed for
+steadiness (deploy/serving/steadiness.py) just before and after the first latency points, as a measure of the
+machine's noise.
 Writes reports/bench_serving.json and a markdown table next to it.
 """
 
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -405,12 +406,12 @@ def candidates(model_dir: Path, work: Path, skip_mlflow: bool) -> list[Candidate
             "/ready",
         ),
         Candidate(
-            "mlrelease_torchscript",
-            "mlrelease server, TorchScript runtime",
+            "mlrelease_numpy",
+            "mlrelease server, numpy runner (MLRELEASE_RUNTIME=auto)",
             f"/v1/models/{name}:predict",
             v1,
             lambda p: [py, "-m", "deploy.serving", "--model-dir", str(model_dir), "--port", str(p)],
-            {**base_env(), "MLRELEASE_RUNTIME": "torchscript"},
+            {**base_env(), "MLRELEASE_RUNTIME": "auto"},
             "/ready",
         ),
     ]
@@ -452,8 +453,14 @@ def summarize(results: dict[str, dict[str, Any]], steadiness: dict[str, Any] | N
     same core in the same run, and whether the steadiness probe found the core unsteady."""
     ours = results["mlrelease"]
     ratios: dict[str, float] = {"of_bare_asgi_ceiling": ours["peak_rps"] / results["bare_asgi"]["peak_rps"]}
-    if "mlrelease_torchscript" in results:
-        ratios["vs_torchscript_runtime"] = ours["peak_rps"] / results["mlrelease_torchscript"]["peak_rps"]
+    if "mlrelease_numpy" in results:
+        ratios["numpy_runner_vs_torchscript"] = results["mlrelease_numpy"]["peak_rps"] / ours["peak_rps"]
+    if "bare_cost_matched" in results and "mlrelease_beside_matched" in results:
+        matched, again = results["bare_cost_matched"], results["mlrelease_beside_matched"]
+        ratios["cost_matched_cpu_vs_ours_at_peak"] = matched["cpu_ms_per_request"] / again["cpu_ms_per_request"]
+        ratios["cost_matched_cpu_vs_ours_at_80"] = (
+            matched["at_80"]["cpu_ms_per_request"] / again["at_80"]["cpu_ms_per_request"]
+        )
     if "bare_fast" in results:
         ratios["of_bare_same_fast_path"] = ours["peak_rps"] / results["bare_fast"]["peak_rps"]
     checks = {
@@ -541,9 +548,11 @@ def run(model_dir: Path, out: Path, duration: float, skip_mlflow: bool, rounds: 
         work = Path(tmp)
         found = candidates(model_dir, work, skip_mlflow)
         results, steadiness = measure_all(found, duration, work, rounds)
-        matched = cost_matched(results, next(c for c in found if c.key == "mlrelease"))
-        if matched is not None:
-            results.update(measure_all([matched], duration, work, rounds, probe=False)[0])
+        ours = next(c for c in found if c.key == "mlrelease")
+        matched = cost_matched(results, ours)
+        if matched is not None:  # measured beside our server again: the same stretch of the machine's noise
+            again = replace(ours, key="mlrelease_beside_matched", label="mlrelease server, again beside the next row")
+            results.update(measure_all([again, matched], duration, work, rounds, probe=False)[0])
     report = {
         "servers": results,
         **summarize(results, steadiness),

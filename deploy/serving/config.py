@@ -27,10 +27,10 @@ class ServingSettings(Settings):
     inline_max_batch_ms: float = Field(
         0.5, ge=0, description="run batches on the event loop when the largest one warms up faster; 0 = never"
     )
-    runtime: Literal["auto", "torchscript"] = Field(
-        "auto",
-        description="auto: answer through the numpy lowering of the loaded TorchScript graph when it covers the "
-        "graph and matches TorchScript's outputs (deploy/serving/lowering.py); torchscript: always run the module",
+    runtime: Literal["torchscript", "auto"] = Field(
+        "torchscript",
+        description="torchscript: run the loaded module; auto: answer through the numpy lowering of its graph when "
+        "that covers the graph and matches TorchScript's outputs (deploy/serving/lowering.py)",
     )
     fast_path: bool = Field(
         True, description="answer plain prediction requests in the HTTP protocol, without an ASGI task (fastpath.py)"

@@ -1,12 +1,13 @@
-"""A numpy runner for TorchScript graphs that are a plain chain of tabular-MLP ops, used only once checked.
+"""An opt-in numpy runner for TorchScript graphs that are a plain chain of tabular-MLP ops, used only once checked.
 
 For a model this small, TorchScript's fixed cost per call (its interpreter and ATen's dispatch, once per op) is
-most of a micro-batch's time, and inside a busy server it runs with cold caches: 60-200 us a call where the
-same arithmetic in numpy takes a fraction of that. So the graph of the frozen module that ``torch.jit.load``
-returned (nothing else is ever loaded) is lowered op by op to numpy: a chain where each op takes the previous
-value and constants (standardisation, ``linear``, activations, ``softmax``). Any other op or shape of graph keeps
-TorchScript, and so does a runner whose outputs differ from TorchScript's on the check inputs
-(``check_runner``); the server logs and reports which runtime answers (``runtime`` in the model metadata).
+most of a micro-batch's time; numpy does the same arithmetic with less of that overhead. With
+``MLRELEASE_RUNTIME=auto`` the graph of the frozen module that ``torch.jit.load`` returned (nothing else is ever
+loaded) is lowered op by op to numpy: a chain where each op takes the previous value and constants
+(standardisation, ``linear``, activations, ``softmax``). Any other op or shape of graph keeps TorchScript, and so
+does a runner whose outputs differ from TorchScript's on the check inputs (``check_runner``); the server logs and
+reports which runtime answers (``runtime`` in the model metadata). The serving benchmark measures it next to the
+default TorchScript runtime (README, Measured figures).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class NumpyRunner:
         self.ops = tuple(ops)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.float32)  # TorchScript's module takes float32: so does its runner
         for step in self._steps:
             batch = step(batch)
         return batch
@@ -50,6 +52,12 @@ def _constant(value: Any) -> Any:
             raise Unsupported(f"constant tensor of {constant.dtype}; only float32 is lowered")
         return constant.detach().numpy().copy()
     return constant
+
+
+def _div(other: Any, rounding_mode: Any = None) -> Step:
+    if rounding_mode is not None:
+        raise Unsupported(f"aten::div with rounding_mode {rounding_mode!r}")
+    return _arith("div", other)
 
 
 def _arith(op: str, other: Any, alpha: Any = 1) -> Step:
@@ -105,7 +113,7 @@ BUILDERS: dict[str, Callable[..., Step]] = {
     "aten::sub": lambda *a: _arith("sub", *a),
     "aten::add": lambda *a: _arith("add", *a),
     "aten::mul": lambda *a: _arith("mul", *a),
-    "aten::div": lambda *a: _arith("div", *a),
+    "aten::div": _div,
     "aten::linear": _linear,
     "aten::relu": lambda: lambda x: np.maximum(x, np.float32(0)),
     "aten::tanh": lambda: np.tanh,
@@ -146,11 +154,13 @@ def lower(graph: Any) -> NumpyRunner:
 def check_runner(runner: NumpyRunner, reference: Callable[[np.ndarray], np.ndarray], batches: list[np.ndarray]) -> None:
     """Raise Unsupported unless the runner gives TorchScript's outputs (within MAX_ABS_DIFF) on every batch."""
     for batch in batches:
+        want = reference(batch)  # first: a batch TorchScript itself refuses is the warm-up's error to report
         with np.errstate(all="ignore"):
             got = runner(batch)
-        want = reference(batch)
-        if got.shape != want.shape:
-            raise Unsupported(f"numpy runner returned shape {list(got.shape)}, TorchScript {list(want.shape)}")
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise Unsupported(
+                f"numpy runner returned {got.dtype} {list(got.shape)}, TorchScript {want.dtype} {list(want.shape)}"
+            )
         diff = float(np.max(np.abs(got.astype(np.float64) - want))) if got.size else 0.0
         if not diff <= MAX_ABS_DIFF:
             raise Unsupported(f"numpy runner differs from TorchScript by {diff:.3g} (> {MAX_ABS_DIFF:g})")

@@ -158,8 +158,9 @@ def with_numpy_runner(model: LoadedModel, max_batch: int) -> LoadedModel:
     try:
         runner = lower(model.module.graph)
         check_runner(runner, model.predict, check_batches(model.card, max_batch))
-    except (Unsupported, AttributeError, RuntimeError) as exc:
-        log.info("serving with TorchScript: no numpy runner for this graph (%s)", exc)
+    except Exception as exc:  # any failure keeps TorchScript; the warm-up then reports a module's own errors
+        reason = str(exc) if isinstance(exc, Unsupported) else f"{type(exc).__name__}: {exc}"
+        log.info("serving with TorchScript: no numpy runner for this graph (%s)", reason)
         return model
     log.info("serving with the numpy runner of the TorchScript graph (%s)", " -> ".join(runner.ops))
     return replace(model, runner=runner, runtime="numpy")
@@ -185,12 +186,12 @@ def load_model(
     expected_sha256: str | None = None,
     max_batch: int = 64,
     source: str | None = None,
-    runtime: Literal["auto", "torchscript"] = "auto",
+    runtime: Literal["torchscript", "auto"] = "torchscript",
 ) -> LoadedModel:
     """Verify (card and registry sha256), torch.jit.load only, pick the runtime, warm up; ModelLoadError on failure.
 
-    ``runtime="auto"`` answers through the checked numpy lowering of the loaded graph when there is one
-    (lowering.py); ``"torchscript"`` always runs the module.
+    ``runtime="torchscript"`` (the default) always runs the module; ``"auto"`` answers through the checked numpy
+    lowering of the loaded graph when there is one (lowering.py).
     """
     import torch
 

@@ -71,6 +71,21 @@ def test_predict_rows_and_named_features_match_the_module(server: Server, bundle
     assert again["predictions"] == body["predictions"]
 
 
+def test_the_numpy_runner_answers_like_the_module_over_http(bundle: Path, tmp_path: Path) -> None:
+    """MLRELEASE_RUNTIME=auto: the checked numpy lowering serves, and its answers are the module's."""
+    import torch
+
+    x, _, _ = breast_cancer()
+    rows = np.concatenate([x[:20], x[:4] * 50.0])  # training-range rows and far-out ones
+    with run_server(bundle, tmp_path, runtime="auto") as running:
+        assert httpx.get(f"{running.url}/v1/models/{MODEL_NAME}").json()["runtime"] == "numpy"
+        response = httpx.post(running.url + PREDICT, json={"instances": rows.tolist()}, timeout=10)
+    assert response.status_code == 200, response.text
+    expected = torch.jit.load(str(bundle / "model.pt"))(torch.from_numpy(rows.astype(np.float32))).detach().numpy()
+    got = np.array([p["probabilities"] for p in response.json()["predictions"]])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_v2_infer_and_metadata(server: Server) -> None:
     x, _, names = breast_cancer()
     doc = {
@@ -83,7 +98,7 @@ def test_v2_infer_and_metadata(server: Server) -> None:
     assert out["id"] == "abc" and out["outputs"][0]["shape"] == [2, 2] and len(out["outputs"][1]["data"]) == 2
     meta = httpx.get(f"{server.url}/v1/models/{MODEL_NAME}").json()
     assert meta["signature"]["inputs"]["feature_names"] == names and meta["version"] == "7"
-    assert len(meta["sha256"]) == 64 and meta["runtime"] == "numpy"
+    assert len(meta["sha256"]) == 64 and meta["runtime"] == "torchscript"
     assert httpx.get(f"{server.url}/v2/models/{MODEL_NAME}").json()["inputs"][0]["shape"] == [-1, 30]
     assert httpx.get(f"{server.url}/health").status_code == 200
     ready = httpx.get(f"{server.url}/ready").json()

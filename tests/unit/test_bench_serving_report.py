@@ -95,3 +95,19 @@ def test_the_cost_matched_reference_burns_what_our_server_spent_beyond_the_bare_
     assert (matched.path, matched.body) == (ours.path, ours.body)
     cheaper = {**servers, "mlrelease": _server("ours", 200_000, 12.0, 160_000)}
     assert cost_matched(cheaper, ours) is None and cost_matched({"mlrelease": servers["mlrelease"]}, ours) is None
+
+
+def test_the_cost_matched_row_is_compared_with_our_server_measured_beside_it() -> None:
+    servers = {
+        "bare_asgi": _server("bare", 10_000, 15.0, 8_000),
+        "mlrelease": _server("ours", 6_000, 12.0, 4_800),
+        "mlrelease_numpy": _server("ours, numpy", 6_600, 12.0, 5_280),
+        "mlrelease_beside_matched": _server("ours again", 5_000, 12.0, 4_000),
+        "bare_cost_matched": _server("matched", 4_000, 9.0, 3_200),
+    }
+    servers["mlrelease_beside_matched"]["at_80"]["cpu_ms_per_request"] = 0.25
+    servers["bare_cost_matched"]["at_80"]["cpu_ms_per_request"] = 0.25
+    ratios = summarize(servers)["ratios"]
+    assert round(ratios["numpy_runner_vs_torchscript"], 2) == 1.1
+    assert ratios["cost_matched_cpu_vs_ours_at_peak"] == 1.25 and ratios["cost_matched_cpu_vs_ours_at_80"] == 1.0
+    assert summarize(servers)["targets"]["p99_ms_at_80"]["met_on_this_core_by"] == ["matched"]

@@ -103,11 +103,13 @@ def test_sinks_get_outcomes_straight_from_the_batch_and_a_broken_one_harms_no_ot
         batcher.enqueue(np.ones((1, 2), np.float32), RecordingSink(got, "a", fail=True))
         batcher.enqueue(np.full((2, 2), 2, np.float32), RecordingSink(got, "b"))
         future = batcher.submit(np.zeros((1, 2), np.float32))
+        if inline:  # the batch was scheduled first; sinks delivered through another loop step would come after this
+            asyncio.get_running_loop().call_soon(got.append, ("marker", None))
         await future  # the future resolves in the same completion as the sinks, after them
-        assert [name for name, _ in got] == ["a", "b"]
+        assert [name for name, _ in got][:2] == ["a", "b"]
         await batcher.close()
 
-    asyncio.run(scenario())
+    asyncio.run(asyncio.wait_for(scenario(), 5))
     np.testing.assert_array_equal(got[0][1], np.full((1, 2), 3, np.float32))
     np.testing.assert_array_equal(got[1][1], np.full((2, 2), 6, np.float32))
 

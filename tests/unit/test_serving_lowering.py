@@ -86,12 +86,40 @@ class SoftmaxOverBatch(nn.Module):
         return torch.softmax(x, dim=0)
 
 
+class FloorDiv(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.div(x, 2.0, rounding_mode="floor")
+
+
+class SoftmaxInDouble(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x, dim=1, dtype=torch.float64)
+
+
+class DoubleConstant(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.ones(6, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.shift
+
+
+class Squared(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x
+
+
 @pytest.mark.parametrize(
     ("module", "reason"),
     [
         (Residual(), "second operand"),
         (Normed(), "layer_norm is not lowered"),
         (SoftmaxOverBatch(), "dim 0"),
+        (FloorDiv(), "rounding_mode 'floor'"),
+        (SoftmaxInDouble(), "dtype"),
+        (DoubleConstant(), "torch.float64"),
+        (Squared(), "second operand"),
     ],
 )
 def test_graphs_outside_the_chain_keep_torchscript(module: nn.Module, reason: str) -> None:
@@ -106,19 +134,49 @@ def test_a_runner_that_answers_differently_is_refused() -> None:
     off = NumpyRunner([runner, lambda p: p + np.float32(1e-3)], ["lowered", "shifted"])
     with pytest.raises(Unsupported, match="differs from TorchScript"):
         check_runner(off, torch_predict(module), inputs())
-    with pytest.raises(Unsupported, match="shape"):
+    with pytest.raises(Unsupported, match=r"returned float32 \[1, 6\], TorchScript float32 \[1, 2\]"):
         check_runner(NumpyRunner([lambda x: x], ["identity"]), torch_predict(module), inputs())
+    with pytest.raises(Unsupported, match="returned float64"):
+        check_runner(NumpyRunner([runner, lambda p: p.astype(np.float64)], ["lowered", "widened"]),
+                     torch_predict(module), inputs())
 
 
-def test_load_model_picks_the_numpy_runner_unless_told_torchscript(tmp_path) -> None:
+def test_the_runner_takes_float32_like_the_module() -> None:
+    torch.manual_seed(0)
+    module = frozen(TabularClassifier(6, 2, [4], 0.0))
+    runner = lower(module.graph)
+    rows = np.random.default_rng(2).normal(size=(3, 6))
+    assert runner(rows).dtype == np.float32  # float64 rows are computed as the float32 the module would take
+    np.testing.assert_allclose(runner(rows), torch_predict(module)(rows.astype(np.float32)), atol=MAX_ABS_DIFF)
+
+
+def test_load_model_runs_torchscript_unless_told_auto(tmp_path) -> None:
     from deploy.serving.model import check_batches, load_model
     from tests.serving_helpers import make_bundle
 
     folder = tmp_path / "bundle"
     make_bundle(folder, seed=3, hidden=(8,))
-    fast = load_model(folder, version="1", max_batch=16)
-    plain = load_model(folder, version="1", max_batch=16, runtime="torchscript")
+    fast = load_model(folder, version="1", max_batch=16, runtime="auto")
+    plain = load_model(folder, version="1", max_batch=16)
     assert (fast.runtime, plain.runtime) == ("numpy", "torchscript")
     assert fast.runner is not None and plain.runner is None
     for batch in check_batches(fast.card, 16):
         np.testing.assert_allclose(fast.predict(batch), plain.predict(batch), atol=MAX_ABS_DIFF)
+
+
+def test_a_card_that_does_not_fit_the_module_is_still_a_model_load_error_with_the_runner_asked_for(tmp_path) -> None:
+    import json
+
+    from deploy.serving.model import ModelLoadError, load_model
+    from tests.serving_helpers import make_bundle
+
+    folder = tmp_path / "bundle"
+    make_bundle(folder, seed=4, hidden=(8,))
+    card_path = folder / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["feature_names"] = card["feature_names"][:-1]  # the module still takes one more feature
+    for key in ("mean", "scale"):
+        card["preprocessing"][key] = card["preprocessing"][key][:-1]
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="warm-up"):
+        load_model(folder, version="1", max_batch=8, runtime="auto")
