@@ -28,6 +28,7 @@ from deploy.serving.batcher import MicroBatcher
 from deploy.serving.config import ModelSource, ServingSettings
 from deploy.serving.drift import DriftMonitor
 from deploy.serving.fastpath import INTERNAL_ERROR
+from deploy.serving.looplag import LoopLagMonitor
 from deploy.serving.metrics import CONTENT_TYPE, ServerMetrics
 from deploy.serving.model import LoadedModel, ModelLoadError, load_model, set_threads
 from deploy.serving.openapi import build_openapi
@@ -188,6 +189,7 @@ class ModelServer:
         self._reload_lock = asyncio.Lock()
         self._cache_dir: Path | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._lag: LoopLagMonitor | None = None
         self._exact: dict[str, tuple[str, tuple[str, ...], Handler]] = {
             "/health": ("/health", ("GET",), self._health),
             "/ready": ("/ready", ("GET",), self._ready),
@@ -507,9 +509,13 @@ class ModelServer:
                 return
 
     async def startup(self) -> None:
-        """Start loading the model in the background (/health at once, /ready once warm); hook SIGHUP."""
+        """Start loading the model in the background (/health at once, /ready once warm); hook SIGHUP; sample the
+        event-loop lag."""
         set_threads(self.settings.torch_threads)
         self._spawn(self._initial_load())
+        if self.settings.loop_lag_interval_ms:
+            self._lag = LoopLagMonitor(self.metrics.loop_lag.observe, self.settings.loop_lag_interval_ms / 1000)
+            self._lag.start(asyncio.get_running_loop())
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
 
@@ -534,6 +540,8 @@ class ModelServer:
     async def shutdown(self) -> None:
         """Mark not ready, let in-flight batches finish, stop the worker thread."""
         self.draining = True
+        if self._lag is not None:
+            self._lag.stop()
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if self.current is not None:

@@ -32,6 +32,9 @@ class ServingSettings(Settings):
         description="torchscript: run the loaded module; auto: answer through the numpy lowering of its graph when "
         "that covers the graph and matches TorchScript's outputs (deploy/serving/lowering.py)",
     )
+    loop_lag_interval_ms: float = Field(
+        20.0, ge=0, le=60_000, description="how often the event-loop lag histogram samples the loop; 0 = off"
+    )
     fast_path: bool = Field(
         True, description="answer plain prediction requests in the HTTP protocol, without an ASGI task (fastpath.py)"
     )

@@ -26,6 +26,7 @@ from deploy.serving.drift import DriftMonitor
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -114,6 +115,12 @@ class ServerMetrics:
             registry=r,
         )
         self.reloads = Counter("mlrelease_model_reloads", "Hot-swap attempts by outcome", ["outcome"], registry=r)
+        self.loop_lag = Histogram(
+            "mlrelease_event_loop_lag_seconds",
+            "How late a periodic timer ran on the server's event loop (stalls delay every request in flight)",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
         r.register(DriftCollector(drift))
         self._class_children: dict[tuple[str, int], Counter] = {}
         self._info: tuple[str, str, str] | None = None

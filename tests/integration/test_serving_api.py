@@ -185,6 +185,8 @@ def test_metrics_cover_requests_batches_classes_model_and_drift(server: Server) 
     assert re.search(r'mlrelease_predictions_total{class="(malignant|benign)",model_version="7"} [1-8]', text)
     assert f'mlrelease_model_info{{name="{MODEL_NAME}",sha256=' in text
     assert 'mlrelease_feature_drift_psi{feature="mean radius"}' in text
+    lag = re.search(r"^mlrelease_event_loop_lag_seconds_count (\S+)$", text, re.MULTILINE)
+    assert lag is not None and float(lag.group(1)) > 0  # sampled every 20 ms since the server started
     assert 'status="500"' not in text
 
 
