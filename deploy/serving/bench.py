@@ -23,8 +23,10 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -240,7 +242,7 @@ def latency_points(candidate: Candidate, url: str, pid: int, peak_rps: float, du
     points: dict[str, Any] = {}
     for share in (0.5, 0.8):
         target = share * peak_rps
-        cpu_before = cpu_seconds(pid)
+        cpu_before, lag_before = cpu_seconds(pid), loop_lag(url)
         paced = wrk(url, candidate.path, candidate.body, duration, target)
         cpu_ms = 1000 * (cpu_seconds(pid) - cpu_before) / max(paced["requests"], 1)
         saturated = paced["rps"] < (1 - SATURATED_SHORTFALL) * target
@@ -250,7 +252,31 @@ def latency_points(candidate: Candidate, url: str, pid: int, peak_rps: float, du
             **paced,
             "cpu_ms_per_request": cpu_ms,
         }
+        if lag_before is not None and (lag_after := loop_lag(url)) is not None:
+            points[f"at_{int(share * 100)}"]["loop_lag"] = lag_during(lag_before, lag_after)
     return points
+
+
+def loop_lag(url: str) -> dict[float, float] | None:
+    """The server's event-loop lag histogram (cumulative counts by upper bound; +Inf as inf), or None without one."""
+    import httpx
+
+    try:
+        text = httpx.get(url + "/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    buckets = {
+        float(match.group(1)): float(match.group(2))
+        for match in re.finditer(r'^mlrelease_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)
+    }
+    return buckets or None
+
+
+def lag_during(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """Samples taken between two scrapes, and the share of them that ran 10 ms or more late."""
+    samples = after[math.inf] - before[math.inf]
+    late = samples - (after[0.01] - before[0.01])
+    return {"samples": samples, "share_over_10ms": late / samples if samples else 0.0}
 
 
 def core_steadiness(cpu: int, seconds: float) -> dict[str, Any]:
@@ -518,6 +544,14 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("")
     if saturated:
         lines.append(f"- paced points over 3% short of their target rate (saturated there): {', '.join(saturated)}")
+    for item in report["servers"].values():
+        if "loop_lag" in item["at_80"] and "loop_lag" in item["at_50"]:
+            lags = [item[f"at_{share}"]["loop_lag"] for share in (50, 80)]
+            lines.append(
+                f"- {item['label']}: its event-loop timer ran 10 ms or more late in {lags[0]['share_over_10ms']:.1%} "
+                f"of {lags[0]['samples']:.0f} samples at 50%, {lags[1]['share_over_10ms']:.1%} of "
+                f"{lags[1]['samples']:.0f} at 80%"
+            )
     for item in report["servers"].values():
         busy = item["peak_rps"] * item["cpu_ms_per_request"] / 1000  # share of its one core the server used
         if busy < GENERATOR_BOUND_BUSY:

@@ -187,6 +187,10 @@ def test_metrics_cover_requests_batches_classes_model_and_drift(server: Server) 
     assert 'mlrelease_feature_drift_psi{feature="mean radius"}' in text
     lag = re.search(r"^mlrelease_event_loop_lag_seconds_count (\S+)$", text, re.MULTILINE)
     assert lag is not None and float(lag.group(1)) > 0  # sampled every 20 ms since the server started
+    from deploy.serving.bench import loop_lag
+
+    buckets = loop_lag(server.url)  # what the serving benchmark reads around each paced point
+    assert buckets is not None and buckets[float("inf")] >= buckets[0.01] > 0
     assert 'status="500"' not in text
 
 
