@@ -22,7 +22,6 @@ class LoopLagMonitor:
         self._interval = interval
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
-        self._due = 0.0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Begin sampling on ``loop`` (the server's, at startup)."""
@@ -37,10 +36,10 @@ class LoopLagMonitor:
 
     def _schedule(self) -> None:
         assert self._loop is not None
-        self._due = self._loop.time() + self._interval
-        self._handle = self._loop.call_at(self._due, self._tick)
+        due = self._loop.time() + self._interval
+        self._handle = self._loop.call_at(due, self._tick, due)
 
-    def _tick(self) -> None:
+    def _tick(self, due: float) -> None:
         assert self._loop is not None
-        self._observe(max(0.0, self._loop.time() - self._due))
+        self._observe(max(0.0, self._loop.time() - due))
         self._schedule()

@@ -13,6 +13,7 @@ default TorchScript runtime (README, Measured figures).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,9 @@ def _constant(value: Any) -> Any:
     return constant
 
 
+ARITHMETIC = {"sub": np.subtract, "add": np.add, "mul": np.multiply, "div": np.divide}
+
+
 def _div(other: Any, rounding_mode: Any = None) -> Step:
     if rounding_mode is not None:
         raise Unsupported(f"aten::div with rounding_mode {rounding_mode!r}")
@@ -65,13 +69,8 @@ def _arith(op: str, other: Any, alpha: Any = 1) -> Step:
         raise Unsupported(f"aten::{op} with alpha {alpha!r} or operand {type(other).__name__}")
     if isinstance(other, np.ndarray) and other.ndim > 1:
         raise Unsupported(f"aten::{op} with a {other.ndim}-d constant")
-    table: dict[str, Step] = {
-        "sub": lambda x: x - other,
-        "add": lambda x: x + other,
-        "mul": lambda x: x * other,
-        "div": lambda x: x / other,
-    }
-    return table[op]
+    ufunc = ARITHMETIC[op]
+    return lambda x: ufunc(x, other)
 
 
 def _linear(weight: Any, bias: Any) -> Step:
@@ -110,9 +109,9 @@ def _dropout(p: Any, train: Any) -> Step:
 
 
 BUILDERS: dict[str, Callable[..., Step]] = {
-    "aten::sub": lambda *a: _arith("sub", *a),
-    "aten::add": lambda *a: _arith("add", *a),
-    "aten::mul": lambda *a: _arith("mul", *a),
+    "aten::sub": partial(_arith, "sub"),
+    "aten::add": partial(_arith, "add"),
+    "aten::mul": partial(_arith, "mul"),
     "aten::div": _div,
     "aten::linear": _linear,
     "aten::relu": lambda: lambda x: np.maximum(x, np.float32(0)),

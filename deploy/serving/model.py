@@ -46,7 +46,11 @@ class LoadedModel:
     feature_index: dict[str, int] = field(default_factory=dict)
     batch_ms: float = float("nan")  # median warm-up time of the largest batch
     runner: Callable[[np.ndarray], np.ndarray] | None = None  # the checked numpy lowering (lowering.py), if any
-    runtime: str = "torchscript"
+
+    @property
+    def runtime(self) -> str:
+        """What answers: ``numpy`` (the checked lowering) or ``torchscript``."""
+        return "torchscript" if self.runner is None else "numpy"
 
     @property
     def name(self) -> str:
@@ -163,7 +167,7 @@ def with_numpy_runner(model: LoadedModel, max_batch: int) -> LoadedModel:
         log.info("serving with TorchScript: no numpy runner for this graph (%s)", reason)
         return model
     log.info("serving with the numpy runner of the TorchScript graph (%s)", " -> ".join(runner.ops))
-    return replace(model, runner=runner, runtime="numpy")
+    return replace(model, runner=runner)
 
 
 def check_batches(card: ModelCard, max_batch: int) -> list[np.ndarray]:
