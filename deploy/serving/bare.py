@@ -5,21 +5,29 @@ same shape) and nothing else. ``python -m deploy.serving.bare --port P`` runs it
 the serving issue names); ``--fast`` answers through the same protocol fast path as the model server
 (deploy/serving/fastpath.py), the like-for-like ceiling for that server's prediction route; ``--plain`` answers
 from a bare asyncio protocol over httptools, with no HTTP framework at all: the floor of Python HTTP on this
-machine, which shows what the core allows a server whose requests cost little. ``--plain --burn-us N`` adds N
-microseconds of CPU (a busy loop on the thread's CPU clock) to each request: a server with no framework and no
-model that costs as much per request as the model server, which tells a tail the core imposes on any server of
-that cost from one a server's own structure adds.
+machine, which shows what the core allows a server whose requests cost little.
+
+Two ways to make that plain server cost as much per request as the model server, without its structure:
+``--work-us N`` runs a fixed piece of interpreter work per request, calibrated at start to take N microseconds
+on this core; like any real request's work, it takes longer while the core runs slow. ``--burn-us N`` instead
+spends N microseconds of the thread's CPU clock in a busy loop, which a slow core does not lengthen: a server
+whose cost stays fixed whatever the core does (the benchmark shows both, so the difference is measured, not
+assumed).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+
+log = logging.getLogger(__name__)
 
 _ANSWER = orjson.dumps(
     {
@@ -74,9 +82,27 @@ def burn(seconds: float) -> None:
         pass
 
 
-def plain_protocol(burn_us: float = 0.0) -> type[asyncio.Protocol]:
+def work(iterations: int) -> float:
+    """Fixed interpreter work: the same bytecode on every call, so it takes longer when the core runs slow."""
+    x = 0.0
+    for i in range(iterations):
+        x = x * 0.5 + i
+    return x
+
+
+def calibrate(microseconds: float, trials: int = 9, probe: int = 20_000) -> int:
+    """Iterations of :func:`work` that take ``microseconds`` on this core now (median speed of ``trials``)."""
+    rates = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        work(probe)
+        rates.append(probe / (time.perf_counter() - start))
+    return max(1, round(statistics.median(rates) * microseconds / 1e6))
+
+
+def plain_protocol(burn_us: float = 0.0, work_iterations: int = 0) -> type[asyncio.Protocol]:
     """An HTTP/1.1 keep-alive protocol over httptools that parses each body and answers the fixed prediction
-    (after ``burn_us`` microseconds of CPU per request, when given)."""
+    (after ``burn_us`` microseconds of CPU and ``work_iterations`` of :func:`work` per request, when given)."""
     import httptools
 
     cost = burn_us / 1e6
@@ -106,6 +132,8 @@ def plain_protocol(burn_us: float = 0.0) -> type[asyncio.Protocol]:
             self.body = []
             if cost:
                 burn(cost)
+            if work_iterations:
+                work(work_iterations)
             self.transport.write(response)  # type: ignore[attr-defined]
             if not self.parser.should_keep_alive():
                 self.transport.close()
@@ -113,8 +141,8 @@ def plain_protocol(burn_us: float = 0.0) -> type[asyncio.Protocol]:
     return PlainProtocol
 
 
-async def _serve_plain(port: int, burn_us: float) -> None:
-    protocol = plain_protocol(burn_us)
+async def _serve_plain(port: int, burn_us: float, work_iterations: int) -> None:
+    protocol = plain_protocol(burn_us, work_iterations)
     server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", port, backlog=4096)
     async with server:
         await server.serve_forever()
@@ -131,13 +159,21 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="answer through the protocol fast path")
     parser.add_argument("--plain", action="store_true", help="answer from a bare asyncio protocol (no framework)")
     parser.add_argument("--burn-us", type=float, default=0.0, help="with --plain: CPU microseconds spent per request")
+    parser.add_argument(
+        "--work-us", type=float, default=0.0, help="with --plain: fixed work per request, calibrated to take this long"
+    )
     args = parser.parse_args()
-    if args.burn_us and not args.plain:
-        parser.error("--burn-us needs --plain")
+    if (args.burn_us or args.work_us) and not args.plain:
+        parser.error("--burn-us and --work-us need --plain")
     if args.plain:
         import uvloop
 
-        uvloop.run(_serve_plain(args.port, args.burn_us))
+        iterations = calibrate(args.work_us) if args.work_us > 0 else 0
+        if iterations:
+            log.warning(
+                "%d iterations of fixed work per request (%.1f us on this core at start)", iterations, args.work_us
+            )
+        uvloop.run(_serve_plain(args.port, args.burn_us, iterations))
         return
     uvicorn.run(
         app,

@@ -85,46 +85,35 @@ def test_a_failed_probe_is_reported_and_costs_nothing_else() -> None:
     assert "12.00 -> FAIL\n" in table and "before latency points: probe failed: taskset: failed" in table
 
 
-def test_the_cost_matched_reference_burns_what_our_server_spent_beyond_the_bare_protocol() -> None:
+def test_the_cost_matched_references_cost_what_our_server_spent_beyond_the_bare_protocol() -> None:
     ours = Candidate("mlrelease", "ours", "/v1/models/m:predict", b"{}", lambda p: [], {}, "/ready")
     servers = {"bare_plain": _server("plain", 100_000, 3.0, 80_000), "mlrelease": _server("ours", 20_000, 12.0, 16_000)}
-    matched = cost_matched(servers, ours)  # 0.05 ms against 0.01 ms per request: 40 us more
-    assert matched is not None and matched.key.startswith("bare") and "40 us" in matched.label
-    command = matched.command(8123)
-    assert command[command.index("--burn-us") + 1] == "40.0" and command[-1] == "8123"
-    assert (matched.path, matched.body) == (ours.path, ours.body)
+    matched = {c.key: c for c in cost_matched(servers, ours)}  # 0.05 ms against 0.01 ms per request: 40 us more
+    assert sorted(matched) == ["bare_cpu_matched", "bare_work_half", "bare_work_matched"]
+    flags = {key: c.command(8123)[-4:] for key, c in matched.items()}
+    assert flags["bare_work_matched"] == ["--work-us", "40.0", "--port", "8123"]
+    assert flags["bare_work_half"] == ["--work-us", "20.0", "--port", "8123"]
+    assert flags["bare_cpu_matched"] == ["--burn-us", "40.0", "--port", "8123"]
+    assert "40 us of fixed work" in matched["bare_work_matched"].label
+    assert all((c.path, c.body) == (ours.path, ours.body) for c in matched.values())
     cheaper = {**servers, "mlrelease": _server("ours", 200_000, 12.0, 160_000)}
-    assert cost_matched(cheaper, ours) is None and cost_matched({"mlrelease": servers["mlrelease"]}, ours) is None
+    assert cost_matched(cheaper, ours) == [] and cost_matched({"mlrelease": servers["mlrelease"]}, ours) == []
 
 
-def test_the_cost_matched_row_is_compared_with_our_server_measured_beside_it() -> None:
+def test_the_cost_matched_rows_are_compared_with_our_server_measured_beside_them() -> None:
     servers = {
         "bare_asgi": _server("bare", 10_000, 15.0, 8_000),
         "mlrelease": _server("ours", 6_000, 12.0, 4_800),
         "mlrelease_numpy": _server("ours, numpy", 6_600, 12.0, 5_280),
         "mlrelease_beside_matched": _server("ours again", 5_000, 12.0, 4_000),
-        "bare_cost_matched": _server("matched", 4_000, 9.0, 3_200),
+        "bare_work_matched": _server("work", 5_000, 14.0, 4_000),
+        "bare_cpu_matched": _server("clock", 4_000, 9.0, 3_200),
     }
     servers["mlrelease_beside_matched"]["at_80"]["cpu_ms_per_request"] = 0.25
-    servers["bare_cost_matched"]["at_80"]["cpu_ms_per_request"] = 0.25
+    servers["bare_cpu_matched"]["at_80"]["cpu_ms_per_request"] = 0.25
+    servers["bare_work_matched"]["at_80"]["cpu_ms_per_request"] = 0.2
     ratios = summarize(servers)["ratios"]
     assert round(ratios["numpy_runner_vs_torchscript"], 2) == 1.1
-    assert ratios["cost_matched_cpu_vs_ours_at_peak"] == 1.25 and ratios["cost_matched_cpu_vs_ours_at_80"] == 1.0
-    assert summarize(servers)["targets"]["p99_ms_at_80"]["met_on_this_core_by"] == ["matched"]
-
-
-def test_loop_lag_between_two_scrapes_and_its_line_in_the_table() -> None:
-    from deploy.serving.bench import lag_during
-
-    before = {0.005: 10.0, 0.01: 12.0, float("inf"): 12.0}
-    after = {0.005: 100.0, 0.01: 105.0, float("inf"): 112.0}
-    lag = lag_during(before, after)
-    assert lag == {"samples": 100.0, "share_over_10ms": 0.07}
-    assert lag_during(before, before) == {"samples": 0.0, "share_over_10ms": 0.0}
-    servers = {"bare_asgi": _server("bare", 10_000, 5.0, 8_000), "mlrelease": _server("ours", 6_000, 12.0, 4_800)}
-    servers["mlrelease"]["at_50"]["loop_lag"] = {"samples": 200.0, "share_over_10ms": 0.01}
-    servers["mlrelease"]["at_80"]["loop_lag"] = lag
-    report = {"servers": servers, **summarize(servers), "setup": "setup"}
-    assert "- ours: its event-loop timer ran 10 ms or more late in 1.0% of 200 samples at 50%, 7.0% of 100 at 80%" in (
-        markdown(report)
-    )
+    assert ratios["cpu_matched_cpu_vs_ours_at_peak"] == 1.25 and ratios["cpu_matched_cpu_vs_ours_at_80"] == 1.0
+    assert ratios["work_matched_cpu_vs_ours_at_peak"] == 1.0 and ratios["work_matched_cpu_vs_ours_at_80"] == 0.8
+    assert summarize(servers)["targets"]["p99_ms_at_80"]["met_on_this_core_by"] == ["clock"]
