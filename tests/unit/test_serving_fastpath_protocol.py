@@ -77,14 +77,36 @@ def predict(body: bytes = b"{}") -> bytes:
     return b"POST /v1/models/m:predict HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
-async def drive(server: Answers, *reads: bytes, seconds: float = 0.6) -> Transport:
-    """Feed each of ``reads`` as one read to a fresh connection, letting the loop run ``seconds`` after each."""
+class Later:
+    """A Pending answer the test completes by hand (what the micro-batch does for ModelServer's Batched)."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+        self.ready: Any = None
+
+    def attach(self, ready: Any) -> None:
+        self.ready = ready
+
+    def finish(self) -> Any:
+        if isinstance(self.response, BaseException):
+            raise self.response
+        return self.response
+
+
+def connect(server: Answers) -> tuple[FastPathProtocol, Transport]:
+    """A fast-path protocol on a recording transport, with a 0.1-s keep-alive timeout (call inside a loop)."""
     config = uvicorn.Config(slow_app, http=protocol_for(server), timeout_keep_alive=0.1, lifespan="off")
     config.load()
     protocol_class: type[FastPathProtocol] = config.http_protocol_class  # type: ignore[assignment]
     protocol = protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
     transport = Transport()
     protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def drive(server: Answers, *reads: bytes, seconds: float = 0.6) -> Transport:
+    """Feed each of ``reads`` as one read to a fresh connection, letting the loop run ``seconds`` after each."""
+    protocol, transport = connect(server)
     for data in reads:
         protocol.data_received(data)
         await asyncio.sleep(seconds)
@@ -113,3 +135,43 @@ def test_connection_close_is_honoured_after_a_fast_answer() -> None:
     transport = asyncio.run(drive(server, request, seconds=0.05))
     assert transport.data.startswith(b"HTTP/1.1 200") and b"connection: close" in transport.data
     assert transport.closed
+
+
+def test_a_pending_answer_is_written_when_its_batch_delivers_and_the_connection_waits_for_it() -> None:
+    """No answer before delivery, even past the keep-alive timeout; then one answer, and the connection lives."""
+    later = Later((200, b'{"predictions":[]}', [(b"content-type", b"application/json")]))
+    server = Answers(later)
+
+    async def scenario() -> tuple[bytes, bool, bytes, bool]:
+        protocol, transport = connect(server)
+        protocol.data_received(predict())
+        await asyncio.sleep(0.3)  # three keep-alive timeouts: a request in flight must not be cut
+        before, closed_before = transport.data, transport.closed
+        later.ready()
+        await asyncio.sleep(0.02)
+        return before, closed_before, transport.data, transport.closed
+
+    before, closed_before, after, closed_after = asyncio.run(scenario())
+    assert before == b"" and not closed_before
+    assert after.startswith(b"HTTP/1.1 200") and after.endswith(b'{"predictions":[]}') and after.count(b"HTTP/1.1") == 1
+    assert server.recorded == [200]
+
+
+def test_a_pending_answer_that_fails_to_build_is_a_500_and_the_connection_keeps_serving() -> None:
+    later = Later(RuntimeError("answer bug"))
+    server = Answers(later)
+
+    async def scenario() -> Transport:
+        protocol, transport = connect(server)
+        protocol.data_received(predict())
+        await asyncio.sleep(0.01)
+        later.ready()
+        await asyncio.sleep(0.01)
+        server.outcome = ERROR
+        protocol.data_received(predict())
+        await asyncio.sleep(0.05)
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert transport.data.startswith(b"HTTP/1.1 500") and b"HTTP/1.1 415" in transport.data
+    assert not transport.closed and server.recorded == [500, 415]

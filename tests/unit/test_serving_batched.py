@@ -1,0 +1,80 @@
+"""Batched, the fast path's pending prediction: when its callback runs, what finish() answers, and that the
+request always leaves its model (a hot swap waits for that count to drop)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from deploy.serving.app import Api, Batched
+from deploy.serving.fastpath import INTERNAL_ERROR
+
+
+class Serving:
+    """What Batched reads from app.Serving: the model it answers with, and leave()."""
+
+    def __init__(self) -> None:
+        self.model = "model-v3"
+        self.left = 0
+
+    def leave(self) -> None:
+        self.left += 1
+
+
+API = Api(
+    "/v1/models/{name}:predict", lambda *_: (np.zeros((1, 2)), None), lambda m, p, r: f"{m}:{p.tolist()}:{r}".encode()
+)
+
+
+def batched() -> tuple[Batched, Serving]:
+    serving = Serving()
+    return Batched(API, serving, "req-1"), serving  # type: ignore[arg-type]  # the stand-in has what is read
+
+
+def test_an_attached_callback_runs_when_the_batch_delivers_and_finish_answers_with_the_model() -> None:
+    pending, serving = batched()
+    calls: list[str] = []
+    pending.attach(lambda: calls.append("ready"))
+    assert calls == []
+    pending.deliver(np.array([[0.25, 0.75]]))
+    assert calls == ["ready"]
+    status, body, headers = pending.finish()
+    assert (status, body) == (200, b"model-v3:[[0.25, 0.75]]:req-1") and (
+        b"content-type",
+        b"application/json",
+    ) in headers
+    assert serving.left == 1
+
+
+def test_an_outcome_already_in_runs_the_callback_on_the_next_loop_step_not_inside_attach() -> None:
+    pending, _ = batched()
+    calls: list[str] = []
+
+    async def scenario() -> list[str]:
+        pending.deliver(np.array([[1.0, 0.0]]))
+        pending.attach(lambda: calls.append("ready"))
+        seen = list(calls)  # attach runs inside the HTTP parser: the callback must not
+        await asyncio.sleep(0)
+        return seen
+
+    assert asyncio.run(scenario()) == [] and calls == ["ready"]
+
+
+def test_a_failed_batch_or_an_early_finish_is_a_500_and_the_request_still_leaves_its_model() -> None:
+    failed, serving = batched()
+    failed.deliver(RuntimeError("model crashed"))
+    assert failed.finish() == INTERNAL_ERROR and serving.left == 1
+    early, serving = batched()
+    assert early.finish() == INTERNAL_ERROR and serving.left == 1
+
+
+def test_an_answer_builder_that_fails_is_a_500() -> None:
+    def broken(model: Any, probs: Any, request_id: Any) -> bytes:
+        raise ValueError("cannot build")
+
+    serving = Serving()
+    pending = Batched(Api("/v1", API.parse, broken), serving, None)  # type: ignore[arg-type]
+    pending.deliver(np.array([[0.5, 0.5]]))
+    assert pending.finish() == INTERNAL_ERROR and serving.left == 1
