@@ -117,3 +117,20 @@ def test_the_cost_matched_rows_are_compared_with_our_server_measured_beside_them
     assert ratios["cpu_matched_cpu_vs_ours_at_peak"] == 1.25 and ratios["cpu_matched_cpu_vs_ours_at_80"] == 1.0
     assert ratios["work_matched_cpu_vs_ours_at_peak"] == 1.0 and ratios["work_matched_cpu_vs_ours_at_80"] == 0.8
     assert summarize(servers)["targets"]["p99_ms_at_80"]["met_on_this_core_by"] == ["clock"]
+
+
+def test_loop_lag_between_two_scrapes_and_its_line_in_the_table() -> None:
+    from deploy.serving.bench import lag_during
+
+    before = {0.005: 10.0, 0.01: 12.0, float("inf"): 12.0}
+    after = {0.005: 100.0, 0.01: 105.0, float("inf"): 112.0}
+    lag = lag_during(before, after)
+    assert lag == {"samples": 100.0, "share_over_10ms": 0.07}
+    assert lag_during(before, before) == {"samples": 0.0, "share_over_10ms": 0.0}
+    servers = {"bare_asgi": _server("bare", 10_000, 5.0, 8_000), "mlrelease": _server("ours", 6_000, 12.0, 4_800)}
+    servers["mlrelease"]["at_50"]["loop_lag"] = {"samples": 200.0, "share_over_10ms": 0.01}
+    servers["mlrelease"]["at_80"]["loop_lag"] = lag
+    report = {"servers": servers, **summarize(servers), "setup": "setup"}
+    assert "- ours: its event-loop timer ran 10 ms or more late in 1.0% of 200 samples at 50%, 7.0% of 100 at 80%" in (
+        markdown(report)
+    )
