@@ -12,9 +12,8 @@ with the opt-in numpy runner of its graph (MLRELEASE_RUNTIME=auto, deploy/servin
 protocol is made to cost per request what one cost our server at the peak (servers of our cost without our
 structure: fixed work of that cost, half of it, and a busy loop on the CPU clock; see ``cost_matched``),
 interleaved with our server measured again, so all share a stretch of the machine's noise; their CPU per request
-is compared at the peak and at 80%. The servers' core is probed for
-steadiness (deploy/serving/steadiness.py) just before and after the first latency points, as a measure of the
-machine's noise.
+is compared at the peak and at 80%. The servers' core is probed for steadiness (deploy/serving/steadiness.py) just
+before and after the first latency points, as a measure of the machine's noise.
 Writes reports/bench_serving.json and a markdown table next to it.
 """
 
@@ -27,7 +26,6 @@ import logging
 import math
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -261,14 +259,17 @@ def latency_points(candidate: Candidate, url: str, pid: int, peak_rps: float, du
 def loop_lag(url: str) -> dict[float, float] | None:
     """The server's event-loop lag histogram (cumulative counts by upper bound; +Inf as inf), or None without one."""
     import httpx
+    from prometheus_client.parser import text_string_to_metric_families
 
     try:
         text = httpx.get(url + "/metrics", timeout=5).text
     except httpx.HTTPError:
         return None
     buckets = {
-        float(match.group(1)): float(match.group(2))
-        for match in re.finditer(r'^mlrelease_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)
+        float(sample.labels["le"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "mlrelease_event_loop_lag_seconds_bucket"
     }
     return buckets or None
 
@@ -345,8 +346,8 @@ def cost_matched(results: dict[str, dict[str, Any]], ours: Candidate) -> list[Ca
 
     Three of them (deploy/serving/bare.py): fixed work of that cost, which a slow core slows down as it does
     real work; half that work, which shows where this core's tail starts to miss the target; and a busy loop on
-    the CPU clock of that cost, which a slow core does not lengthen (stop 12's reference, which met the target
-    while its work-based twin misses: the figure that says the miss comes with the cost, not our structure).
+    the CPU clock of that cost, which a slow core does not lengthen (where it meets the target and its
+    fixed-work twin misses, the miss comes with real work of that cost on this core, not with our structure).
     """
     if "mlrelease" not in results or "bare_plain" not in results:
         return []
@@ -441,7 +442,7 @@ def candidates(model_dir: Path, work: Path, skip_mlflow: bool) -> list[Candidate
             base_env(),
             "/",
         ),
-        Candidate(
+        ours := Candidate(
             "mlrelease",
             "mlrelease server",
             f"/v1/models/{name}:predict",
@@ -450,14 +451,11 @@ def candidates(model_dir: Path, work: Path, skip_mlflow: bool) -> list[Candidate
             base_env(),
             "/ready",
         ),
-        Candidate(
-            "mlrelease_numpy",
-            "mlrelease server, numpy runner (MLRELEASE_RUNTIME=auto)",
-            f"/v1/models/{name}:predict",
-            v1,
-            lambda p: [py, "-m", "deploy.serving", "--model-dir", str(model_dir), "--port", str(p)],
-            {**base_env(), "MLRELEASE_RUNTIME": "auto"},
-            "/ready",
+        replace(
+            ours,
+            key="mlrelease_numpy",
+            label="mlrelease server, numpy runner (MLRELEASE_RUNTIME=auto)",
+            env={**ours.env, "MLRELEASE_RUNTIME": "auto"},
         ),
     ]
     if not skip_mlflow:
