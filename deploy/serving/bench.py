@@ -262,15 +262,20 @@ def loop_lag(url: str) -> dict[float, float] | None:
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        text = httpx.get(url + "/metrics", timeout=5).text
+        answer = httpx.get(url + "/metrics", timeout=5)
     except httpx.HTTPError:
         return None
-    buckets = {
-        float(sample.labels["le"]): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "mlrelease_event_loop_lag_seconds_bucket"
-    }
+    if answer.status_code != 200 or not answer.headers.get("content-type", "").startswith("text/plain"):
+        return None  # the bare servers answer every path with their fixed prediction
+    try:
+        buckets = {
+            float(sample.labels["le"]): sample.value
+            for family in text_string_to_metric_families(answer.text)
+            for sample in family.samples
+            if sample.name == "mlrelease_event_loop_lag_seconds_bucket"
+        }
+    except ValueError:
+        return None
     return buckets or None
 
 

@@ -72,6 +72,14 @@ def test_the_plain_protocol_closes_a_connection_that_is_not_http(bare_servers: d
         assert sock.recv(100) == b""  # closed, no answer
 
 
+def test_the_bench_reads_no_loop_lag_from_a_server_without_metrics(bare_servers: dict[str, str]) -> None:
+    """Each bare server answers /metrics with its fixed prediction (or a 404): no lag histogram, and no crash."""
+    from deploy.serving.bench import loop_lag
+
+    for url in bare_servers.values():
+        assert loop_lag(url) is None
+
+
 @pytest.mark.parametrize("flag", ["--burn-us", "--work-us"])
 def test_a_cost_matched_plain_server_spends_the_cpu_it_is_told_per_request(flag: str) -> None:
     """--burn-us (CPU clock) and --work-us (calibrated fixed work) make each request cost that much more CPU, and
