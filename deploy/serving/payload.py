@@ -18,6 +18,8 @@ V2_DATATYPES = frozenset(
 )
 _NON_FINITE_TOKENS = (b"NaN", b"Infinity")
 _BOOL_TOKENS = (b"true", b"false")
+_NUMBERS_AND_KEY = b'0123456789.eE+-[]{},: \t\r\n"instances'
+_BODY_KEYS = ("instances", "parameters")
 _MAX_NAMED = 5
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -94,8 +96,12 @@ def _check_finite(matrix: np.ndarray, names: list[str], where: str) -> None:
 
 
 def only_numbers(body: bytes, quotes: int) -> bool:
-    """True when the body's only strings are its ``quotes`` key quotes and it has no true/false/null."""
-    return body.count(b'"') == quotes and b"true" not in body and b"false" not in body and b"null" not in body
+    """True when the body's only strings are its ``quotes`` key quotes and it has no true/false/null.
+
+    One pass: the bytes of numbers, JSON punctuation and the letters of "instances" are deleted; anything
+    left (the r, u, f or l of true/false/null, another key's letters) means the body needs the full walk.
+    """
+    return body.count(b'"') == quotes and not body.translate(None, _NUMBERS_AND_KEY)
 
 
 def to_matrix(
@@ -132,7 +138,7 @@ def _plain_matrix(rows: list[Any], names: list[str], where: str) -> np.ndarray:
         raise ClientError(422, "bad_instance", f"{where} is not a matrix of numbers: {exc}") from exc
     if array.ndim != 2 or array.shape[1] != len(names):
         _diagnose_rows(rows, names, where)
-    if array.max() > FLOAT32_MAX or array.min() < -FLOAT32_MAX:
+    if np.abs(array).max() > FLOAT32_MAX:
         with np.errstate(over="ignore", invalid="ignore"):
             _check_finite(array.astype(np.float32), names, where)
     return array.astype(np.float32)
@@ -161,15 +167,9 @@ def _dict_rows(instances: list[Any], names: list[str]) -> list[list[Any]]:
     return [[item[n] for n in names] for item in instances]
 
 
-def _instances(doc: Any, max_batch: int) -> list[Any]:
-    if type(doc) is not dict:
-        raise ClientError(
-            400,
-            "bad_body",
-            f'body is a JSON {_json_type(doc)}; expected an object {{"instances": [[...], ...]}}',
-        )
-    unknown = sorted(k for k in doc if k not in ("instances", "parameters"))
-    if unknown or "instances" not in doc:
+def _check_keys(doc: dict[str, Any]) -> None:
+    """A body with more than the one key: only 'instances' and an object 'parameters' are allowed."""
+    if any(k not in _BODY_KEYS for k in doc) or "instances" not in doc:
         raise ClientError(
             422,
             "bad_body",
@@ -178,6 +178,17 @@ def _instances(doc: Any, max_batch: int) -> list[Any]:
         )
     if type(doc.get("parameters", {})) is not dict:
         raise ClientError(422, "bad_body", "'parameters' must be an object")
+
+
+def _instances(doc: Any, max_batch: int) -> list[Any]:
+    if type(doc) is not dict:
+        raise ClientError(
+            400,
+            "bad_body",
+            f'body is a JSON {_json_type(doc)}; expected an object {{"instances": [[...], ...]}}',
+        )
+    if len(doc) != 1 or "instances" not in doc:
+        _check_keys(doc)
     instances = doc["instances"]
     if type(instances) is not list:
         raise ClientError(422, "bad_body", f"'instances' is a JSON {_json_type(instances)}; expected an array")

@@ -23,6 +23,15 @@ def test_rows_and_objects_give_the_same_matrix() -> None:
     np.testing.assert_array_equal(rows, keyed)
 
 
+def test_numbers_in_every_json_spelling_and_parameters_parse_alike() -> None:
+    """Exponents, signs, whitespace and a 'parameters' object: the same matrix as the plain spelling."""
+    plain = v1({"instances": [[100, -0.5, 3]]})
+    spelled = parse_v1(b'{ "instances" :\n\t[ [ 1E2 , -5e-1,3.0 ] ] }', NAMES, max_batch=4)
+    with_parameters = v1({"instances": [[100, -0.5, 3]], "parameters": {"threshold": 0.5}})
+    np.testing.assert_array_equal(plain, spelled)
+    np.testing.assert_array_equal(plain, with_parameters)
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code", "fragment"),
     [
@@ -46,6 +55,9 @@ def test_rows_and_objects_give_the_same_matrix() -> None:
         (b'{"instances": [[1, true, 3]]}', 422, "non_numeric", "boolean"),
         (b'{"instances": [[1, null, 3]]}', 422, "non_numeric", "null"),
         (b'{"instances": [[1, 1e39, 3]]}', 422, "non_finite", "float32"),
+        (b'{"instances": [[1, 2, -1E39]]}', 422, "non_finite", "feature 'c'"),
+        (b'{"instances": [[1, 2, 3]], "extra": 1}', 422, "bad_body", "['extra', 'instances']"),
+        (b'{"parameters": {}}', 422, "bad_body", "needs the key 'instances'"),
         (b'{"instances": [[1, [2], 3]]}', 422, "non_numeric", "array"),
         (b'{"instances": [5]}', 422, "bad_instance", "instances[0]"),
         (b'{"instances": [[1, 2, 3]], "parameters": [1]}', 422, "bad_body", "parameters"),
