@@ -109,11 +109,16 @@ def pinned(cpu: int, command: list[str]) -> list[str]:
     return command
 
 
+def lua_escape(text: str) -> str:
+    """``text`` inside a double-quoted Lua string (a JSON body's own escapes, such as \\u00e9, kept as sent)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def wrk(url: str, path: str, body: bytes, duration: float, rate: float | None) -> dict[str, float]:
     """One wrk run (1 thread, CONNECTIONS connections); paced to ``rate`` req/s when given."""
     script = (
         LUA.replace("__PATH__", path)
-        .replace("__BODY__", body.decode().replace('"', '\\"'))
+        .replace("__BODY__", lua_escape(body.decode()))
         .replace("__INTERVAL__", f"{1000.0 / rate:.6f}" if rate else "0")
     )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
@@ -256,6 +261,24 @@ def latency_points(candidate: Candidate, url: str, pid: int, peak_rps: float, du
     return points
 
 
+def served_runtime(url: str, candidate: Candidate) -> str | None:
+    """What answers predictions (``numpy`` or ``torchscript``), from our server's model metadata; None elsewhere.
+
+    ``MLRELEASE_RUNTIME=auto`` falls back to TorchScript when the lowering does not check out: the numpy row's
+    ratio means something only when the numpy runner really answered.
+    """
+    import httpx
+
+    if not candidate.path.endswith(":predict") or candidate.ready_path != "/ready":
+        return None
+    try:
+        meta = httpx.get(url + candidate.path.removesuffix(":predict"), timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    runtime = meta.get("runtime") if isinstance(meta, dict) else None
+    return runtime if isinstance(runtime, str) else None
+
+
 def loop_lag(url: str) -> dict[float, float] | None:
     """The server's event-loop lag histogram (cumulative counts by upper bound; +Inf as inf), or None without one."""
     import httpx
@@ -325,12 +348,10 @@ def measure_all(
                 url, pid = running[c.key]
                 runs[c.key].append(saturate(c, url, pid, duration))
         for c in found:
-            ordered = sorted(runs[c.key], key=lambda run: float(run["peak_rps"]))
-            results[c.key] = {
-                "label": c.label,
-                **ordered[(len(ordered) - 1) // 2],
-                "peak_rps_rounds": [run["peak_rps"] for run in runs[c.key]],
-            }
+            results[c.key] = {"label": c.label, **median_round(runs[c.key])}
+            runtime = served_runtime(running[c.key][0], c)
+            if runtime is not None:
+                results[c.key]["runtime"] = runtime
         if probe:
             steadiness["before_latency_points"] = core_steadiness(0, STEADINESS_SECONDS)
         for c in found:
@@ -343,6 +364,16 @@ def measure_all(
         if probe:
             steadiness["after_latency_points"] = core_steadiness(0, STEADINESS_SECONDS)
     return results, steadiness
+
+
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round of median peak (the lower one for an even count), with every round's peak and errors."""
+    ordered = sorted(rounds, key=lambda run: float(run["peak_rps"]))
+    return {
+        **ordered[(len(ordered) - 1) // 2],
+        "peak_rps_rounds": [run["peak_rps"] for run in rounds],
+        "errors": sum(run["errors"] for run in rounds),  # an error in any round shows, not only the median one's
+    }
 
 
 def cost_matched(results: dict[str, dict[str, Any]], ours: Candidate) -> list[Candidate]:
@@ -501,7 +532,8 @@ def summarize(results: dict[str, dict[str, Any]], steadiness: dict[str, Any] | N
     same core in the same run, and whether the steadiness probe found the core unsteady."""
     ours = results["mlrelease"]
     ratios: dict[str, float] = {"of_bare_asgi_ceiling": ours["peak_rps"] / results["bare_asgi"]["peak_rps"]}
-    if "mlrelease_numpy" in results:
+    numpy_row = results.get("mlrelease_numpy")
+    if numpy_row is not None and numpy_row.get("runtime", "numpy") == "numpy":  # not a TorchScript fallback
         ratios["numpy_runner_vs_torchscript"] = results["mlrelease_numpy"]["peak_rps"] / ours["peak_rps"]
     again = results.get("mlrelease_beside_matched")
     for key in ("bare_work_matched", "bare_cpu_matched"):
@@ -609,6 +641,7 @@ def run(model_dir: Path, out: Path, duration: float, skip_mlflow: bool, rounds: 
         results, steadiness = measure_all(found, duration, work, rounds)
         ours = next(c for c in found if c.key == "mlrelease")
         matched = cost_matched(results, ours)
+        features = len(payload(model_dir)[0])
         if matched:  # measured beside our server again: the same stretch of the machine's noise
             again = replace(ours, key="mlrelease_beside_matched", label="mlrelease server, again beside the next rows")
             results.update(measure_all([again, *matched], duration, work, rounds, probe=False)[0])
@@ -616,7 +649,7 @@ def run(model_dir: Path, out: Path, duration: float, skip_mlflow: bool, rounds: 
         "servers": results,
         **summarize(results, steadiness),
         "setup": (
-            f"Same model ({model_dir}), same instance (30 features; rows for the mlrelease and bare servers, "
+            f"Same model ({model_dir}), same instance ({features} features; rows for the mlrelease and bare servers, "
             f"named `inputs` records for MLflow, whose signature is column-based), wrk 1 thread x {CONNECTIONS} "
             f"connections for {duration:g} s per point on CPU 1, servers on CPU 0; saturation runs interleaved, "
             f"median of {rounds}; latency points paced by a Lua scheduler at 50%/80% of each server's own peak. "
@@ -639,15 +672,30 @@ def run(model_dir: Path, out: Path, duration: float, skip_mlflow: bool, rounds: 
     return report
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(prog="bench_serving", description=__doc__)
     parser.add_argument("--model-dir", type=Path, default=Path("models"))
     parser.add_argument("--out", type=Path, default=Path("reports/bench_serving.json"))
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk point")
+    parser.add_argument(
+        "--duration", type=positive_int, default=4, help="whole seconds per wrk point (wrk reads no fractions)"
+    )
     parser.add_argument("--skip-mlflow", action="store_true")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved saturation runs per server (median kept)")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=3, help="interleaved saturation runs per server (median kept)"
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         log.error("wrk is not installed (scripts/install_debs.sh installs it)")

@@ -74,10 +74,21 @@ def test_the_plain_protocol_closes_a_connection_that_is_not_http(bare_servers: d
 
 def test_the_bench_reads_no_loop_lag_from_a_server_without_metrics(bare_servers: dict[str, str]) -> None:
     """Each bare server answers /metrics with its fixed prediction (or a 404): no lag histogram, and no crash."""
-    from deploy.serving.bench import loop_lag
+    from deploy.serving.bench import Candidate, loop_lag, served_runtime
 
     for url in bare_servers.values():
         assert loop_lag(url) is None
+        assert served_runtime(url, Candidate("bare", "bare", "/v1/models/m:predict", b"{}", list, {}, "/ready")) is None
+
+
+def test_wrk_posts_a_body_with_json_escapes_intact(bare_servers: dict[str, str]) -> None:
+    """The body goes into wrk's Lua script: a JSON escape such as \\u00e9 must reach the server as sent."""
+    from deploy.serving.bench import wrk
+
+    body = orjson.dumps({"instances": [[1.0, 2.0, 3.0]], "note": "caf\u00e9 \"quoted\""}, option=orjson.OPT_SORT_KEYS)
+    body = body.replace("é".encode(), b"\\u00e9")  # as json.dumps(ensure_ascii=True) sends it
+    result = wrk(bare_servers["plain"], "/v1/models/m:predict", body, 1, None)
+    assert result["requests"] > 0 and result["errors"] == 0  # the plain server closes on a body it cannot parse
 
 
 @pytest.mark.parametrize("flag", ["--burn-us", "--work-us"])

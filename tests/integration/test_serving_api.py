@@ -194,6 +194,16 @@ def test_metrics_cover_requests_batches_classes_model_and_drift(server: Server) 
     assert 'status="500"' not in text
 
 
+def test_the_benchmark_reads_which_runtime_answers(server: Server) -> None:
+    """The serving benchmark labels the numpy-runner row by what the server's metadata says really answers."""
+    from deploy.serving.bench import Candidate, served_runtime
+
+    ours = Candidate("mlrelease", "ours", PREDICT, b"{}", lambda port: [], {}, "/ready")
+    assert served_runtime(server.url, ours) == "torchscript"
+    mlflow_like = Candidate("mlflow", "mlflow", "/invocations", b"{}", lambda port: [], {}, "/ping")
+    assert served_runtime(server.url, mlflow_like) is None
+
+
 def test_api_key_and_rate_limit(bundle: Path, tmp_path: Path) -> None:
     with run_server(bundle, tmp_path, api_key=API_KEY, rate_limit_per_second="0.01", rate_limit_burst="3") as srv:
         body = '{"instances": [' + ROW + "]}"

@@ -134,3 +134,40 @@ def test_loop_lag_between_two_scrapes_and_its_line_in_the_table() -> None:
     assert "- ours: its event-loop timer ran 10 ms or more late in 1.0% of 200 samples at 50%, 7.0% of 100 at 80%" in (
         markdown(report)
     )
+
+
+def test_the_median_round_carries_every_rounds_errors() -> None:
+    from deploy.serving.bench import median_round
+
+    rounds = [
+        {"peak_rps": 900.0, "errors": 5, "cpu_ms_per_request": 0.3},
+        {"peak_rps": 1000.0, "errors": 0, "cpu_ms_per_request": 0.2},
+        {"peak_rps": 1100.0, "errors": 2, "cpu_ms_per_request": 0.1},
+    ]
+    kept = median_round(rounds)
+    assert (kept["peak_rps"], kept["cpu_ms_per_request"], kept["errors"]) == (1000.0, 0.2, 7)
+    assert kept["peak_rps_rounds"] == [900.0, 1000.0, 1100.0]
+    assert median_round(rounds[:2])["peak_rps"] == 900.0  # an even count keeps the lower one
+
+
+def test_the_numpy_ratio_only_when_the_numpy_runner_answered() -> None:
+    servers = {
+        "bare_asgi": _server("bare", 10_000, 5.0, 8_000),
+        "mlrelease": _server("ours", 4_000, 8.0, 3_200),
+        "mlrelease_numpy": {**_server("numpy", 5_000, 8.0, 4_000), "runtime": "numpy"},
+    }
+    assert summarize(servers)["ratios"]["numpy_runner_vs_torchscript"] == 1.25
+    servers["mlrelease_numpy"]["runtime"] = "torchscript"  # MLRELEASE_RUNTIME=auto fell back
+    assert "numpy_runner_vs_torchscript" not in summarize(servers)["ratios"]
+
+
+def test_a_json_escape_in_the_body_reaches_lua_intact_and_fractions_of_seconds_are_refused() -> None:
+    import pytest
+
+    from deploy.serving.bench import lua_escape, main
+
+    assert lua_escape('{"name":"caf\\u00e9"}') == '{\\"name\\":\\"caf\\\\u00e9\\"}'
+    for bad in (["--duration", "2.5"], ["--duration", "0"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit) as info:
+            main(bad)
+        assert info.value.code == 2
