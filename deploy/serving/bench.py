@@ -613,6 +613,10 @@ def markdown(report: dict[str, Any]) -> str:
         busy = item["peak_rps"] * item["cpu_ms_per_request"] / 1000  # share of its one core the server used
         if busy < GENERATOR_BOUND_BUSY:
             lines.append(f"- {item['label']}: busy {busy:.0%} of its core at its peak: wrk, not the server, set it")
+    numpy_row = report["servers"].get("mlrelease_numpy", {})
+    if numpy_row.get("runtime", "numpy") != "numpy":
+        answered = numpy_row["runtime"]
+        lines.append(f"- {numpy_row['label']}: answered by {answered} (no checked lowering), no numpy ratio")
     for key, value in report["ratios"].items():
         lines.append(f"- {key}: {value:.2f}")
     for key, check in report["targets"].items():

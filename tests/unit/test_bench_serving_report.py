@@ -158,7 +158,11 @@ def test_the_numpy_ratio_only_when_the_numpy_runner_answered() -> None:
     }
     assert summarize(servers)["ratios"]["numpy_runner_vs_torchscript"] == 1.25
     servers["mlrelease_numpy"]["runtime"] = "torchscript"  # MLRELEASE_RUNTIME=auto fell back
-    assert "numpy_runner_vs_torchscript" not in summarize(servers)["ratios"]
+    summary = summarize(servers)
+    assert "numpy_runner_vs_torchscript" not in summary["ratios"]
+    assert "- numpy: answered by torchscript (no checked lowering), no numpy ratio" in markdown(
+        {"servers": servers, **summary, "setup": ""}
+    )
 
 
 def test_a_json_escape_in_the_body_reaches_lua_intact_and_fractions_of_seconds_are_refused() -> None:
