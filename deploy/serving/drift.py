@@ -1,11 +1,13 @@
 """Input drift per feature: PSI of a rolling window of served rows against the training split's quantile bins.
 
-The hot path only copies rows into a ring buffer; scores are computed when Prometheus scrapes.
+The hot path only copies rows into a ring buffer; scores are computed when Prometheus scrapes. Batches may run on
+the model thread while a scrape runs on the event loop, so both hold a lock: a scrape scores a copy of one window.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -35,28 +37,32 @@ class DriftMonitor:
         self._buffer = np.zeros((window, len(feature_names)), dtype=np.float32)
         self._pos = 0
         self.count = 0
+        self._lock = threading.Lock()
 
     def observe(self, rows: np.ndarray) -> None:
         """Copy served rows into the ring buffer (oldest rows are overwritten)."""
         size = len(self._buffer)
         rows = rows[-size:]
-        first = min(len(rows), size - self._pos)
-        self._buffer[self._pos : self._pos + first] = rows[:first]
-        rest = len(rows) - first
-        if rest:
-            self._buffer[:rest] = rows[first:]
-        self._pos = (self._pos + len(rows)) % size
-        self.count = min(size, self.count + len(rows))
+        with self._lock:
+            first = min(len(rows), size - self._pos)
+            self._buffer[self._pos : self._pos + first] = rows[:first]
+            rest = len(rows) - first
+            if rest:
+                self._buffer[:rest] = rows[first:]
+            self._pos = (self._pos + len(rows)) % size
+            self.count = min(size, self.count + len(rows))
 
     def scores(self) -> dict[str, float]:
         """PSI per feature over the window; empty until a row has been served."""
-        if self.count == 0:
+        with self._lock:
+            count = self.count
+            window = self._buffer[:count].copy()
+        if count == 0:
             return {}
-        window = self._buffer[: self.count]
         result: dict[str, float] = {}
         for name, j, interior, expected in self.columns:
             bins = np.searchsorted(interior, window[:, j], side="right")
-            actual = np.bincount(bins, minlength=len(expected)) / self.count
+            actual = np.bincount(bins, minlength=len(expected)) / count
             value = psi(expected, actual)
             result[name] = value if math.isfinite(value) else 0.0
         return result

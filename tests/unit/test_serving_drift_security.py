@@ -33,6 +33,39 @@ def test_ring_buffer_keeps_the_latest_rows() -> None:
     assert psi(np.array([0.5, 0.5]), np.array([0.5, 0.5])) == 0.0
 
 
+def test_a_scrape_scores_one_consistent_window_while_the_model_thread_observes() -> None:
+    """Batches run on the model thread while /metrics scores on the loop: every feature of one scrape must come
+    from the same window. Each batch fills the whole window with one value (all features alike), so a scrape
+    that reads some columns before a batch and some after gives features different scores."""
+    import sys
+    import threading
+
+    names = [f"f{j}" for j in range(24)]
+    feature = FeatureReference(edges=[0, 1, 2, 3, 4], fractions=[0.25] * 4, mean=2, std=1, min=0, max=4)
+    monitor = DriftMonitor(ReferenceStats(n_rows=100, features=dict.fromkeys(names, feature)), names, window=256)
+    batches = [np.full((256, len(names)), value, np.float32) for value in (0.5, 3.5)]
+    monitor.observe(batches[0])
+    stop = threading.Event()
+
+    def model_thread() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            monitor.observe(batches[i % 2])
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    worker = threading.Thread(target=model_thread)
+    worker.start()
+    try:
+        torn = [scores for scores in (monitor.scores() for _ in range(300)) if len(set(scores.values())) != 1]
+    finally:
+        stop.set()
+        worker.join()
+        sys.setswitchinterval(interval)
+    assert not torn, f"{len(torn)} of 300 scrapes mixed two windows"
+
+
 def test_rate_limiter_allows_the_burst_then_refuses_then_refills() -> None:
     limiter = RateLimiter(rate=2.0, burst=3)
     assert [limiter.retry_after("a", now=100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
