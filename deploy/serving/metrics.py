@@ -14,7 +14,9 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -101,6 +103,8 @@ class ServerMetrics:
         disable_created_metrics()  # no *_created series: less to scrape, nothing the analysis reads
         self.registry = CollectorRegistry()
         r = self.registry
+        GCCollector(registry=r)  # python_gc_*: objects the cyclic collector found, collections per generation
+        ProcessCollector(registry=r)  # process_*: CPU seconds, resident memory, open file descriptors
         self.requests = RequestStats()
         r.register(self.requests)
         self.batch_size = Histogram("mlrelease_batch_size", "Rows per model call", buckets=BATCH_BUCKETS, registry=r)

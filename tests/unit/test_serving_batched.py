@@ -78,3 +78,33 @@ def test_an_answer_builder_that_fails_is_a_500() -> None:
     pending = Batched(Api("/v1", API.parse, broken), serving, None)  # type: ignore[arg-type]
     pending.deliver(np.array([[0.5, 0.5]]))
     assert pending.finish() == INTERNAL_ERROR and serving.left == 1
+
+
+def test_a_delivered_prediction_keeps_no_callback_so_closing_over_it_makes_no_reference_cycle() -> None:
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        for early in (False, True):
+            pending, _ = batched()
+
+            def done(pending: Batched = pending) -> None:  # closes over the pending answer, as fastpath's does
+                pending.finish()
+
+            if early:
+                asyncio.run(_attach_after_delivery(pending, done))
+            else:
+                pending.attach(done)
+                pending.deliver(np.array([[0.5, 0.5]]))
+            assert pending.ready is None
+            del pending, done
+        assert gc.collect() == 0  # everything went with its last reference
+    finally:
+        gc.enable()
+
+
+async def _attach_after_delivery(pending: Batched, done: Any) -> None:
+    pending.deliver(np.array([[0.5, 0.5]]))
+    pending.attach(done)
+    await asyncio.sleep(0)
