@@ -533,8 +533,8 @@ def summarize(results: dict[str, dict[str, Any]], steadiness: dict[str, Any] | N
     ours = results["mlrelease"]
     ratios: dict[str, float] = {"of_bare_asgi_ceiling": ours["peak_rps"] / results["bare_asgi"]["peak_rps"]}
     numpy_row = results.get("mlrelease_numpy")
-    if numpy_row is not None and numpy_row.get("runtime", "numpy") == "numpy":  # not a TorchScript fallback
-        ratios["numpy_runner_vs_torchscript"] = results["mlrelease_numpy"]["peak_rps"] / ours["peak_rps"]
+    if numpy_row is not None and not fell_back(numpy_row):
+        ratios["numpy_runner_vs_torchscript"] = numpy_row["peak_rps"] / ours["peak_rps"]
     again = results.get("mlrelease_beside_matched")
     for key in ("bare_work_matched", "bare_cpu_matched"):
         if key in results and again is not None:
@@ -570,6 +570,11 @@ def summarize(results: dict[str, dict[str, Any]], steadiness: dict[str, Any] | N
         behind = max(probe["ideal_server_at_load"]["80%"]["share_of_windows_behind"] for probe in probes)
         targets["p99_ms_at_80"]["core_unsteady"] = behind > UNSTEADY_SHARE
     return {"ratios": ratios, "targets": targets, "steadiness": steadiness}
+
+
+def fell_back(numpy_row: dict[str, Any]) -> bool:
+    """The numpy-runner row was answered by TorchScript (``auto`` found no checked lowering)."""
+    return numpy_row.get("runtime", "numpy") != "numpy"
 
 
 def met_by_model_less(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -613,8 +618,8 @@ def markdown(report: dict[str, Any]) -> str:
         busy = item["peak_rps"] * item["cpu_ms_per_request"] / 1000  # share of its one core the server used
         if busy < GENERATOR_BOUND_BUSY:
             lines.append(f"- {item['label']}: busy {busy:.0%} of its core at its peak: wrk, not the server, set it")
-    numpy_row = report["servers"].get("mlrelease_numpy", {})
-    if numpy_row.get("runtime", "numpy") != "numpy":
+    numpy_row = report["servers"].get("mlrelease_numpy")
+    if numpy_row is not None and fell_back(numpy_row):
         answered = numpy_row["runtime"]
         lines.append(f"- {numpy_row['label']}: answered by {answered} (no checked lowering), no numpy ratio")
     for key, value in report["ratios"].items():
@@ -645,7 +650,7 @@ def run(model_dir: Path, out: Path, duration: float, skip_mlflow: bool, rounds: 
         results, steadiness = measure_all(found, duration, work, rounds)
         ours = next(c for c in found if c.key == "mlrelease")
         matched = cost_matched(results, ours)
-        features = len(payload(model_dir)[0])
+        features = len(json.loads(ours.body)["instances"][0])
         if matched:  # measured beside our server again: the same stretch of the machine's noise
             again = replace(ours, key="mlrelease_beside_matched", label="mlrelease server, again beside the next rows")
             results.update(measure_all([again, *matched], duration, work, rounds, probe=False)[0])
@@ -676,6 +681,65 @@ def run(model_dir: Path, out: Path, duration: float, skip_mlflow: bool, rounds: 
     return report
 
 
+def run_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """One run's figures for the runs file (reports/bench_serving_runs.json): the spread the README quotes."""
+    servers = report["servers"]
+    lags = {k: [v[f"at_{p}"].get("loop_lag") for p in (50, 80)] for k, v in servers.items()}
+    return {
+        "peak_rps": {k: round(v["peak_rps"]) for k, v in servers.items()},
+        "p99_ms_at_50": {k: round(v["at_50"]["p99_ms"], 2) for k, v in servers.items()},
+        "p99_ms_at_80": {k: round(v["at_80"]["p99_ms"], 2) for k, v in servers.items()},
+        "cpu_ms_per_request_peak_vs_at_80": {
+            k: [
+                round(v["cpu_ms_per_request"], 4),
+                round(v["at_80"]["cpu_ms_per_request"], 4),
+                round(v["at_80"]["cpu_ms_per_request"] / v["cpu_ms_per_request"], 2),
+            ]
+            for k, v in servers.items()
+        },
+        "loop_lag_share_over_10ms_at_50_80": {
+            k: [lag["share_over_10ms"] for lag in pair] for k, pair in lags.items() if all(pair)
+        },
+        "saturated_points": [f"{k} at {p}" for k, v in servers.items() for p in (50, 80) if v[f"at_{p}"]["saturated"]],
+        "ratios": {k: round(v, 3) for k, v in report["ratios"].items()},
+        "p99_target_met_on_this_core_by": report["targets"]["p99_ms_at_80"]["met_on_this_core_by"],
+        "reference_labels": {
+            k: v["label"]
+            for k, v in servers.items()
+            if k in ("bare_work_matched", "bare_work_half", "bare_cpu_matched")
+        },
+        "servers_core_ideal_server_at_80_percent_load": {
+            k: {
+                "share_of_windows_over_10ms_behind": round(
+                    v["ideal_server_at_load"]["80%"]["share_of_windows_behind"], 3
+                )
+            }
+            for k, v in report.get("steadiness", {}).items()
+            if "error" not in v
+        },
+        "targets_pass": {k: v["pass"] for k, v in report["targets"].items()},
+        "load_average": report["machine"]["load_average_1m_before_after"],
+        "errors": {k: v["errors"] for k, v in servers.items()},
+        "runtime_of_numpy_row": servers.get("mlrelease_numpy", {}).get("runtime"),
+    }
+
+
+def write_runs(path: Path, summaries: list[dict[str, Any]], what: str) -> None:
+    """The runs file: this set of runs, with the sets already in the file kept under ``earlier_runs``."""
+    earlier: list[dict[str, Any]] = []
+    if path.is_file():
+        old = json.loads(path.read_text())
+        earlier = [{"what": old["what"], "runs": old["runs"]}, *old.get("earlier_runs", [])]
+    path.write_text(json.dumps({"what": what, "runs": summaries, "earlier_runs": earlier}, indent=1) + "\n")
+
+
+def head_commit() -> str:
+    """The repository's short commit, or "unknown" outside a git checkout."""
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
     try:
@@ -698,6 +762,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument(
+        "--runs", type=positive_int, default=1, help="whole runs; from 2, their spread goes to <out>_runs.json"
+    )
+    parser.add_argument(
         "--rounds", type=positive_int, default=3, help="interleaved saturation runs per server (median kept)"
     )
     args = parser.parse_args(argv)
@@ -706,6 +773,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report = run(args.model_dir.resolve(), args.out, args.duration, args.skip_mlflow, args.rounds)
     sys.stdout.write(markdown(report) + "\n")
+    if args.runs > 1:
+        summaries = [run_summary(report)]
+        with tempfile.TemporaryDirectory(prefix="bench-serving-runs-") as tmp:
+            for i in range(2, args.runs + 1):
+                more = run(
+                    args.model_dir.resolve(), Path(tmp) / f"run{i}.json", args.duration, args.skip_mlflow, args.rounds
+                )
+                summaries.append(run_summary(more))
+        what = (
+            f"{args.runs} consecutive runs of scripts/bench_serving.py at commit {head_commit()} "
+            f"(the first is {args.out.name}), for the spread quoted in the README"
+        )
+        write_runs(args.out.with_name(f"{args.out.stem}_runs.json"), summaries, what)
     failed = [key for key, check in report["targets"].items() if not check["pass"]]
     if failed:
         log.warning("targets missed: %s", ", ".join(failed))

@@ -175,3 +175,29 @@ def test_a_json_escape_in_the_body_reaches_lua_intact_and_fractions_of_seconds_a
         with pytest.raises(SystemExit) as info:
             main(bad)
         assert info.value.code == 2
+
+
+def test_the_runs_file_summarises_each_run_and_keeps_the_earlier_sets(tmp_path: Any) -> None:
+    import json
+
+    from deploy.serving.bench import run_summary, write_runs
+
+    servers = {"bare_asgi": _server("bare", 10_000, 5.0, 8_000), "mlrelease": _server("ours", 6_000, 12.0, 4_000)}
+    servers["mlrelease"]["at_50"]["loop_lag"] = {"samples": 200.0, "share_over_10ms": 0.01}
+    servers["mlrelease"]["at_80"]["loop_lag"] = {"samples": 200.0, "share_over_10ms": 0.03}
+    for item in servers.values():
+        item["at_80"]["cpu_ms_per_request"] = 1.5 * item["cpu_ms_per_request"]
+    report = {"servers": servers, **summarize(servers), "machine": {"load_average_1m_before_after": [1.0, 0.5]}}
+    summary = run_summary(report)
+    assert summary["peak_rps"] == {"bare_asgi": 10_000, "mlrelease": 6_000}
+    assert summary["p99_ms_at_80"]["mlrelease"] == 12.0 and summary["targets_pass"]["p99_ms_at_80"] is False
+    assert summary["loop_lag_share_over_10ms_at_50_80"] == {"mlrelease": [0.01, 0.03]}
+    assert summary["saturated_points"] == ["mlrelease at 80"] and summary["ratios"]["of_bare_asgi_ceiling"] == 0.6
+    assert summary["cpu_ms_per_request_peak_vs_at_80"]["bare_asgi"] == [0.1, 0.15, 1.5]
+    path = tmp_path / "bench_serving_runs.json"
+    write_runs(path, [summary], "first set")
+    write_runs(path, [summary, summary], "second set")
+    write_runs(path, [summary], "third set")
+    saved = json.loads(path.read_text())
+    assert (saved["what"], len(saved["runs"])) == ("third set", 1)
+    assert [(s["what"], len(s["runs"])) for s in saved["earlier_runs"]] == [("second set", 2), ("first set", 1)]
