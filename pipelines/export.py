@@ -8,13 +8,19 @@ reference statistics, per the contract in mlrelease/modelcard.py.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import os
+import pickletools
 import shutil
+import struct
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,49 @@ def to_torchscript(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch
         scripted = torch.jit.trace(model, example)
         method = "trace"
     return torch.jit.freeze(scripted), method
+
+
+def relative_source_paths(debug_pkl: bytes, roots: list[str]) -> bytes:
+    """A TorchScript ``.debug_pkl`` with each source file under one of ``roots`` named relative to it.
+
+    The debug records name every file the scripted code came from by its absolute path, so the same model exported
+    from two checkouts had two sha256s. Rewrites the pickle opcode by opcode (nothing is unpickled): only the
+    length-prefixed strings change, and memo indices do not depend on byte offsets.
+    """
+    ops = list(pickletools.genops(debug_pkl))
+    out = []
+    for (op, arg, pos), following in zip(ops, [*ops[1:], (None, None, len(debug_pkl))], strict=True):
+        end = following[2]
+        root = next((r for r in roots if isinstance(arg, str) and arg.startswith(r)), None)
+        if op.name == "BINUNICODE" and root is not None:
+            text = os.path.relpath(str(arg), root).encode()
+            out.append(b"X" + struct.pack("<I", len(text)) + text)
+        else:
+            out.append(debug_pkl[pos:end])
+    return b"".join(out)
+
+
+def source_roots() -> list[str]:
+    """Where scripted source comes from: the installed packages (torch's own modules), then this checkout."""
+    repo = Path(__file__).resolve().parent.parent
+    packages = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    return [*sorted(f"{Path(p).resolve()}{os.sep}" for p in packages), f"{repo}{os.sep}"]
+
+
+def save_reproducible(module: torch.jit.ScriptModule, path: Path, roots: list[str] | None = None) -> None:
+    """``torch.jit.save``, with the same bytes from any checkout: source paths in the debug records are made
+    relative, then the module is reloaded and saved by torch, which writes a serialization id of those bytes."""
+    raw = io.BytesIO()
+    torch.jit.save(module, raw)
+    fixed = io.BytesIO()
+    with zipfile.ZipFile(raw) as zin, zipfile.ZipFile(fixed, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith(".debug_pkl"):
+                data = relative_source_paths(data, source_roots() if roots is None else roots)
+            zout.writestr(info, data)
+    fixed.seek(0)
+    torch.jit.save(torch.jit.load(fixed, map_location="cpu"), str(path))
 
 
 def parity_inputs(test_x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -126,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     scripted, method = to_torchscript(eager, torch.from_numpy(test.x[:4]))
     args.out.mkdir(parents=True, exist_ok=True)
     model_path = args.out / MODEL_FILE
-    torch.jit.save(scripted, str(model_path))
+    save_reproducible(scripted, model_path)
     loaded = torch.jit.load(str(model_path), map_location="cpu")
     gates = parity_gates(eager, loaded, parity_inputs(test.x, params.seed), params.export.parity_atol)
     gates.append(reload_gate(model_path, test.x, predict_proba(eager, test.x), params.export.parity_atol))

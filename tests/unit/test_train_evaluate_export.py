@@ -11,7 +11,7 @@ import torch
 from mlrelease.params import load_params
 from pipelines.common import Split, predict_proba
 from pipelines.evaluate import behavioural_gates, champion_gates, classification_metrics, threshold_gates
-from pipelines.export import parity_gates, parity_inputs, reload_gate, to_torchscript
+from pipelines.export import parity_gates, parity_inputs, reload_gate, save_reproducible, to_torchscript
 from pipelines.prepare import prepare
 from pipelines.schema import load_contract
 from pipelines.train import standardization, train_model
@@ -110,13 +110,76 @@ def test_export_parity_and_fresh_process_reload(splits, trained, tmp_path: Path)
     scripted, method = to_torchscript(trained.model, torch.from_numpy(splits["test"].x[:4]))
     assert method == "script"
     path = tmp_path / "model.pt"
-    torch.jit.save(scripted, str(path))
+    save_reproducible(scripted, path)
+    assert str(REPO).encode() not in _debug_records(path)  # they name pipelines/train.py, not this checkout
     loaded = torch.jit.load(str(path))
     gates = parity_gates(trained.model, loaded, parity_inputs(splits["test"].x, 0), 1e-5)
     assert all(g.passed for g in gates), [g.line() for g in gates]
     expected = predict_proba(trained.model, splits["test"].x)
     assert reload_gate(path, splits["test"].x, expected, 1e-5).passed
     assert not reload_gate(path, splits["test"].x, expected + 0.1, 1e-5).passed
+
+
+_NET = """
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.layer(x), dim=1)
+"""
+
+
+_EXPORT = """
+import sys
+import torch
+from pathlib import Path
+from pipelines.export import save_reproducible
+
+checkout = Path(sys.argv[1])
+sys.path.insert(0, str(checkout))
+import net
+
+torch.manual_seed(0)
+frozen = torch.jit.freeze(torch.jit.script(net.Net().eval()))
+torch.jit.save(frozen, str(checkout / "plain.pt"))
+save_reproducible(frozen, checkout / "model.pt", roots=[str(checkout) + "/"])
+"""
+
+
+def _export_from(checkout: Path) -> tuple[bytes, bytes]:
+    """Export, in a process of its own as the stage does, a model whose source sits in ``checkout``: torch's
+    own save, and the stage's."""
+    import subprocess
+    import sys
+
+    checkout.mkdir(parents=True)
+    (checkout / "net.py").write_text(_NET)
+    subprocess.run([sys.executable, "-c", _EXPORT, str(checkout)], cwd=REPO, check=True, timeout=120)
+    return (checkout / "plain.pt").read_bytes(), (checkout / "model.pt").read_bytes()
+
+
+def _debug_records(model: Path) -> bytes:
+    import zipfile
+
+    with zipfile.ZipFile(model) as archive:
+        return b"".join(archive.read(n) for n in archive.namelist() if n.endswith(".debug_pkl"))
+
+
+def test_the_same_model_exported_from_two_checkouts_has_the_same_bytes(tmp_path: Path) -> None:
+    a, b = tmp_path / "clone-a", tmp_path / "elsewhere" / "clone-b"
+    (plain_a, same), (plain_b, same_b) = _export_from(a), _export_from(b)
+    assert plain_a != plain_b  # torch.jit.save names the source files by absolute path
+    assert same == same_b
+    debug = _debug_records(a / "model.pt")  # torch deflates these records: read them through the archive
+    assert b"net.py" in debug and str(tmp_path).encode() not in debug  # kept, with paths relative to the checkout
+    assert str(tmp_path).encode() in _debug_records(a / "plain.pt")
+    x = torch.randn(4, 3)
+    assert torch.equal(torch.jit.load(str(a / "model.pt"))(x), torch.jit.load(str(a / "plain.pt"))(x))
 
 
 class _Unscriptable(torch.nn.Module):
