@@ -34,6 +34,7 @@ test-unit: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy mlrelease pipelines registry deploy
 	$(BIN)/bandit -q -c pyproject.toml -r mlrelease pipelines registry deploy --severity-level medium
 

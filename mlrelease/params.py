@@ -94,9 +94,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ParamsError(f"{path}: {problems}") from exc
 
 
@@ -108,4 +106,3 @@ def section(params: Params, name: str, model: type[_SectionT]) -> _SectionT:
     except ValidationError as exc:
         problems = "; ".join(f"{name}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ParamsError(f"params.yaml: {problems}") from exc
-

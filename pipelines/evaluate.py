@@ -31,8 +31,11 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
     pred = proba.argmax(axis=1)
     n_classes = proba.shape[1]
     average = "binary" if n_classes == 2 else "macro"
-    auc = (skm.roc_auc_score(y, proba[:, 1]) if n_classes == 2
-           else skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+    auc = (
+        skm.roc_auc_score(y, proba[:, 1])
+        if n_classes == 2
+        else skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(n_classes)))
+    )
     return {
         "accuracy": float(skm.accuracy_score(y, pred)),
         "roc_auc": float(auc),
@@ -86,21 +89,29 @@ def behavioural_gates(model: torch.nn.Module, test: Split, gates: GateParams, se
     return results
 
 
-def champion_gates(candidate: dict[str, Any], champion: dict[str, Any] | None, tolerance: float,
-                   note: str) -> list[Gate]:
+def champion_gates(
+    candidate: dict[str, Any], champion: dict[str, Any] | None, tolerance: float, note: str
+) -> list[Gate]:
     """The candidate may trail production by at most ``tolerance`` on accuracy and AUC; no champion passes."""
     if champion is None:
         return [Gate("champion_challenger", "no production version", "-", True, note)]
     return [
-        Gate(f"champion_{key}", round(candidate[key], 6), f">= {champion[key]:.6f} - {tolerance}",
-             bool(candidate[key] >= champion[key] - tolerance), note)
+        Gate(
+            f"champion_{key}",
+            round(candidate[key], 6),
+            f">= {champion[key]:.6f} - {tolerance}",
+            bool(candidate[key] >= champion[key] - tolerance),
+            note,
+        )
         for key in ("accuracy", "roc_auc")
     ]
 
 
 def threshold_gates(m: dict[str, Any], gates: GateParams) -> list[Gate]:
-    return [at_least("min_accuracy", m["accuracy"], gates.min_accuracy),
-            at_least("min_roc_auc", m["roc_auc"], gates.min_roc_auc)]
+    return [
+        at_least("min_accuracy", m["accuracy"], gates.min_accuracy),
+        at_least("min_roc_auc", m["roc_auc"], gates.min_roc_auc),
+    ]
 
 
 def champion_metrics(params: Params, contract: DataContract, test: Split) -> tuple[dict[str, Any] | None, str]:
@@ -135,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         sys.stderr.write(f"evaluate: champion/challenger gate could not run: {exc}\n")
         return 1
-    gates = (threshold_gates(scores, params.gates) + behavioural_gates(model, test, params.gates, params.seed)
-             + champion_gates(scores, champion, params.gates.champion_tolerance, note))
+    gates = (
+        threshold_gates(scores, params.gates)
+        + behavioural_gates(model, test, params.gates, params.seed)
+        + champion_gates(scores, champion, params.gates.champion_tolerance, note)
+    )
     write_json(args.gates, gates_payload("evaluate", gates))
     for gate in gates:
         log.info("%s", gate.line())

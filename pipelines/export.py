@@ -109,8 +109,9 @@ def parity_inputs(test_x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     return cases
 
 
-def parity_gates(eager: torch.nn.Module, scripted: torch.nn.Module, cases: dict[str, np.ndarray],
-                 atol: float) -> list[Gate]:
+def parity_gates(
+    eager: torch.nn.Module, scripted: torch.nn.Module, cases: dict[str, np.ndarray], atol: float
+) -> list[Gate]:
     """Max absolute difference of probabilities, eager vs TorchScript, per input set."""
     gates = []
     for name, x in cases.items():
@@ -124,8 +125,13 @@ def reload_gate(model_path: Path, x: np.ndarray, expected: np.ndarray, atol: flo
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "x.npy", Path(tmp) / "y.npy"
         np.save(inp, x)
-        proc = subprocess.run([sys.executable, "-c", _RELOAD_SNIPPET, str(model_path), str(inp), str(out)],
-                              capture_output=True, text=True, timeout=120, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", _RELOAD_SNIPPET, str(model_path), str(inp), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         if proc.returncode != 0:
             return Gate("reload_fresh_process", "failed", "loads and predicts", False, proc.stderr[-500:])
         diff = float(np.abs(np.load(out) - expected).max())
@@ -144,16 +150,26 @@ def measure_latency(model: torch.nn.Module, x: np.ndarray, warmup: int, runs: in
             model(tensor)
             samples.append((time.perf_counter() - start) * 1000.0)
     arr = np.array(samples)
-    return {"mean": float(arr.mean()), "p50": float(np.percentile(arr, 50)),
-            "p95": float(np.percentile(arr, 95)), "p99": float(np.percentile(arr, 99))}
+    return {
+        "mean": float(arr.mean()),
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+        "p99": float(np.percentile(arr, 99)),
+    }
 
 
 def latency_gates(model: torch.nn.Module, test_x: np.ndarray, cfg: ExportParams) -> tuple[dict[str, Any], list[Gate]]:
     torch.set_num_threads(1)
-    latency = {f"batch_{n}": measure_latency(model, np.resize(test_x, (n, test_x.shape[1])),
-                                             cfg.latency_warmup, cfg.latency_runs) for n in (1, 32)}
-    gates = [at_most("latency_mean_ms_batch1", latency["batch_1"]["mean"], cfg.max_mean_ms_batch1),
-             at_most("latency_p95_ms_batch1", latency["batch_1"]["p95"], cfg.max_p95_ms_batch1)]
+    latency = {
+        f"batch_{n}": measure_latency(
+            model, np.resize(test_x, (n, test_x.shape[1])), cfg.latency_warmup, cfg.latency_runs
+        )
+        for n in (1, 32)
+    }
+    gates = [
+        at_most("latency_mean_ms_batch1", latency["batch_1"]["mean"], cfg.max_mean_ms_batch1),
+        at_most("latency_p95_ms_batch1", latency["batch_1"]["p95"], cfg.max_p95_ms_batch1),
+    ]
     return latency, gates
 
 
@@ -192,10 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copyfile(args.reference, args.out / REFERENCE_FILE)
     metrics = read_numeric(args.metrics)
     card = ModelCard(
-        name=params.model.name, feature_names=contract.feature_names, input_shape=[-1, len(contract.features)],
-        classes=contract.class_names, sha256=sha256_file(model_path), torch_version=torch.__version__,
+        name=params.model.name,
+        feature_names=contract.feature_names,
+        input_shape=[-1, len(contract.features)],
+        classes=contract.class_names,
+        sha256=sha256_file(model_path),
+        torch_version=torch.__version__,
         preprocessing=Standardization(mean=eager.mean.tolist(), scale=eager.scale.tolist()),  # type: ignore[operator]
-        export_method=method, metrics=metrics, latency_ms=latency,
+        export_method=method,
+        metrics=metrics,
+        latency_ms=latency,
     )
     card.write(args.out)
     log.info("export: %s (%s) sha256=%s", model_path, CARD_FILE, card.sha256)

@@ -15,8 +15,15 @@ class TabularClassifier(nn.Module):
     ``logits`` is what training optimizes.
     """
 
-    def __init__(self, n_features: int, n_classes: int, hidden: list[int], dropout: float,
-                 mean: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        n_classes: int,
+        hidden: list[int],
+        dropout: float,
+        mean: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.register_buffer("mean", mean if mean is not None else torch.zeros(n_features))
         self.register_buffer("scale", scale if scale is not None else torch.ones(n_features))
@@ -36,8 +43,9 @@ class TabularClassifier(nn.Module):
         return torch.softmax(self.logits(x), dim=1)
 
 
-def build_model(params: ModelParams, n_features: int, n_classes: int,
-                mean: torch.Tensor, scale: torch.Tensor) -> TabularClassifier:
+def build_model(
+    params: ModelParams, n_features: int, n_classes: int, mean: torch.Tensor, scale: torch.Tensor
+) -> TabularClassifier:
     """The architecture named in params.yaml (``mlp`` or ``logreg``, a model with no hidden layer)."""
     hidden = list(params.hidden) if params.kind == "mlp" else []
     return TabularClassifier(n_features, n_classes, hidden, params.dropout, mean, scale)

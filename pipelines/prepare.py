@@ -29,23 +29,39 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-def split_frame(df: pd.DataFrame, target: str, test_size: float, val_size: float,
-                seed: int) -> dict[str, pd.DataFrame]:
+def split_frame(df: pd.DataFrame, target: str, test_size: float, val_size: float, seed: int) -> dict[str, pd.DataFrame]:
     """Deterministic stratified train/val/test split; sizes are fractions of the whole table."""
     rest, test = train_test_split(df, test_size=test_size, random_state=seed, stratify=df[target])
     val_share = val_size / (1.0 - test_size)
     train, val = train_test_split(rest, test_size=val_share, random_state=seed, stratify=rest[target])
-    return {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True),
-            "test": test.reset_index(drop=True)}
+    return {
+        "train": train.reset_index(drop=True),
+        "val": val.reset_index(drop=True),
+        "test": test.reset_index(drop=True),
+    }
 
 
 def _check_splittable(df: pd.DataFrame, target: str) -> None:
     smallest = int(df[target].value_counts().min())
     if smallest < 3:
-        raise DataValidationError([ValidationResult(name="raw", rows=len(df), failures=[{
-            "column": target, "check": "stratifiable", "count": 1, "examples": [],
-            "message": f"a class has only {smallest} row(s); each class needs >= 3 to fill train, val and test",
-        }])])
+        raise DataValidationError(
+            [
+                ValidationResult(
+                    name="raw",
+                    rows=len(df),
+                    failures=[
+                        {
+                            "column": target,
+                            "check": "stratifiable",
+                            "count": 1,
+                            "examples": [],
+                            "message": f"a class has only {smallest} row(s); "
+                            "each class needs >= 3 to fill train, val and test",
+                        }
+                    ],
+                )
+            ]
+        )
 
 
 def prepare(raw: pd.DataFrame, contract: DataContract, data: DataParams, seed: int) -> dict[str, pd.DataFrame]:

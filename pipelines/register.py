@@ -43,10 +43,17 @@ def require_passed(*reports: Path) -> None:
 def git_commit(cwd: Path = Path()) -> str:
     """HEAD's commit, suffixed `-dirty` when the tree has uncommitted changes; `unknown` outside git."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
@@ -70,9 +77,12 @@ def params_hash(params: Params) -> str:
 
 
 def flat_params(params: Params) -> dict[str, Any]:
-    return {**{f"model.{k}": v for k, v in params.model.model_dump().items()},
-            **{f"train.{k}": v for k, v in params.train.model_dump().items()},
-            "seed": params.seed, "data.source": params.data.source}
+    return {
+        **{f"model.{k}": v for k, v in params.model.model_dump().items()},
+        **{f"train.{k}": v for k, v in params.train.model_dump().items()},
+        "seed": params.seed,
+        "data.source": params.data.source,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,22 +103,43 @@ def main(argv: list[str] | None = None) -> int:
         require_passed(args.eval_gates, args.export_report)
         metrics = read_numeric(args.metrics)
         run_id = json.loads(args.run_info.read_text())["run_id"]
-        tags = {"git_commit": git_commit(), "data_hash": data_hash(args.lock, args.splits),
-                "params_hash": params_hash(params), "gates": "evaluate=passed,export=passed"}
+        tags = {
+            "git_commit": git_commit(),
+            "data_hash": data_hash(args.lock, args.splits),
+            "params_hash": params_hash(params),
+            "gates": "evaluate=passed,export=passed",
+        }
         example = pd.read_csv(args.splits / "test.csv").drop(columns=[params.data.target]).head(5)
-        version, created = register_bundle(args.bundle, params.model.name, metrics=metrics,
-                                           params=flat_params(params), tags=tags, run_id=run_id, example=example)
+        version, created = register_bundle(
+            args.bundle,
+            params.model.name,
+            metrics=metrics,
+            params=flat_params(params),
+            tags=tags,
+            run_id=run_id,
+            example=example,
+        )
     except (GateReportError, IntegrityError, ValueError, KeyError) as exc:
         sys.stderr.write(f"register: {exc!r}; nothing was registered\n")
         return 1
     except MlflowException as exc:
-        sys.stderr.write(f"register: the registry refused or could not be reached ({exc}); check "
-                         "MLFLOW_TRACKING_URI and re-run `dvc repro`\n")
+        sys.stderr.write(
+            f"register: the registry refused or could not be reached ({exc}); check "
+            "MLFLOW_TRACKING_URI and re-run `dvc repro`\n"
+        )
         return 1
-    write_json(args.out, {"model_name": version.name, "version": int(version.version), "created": created,
-                          "aliases": sorted(version.aliases), "run_id": version.run_id,
-                          "artifact_sha256": version.tags.get("artifact_sha256"),
-                          "model_uri": f"models:/{version.name}/{version.version}"})
+    write_json(
+        args.out,
+        {
+            "model_name": version.name,
+            "version": int(version.version),
+            "created": created,
+            "aliases": sorted(version.aliases),
+            "run_id": version.run_id,
+            "artifact_sha256": version.tags.get("artifact_sha256"),
+            "model_uri": f"models:/{version.name}/{version.version}",
+        },
+    )
     log.info("register: %s version %s (%s)", version.name, version.version, "new" if created else "existing")
     return 0
 

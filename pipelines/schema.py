@@ -80,8 +80,14 @@ def load_contract(path: str | Path) -> DataContract:
 def _feature_column(spec: FeatureSpec) -> Any:
     import pandera.pandas as pa
 
-    checks = [pa.Check(lambda s: np.isfinite(s.astype("float64")) | s.isna(), element_wise=False,
-                       name="finite", error="finite: value is +/-inf")]
+    checks = [
+        pa.Check(
+            lambda s: np.isfinite(s.astype("float64")) | s.isna(),
+            element_wise=False,
+            name="finite",
+            error="finite: value is +/-inf",
+        )
+    ]
     if spec.min is not None:
         checks.append(pa.Check.ge(spec.min))
     if spec.max is not None:
@@ -101,8 +107,11 @@ def _table_checks(contract: DataContract) -> list[Any]:
 
     return [
         pa.Check(enough_rows, name="min_rows", error=f"fewer than min_rows={contract.min_rows} rows"),
-        pa.Check(few_duplicates, name="max_duplicate_fraction",
-                 error=f"duplicate rows exceed max_duplicate_fraction={contract.max_duplicate_fraction}"),
+        pa.Check(
+            few_duplicates,
+            name="max_duplicate_fraction",
+            error=f"duplicate rows exceed max_duplicate_fraction={contract.max_duplicate_fraction}",
+        ),
     ]
 
 
@@ -116,8 +125,7 @@ def to_pandera(contract: DataContract) -> Any:
     columns[contract.target.name] = pa.Column(
         label_dtype, checks=[pa.Check.isin(labels)], nullable=False, coerce=True, required=True
     )
-    return pa.DataFrameSchema(columns, checks=_table_checks(contract), strict=True, ordered=False,
-                              name=contract.name)
+    return pa.DataFrameSchema(columns, checks=_table_checks(contract), strict=True, ordered=False, name=contract.name)
 
 
 def infer_contract(df: pd.DataFrame, target: str, name: str, margin: float = 0.1) -> DataContract:
@@ -128,14 +136,22 @@ def infer_contract(df: pd.DataFrame, target: str, name: str, margin: float = 0.1
     for column in df.columns.drop(target):
         values = pd.to_numeric(df[column], errors="raise").astype("float64")
         span = float(values.max() - values.min()) or 1.0
-        features.append(FeatureSpec(
-            name=str(column), min=round(float(values.min()) - margin * span, 6),
-            max=round(float(values.max()) + margin * span, 6),
-        ))
+        features.append(
+            FeatureSpec(
+                name=str(column),
+                min=round(float(values.min()) - margin * span, 6),
+                max=round(float(values.max()) + margin * span, 6),
+            )
+        )
     labels = sorted(pd.unique(df[target]).tolist())
     labels = [int(v) if isinstance(v, (int, np.integer)) else str(v) for v in labels]
-    return DataContract(name=name, features=features, target=TargetSpec(name=target, labels=labels),
-                        min_rows=max(10, len(df) // 20), max_duplicate_fraction=0.05)
+    return DataContract(
+        name=name,
+        features=features,
+        target=TargetSpec(name=target, labels=labels),
+        min_rows=max(10, len(df) // 20),
+        max_duplicate_fraction=0.05,
+    )
 
 
 def dump_contract(contract: DataContract, header: str) -> str:

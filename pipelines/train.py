@@ -69,8 +69,9 @@ def train_model(params: Params, train: Split, val: Split, n_classes: int) -> Tra
     mean, scale = standardization(train.x)
     model = build_model(params.model, train.x.shape[1], n_classes, mean, scale)
     dataset = torch.utils.data.TensorDataset(torch.from_numpy(train.x.copy()), torch.from_numpy(train.y.copy()))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=params.train.batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(params.seed))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=params.train.batch_size, shuffle=True, generator=torch.Generator().manual_seed(params.seed)
+    )
     optim = torch.optim.Adam(model.parameters(), lr=params.train.lr, weight_decay=params.train.weight_decay)
     best = TrainResult(model=model, best_epoch=0, best_val_loss=float("inf"))
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -95,9 +96,12 @@ def log_to_mlflow(params: Params, result: TrainResult, experiment: str) -> str:
     from registry.client import ensure_experiment
 
     experiment_id = ensure_experiment(experiment)
-    flat = {**{f"model.{k}": v for k, v in params.model.model_dump().items()},
-            **{f"train.{k}": v for k, v in params.train.model_dump().items()},
-            "seed": params.seed, "data.source": params.data.source}
+    flat = {
+        **{f"model.{k}": v for k, v in params.model.model_dump().items()},
+        **{f"train.{k}": v for k, v in params.train.model_dump().items()},
+        "seed": params.seed,
+        "data.source": params.data.source,
+    }
     with mlflow.start_run(experiment_id=experiment_id, run_name="train") as run:
         mlflow.log_params(flat)
         for row in result.history:
@@ -120,13 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     contract = load_contract(params.data.schema_path)
     train, val = read_split(args.splits / "train.csv", contract), read_split(args.splits / "val.csv", contract)
     result = train_model(params, train, val, len(contract.target.labels))
-    config = {"n_features": train.x.shape[1], "n_classes": len(contract.target.labels),
-              "hidden": list(params.model.hidden) if params.model.kind == "mlp" else [],
-              "dropout": params.model.dropout}
+    config = {
+        "n_features": train.x.shape[1],
+        "n_classes": len(contract.target.labels),
+        "hidden": list(params.model.hidden) if params.model.kind == "mlp" else [],
+        "dropout": params.model.dropout,
+    }
     save_checkpoint(result.model, config, args.checkpoint)
     run_id = log_to_mlflow(params, result, experiment=params.model.name)
-    write_json(args.run_info, {"run_id": run_id, "best_epoch": result.best_epoch,
-                               "best_val_loss": result.best_val_loss})
+    write_json(
+        args.run_info, {"run_id": run_id, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss}
+    )
     write_json(args.history, {"history": result.history})
     log.info("train: best epoch %d, val loss %.4f, run %s", result.best_epoch, result.best_val_loss, run_id)
     return 0

@@ -135,8 +135,12 @@ def reference_stats(train: pd.DataFrame, feature_names: list[str], bins: int) ->
         idx = np.clip(np.searchsorted(edges[1:-1], values, side="right"), 0, len(edges) - 2)
         counts = np.bincount(idx, minlength=len(edges) - 1)
         features[name] = FeatureReference(
-            edges=edges.tolist(), fractions=(counts / counts.sum()).tolist(), mean=float(values.mean()),
-            std=float(values.std()), min=float(values.min()), max=float(values.max()),
+            edges=edges.tolist(),
+            fractions=(counts / counts.sum()).tolist(),
+            mean=float(values.mean()),
+            std=float(values.std()),
+            min=float(values.min()),
+            max=float(values.max()),
         )
     return ReferenceStats(n_rows=len(train), features=features)
 

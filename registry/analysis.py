@@ -444,7 +444,12 @@ def measure_interval(promoter: Promoter, weight: float, params: CanaryParams, ro
     driver = None
     if params.drive_load:
         driver = LoadDriver(
-            entry, stable.model_name, rows, params.load_rps, params.load_concurrency, max_seconds=params.interval + 5,
+            entry,
+            stable.model_name,
+            rows,
+            params.load_rps,
+            params.load_concurrency,
+            max_seconds=params.interval + 5,
             headers=promoter.settings.prediction_headers(),
         )
         driver.start()
@@ -469,9 +474,7 @@ def client_rows(promoter: Promoter, stable: str) -> list[list[float]]:
     return sample_rows(promoter.bundle(stable), 256, seed=7)
 
 
-def run_analysis(
-    promoter: Promoter, version: str, stable: str, params: CanaryParams, out: Outcome
-) -> dict[str, Any]:
+def run_analysis(promoter: Promoter, version: str, stable: str, params: CanaryParams, out: Outcome) -> dict[str, Any]:
     """Shift traffic step by step; measure every interval; stop at the first verdict beyond the limits."""
     from registry.audit import AuditRecord
 

@@ -78,8 +78,9 @@ def switch(state_dir: Path, to: str | None, by: str, reason: str, started: float
             if isinstance(goal, str):
                 return goal
             t0 = time.monotonic()
-            state.operation = Operation(command="rollback", version=goal[1], pid=os.getpid(), by=by,
-                                        from_version=goal[0], reason=reason)
+            state.operation = Operation(
+                command="rollback", version=goal[1], pid=os.getpid(), by=by, from_version=goal[0], reason=reason
+            )
             target.store.save(state)
             # checks the slot's identity first; if it fails, the full command finishes the journaled rollback cold
             target.set_weights(PROD, {"previous": 100})
@@ -115,8 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         from mlrelease.settings import get_settings
         from registry.audit import resolve_actor
 
-        result = switch(get_settings().state_dir, args.to, resolve_actor(args.by),
-                        args.reason or "incident rollback", process_started())
+        result = switch(
+            get_settings().state_dir,
+            args.to,
+            resolve_actor(args.by),
+            args.reason or "incident rollback",
+            process_started(),
+        )
         if isinstance(result, FastSwitch):
             switched = _switched = result
     from mlrelease.commands.release import main as full

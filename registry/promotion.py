@@ -163,8 +163,9 @@ class Promoter:
 
     # ----- journal, lock and crash recovery --------------------------------------------------------------------
     @contextmanager
-    def operation(self, command: str, version: str, out: Outcome, wait_s: float = 0.0,
-                  reconcile: bool = True) -> Iterator[Operation | None]:
+    def operation(
+        self, command: str, version: str, out: Outcome, wait_s: float = 0.0, reconcile: bool = True
+    ) -> Iterator[Operation | None]:
         """Hold the lock, recover a crashed predecessor, journal this operation, clear it when done.
 
         A rollback journals itself once it has decided under the lock; it is handed the rollback it is to
@@ -172,7 +173,7 @@ class Promoter:
         """
         with promotion_lock(self.state_dir, command, self.by, wait_s=wait_s):
             interrupted = self.recover(out, resume_rollback=command == "rollback")
-            for line in (self.target.reconcile() if reconcile else []):
+            for line in self.target.reconcile() if reconcile else []:
                 out.say(f"reconciled: {line}")
             if command != "rollback":
                 self._journal(Operation(command=command, version=version, pid=os.getpid(), by=self.by))
@@ -201,8 +202,11 @@ class Promoter:
         if op.command == "rollback":
             if resume_rollback:
                 return op
-            raise PromotionError(f"a rollback to version {op.version} by {op.by} (pid {op.pid}) is running or was "
-                                 "interrupted; run `scripts/rollback.sh` to finish it, then retry", exit_code=3)
+            raise PromotionError(
+                f"a rollback to version {op.version} by {op.by} (pid {op.pid}) is running or was "
+                "interrupted; run `scripts/rollback.sh` to finish it, then retry",
+                exit_code=3,
+            )
         out.say(f"recovering from an interrupted `{op.command}` of version {op.version} (pid {op.pid})")
         if self.target.slot_version(PROD, "stable") is None and self.target.slot_version(PROD, "previous"):
             # `promote production` died between its two renames: the old stable is `previous`; put it back
@@ -219,8 +223,16 @@ class Promoter:
                 out.say(f"stopped {env}/{slot}")
         if op.command == "promote canary" and self.registry.alias("canary") == op.version:
             self.registry.delete_alias("canary")
-        self.note(AuditRecord("recover", PROD, self.by, to_version=op.version, outcome="undone",
-                              reason=f"interrupted `{op.command}` by {op.by} (pid {op.pid})"))
+        self.note(
+            AuditRecord(
+                "recover",
+                PROD,
+                self.by,
+                to_version=op.version,
+                outcome="undone",
+                reason=f"interrupted `{op.command}` by {op.by} (pid {op.pid})",
+            )
+        )
         self._journal(None)
         return None
 
@@ -232,10 +244,12 @@ class Promoter:
         try:
             return self.registry.bundle(version, self.state_dir / "bundles")
         except IntegrityError as exc:
-            self.note(AuditRecord("integrity-check", PROD, self.by, to_version=version, outcome="rejected",
-                                  reason=str(exc)))
-            raise PromotionError(f"version {version} refused: {exc}. It never got traffic; register a good "
-                                 "artifact as a new version") from exc
+            self.note(
+                AuditRecord("integrity-check", PROD, self.by, to_version=version, outcome="rejected", reason=str(exc))
+            )
+            raise PromotionError(
+                f"version {version} refused: {exc}. It never got traffic; register a good artifact as a new version"
+            ) from exc
 
     def require_version(self, given: str | None, alias: str, hint: str) -> str:
         version = given or self.registry.alias(alias)
@@ -266,8 +280,11 @@ class Promoter:
         """Deploy to staging, run the smoke test and the load-test gate, then move the ``staging`` alias."""
         out = Outcome()
         version = self.require_version(version, "candidate", "register one first (`mlrelease pipeline`)")
-        if self.registry.alias(STAGING) == version and self.target.slot_version(STAGING, "stable") == version \
-                and wait_identity(self.target, STAGING, "stable", 1.0):
+        if (
+            self.registry.alias(STAGING) == version
+            and self.target.slot_version(STAGING, "stable") == version
+            and wait_identity(self.target, STAGING, "stable", 1.0)
+        ):
             out.say(f"staging already serves version {version} and has the alias; nothing to do")
             return out
         if self.dry_run:
@@ -282,23 +299,37 @@ class Promoter:
             self.target.rename(STAGING, "pending", "stable")  # the old staging slot is stopped
             self.registry.set_alias(STAGING, version)
             self.registry.set_tag(version, PASSED_TAG["staging"], "true")
-            self.note(AuditRecord("promote", STAGING, self.by, to_version=version, from_version=previous,
-                                  alias=STAGING, evidence=evidence, reason="smoke and load gates passed"))
+            self.note(
+                AuditRecord(
+                    "promote",
+                    STAGING,
+                    self.by,
+                    to_version=version,
+                    from_version=previous,
+                    alias=STAGING,
+                    evidence=evidence,
+                    reason="smoke and load gates passed",
+                )
+            )
             out.say(f"staging: version {version} on {url}; alias staging -> {version}")
         return out
 
     def _staging_gates(self, version: str, url: str, bundle: Path) -> dict[str, Any]:
         """Smoke test then load gate; on failure stop the new slot, record why, keep staging as it was."""
         try:
-            evidence: dict[str, Any] = {"smoke": smoke_test(url, bundle, self.params.smoke_rows,
-                                                              self.settings.prediction_headers())}
+            evidence: dict[str, Any] = {
+                "smoke": smoke_test(url, bundle, self.params.smoke_rows, self.settings.prediction_headers())
+            }
             if self.params.load_gate:
                 evidence["loadtest"] = self.load_gate(url, version)
             return evidence
         except Exception as exc:  # a failed gate, or a timeout/connection error while checking it
             self.target.stop(STAGING, "pending")
-            self.note(AuditRecord("promote", STAGING, self.by, to_version=version, alias=STAGING,
-                                  outcome="failed", reason=str(exc)))
+            self.note(
+                AuditRecord(
+                    "promote", STAGING, self.by, to_version=version, alias=STAGING, outcome="failed", reason=str(exc)
+                )
+            )
             raise PromotionError(f"staging gate failed for version {version}: {exc}; staging unchanged") from exc
 
     def load_gate(self, url: str, version: str) -> dict[str, Any]:
@@ -311,15 +342,28 @@ class Promoter:
         out = self.reports_dir / f"loadtest_staging_v{version}.json"
         try:
             params = self.loadtest or LoadtestParams.model_validate({})
-            report = run_loadtest(url, params, test_csv, self.target_column, out, out.with_suffix(".html"),
-                                  self.settings.prediction_headers())
+            report = run_loadtest(
+                url,
+                params,
+                test_csv,
+                self.target_column,
+                out,
+                out.with_suffix(".html"),
+                self.settings.prediction_headers(),
+            )
         except LoadtestError as exc:
             raise PromotionError(f"load-test gate could not run: {exc}") from exc
         if report["breaches"]:
             raise PromotionError(f"load-test gate: {'; '.join(report['breaches'])} (report {out})")
         stats = report["stats"]
-        return {"report": str(out), **{k: stats[k] for k in sorted(stats) if k in
-                                       ("p95_ms", "p99_ms", "rps", "error_rate", "requests", "failures")}}
+        return {
+            "report": str(out),
+            **{
+                k: stats[k]
+                for k in sorted(stats)
+                if k in ("p95_ms", "p99_ms", "rps", "error_rate", "requests", "failures")
+            },
+        }
 
     # ----- canary ----------------------------------------------------------------------------------------------
     def promote_canary(self, steps: list[float] | None, interval: float | None) -> Outcome:
@@ -333,19 +377,22 @@ class Promoter:
         version = self.require_version(None, STAGING, "promote a version to staging first")
         stable = self.target.slot_version(PROD, "stable")
         if stable is None:
-            raise PromotionError("production has no stable version to compare a canary with; the first release "
-                                 "goes `mlrelease promote production --version V --force --reason 'first release'`",
-                                 exit_code=2)
+            raise PromotionError(
+                "production has no stable version to compare a canary with; the first release "
+                "goes `mlrelease promote production --version V --force --reason 'first release'`",
+                exit_code=2,
+            )
         if stable == version:
             out.say(f"version {version} already serves production; nothing to do")
             return out
-        if self.registry.tags(version).get(PASSED_TAG["canary"]) == "true" \
-                and self.registry.alias("canary") == version:
+        if self.registry.tags(version).get(PASSED_TAG["canary"]) == "true" and self.registry.alias("canary") == version:
             out.say(f"version {version} already passed canary; next: `mlrelease promote production`")
             return out
         if self.dry_run:
-            out.say(f"would canary version {version} against stable {stable} at steps {params.steps}% "
-                    f"every {params.interval:g} s")
+            out.say(
+                f"would canary version {version} against stable {stable} at steps {params.steps}% "
+                f"every {params.interval:g} s"
+            )
             return out
         with self.operation("promote canary", version, out):
             self._run_canary(version, stable, params, out)
@@ -357,8 +404,11 @@ class Promoter:
         bundle = self.bundle(version)
         self.target.deploy(PROD, "canary", bundle, version)
         self.registry.set_alias("canary", version)
-        self.note(AuditRecord("alias", PROD, self.by, to_version=version, from_version=stable, alias="canary",
-                              reason="canary started"))
+        self.note(
+            AuditRecord(
+                "alias", PROD, self.by, to_version=version, from_version=stable, alias="canary", reason="canary started"
+            )
+        )
         try:
             analysis = run_analysis(self, version, stable, params, out)
         except PromotionError as exc:
@@ -366,21 +416,35 @@ class Promoter:
             raise
         except Exception as exc:  # a crashed analysis, a canary that died, a failed reload: never keep its traffic
             self.abort_canary(version, stable, f"analysis error: {exc}", {})
-            raise PromotionError(f"canary of version {version} rolled back after an error: {exc}; "
-                                 f"production stays on version {stable}") from exc
+            raise PromotionError(
+                f"canary of version {version} rolled back after an error: {exc}; production stays on version {stable}"
+            ) from exc
         evidence = {"report": str(analysis["report"]), "measurements": analysis["measurements"]}
         if analysis["aborted"]:
             self.abort_canary(version, stable, analysis["aborted"], evidence)
-            raise PromotionError(f"canary of version {version} rolled back: {analysis['aborted']} "
-                                 f"(report {analysis['report']}); production stays on version {stable}")
+            raise PromotionError(
+                f"canary of version {version} rolled back: {analysis['aborted']} "
+                f"(report {analysis['report']}); production stays on version {stable}"
+            )
         self.target.set_weights(PROD, {"stable": 100})
         self.registry.set_tag(version, PASSED_TAG["canary"], "true")
         self.registry.set_tag(version, "mlrelease.canary_report", str(analysis["report"]))
-        self.note(AuditRecord("canary-passed", PROD, self.by, to_version=version, from_version=stable,
-                              alias="canary", weights={"stable": 100}, evidence=evidence,
-                              reason="analysis passed at every step; canary kept warm at weight 0"))
-        out.say(f"canary of version {version} passed (report {analysis['report']}); "
-                "next: `mlrelease promote production`")
+        self.note(
+            AuditRecord(
+                "canary-passed",
+                PROD,
+                self.by,
+                to_version=version,
+                from_version=stable,
+                alias="canary",
+                weights={"stable": 100},
+                evidence=evidence,
+                reason="analysis passed at every step; canary kept warm at weight 0",
+            )
+        )
+        out.say(
+            f"canary of version {version} passed (report {analysis['report']}); next: `mlrelease promote production`"
+        )
 
     def abort_canary(self, version: str, stable: str, reason: str, evidence: dict[str, Any]) -> None:
         """Weight 0, canary slot stopped, alias removed, reason recorded."""
@@ -388,9 +452,20 @@ class Promoter:
         self.target.stop(PROD, "canary")
         self.registry.delete_alias("canary")
         self.registry.set_tag(version, PASSED_TAG["canary"], "false")
-        self.note(AuditRecord("canary-rollback", PROD, self.by, to_version=stable, from_version=version,
-                              alias="canary", weights={"stable": 100}, outcome="rolled back", reason=reason,
-                              evidence=evidence))
+        self.note(
+            AuditRecord(
+                "canary-rollback",
+                PROD,
+                self.by,
+                to_version=stable,
+                from_version=version,
+                alias="canary",
+                weights={"stable": 100},
+                outcome="rolled back",
+                reason=reason,
+                evidence=evidence,
+            )
+        )
 
     # ----- production ------------------------------------------------------------------------------------------
     def promote_production(self, version: str | None, force: bool, reason: str | None) -> Outcome:
@@ -404,11 +479,16 @@ class Promoter:
             return out
         passed = self.registry.tags(version).get(PASSED_TAG["canary"]) == "true"
         if not passed and not force:
-            raise PromotionError(f"version {version} has not passed canary; run `mlrelease promote canary`, "
-                                 "or pass --force --reason TEXT", exit_code=2)
+            raise PromotionError(
+                f"version {version} has not passed canary; run `mlrelease promote canary`, "
+                "or pass --force --reason TEXT",
+                exit_code=2,
+            )
         if self.dry_run:
-            out.say(f"would switch production stable to version {version} "
-                    f"(previous kept warm {self.params.rollback_window:g} s)")
+            out.say(
+                f"would switch production stable to version {version} "
+                f"(previous kept warm {self.params.rollback_window:g} s)"
+            )
             return out
         with self.operation("promote production", version, out):
             self._switch_production(version, passed, reason, out)
@@ -424,14 +504,15 @@ class Promoter:
                 self.target.set_weights(PROD, {"stable": 100})
             else:
                 self.target.set_weights(PROD, {"canary": 100})
-                self.target.rename(PROD, "stable", "previous",
-                                   expires_at=time.time() + self.params.rollback_window)
+                self.target.rename(PROD, "stable", "previous", expires_at=time.time() + self.params.rollback_window)
                 self.target.rename(PROD, "canary", "stable")
         self._finish_production(version, previous, passed, reason)
         out.say(f"production: version {version} takes 100% of traffic on {self.target.entry_url(PROD)}")
         if previous and previous != version:
-            out.say(f"previous version {previous} kept warm for {self.params.rollback_window:g} s "
-                    "(scripts/rollback.sh switches back to it)")
+            out.say(
+                f"previous version {previous} kept warm for {self.params.rollback_window:g} s "
+                "(scripts/rollback.sh switches back to it)"
+            )
 
     def _finish_production(self, version: str, previous: str | None, passed: bool, reason: str | None) -> None:
         state = self.journal.load()
@@ -441,10 +522,20 @@ class Promoter:
         self.registry.set_alias(PROD, version)
         self.registry.delete_alias("canary")
         tags = self.registry.tags(version)
-        self.note(AuditRecord("promote", PROD, self.by, to_version=version, from_version=previous, alias=PROD,
-                              weights={"stable": 100}, reason=reason or "passed canary",
-                              outcome="done" if passed else "forced",
-                              evidence={"canary_report": tags.get("mlrelease.canary_report")}))
+        self.note(
+            AuditRecord(
+                "promote",
+                PROD,
+                self.by,
+                to_version=version,
+                from_version=previous,
+                alias=PROD,
+                weights={"stable": 100},
+                reason=reason or "passed canary",
+                outcome="done" if passed else "forced",
+                evidence={"canary_report": tags.get("mlrelease.canary_report")},
+            )
+        )
 
     # ----- rollback --------------------------------------------------------------------------------------------
     def rollback(self, to: str | None, reason: str | None) -> Outcome:
@@ -472,8 +563,7 @@ def smoke_test(url: str, bundle_dir: Path, rows: int = 8, headers: dict[str, str
     if resp.status_code != 200:
         raise PromotionError(f"smoke test: prediction answered {resp.status_code}: {resp.text[:200]}")
     preds = resp.json().get("predictions", [])
-    bad = [p for p in preds if p.get("class") not in card.classes
-           or abs(sum(p.get("probabilities", [])) - 1.0) > 1e-3]
+    bad = [p for p in preds if p.get("class") not in card.classes or abs(sum(p.get("probabilities", [])) - 1.0) > 1e-3]
     if len(preds) != rows or bad:
         raise PromotionError(f"smoke test: {len(preds)} predictions for {rows} rows, {len(bad)} malformed")
     return {"rows": rows, "status": 200, "model_version": resp.json().get("model_version")}
@@ -490,7 +580,6 @@ def wait_identity(target: DeploymentTarget, environment: str, slot: str, timeout
         time.sleep(0.05)
 
 
-
 def previous_version(state: DeployState, current: str, warm: str | None) -> str | None:
     """The version to roll back to: the warm previous slot's, else the last other production version."""
     if warm is not None and warm != current:
@@ -504,8 +593,11 @@ def _rollback_goal(p: Promoter, to: str | None, out: Outcome) -> tuple[str | Non
     state = p.journal.load()
     current = p.target.slot(PROD, "stable")
     if current is None:
-        raise PromotionError("production serves nothing, so there is nothing to roll back. Next: "
-                             "`mlrelease status`; deploy with `mlrelease promote production`", exit_code=2)
+        raise PromotionError(
+            "production serves nothing, so there is nothing to roll back. Next: "
+            "`mlrelease status`; deploy with `mlrelease promote production`",
+            exit_code=2,
+        )
     mark = state.last_rollback
     if to is None and mark is not None and mark.to_version == current.version:
         out.say(f"already rolled back from version {mark.from_version} to {mark.to_version}; nothing to do")
@@ -527,11 +619,16 @@ def _rollback_plan(p: Promoter, to: str | None, out: Outcome, interrupted: Opera
     """
     if interrupted is not None and interrupted.command == "rollback" and interrupted.from_version:
         if to is not None and to != interrupted.version:
-            raise PromotionError(f"a rollback to version {interrupted.version} is unfinished; run "
-                                 f"`scripts/rollback.sh` without --to to finish it first, then --to {to}", exit_code=2)
+            raise PromotionError(
+                f"a rollback to version {interrupted.version} is unfinished; run "
+                f"`scripts/rollback.sh` without --to to finish it first, then --to {to}",
+                exit_code=2,
+            )
         if interrupted.pid != os.getpid():
-            out.say(f"finishing the interrupted rollback from version {interrupted.from_version} "
-                    f"to {interrupted.version} (pid {interrupted.pid}, by {interrupted.by})")
+            out.say(
+                f"finishing the interrupted rollback from version {interrupted.from_version} "
+                f"to {interrupted.version} (pid {interrupted.pid}, by {interrupted.by})"
+            )
         return interrupted.from_version, interrupted.version
     current, goal = _rollback_goal(p, to, out)
     return None if goal is None else (str(current), goal)
@@ -555,13 +652,24 @@ def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
             if decided is None:
                 return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
             if decided != plan and pending is None:
-                raise PromotionError(f"production changed while this rollback waited for the lock (it planned "
-                                     f"{plan[0]} -> {plan[1]}, now it would be {decided[0]} -> {decided[1]}); "
-                                     "nothing was changed. Check `mlrelease status`, then run scripts/rollback.sh "
-                                     "again, or with --to VERSION", exit_code=2)
-            reason = (pending.reason if pending is not None and pending.reason else reason)
-            p._journal(Operation(command="rollback", version=decided[1], pid=os.getpid(), by=p.by,
-                                         from_version=decided[0], reason=reason))
+                raise PromotionError(
+                    f"production changed while this rollback waited for the lock (it planned "
+                    f"{plan[0]} -> {plan[1]}, now it would be {decided[0]} -> {decided[1]}); "
+                    "nothing was changed. Check `mlrelease status`, then run scripts/rollback.sh "
+                    "again, or with --to VERSION",
+                    exit_code=2,
+                )
+            reason = pending.reason if pending is not None and pending.reason else reason
+            p._journal(
+                Operation(
+                    command="rollback",
+                    version=decided[1],
+                    pid=os.getpid(),
+                    by=p.by,
+                    from_version=decided[0],
+                    reason=reason,
+                )
+            )
             return _switch_back(p, decided[0], decided[1], reason, out)
     finally:
         abort.unlink(missing_ok=True)
@@ -577,8 +685,10 @@ def _revive(p: Promoter, slot: str, out: Outcome) -> None:
         out.say(f"reconciled: {line}")
     if not wait_identity(p.target, PROD, slot, p.params.ready_timeout):
         problem = p.target.slot_problem(PROD, slot)
-        raise DeploymentError(f"{PROD}/{slot} holds the traffic but is not ready: {problem}. Next: check "
-                              f"{p.state_dir / 'logs'} and `mlrelease status`, then run scripts/rollback.sh again")
+        raise DeploymentError(
+            f"{PROD}/{slot} holds the traffic but is not ready: {problem}. Next: check "
+            f"{p.state_dir / 'logs'} and `mlrelease status`, then run scripts/rollback.sh again"
+        )
 
 
 def _route_to(p: Promoter, goal: str, out: Outcome) -> tuple[bool, bool]:
@@ -596,9 +706,11 @@ def _route_to(p: Promoter, goal: str, out: Outcome) -> tuple[bool, bool]:
     warm = where == "previous" and ready
     if not warm:
         if weights.get("previous", 0) > 0:
-            raise DeploymentError(f"{PROD}/previous (version {p.target.slot_version(PROD, 'previous')}) holds "
-                                  f"traffic, so version {goal} cannot be started in its place; run "
-                                  "scripts/rollback.sh without --to first")
+            raise DeploymentError(
+                f"{PROD}/previous (version {p.target.slot_version(PROD, 'previous')}) holds "
+                f"traffic, so version {goal} cannot be started in its place; run "
+                "scripts/rollback.sh without --to first"
+            )
         out.say(f"version {goal} is not warm: starting it (slower than the warm path)")
         p.target.stop(PROD, "previous")
         p.target.deploy(PROD, "previous", p.bundle(goal), goal)
@@ -616,8 +728,10 @@ def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) ->
     if fast is not None:
         switch_s, since_command = fast.switch_s, fast.seconds_since_command
     how = "fast path, " if fast is not None else ""
-    out.say(f"traffic: 100% on version {goal}, {since_command:.2f} s after the command started "
-            f"({how}{'warm' if was_warm else 'cold'} switch {switch_s:.3f} s); canary weight 0")
+    out.say(
+        f"traffic: 100% on version {goal}, {since_command:.2f} s after the command started "
+        f"({how}{'warm' if was_warm else 'cold'} switch {switch_s:.3f} s); canary weight 0"
+    )
     p.target.stop(PROD, "canary", wait=False)
     if not in_stable:
         p.target.stop(PROD, "stable", wait=False)
@@ -631,10 +745,24 @@ def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) ->
     p.registry.set_alias(PROD, goal)
     p.registry.delete_alias("canary")
     p.registry.set_tag(bad, "mlrelease.rolled_back", reason[:500])
-    p.note(AuditRecord("rollback", PROD, p.by, to_version=goal, from_version=bad, alias=PROD,
-                       weights={"stable": 100}, reason=reason,
-                       evidence={"switch_seconds": round(switch_s, 4), "warm": was_warm, "fast_path": fast is not None,
-                                 "seconds_since_command": round(since_command, 3)}))
+    p.note(
+        AuditRecord(
+            "rollback",
+            PROD,
+            p.by,
+            to_version=goal,
+            from_version=bad,
+            alias=PROD,
+            weights={"stable": 100},
+            reason=reason,
+            evidence={
+                "switch_seconds": round(switch_s, 4),
+                "warm": was_warm,
+                "fast_path": fast is not None,
+                "seconds_since_command": round(since_command, 3),
+            },
+        )
+    )
     out.say(f"alias production -> {goal}; alias canary removed; version {bad} stopped and tagged rolled_back")
     return out
 
@@ -648,20 +776,28 @@ def verify_production(p: Promoter, version: str, out: Outcome) -> Outcome:
     slot, entry = p.target.slot(PROD, "stable"), p.target.entry_url(PROD)
     if slot is None or entry is None or not wait_identity(p.target, PROD, "stable", 5.0):
         out.exit_code = 1
-        out.say(f"NOT OK: version {version} is not ready. Next: check {p.state_dir / 'logs'}, then "
-                "`scripts/rollback.sh --to VERSION` to another version, or `mlrelease status`")
+        out.say(
+            f"NOT OK: version {version} is not ready. Next: check {p.state_dir / 'logs'}, then "
+            "`scripts/rollback.sh --to VERSION` to another version, or `mlrelease status`"
+        )
         return out
     row = sample_rows(Path(slot.bundle_dir), 1, seed=3)
     try:
-        resp = httpx.post(entry + predict_path(slot.model_name), json={"instances": row},
-                          headers=p.settings.prediction_headers(), timeout=5)
+        resp = httpx.post(
+            entry + predict_path(slot.model_name),
+            json={"instances": row},
+            headers=p.settings.prediction_headers(),
+            timeout=5,
+        )
         answered = str(resp.json().get("model_version")) if resp.status_code == 200 else f"HTTP {resp.status_code}"
     except (httpx.HTTPError, ValueError) as exc:
         answered = f"error {exc}"
     if answered != str(version):
         out.exit_code = 1
-        out.say(f"NOT OK: a prediction through {entry} was answered by {answered}, expected version {version}. "
-                f"Next: `mlrelease status`, nginx log {p.state_dir / 'nginx' / PROD / 'error.log'}")
+        out.say(
+            f"NOT OK: a prediction through {entry} was answered by {answered}, expected version {version}. "
+            f"Next: `mlrelease status`, nginx log {p.state_dir / 'nginx' / PROD / 'error.log'}"
+        )
         return out
     out.say(f"verified: {slot.url}/ready is 200 and a prediction through {entry} is answered by version {version}")
     return out

@@ -54,8 +54,9 @@ def _signature_and_example(bundle_dir: Path, card: ModelCard, example: Any) -> t
     return infer_signature(example, output), example
 
 
-def _log_pyfunc(bundle_dir: Path, card: ModelCard, run_id: str | None, experiment: str, example: Any,
-                settings: Settings | None) -> str:
+def _log_pyfunc(
+    bundle_dir: Path, card: ModelCard, run_id: str | None, experiment: str, example: Any, settings: Settings | None
+) -> str:
     """Log the bundle as a models-from-code pyfunc in the training run (or a new run); return its model URI."""
     import mlflow
     import torch
@@ -68,15 +69,27 @@ def _log_pyfunc(bundle_dir: Path, card: ModelCard, run_id: str | None, experimen
     )
     with mlflow.start_run(**run_kwargs):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(code), artifacts=artifacts, signature=signature,
-            input_example=example, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas"],
+            name="model",
+            python_model=str(code),
+            artifacts=artifacts,
+            signature=signature,
+            input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas"],
         )
     return str(info.model_uri)
 
 
-def register_bundle(bundle_dir: Path, model_name: str, *, metrics: dict[str, float], params: dict[str, Any],
-                    tags: dict[str, str], run_id: str | None = None, example: Any = None,
-                    settings: Settings | None = None) -> tuple[ModelVersion, bool]:
+def register_bundle(
+    bundle_dir: Path,
+    model_name: str,
+    *,
+    metrics: dict[str, float],
+    params: dict[str, Any],
+    tags: dict[str, str],
+    run_id: str | None = None,
+    example: Any = None,
+    settings: Settings | None = None,
+) -> tuple[ModelVersion, bool]:
     """Register the verified bundle and alias it `candidate`; returns (version, created)."""
     import mlflow
 
@@ -85,14 +98,18 @@ def register_bundle(bundle_dir: Path, model_name: str, *, metrics: dict[str, flo
     client = get_client(settings)
     existing = find_version_by_sha(model_name, card.sha256, settings)
     if existing is not None:
-        log.info("register: artifact %s is already version %s; not creating another", card.sha256[:12],
-                 existing.version)
+        log.info(
+            "register: artifact %s is already version %s; not creating another", card.sha256[:12], existing.version
+        )
         client.set_registered_model_alias(model_name, "candidate", existing.version)
         return client.get_model_version(model_name, existing.version), False
     model_uri = _log_pyfunc(bundle_dir, card, run_id, model_name, example, settings)
     version = mlflow.register_model(model_uri, model_name, tags={SHA_TAG: card.sha256})
-    all_tags = {**tags, **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()},
-                **{f"param.{k}": str(v)[:500] for k, v in params.items()}}
+    all_tags = {
+        **tags,
+        **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()},
+        **{f"param.{k}": str(v)[:500] for k, v in params.items()},
+    }
     for key, value in all_tags.items():
         client.set_model_version_tag(model_name, version.version, key, value)
     client.set_registered_model_alias(model_name, "candidate", version.version)
@@ -103,7 +120,7 @@ def resolve_version(model_name: str, ref: str, settings: Settings | None = None)
     """A version from `models:/NAME@ALIAS`, `models:/NAME/V`, an alias name or a version number."""
     client = get_client(settings)
     if ref.startswith("models:/"):
-        body = ref[len("models:/"):]
+        body = ref[len("models:/") :]
         if "@" in body:
             model_name, alias = body.split("@", 1)
             return client.get_model_version_by_alias(model_name, alias)
@@ -113,8 +130,7 @@ def resolve_version(model_name: str, ref: str, settings: Settings | None = None)
     return client.get_model_version_by_alias(model_name, ref)
 
 
-def download_bundle(model_uri_or_version: str, model_name: str, dest: Path,
-                    settings: Settings | None = None) -> Path:
+def download_bundle(model_uri_or_version: str, model_name: str, dest: Path, settings: Settings | None = None) -> Path:
     """Fetch a version's bundle into ``dest`` and verify its sha256 against card and registry tag."""
     import mlflow
 
@@ -124,8 +140,9 @@ def download_bundle(model_uri_or_version: str, model_name: str, dest: Path,
         raise IntegrityError(f"version {version.name}/{version.version} has no {SHA_TAG} tag; refusing to load it")
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp))
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp)
+        )
         for name in BUNDLE_FILES.values():
             found = next(local.rglob(name), None)
             if found is None:

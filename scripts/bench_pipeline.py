@@ -33,8 +33,12 @@ def main() -> int:
         ws = make_workspace(Path(tmp) / "ws")
         clean = _timed(ws, "repro")
         noop = min(_timed(ws, "repro") for _ in range(3))
-    result = {"clean_repro_s": round(clean, 1), "noop_repro_s": round(noop, 2), "targets_s": TARGETS,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
+    result = {
+        "clean_repro_s": round(clean, 1),
+        "noop_repro_s": round(noop, 2),
+        "targets_s": TARGETS,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
     out = REPO / "reports" / "bench_pipeline.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.write("| measure | time | target | time / target |\n|---|---|---|---|\n")

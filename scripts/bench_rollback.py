@@ -49,23 +49,45 @@ def one_run(home: Path, bundle: Path, model_name: str, good: str, bad: str, rps:
     settings = Settings(home=home)
     entry = LocalTarget(settings.state_dir).entry_url("production")
     assert entry is not None
-    driver = LoadDriver(entry, model_name, sample_rows(bundle, 64), rps=rps, concurrency=4, max_seconds=60,
-                        keep_timeline=True, headers=settings.prediction_headers())
+    driver = LoadDriver(
+        entry,
+        model_name,
+        sample_rows(bundle, 64),
+        rps=rps,
+        concurrency=4,
+        max_seconds=60,
+        keep_timeline=True,
+        headers=settings.prediction_headers(),
+    )
     with driver:
         time.sleep(1.5)
         t0 = time.monotonic()
-        rb = subprocess.run([str(REPO / "scripts" / "rollback.sh"), "--reason", "bench"], cwd=home,
-                            env=env_for(home), capture_output=True, text=True, timeout=120, check=False)
+        rb = subprocess.run(
+            [str(REPO / "scripts" / "rollback.sh"), "--reason", "bench"],
+            cwd=home,
+            env=env_for(home),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         command_s = time.monotonic() - t0
         time.sleep(1.0)
     result = driver.result
     last_bad = max((start for start, _, _, version in result.timeline if version == bad), default=t0)
-    first_good = min((start for start, _, _, version in result.timeline if version == good and start > t0),
-                     default=float("nan"))
-    return {"exit_code": rb.returncode, "switch_s": round(max(last_bad - t0, 0.0), 4),
-            "first_good_after_s": round(first_good - t0, 4), "command_s": round(command_s, 3),
-            "requests": result.total, "failed": result.failed, "statuses": dict(result.statuses),
-            "rollback_output": rb.stdout.strip().splitlines()}
+    first_good = min(
+        (start for start, _, _, version in result.timeline if version == good and start > t0), default=float("nan")
+    )
+    return {
+        "exit_code": rb.returncode,
+        "switch_s": round(max(last_bad - t0, 0.0), 4),
+        "first_good_after_s": round(first_good - t0, 4),
+        "command_s": round(command_s, 3),
+        "requests": result.total,
+        "failed": result.failed,
+        "statuses": dict(result.statuses),
+        "rollback_output": rb.stdout.strip().splitlines(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,11 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_everything(home)
     switch = [r["switch_s"] for r in runs]
-    report = {"runs": runs, "target": {"max_switch_s": 1.0, "failed_requests": 0},
-              "switch_s": {"median": statistics.median(switch), "max": max(switch)},
-              "failed_requests": sum(r["failed"] for r in runs), "requests": sum(r["requests"] for r in runs),
-              "met": max(switch) <= 1.0 and sum(r["failed"] for r in runs) == 0
-              and all(r["exit_code"] == 0 for r in runs)}
+    report = {
+        "runs": runs,
+        "target": {"max_switch_s": 1.0, "failed_requests": 0},
+        "switch_s": {"median": statistics.median(switch), "max": max(switch)},
+        "failed_requests": sum(r["failed"] for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+        "met": max(switch) <= 1.0 and sum(r["failed"] for r in runs) == 0 and all(r["exit_code"] == 0 for r in runs),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=2))

@@ -21,6 +21,19 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MODES = {"same": 0, "slow": 1, "error": 2}
+# params.yaml overrides that make a canary and a promotion take seconds in a test (one 50% step, short intervals)
+FAST_RELEASE: dict[str, Any] = {
+    "canary": {
+        "steps": [50],
+        "interval": "2.5s",
+        "min_requests": 15,
+        "load_rps": 40,
+        "load_concurrency": 4,
+        "failure_limit": 0,
+        "inconclusive_limit": 1,
+    },
+    "promotion": {"rollback_window": "10m", "ready_timeout": "120s", "drain_timeout": "5s"},
+}
 
 
 def make_variant(bundle: Path, dest: Path, kind: str, reps: int = 40) -> Path:
@@ -68,22 +81,36 @@ def register(bundle: Path, home: Path, model_name: str, kind: str) -> str:
     from mlrelease.settings import Settings
     from registry.register import register_bundle
 
-    version, _ = register_bundle(bundle, model_name, metrics={}, params={}, tags={"variant": kind},
-                                 settings=Settings(home=home))
+    version, _ = register_bundle(
+        bundle, model_name, metrics={}, params={}, tags={"variant": kind}, settings=Settings(home=home)
+    )
     return str(version.version)
 
 
 def env_for(home: Path, **extra: str) -> dict[str, str]:
     """Environment for CLI runs against a workspace."""
-    return {**os.environ, "MLRELEASE_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-            "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "MLRELEASE_BY": "release-test",
-            **extra}
+    return {
+        **os.environ,
+        "MLRELEASE_HOME": str(home),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+        "MLRELEASE_BY": "release-test",
+        **extra,
+    }
 
 
 def cli(home: Path, *args: str, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess[str]:
     """Run ``mlrelease ARGS`` in the workspace (its params.yaml, its state) and capture the output."""
-    return subprocess.run([str(BIN / "mlrelease"), *args], cwd=home, env=env_for(home, **extra),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [str(BIN / "mlrelease"), *args],
+        cwd=home,
+        env=env_for(home, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def stop_everything(home: Path) -> None:

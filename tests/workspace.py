@@ -25,14 +25,23 @@ class Workspace:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "MLRELEASE_HOME": str(self.root), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-                "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "test",
-                "GIT_AUTHOR_EMAIL": "test@example.invalid", "GIT_COMMITTER_NAME": "test",
-                "GIT_COMMITTER_EMAIL": "test@example.invalid", "PYTHONDONTWRITEBYTECODE": "1"}
+        return {
+            **os.environ,
+            "MLRELEASE_HOME": str(self.root),
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DVC_NO_ANALYTICS": "1",
+            "GIT_AUTHOR_NAME": "test",
+            "GIT_AUTHOR_EMAIL": "test@example.invalid",
+            "GIT_COMMITTER_NAME": "test",
+            "GIT_COMMITTER_EMAIL": "test@example.invalid",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
 
     def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(list(args), cwd=self.root, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        proc = subprocess.run(
+            list(args), cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
         return proc
@@ -82,8 +91,11 @@ def rebase_registry(home: Path, old_root: Path) -> int:
     with sqlite3.connect(home / "mlruns" / "mlflow.db") as db:
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         for table in tables:
-            columns = [r[1] for r in db.execute(f"PRAGMA table_info('{table}')") if "CHAR" in r[2].upper()
-                       or "TEXT" in r[2].upper()]
+            columns = [
+                r[1]
+                for r in db.execute(f"PRAGMA table_info('{table}')")
+                if "CHAR" in r[2].upper() or "TEXT" in r[2].upper()
+            ]
             for column in columns:
                 sql = f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE "{column}" LIKE ?'
                 changed += db.execute(sql, (old, new, f"%{old}%")).rowcount

@@ -19,8 +19,13 @@ log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
 PACKAGES = ("python3-minimal", "libpython3.11-stdlib", "libstdc++6", "tzdata")
-DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
-                 "/usr/share/lintian/*")
+DPKG_EXCLUDES = (
+    "/usr/share/doc/*",
+    "/usr/share/man/*",
+    "/usr/share/info/*",
+    "/usr/share/locale/*",
+    "/usr/share/lintian/*",
+)
 BASE_REPO = "localhost/mlrelease-base"
 
 
@@ -47,8 +52,10 @@ def mmdebstrap_argv(tarball: Path, suite: str = SUITE) -> list[str]:
     """The mmdebstrap command line: essential packages plus Python, without docs and apt caches."""
     binary = shutil.which("mmdebstrap")
     if binary is None:
-        raise EngineError("mmdebstrap is not installed (Debian: apt-get install mmdebstrap; "
-                          "or pass --base-image python:3.11-slim when a registry is reachable)")
+        raise EngineError(
+            "mmdebstrap is not installed (Debian: apt-get install mmdebstrap; "
+            "or pass --base-image python:3.11-slim when a registry is reachable)"
+        )
     argv = [binary, "--variant=essential", f"--include={','.join(PACKAGES)}"]
     argv += [f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES]
     return [*argv, suite, str(tarball)]
@@ -61,8 +68,7 @@ def bootstrap_tarball(suite: str = SUITE, timeout: float = 900) -> Path:
         return tarball
     partial = tarball.with_suffix(".partial.tar")
     log.info("bootstrapping the Debian %s base with mmdebstrap into %s", suite, tarball)
-    proc = subprocess.run(mmdebstrap_argv(partial, suite), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(mmdebstrap_argv(partial, suite), capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         partial.unlink(missing_ok=True)
         raise EngineError(f"mmdebstrap failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -73,7 +79,7 @@ def bootstrap_tarball(suite: str = SUITE, timeout: float = 900) -> Path:
 def import_base(engine: Engine, tarball: Path, ref: str) -> None:
     """Import a root file system tarball as a local image named ``ref``."""
     if not engine.is_buildah:
-        engine.run("import", "--change", "CMD [\"python3\"]", str(tarball), ref)
+        engine.run("import", "--change", 'CMD ["python3"]', str(tarball), ref)
         return
     container = engine.run("from", "scratch").stdout.strip()
     try:

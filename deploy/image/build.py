@@ -56,8 +56,14 @@ class BuildTarget:
 def git_commit(root: Path) -> str:
     """The short git commit of the tree being built ("nogit" outside a repository)."""
     try:
-        proc = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=10, check=False)
+        proc = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except OSError:
         return "nogit"
     return proc.stdout.strip() if proc.returncode == 0 else "nogit"
@@ -98,15 +104,17 @@ def stage_context(context: Path, bundle: Path, project_root: Path, exclude: tupl
 def commit_time(root: Path) -> str:
     """The commit's timestamp (ISO 8601): a build-time label that stays the same when nothing changed."""
     try:
-        proc = subprocess.run(["git", "log", "-1", "--format=%cI"], cwd=root, capture_output=True, text=True,
-                              timeout=10, check=False)
+        proc = subprocess.run(
+            ["git", "log", "-1", "--format=%cI"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        )
     except OSError:
         return "unknown"
     return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else "unknown"
 
 
-def resolve_target(model_dir: Path | None, version: str | None, model_name: str, dest: Path,
-                   settings: Settings | None = None) -> BuildTarget:
+def resolve_target(
+    model_dir: Path | None, version: str | None, model_name: str, dest: Path, settings: Settings | None = None
+) -> BuildTarget:
     """The bundle to build: a local folder (version "local"), or a registry version/alias downloaded to ``dest``."""
     if model_dir is not None:
         card = verify_bundle(model_dir)
@@ -130,9 +138,17 @@ def record_on_registry(target: BuildTarget, report: dict[str, object], settings:
         client.set_model_version_tag(target.model_name, target.model_version, key, str(report[key]))
 
 
-def build(target: BuildTarget, params: BuildParams, project_root: Path, *, engine: Engine | None = None,
-          base_image: str | None = None, context: Path | None = None, smoke: bool = True,
-          data_csv: Path | None = None) -> dict[str, object]:
+def build(
+    target: BuildTarget,
+    params: BuildParams,
+    project_root: Path,
+    *,
+    engine: Engine | None = None,
+    base_image: str | None = None,
+    context: Path | None = None,
+    smoke: bool = True,
+    data_csv: Path | None = None,
+) -> dict[str, object]:
     """Build (with cache), check the size budget, smoke-test; return the build report."""
     from deploy.image.smoke import reference_inputs, smoke_test
 
@@ -144,25 +160,44 @@ def build(target: BuildTarget, params: BuildParams, project_root: Path, *, engin
     context = context or project_root / "build" / "image-context"
     started = dt.datetime.now(dt.UTC)
     pins = stage_context(context, target.bundle, project_root, tuple(params.exclude_packages))
-    build_image(engine, context, ref, {
-        "BASE_IMAGE": base, "MODEL_NAME": target.model_name, "MODEL_VERSION": target.model_version,
-        "ARTIFACT_SHA256": target.artifact_sha256, "GIT_COMMIT": commit, "BUILD_CREATED": commit_time(project_root),
-    })
+    build_image(
+        engine,
+        context,
+        ref,
+        {
+            "BASE_IMAGE": base,
+            "MODEL_NAME": target.model_name,
+            "MODEL_VERSION": target.model_version,
+            "ARTIFACT_SHA256": target.artifact_sha256,
+            "GIT_COMMIT": commit,
+            "BUILD_CREATED": commit_time(project_root),
+        },
+    )
     facts = inspect_image(engine, ref)
     size = int(str(facts["size_bytes"]))
     if size > params.max_image_mb * 1e6:
         raise RuntimeError(f"{ref} is {size / 1e6:.0f} MB, over build.max_image_mb={params.max_image_mb:g}")
     report: dict[str, object] = {
-        "image_ref": ref, "image_id": facts["id"], "image_digest": facts["digest"], "image_size_bytes": size,
-        "image_size_mb": round(size / 1e6, 1), "layers": facts["layers"], "engine": engine.name,
-        "base_image": base, "model_name": target.model_name, "model_version": target.model_version,
-        "artifact_sha256": target.artifact_sha256, "git_commit": commit, "packages": pins,
+        "image_ref": ref,
+        "image_id": facts["id"],
+        "image_digest": facts["digest"],
+        "image_size_bytes": size,
+        "image_size_mb": round(size / 1e6, 1),
+        "layers": facts["layers"],
+        "engine": engine.name,
+        "base_image": base,
+        "model_name": target.model_name,
+        "model_version": target.model_version,
+        "artifact_sha256": target.artifact_sha256,
+        "git_commit": commit,
+        "packages": pins,
         "build_seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
     }
     if smoke:
         rows = reference_inputs(target.bundle, params.smoke_rows, data_csv)
-        report["smoke"] = smoke_test(engine, ref, target.bundle, rows, params.smoke_atol,
-                                     params.ready_timeout_s).as_dict()
+        report["smoke"] = smoke_test(
+            engine, ref, target.bundle, rows, params.smoke_atol, params.ready_timeout_s
+        ).as_dict()
     return report
 
 

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from deploy.image.base import cache_dir, import_base
-from deploy.image.engine import Engine, detect_engine, image_exists, inspect_image
+from deploy.image.engine import Engine, buildah_bud, detect_engine, image_exists, inspect_image
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +34,45 @@ def mlflow_base(engine: Engine) -> str:
     tarball = cache_dir() / "mlflow-base-bookworm.tar"
     if not tarball.is_file():
         packages = "python3,python3-pip,python3-venv,python-is-python3,nginx"
-        subprocess.run(["mmdebstrap", "--variant=apt", f"--include={packages}", "bookworm", str(tarball)],
-                       check=True, capture_output=True, timeout=900)
+        subprocess.run(
+            ["mmdebstrap", "--variant=apt", f"--include={packages}", "bookworm", str(tarball)],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
     import_base(engine, tarball, MLFLOW_BASE)
     return MLFLOW_BASE
 
 
 def generate(model_uri: str, dest: Path) -> Path:
     """Run ``mlflow models generate-dockerfile`` and point it at the local base; return the context folder."""
-    subprocess.run([sys.executable, "-m", "mlflow", "models", "generate-dockerfile", "-m", model_uri, "-d",
-                    str(dest), "--env-manager", "local"], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "generate-dockerfile",
+            "-m",
+            model_uri,
+            "-d",
+            str(dest),
+            "--env-manager",
+            "local",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     dockerfile = dest / "Dockerfile"
     text = re.sub(r"^FROM .*$", f"FROM {MLFLOW_BASE}", dockerfile.read_text(), count=1, flags=re.M)
     text = text.replace("apt-get -y update && apt-get install -y --no-install-recommends nginx", "true")
     text = text.replace("RUN pip install", "RUN pip install --break-system-packages")
-    text = text.replace("FROM " + MLFLOW_BASE, f"FROM {MLFLOW_BASE}\nENV PIP_BREAK_SYSTEM_PACKAGES=1 "
-                        "PIP_FIND_LINKS=/opt/wheels PIP_CERT=/opt/host-ca.crt", 1)
+    text = text.replace(
+        "FROM " + MLFLOW_BASE,
+        f"FROM {MLFLOW_BASE}\nENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_FIND_LINKS=/opt/wheels PIP_CERT=/opt/host-ca.crt",
+        1,
+    )
     dockerfile.write_text(text)
     return dest
 
@@ -59,10 +82,17 @@ def build_mlflow_image(engine: Engine, model_uri: str) -> int:
     mlflow_base(engine)
     with tempfile.TemporaryDirectory(prefix="mlrelease-compare-") as tmp:
         context = generate(model_uri, Path(tmp) / "ctx")
-        engine.run("bud", "--layers", "--force-rm", "--pull=false", "--format", "docker", "--isolation",
-                   engine.isolation or "chroot", "-v", "/opt/wheels:/opt/wheels:ro",
-                   "-v", f"{HOST_CA}:/opt/host-ca.crt:ro", "-t", MLFLOW_REF,
-                   str(context), timeout=5400)
+        engine.run(
+            *buildah_bud(engine),
+            "-v",
+            "/opt/wheels:/opt/wheels:ro",
+            "-v",
+            f"{HOST_CA}:/opt/host-ca.crt:ro",
+            "-t",
+            MLFLOW_REF,
+            str(context),
+            timeout=5400,
+        )
     return int(str(inspect_image(engine, MLFLOW_REF)["size_bytes"]))
 
 
@@ -77,8 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     engine = detect_engine()
     ours = int(str(inspect_image(engine, args.ours)["size_bytes"]))
     theirs = build_mlflow_image(engine, args.model_uri)
-    result = {"ours_ref": args.ours, "ours_mb": round(ours / 1e6, 1), "mlflow_ref": MLFLOW_REF,
-              "mlflow_mb": round(theirs / 1e6, 1), "ratio": round(theirs / ours, 2)}
+    result = {
+        "ours_ref": args.ours,
+        "ours_mb": round(ours / 1e6, 1),
+        "mlflow_ref": MLFLOW_REF,
+        "mlflow_mb": round(theirs / 1e6, 1),
+        "ratio": round(theirs / ours, 2),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.write(json.dumps(result) + "\n")

@@ -112,22 +112,49 @@ def inspect_image(engine: Engine, ref: str) -> dict[str, object]:
         docker_cfg = (data.get("Docker") or {}).get("config") or {}
         oci_cfg = (data.get("OCIv1") or {}).get("config") or {}
         config = {**oci_cfg, **docker_cfg}
-        return {"id": data["FromImageID"], "digest": data["FromImageDigest"], "size_bytes": size,
-                "config": config, "layers": len(manifest["layers"])}
+        return {
+            "id": data["FromImageID"],
+            "digest": data["FromImageDigest"],
+            "size_bytes": size,
+            "config": config,
+            "layers": len(manifest["layers"]),
+        }
     data = json.loads(engine.run("image", "inspect", ref).stdout)[0]
     digests = data.get("RepoDigests") or []
     digest = digests[0].split("@", 1)[1] if digests else data["Id"]
-    return {"id": data["Id"], "digest": digest, "size_bytes": int(data["Size"]),
-            "config": data.get("Config") or {}, "layers": len(data.get("RootFS", {}).get("Layers", []))}
+    return {
+        "id": data["Id"],
+        "digest": digest,
+        "size_bytes": int(data["Size"]),
+        "config": data.get("Config") or {},
+        "layers": len(data.get("RootFS", {}).get("Layers", [])),
+    }
 
 
-def build_image(engine: Engine, context: Path, tag: str, build_args: dict[str, str],
-                dockerfile: Path | None = None, timeout: float = 3600) -> None:
+def buildah_bud(engine: Engine) -> list[str]:
+    """buildah's build command: cached layers, no pulls (no registry is reachable), docker format (HEALTHCHECK)."""
+    return [
+        "bud",
+        "--layers",
+        "--force-rm",
+        "--pull=false",
+        "--format",
+        "docker",
+        "--isolation",
+        engine.isolation or "chroot",
+    ]
+
+
+def build_image(
+    engine: Engine,
+    context: Path,
+    tag: str,
+    build_args: dict[str, str],
+    dockerfile: Path | None = None,
+    timeout: float = 3600,
+) -> None:
     """Build ``context`` into ``tag`` reusing cached layers; HEALTHCHECK is kept (docker format)."""
-    args = ["build"]
-    if engine.is_buildah:
-        args = ["bud", "--layers", "--force-rm", "--pull=false", "--format", "docker",
-                "--isolation", engine.isolation or "chroot"]
+    args = buildah_bud(engine) if engine.is_buildah else ["build"]
     for key, value in sorted(build_args.items()):
         args += ["--build-arg", f"{key}={value}"]
     args += ["-f", str(dockerfile or context / "Dockerfile"), "-t", tag, str(context)]

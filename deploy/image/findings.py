@@ -41,8 +41,13 @@ class CheckResult:
     detail: str = ""
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "tool": self.tool, "status": self.status, "detail": self.detail,
-                "findings": [asdict(f) | {"where": f.where()} for f in self.findings]}
+        return {
+            "name": self.name,
+            "tool": self.tool,
+            "status": self.status,
+            "detail": self.detail,
+            "findings": [asdict(f) | {"where": f.where()} for f in self.findings],
+        }
 
 
 def gate_status(failing: list[Finding], warning: list[Finding]) -> Status:

@@ -21,13 +21,23 @@ def image_checks(engine: Engine, image_ref: str, params: ScanParams, sbom_path: 
     """Save the image, then run the policy, SBOM and vulnerability checks on its files."""
     with tempfile.TemporaryDirectory(prefix="mlrelease-scan-") as tmp:
         archive = save_image(engine, image_ref, Path(tmp) / "image.tar")
-        files = read_image(archive, tuple(params.secret_roots), tuple(params.secret_skip),
-                           params.max_text_file_bytes, always=(DPKG_STATUS,))
+        files = read_image(
+            archive,
+            tuple(params.secret_roots),
+            tuple(params.secret_skip),
+            params.max_text_file_bytes,
+            always=(DPKG_STATUS,),
+        )
         checks = [check_image_policy(files, params)]
         counts = make_sbom(files, image_ref, sbom_path)
-        checks.append(CheckResult("sbom", "cyclonedx-py", "pass",
-                                  detail=f"{counts['python']} Python and {counts['debian']} Debian packages "
-                                         f"in {sbom_path.name}"))
+        checks.append(
+            CheckResult(
+                "sbom",
+                "cyclonedx-py",
+                "pass",
+                detail=f"{counts['python']} Python and {counts['debian']} Debian packages in {sbom_path.name}",
+            )
+        )
         checks.append(pip_audit(python_packages(files), params))
         extra = image_scanner(archive, params)
         if extra is not None:
@@ -37,8 +47,11 @@ def image_checks(engine: Engine, image_ref: str, params: ScanParams, sbom_path: 
 
 def verdict(checks: list[CheckResult], params: ScanParams) -> tuple[bool, list[str]]:
     """Whether the gate passes, and the reasons it does not (or the warnings it carries)."""
-    reasons = [f"{c.tool}: {sum(f.level == 'error' for f in c.findings)} finding(s) over the policy"
-               for c in checks if c.status == "fail"]
+    reasons = [
+        f"{c.tool}: {sum(f.level == 'error' for f in c.findings)} finding(s) over the policy"
+        for c in checks
+        if c.status == "fail"
+    ]
     vulns = [c for c in checks if c.name == "vulnerabilities"]
     unchecked = bool(vulns) and all(c.status == "not_checked" for c in vulns)
     if unchecked:
@@ -48,8 +61,9 @@ def verdict(checks: list[CheckResult], params: ScanParams) -> tuple[bool, list[s
     return not failed, reasons
 
 
-def run_scan(root: Path, params: ScanParams, *, engine: Engine | None, image_ref: str | None,
-             dockerfile: Path, out_dir: Path) -> dict[str, object]:
+def run_scan(
+    root: Path, params: ScanParams, *, engine: Engine | None, image_ref: str | None, dockerfile: Path, out_dir: Path
+) -> dict[str, object]:
     """All checks (image checks only when an image is given); write the reports; return scan.json's content."""
     from deploy.image.sarif import to_sarif, to_summary
 
@@ -58,8 +72,13 @@ def run_scan(root: Path, params: ScanParams, *, engine: Engine | None, image_ref
     if engine is not None and image_ref:
         checks += image_checks(engine, image_ref, params, out_dir / "sbom.json")
     passed, reasons = verdict(checks, params)
-    report: dict[str, object] = {"image": image_ref, "passed": passed, "reasons": reasons,
-                                 "policy": params.model_dump(), "checks": [c.as_dict() for c in checks]}
+    report: dict[str, object] = {
+        "image": image_ref,
+        "passed": passed,
+        "reasons": reasons,
+        "policy": params.model_dump(),
+        "checks": [c.as_dict() for c in checks],
+    }
     (out_dir / "scan.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "scan.sarif").write_text(json.dumps(to_sarif(checks, dockerfile, root), indent=2) + "\n")
     (out_dir / "scan.md").write_text(to_summary(report))

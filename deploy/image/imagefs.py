@@ -59,7 +59,7 @@ def _norm(name: str) -> str:
 
 def _apply_whiteout(files: ImageFiles, path: str) -> None:
     parent, base = path.rsplit("/", 1)
-    target = f"{parent}/{base[len(WHITEOUT):]}"
+    target = f"{parent}/{base[len(WHITEOUT) :]}"
     if base == ".wh..wh..opq":
         target = parent
     for store in (files.texts, files.paths):
@@ -73,8 +73,13 @@ def _wanted(path: str, roots: tuple[str, ...], skip: tuple[str, ...]) -> bool:
     return not any(fnmatch.fnmatch(path, pattern) for pattern in skip)
 
 
-def read_image(archive: Path, text_roots: tuple[str, ...], skip: tuple[str, ...],
-               max_text_bytes: int = 1_000_000, always: tuple[str, ...] = ()) -> ImageFiles:
+def read_image(
+    archive: Path,
+    text_roots: tuple[str, ...],
+    skip: tuple[str, ...],
+    max_text_bytes: int = 1_000_000,
+    always: tuple[str, ...] = (),
+) -> ImageFiles:
     """Index every file of the image; keep the content of small text files under ``text_roots`` (or ``always``)."""
     config, history, layers, diff_ids = _outer_members(archive)
     files = ImageFiles(config=config, history=history, layer_ids=diff_ids)

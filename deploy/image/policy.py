@@ -22,9 +22,15 @@ def check_user(files: ImageFiles) -> list[Finding]:
     name = user.split(":", 1)[0]
     if name in ROOT_USERS:
         shown = user or "(unset: root)"
-        return [Finding("image-policy", "non-root-user", "error",
-                        f"the image runs as {shown}; add `USER 10001:10001` (a non-root uid) to the Dockerfile",
-                        in_image=True)]
+        return [
+            Finding(
+                "image-policy",
+                "non-root-user",
+                "error",
+                f"the image runs as {shown}; add `USER 10001:10001` (a non-root uid) to the Dockerfile",
+                in_image=True,
+            )
+        ]
     return []
 
 
@@ -33,9 +39,15 @@ def check_healthcheck(files: ImageFiles) -> list[Finding]:
     health = files.config.get("Healthcheck") or {}
     test = health.get("Test") if isinstance(health, dict) else None
     if not test or test == ["NONE"]:
-        return [Finding("image-policy", "healthcheck", "error",
-                        "the image has no HEALTHCHECK (build with docker format: `buildah bud --format docker`)",
-                        in_image=True)]
+        return [
+            Finding(
+                "image-policy",
+                "healthcheck",
+                "error",
+                "the image has no HEALTHCHECK (build with docker format: `buildah bud --format docker`)",
+                in_image=True,
+            )
+        ]
     return []
 
 
@@ -46,14 +58,27 @@ def check_config_secrets(files: ImageFiles) -> list[Finding]:
     for item in env:
         key, _, value = item.partition("=")
         if value and SECRET_NAME.search(key):
-            findings.append(Finding("image-policy", "secret-in-env", "error",
-                                    f"ENV {key} holds a value: pass secrets at run time, never bake them in",
-                                    in_image=True))
+            findings.append(
+                Finding(
+                    "image-policy",
+                    "secret-in-env",
+                    "error",
+                    f"ENV {key} holds a value: pass secrets at run time, never bake them in",
+                    in_image=True,
+                )
+            )
     labels = files.config.get("Labels") or {}
-    for key, value in (labels.items() if isinstance(labels, dict) else []):
+    for key, value in labels.items() if isinstance(labels, dict) else []:
         if value and SECRET_NAME.search(str(key)):
-            findings.append(Finding("image-policy", "secret-in-label", "error",
-                                    f"LABEL {key} holds a value that looks like a secret", in_image=True))
+            findings.append(
+                Finding(
+                    "image-policy",
+                    "secret-in-label",
+                    "error",
+                    f"LABEL {key} holds a value that looks like a secret",
+                    in_image=True,
+                )
+            )
     return findings
 
 
@@ -62,8 +87,17 @@ def check_paths(files: ImageFiles, patterns: list[str], rule: str, why: str) -> 
     findings = []
     for path, layer in sorted(files.paths.items()):
         if any(fnmatch.fnmatch(path, pattern) for pattern in patterns):
-            findings.append(Finding("image-policy", rule, "error", f"{path}: {why}", file=path,
-                                    layer=files.layer_name(layer), in_image=True))
+            findings.append(
+                Finding(
+                    "image-policy",
+                    rule,
+                    "error",
+                    f"{path}: {why}",
+                    file=path,
+                    layer=files.layer_name(layer),
+                    in_image=True,
+                )
+            )
     return findings
 
 
@@ -97,10 +131,18 @@ def check_file_secrets(files: ImageFiles, params: ScanParams) -> list[Finding]:
         path = "/" + rel.removeprefix("./")
         layer = files.texts.get(path, (0, b""))[0]
         for hit in hits:
-            findings.append(Finding("detect-secrets", str(hit["type"]), "error",
-                                    f"{hit['type']} in {path}: remove it from the image and rotate it",
-                                    file=path, line=int(str(hit.get("line_number", 0))),
-                                    layer=files.layer_name(layer), in_image=True))
+            findings.append(
+                Finding(
+                    "detect-secrets",
+                    str(hit["type"]),
+                    "error",
+                    f"{hit['type']} in {path}: remove it from the image and rotate it",
+                    file=path,
+                    line=int(str(hit.get("line_number", 0))),
+                    layer=files.layer_name(layer),
+                    in_image=True,
+                )
+            )
     return findings
 
 
@@ -113,10 +155,23 @@ def check_image_policy(files: ImageFiles, params: ScanParams) -> CheckResult:
         findings += check_healthcheck(files)
     findings += check_config_secrets(files)
     findings += check_file_secrets(files, params)
-    findings += check_paths(files, params.cache_paths, "package-cache",
-                            "package manager cache or leftover wheel; clean it in the same RUN step")
-    findings += check_paths(files, params.forbidden_paths, "not-for-serving",
-                            "compilers and training/test packages do not belong in the serving image")
+    findings += check_paths(
+        files,
+        params.cache_paths,
+        "package-cache",
+        "package manager cache or leftover wheel; clean it in the same RUN step",
+    )
+    findings += check_paths(
+        files,
+        params.forbidden_paths,
+        "not-for-serving",
+        "compilers and training/test packages do not belong in the serving image",
+    )
     user = files.config.get("User") or "root"
-    return CheckResult("image", "image-policy", gate_status(findings, []), findings,
-                       f"user {user}; {len(files.texts)} text files searched for secrets")
+    return CheckResult(
+        "image",
+        "image-policy",
+        gate_status(findings, []),
+        findings,
+        f"user {user}; {len(files.texts)} text files searched for secrets",
+    )

@@ -16,8 +16,13 @@ SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 def _location(finding: Finding, dockerfile_uri: str) -> dict[str, object]:
     if finding.in_image:
         physical = {"artifactLocation": {"uri": dockerfile_uri}, "region": {"startLine": 1}}
-        logical = [{"fullyQualifiedName": f"image:{finding.file or 'config'}", "kind": "resource",
-                    "name": finding.layer or "image config"}]
+        logical = [
+            {
+                "fullyQualifiedName": f"image:{finding.file or 'config'}",
+                "kind": "resource",
+                "name": finding.layer or "image config",
+            }
+        ]
         return {"physicalLocation": physical, "logicalLocations": logical}
     region = {"startLine": max(finding.line, 1)}
     return {"physicalLocation": {"artifactLocation": {"uri": finding.file}, "region": region}}
@@ -25,11 +30,25 @@ def _location(finding: Finding, dockerfile_uri: str) -> dict[str, object]:
 
 def _run(tool: str, findings: list[Finding], dockerfile_uri: str) -> dict[str, object]:
     rules = sorted({f.rule for f in findings})
-    results = [{"ruleId": f.rule, "level": f.level, "message": {"text": f"{f.message} [{f.where()}]"},
-                "locations": [_location(f, dockerfile_uri)]} for f in findings]
-    return {"tool": {"driver": {"name": tool, "informationUri": "https://github.com/",
-                                "rules": [{"id": r, "shortDescription": {"text": r}} for r in rules]}},
-            "results": results}
+    results = [
+        {
+            "ruleId": f.rule,
+            "level": f.level,
+            "message": {"text": f"{f.message} [{f.where()}]"},
+            "locations": [_location(f, dockerfile_uri)],
+        }
+        for f in findings
+    ]
+    return {
+        "tool": {
+            "driver": {
+                "name": tool,
+                "informationUri": "https://github.com/",
+                "rules": [{"id": r, "shortDescription": {"text": r}} for r in rules],
+            }
+        },
+        "results": results,
+    }
 
 
 def to_sarif(checks: list[CheckResult], dockerfile: Path, root: Path) -> dict[str, object]:
@@ -40,8 +59,11 @@ def to_sarif(checks: list[CheckResult], dockerfile: Path, root: Path) -> dict[st
         for finding in check.findings:
             by_tool.setdefault(finding.tool, []).append(finding)
         by_tool.setdefault(check.tool, [])
-    return {"$schema": SARIF_SCHEMA, "version": "2.1.0",
-            "runs": [_run(tool, found, uri) for tool, found in sorted(by_tool.items())]}
+    return {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [_run(tool, found, uri) for tool, found in sorted(by_tool.items())],
+    }
 
 
 def to_summary(report: dict[str, object]) -> str:
@@ -56,8 +78,7 @@ def to_summary(report: dict[str, object]) -> str:
     assert isinstance(checks, list)
     for check in checks:
         status = "not checked" if check["status"] == "not_checked" else check["status"]
-        lines.append(f"| {check['name']} | {check['tool']} | {status} | {len(check['findings'])} | "
-                     f"{check['detail']} |")
+        lines.append(f"| {check['name']} | {check['tool']} | {status} | {len(check['findings'])} | {check['detail']} |")
     findings = [f for check in checks for f in check["findings"]]
     if findings:
         lines += ["", "## Findings", ""]

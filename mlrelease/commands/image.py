@@ -14,8 +14,18 @@ def _print_build(report: dict[str, object]) -> None:
     table = Table(title="serving image")
     table.add_column("field")
     table.add_column("value")
-    for key in ("image_ref", "image_digest", "image_size_mb", "engine", "base_image", "model_version",
-                "artifact_sha256", "git_commit", "build_seconds", "smoke"):
+    for key in (
+        "image_ref",
+        "image_digest",
+        "image_size_mb",
+        "engine",
+        "base_image",
+        "model_version",
+        "artifact_sha256",
+        "git_commit",
+        "build_seconds",
+        "smoke",
+    ):
         table.add_row(key, str(report.get(key, "")))
     Console().print(table)
 
@@ -36,8 +46,10 @@ def _print_scan(report: dict[str, object]) -> None:
     console.print(table)
     for check in checks:
         for finding in check["findings"][:50]:
-            console.print(f"[{finding['level']}] {finding['tool']} {finding['rule']} at {finding['where']}: "
-                          f"{finding['message']}", markup=False)
+            console.print(
+                f"[{finding['level']}] {finding['tool']} {finding['rule']} at {finding['where']}: {finding['message']}",
+                markup=False,
+            )
     reasons = report.get("reasons") or []
     assert isinstance(reasons, list)
     for reason in reasons:
@@ -51,8 +63,11 @@ def register(app: typer.Typer) -> None:
     def build_cmd(
         version: str = typer.Option(None, "--version", help="registry version or alias (default: candidate)"),
         model_dir: Path = typer.Option(None, "--model-dir", help="build a local bundle folder instead"),
-        base_image: str = typer.Option(None, "--base-image", help="e.g. python:3.11-slim@sha256:... "
-                                       "(default: params build.base_image, else an mmdebstrap Debian base)"),
+        base_image: str = typer.Option(
+            None,
+            "--base-image",
+            help="e.g. python:3.11-slim@sha256:... (default: params build.base_image, else an mmdebstrap Debian base)",
+        ),
         engine: str = typer.Option(None, "--engine", help="docker, podman or buildah (default: detect)"),
         no_smoke: bool = typer.Option(False, "--no-smoke", help="skip the smoke test (not for releases)"),
         params: Path = typer.Option(Path("params.yaml"), "--params"),
@@ -62,8 +77,9 @@ def register(app: typer.Typer) -> None:
         from deploy.image.stage import run_build
 
         try:
-            result = run_build(Path.cwd(), params, model_dir, version, report, base_image, smoke=not no_smoke,
-                               engine_name=engine)
+            result = run_build(
+                Path.cwd(), params, model_dir, version, report, base_image, smoke=not no_smoke, engine_name=engine
+            )
         except Exception as exc:
             typer.echo(f"build failed: {exc}", err=True)
             raise typer.Exit(1) from exc
@@ -81,8 +97,9 @@ def register(app: typer.Typer) -> None:
         from deploy.image.stage import run_scan
 
         try:
-            result = run_scan(Path.cwd(), params, image, reports / "build.json", reports, engine,
-                              with_image=not source_only)
+            result = run_scan(
+                Path.cwd(), params, image, reports / "build.json", reports, engine, with_image=not source_only
+            )
         except Exception as exc:
             typer.echo(f"scan failed: {exc}", err=True)
             raise typer.Exit(1) from exc

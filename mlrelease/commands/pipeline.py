@@ -50,8 +50,11 @@ def _registry_rows(registration: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _all_gates() -> list[tuple[str, dict[str, Any]]]:
-    return [(stage, gate) for stage, name in (("evaluate", "evaluate_gates.json"), ("export", "export.json"))
-            for gate in _load_json(REPORTS / name).get("gates", [])]
+    return [
+        (stage, gate)
+        for stage, name in (("evaluate", "evaluate_gates.json"), ("export", "export.json"))
+        for gate in _load_json(REPORTS / name).get("gates", [])
+    ]
 
 
 def summary_markdown(registration: dict[str, Any]) -> str:
@@ -59,8 +62,10 @@ def summary_markdown(registration: dict[str, Any]) -> str:
     lines = ["## Registered model", "", "| | |", "|---|---|"]
     lines += [f"| {key} | `{value}` |" for key, value in _registry_rows(registration)]
     lines += ["", "## Gates", "", "| stage | gate | value | threshold | result |", "|---|---|---|---|---|"]
-    lines += [f"| {stage} | {g['name']} | {g['value']} | {g['threshold']} | {'PASS' if g['passed'] else 'FAIL'} |"
-              for stage, g in _all_gates()]
+    lines += [
+        f"| {stage} | {g['name']} | {g['value']} | {g['threshold']} | {'PASS' if g['passed'] else 'FAIL'} |"
+        for stage, g in _all_gates()
+    ]
     return "\n".join(lines)
 
 
@@ -77,8 +82,9 @@ def summary(markdown: bool = False) -> None:
     for key, value in _registry_rows(registration):
         table.add_row(key, value)
     metrics = _load_json(REPORTS / "metrics.json")
-    table.add_row("test metrics", ", ".join(f"{k}={metrics[k]:.4f}" for k in ("accuracy", "roc_auc", "f1")
-                                            if k in metrics))
+    table.add_row(
+        "test metrics", ", ".join(f"{k}={metrics[k]:.4f}" for k in ("accuracy", "roc_auc", "f1") if k in metrics)
+    )
     console.print(table)
     console.print(_gates_table())
     files = sorted(str(p) for p in REPORTS.rglob("*") if p.is_file() and p.name != ".gitkeep")
@@ -93,8 +99,12 @@ def _dvc() -> str:
 
 def run_pipeline(force: bool = False) -> int:
     """`dvc repro` with the project's interpreter first on PATH, so stages run in the same environment."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     cmd = [_dvc(), "repro", *(["--force"] if force else [])]
     return subprocess.run(cmd, env=env, check=False).returncode
 

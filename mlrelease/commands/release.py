@@ -42,13 +42,22 @@ def build_promoter(params_path: Path, by: str | None, dry_run: bool, loadtest: b
     settings = get_settings()
     params = load_params(params_path)
     promotion = section(params, "promotion", PromotionParams)
-    target = LocalTarget(settings.state_dir, ready_timeout_s=promotion.ready_timeout,
-                         drain_timeout_s=promotion.drain_timeout)
-    return Promoter(settings=settings, model_name=params.model.name,
-                    canary_params=section(params, "canary", CanaryParams), params=promotion, target=target,
-                    registry=Registry(params.model.name, settings), by=resolve_actor(by), dry_run=dry_run,
-                    reports_dir=settings.home / "reports", target_column=params.data.target,
-                    loadtest=_loadtest_params(params) if loadtest else None)
+    target = LocalTarget(
+        settings.state_dir, ready_timeout_s=promotion.ready_timeout, drain_timeout_s=promotion.drain_timeout
+    )
+    return Promoter(
+        settings=settings,
+        model_name=params.model.name,
+        canary_params=section(params, "canary", CanaryParams),
+        params=promotion,
+        target=target,
+        registry=Registry(params.model.name, settings),
+        by=resolve_actor(by),
+        dry_run=dry_run,
+        reports_dir=settings.home / "reports",
+        target_column=params.data.target,
+        loadtest=_loadtest_params(params) if loadtest else None,
+    )
 
 
 def _loadtest_params(params: Params) -> object:
@@ -96,8 +105,11 @@ def run_guarded(action: str, call: Callable[[], None]) -> None:
     except Exception as exc:
         if not type(exc).__module__.startswith("mlflow"):  # matched by module: importing mlflow costs ~1 s
             raise
-        err.print(f"[red]{action} failed: the registry refused or could not be reached: {exc}. "
-                  "Check MLFLOW_TRACKING_URI, then re-run the command.[/red]", highlight=False)
+        err.print(
+            f"[red]{action} failed: the registry refused or could not be reached: {exc}. "
+            "Check MLFLOW_TRACKING_URI, then re-run the command.[/red]",
+            highlight=False,
+        )
         raise typer.Exit(1) from exc
 
 
@@ -121,7 +133,9 @@ def register(app: typer.Typer) -> None:
         interval: str | None = typer.Option(None, "--interval", help="Canary analysis interval, e.g. 30s"),
         force: bool = typer.Option(False, "--force", help="production: skip the canary requirement"),
         reason: str | None = typer.Option(None, "--reason", help="Why (required with --force)"),
-        by: str | None = BY, dry_run: bool = DRY, params: Path = PARAMS,
+        by: str | None = BY,
+        dry_run: bool = DRY,
+        params: Path = PARAMS,
     ) -> None:
         """Move a version one step: candidate -> staging -> canary -> production, gated and audited."""
         from registry.analysis import parse_duration
@@ -136,8 +150,9 @@ def register(app: typer.Typer) -> None:
                 secs = parse_duration(interval) if interval else None
                 finish(p.promote_canary(_steps(steps), secs), f"promote canary{' (dry run)' if dry_run else ''}")
             else:
-                finish(p.promote_production(version, force, reason),
-                       f"promote production{' (dry run)' if dry_run else ''}")
+                finish(
+                    p.promote_production(version, force, reason), f"promote production{' (dry run)' if dry_run else ''}"
+                )
 
         run_guarded(f"promote {stage.value}", call)
 
@@ -145,7 +160,9 @@ def register(app: typer.Typer) -> None:
     def rollback(
         to: str | None = typer.Option(None, "--to", help="Version to go back to (default: previous production)"),
         reason: str | None = typer.Option(None, "--reason", help="Why (recorded in the audit trail)"),
-        by: str | None = BY, dry_run: bool = DRY, params: Path = PARAMS,
+        by: str | None = BY,
+        dry_run: bool = DRY,
+        params: Path = PARAMS,
     ) -> None:
         """Incident rollback: skip analysis, all production traffic to the previous version, verify it."""
         started = time.monotonic()
@@ -172,8 +189,16 @@ def register(app: typer.Typer) -> None:
             table.add_column(col)
         rows = target.status()
         for r in rows:
-            table.add_row(r.environment, r.slot, r.version, r.url, str(r.pid or ""), f"{r.weight:g}",
-                          "[green]yes[/green]" if r.healthy else "[red]no[/red]", r.detail)
+            table.add_row(
+                r.environment,
+                r.slot,
+                r.version,
+                r.url,
+                str(r.pid or ""),
+                f"{r.weight:g}",
+                "[green]yes[/green]" if r.healthy else "[red]no[/red]",
+                r.detail,
+            )
         console = Console(width=max(Console().width, 150))
         console.print(table if rows else "nothing deployed yet (`mlrelease promote staging`)")
         entry = target.entry_url("production")
@@ -194,16 +219,29 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, overflow="fold")
         for r in AuditLog(get_settings().state_dir).records()[-limit:]:
             weights = ",".join(f"{k}={v:g}" for k, v in (r.get("weights") or {}).items())
-            table.add_row(r.get("when", ""), r.get("by", ""), r.get("action", ""), r.get("environment", ""),
-                          r.get("alias") or "", r.get("from_version") or "", r.get("to_version") or "",
-                          weights, r.get("outcome", ""), r.get("reason", ""))
+            table.add_row(
+                r.get("when", ""),
+                r.get("by", ""),
+                r.get("action", ""),
+                r.get("environment", ""),
+                r.get("alias") or "",
+                r.get("from_version") or "",
+                r.get("to_version") or "",
+                weights,
+                r.get("outcome", ""),
+                r.get("reason", ""),
+            )
         Console(width=200).print(table)
 
 
 def main() -> None:
     """Only the release commands (scripts/rollback.sh uses this: it skips importing the other command groups)."""
-    app = typer.Typer(name="mlrelease", pretty_exceptions_enable=False, add_completion=False,
-                      help="mlrelease release commands: promote, status, history, rollback.")
+    app = typer.Typer(
+        name="mlrelease",
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        help="mlrelease release commands: promote, status, history, rollback.",
+    )
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     register(app)

@@ -85,7 +85,7 @@ def test_wrk_posts_a_body_with_json_escapes_intact(bare_servers: dict[str, str])
     """The body goes into wrk's Lua script: a JSON escape such as \\u00e9 must reach the server as sent."""
     from deploy.serving.bench import wrk
 
-    body = orjson.dumps({"instances": [[1.0, 2.0, 3.0]], "note": "caf\u00e9 \"quoted\""}, option=orjson.OPT_SORT_KEYS)
+    body = orjson.dumps({"instances": [[1.0, 2.0, 3.0]], "note": 'caf\u00e9 "quoted"'}, option=orjson.OPT_SORT_KEYS)
     body = body.replace("é".encode(), b"\\u00e9")  # as json.dumps(ensure_ascii=True) sends it
     result = wrk(bare_servers["plain"], "/v1/models/m:predict", body, 1, None)
     assert result["requests"] > 0 and result["errors"] == 0  # the plain server closes on a body it cannot parse

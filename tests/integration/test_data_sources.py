@@ -34,11 +34,22 @@ def test_wine_csv_with_its_own_schema_runs_end_to_end(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path / "wine")
     frame = load_wine(as_frame=True).frame.rename(columns={"target": "cultivar"})
     (ws.root / "datasets" / "wine.csv").write_text(frame.to_csv(index=False))
-    ws.run(sys.executable, "-m", "mlrelease.cli", "infer-schema", "datasets/wine.csv", "--target", "cultivar",
-           "--out", "schemas/wine.yaml")
-    ws.set_params(data={"source": "datasets/wine.csv", "target": "cultivar", "schema": "schemas/wine.yaml"},
-                  model={"name": "wine-classifier", "hidden": [32]},
-                  gates={"min_accuracy": 0.85, "min_roc_auc": 0.9})
+    ws.run(
+        sys.executable,
+        "-m",
+        "mlrelease.cli",
+        "infer-schema",
+        "datasets/wine.csv",
+        "--target",
+        "cultivar",
+        "--out",
+        "schemas/wine.yaml",
+    )
+    ws.set_params(
+        data={"source": "datasets/wine.csv", "target": "cultivar", "schema": "schemas/wine.yaml"},
+        model={"name": "wine-classifier", "hidden": [32]},
+        gates={"min_accuracy": 0.85, "min_roc_auc": 0.9},
+    )
     ws.dvc("repro")
     card = json.loads((ws.root / "models" / "model_card.json").read_text())
     assert card["classes"] == ["0", "1", "2"] and len(card["feature_names"]) == 13
@@ -56,9 +67,24 @@ def test_broken_source_fails_prepare_with_a_clear_report(case, tmp_path: Path) -
     text = (ws.root / "params.yaml").read_text().replace("datasets/breast_cancer.sklearn", str(source))
     params.write_text(text.replace("schemas/breast_cancer.yaml", str(ws.root / "schemas" / "breast_cancer.yaml")))
     report = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "pipelines.prepare", "--out", str(tmp_path / "out"),
-                           "--report", str(report), "--params", str(params)],
-                          cwd=ws.root, env=ws.env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.prepare",
+            "--out",
+            str(tmp_path / "out"),
+            "--report",
+            str(report),
+            "--params",
+            str(params),
+        ],
+        cwd=ws.root,
+        env=ws.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr
     assert case.column in proc.stderr and case.check in proc.stderr, proc.stderr
     assert "Fix the data" in proc.stderr

@@ -67,8 +67,9 @@ def test_build_passes_its_smoke_test_and_reports_digest_and_size(built: dict[str
     assert str(built["image_ref"]).startswith("localhost/breast-cancer-classifier:local-")
 
 
-def test_image_is_non_root_with_healthcheck_labels_and_model(engine: Engine, built: dict[str, object],
-                                                            model_bundle: Path) -> None:
+def test_image_is_non_root_with_healthcheck_labels_and_model(
+    engine: Engine, built: dict[str, object], model_bundle: Path
+) -> None:
     config = inspect_image(engine, str(built["image_ref"]))["config"]
     assert isinstance(config, dict)
     assert config["User"] == "10001:10001"
@@ -82,18 +83,25 @@ def test_image_is_non_root_with_healthcheck_labels_and_model(engine: Engine, bui
     assert labels["io.mlrelease.model.path"] == "/opt/model"
 
 
-def test_rebuild_with_nothing_changed_reuses_the_cache(engine: Engine, built: dict[str, object],
-                                                       model_bundle: Path, image_context: Path,
-                                                       project: Path) -> None:
+def test_rebuild_with_nothing_changed_reuses_the_cache(
+    engine: Engine, built: dict[str, object], model_bundle: Path, image_context: Path, project: Path
+) -> None:
     card = ModelCard.read(model_bundle)
-    again = build(BuildTarget(model_bundle, card.name, "local", card.sha256), BuildParams(), project,
-                  engine=engine, context=image_context, smoke=False)
+    again = build(
+        BuildTarget(model_bundle, card.name, "local", card.sha256),
+        BuildParams(),
+        project,
+        engine=engine,
+        context=image_context,
+        smoke=False,
+    )
     assert again["image_id"] == built["image_id"]
     assert again["image_digest"] == built["image_digest"]
 
 
 def test_smoke_test_fails_on_a_different_model_and_leaves_nothing_running(
-        engine: Engine, built: dict[str, object], model_bundle: Path, tmp_path: Path) -> None:
+    engine: Engine, built: dict[str, object], model_bundle: Path, tmp_path: Path
+) -> None:
     """The container serves the built model; a host model that answers differently must fail the smoke test."""
     other = tmp_path / "other"
     shutil.copytree(model_bundle, other)
@@ -138,8 +146,9 @@ def test_the_built_image_passes_the_image_gates(engine: Engine, built: dict[str,
         assert verdict(checks, ScanParams(unchecked_vulnerabilities="fail"))[0] is False
 
 
-def test_planted_root_user_and_secret_file_fail_the_image_gate(engine: Engine, built: dict[str, object],
-                                                               tmp_path: Path) -> None:
+def test_planted_root_user_and_secret_file_fail_the_image_gate(
+    engine: Engine, built: dict[str, object], tmp_path: Path
+) -> None:
     """A small image from the same base: runs as root and carries a credentials file under /opt/app."""
     base = str(built["base_image"])
     secret = tmp_path / "app.env"
@@ -165,8 +174,9 @@ def test_planted_root_user_and_secret_file_fail_the_image_gate(engine: Engine, b
     assert hits[0].layer.startswith("layer 1")
 
 
-def test_registry_version_resolves_and_records_image_tags(built: dict[str, object], registry_workspace: object,
-                                                          tmp_path: Path) -> None:
+def test_registry_version_resolves_and_records_image_tags(
+    built: dict[str, object], registry_workspace: object, tmp_path: Path
+) -> None:
     """`candidate` resolves to a registry version whose bundle is the built one; the version gets the image tags."""
     settings = registry_workspace.settings()  # type: ignore[attr-defined]
     name = ModelCard.read(registry_workspace.root / "models").name  # type: ignore[attr-defined]

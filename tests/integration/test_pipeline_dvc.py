@@ -70,8 +70,12 @@ def test_registered_model_loads_without_unpickling(built_workspace: Workspace, r
     from registry.register import download_bundle
 
     configure_mlflow(built_workspace.settings())
-    bundle = download_bundle("models:/breast-cancer-classifier@candidate", "breast-cancer-classifier",
-                             tmp_path / "b", settings=built_workspace.settings())
+    bundle = download_bundle(
+        "models:/breast-cancer-classifier@candidate",
+        "breast-cancer-classifier",
+        tmp_path / "b",
+        settings=built_workspace.settings(),
+    )
     local = mlflow.artifacts.download_artifacts(artifact_uri=registration["model_uri"], dst_path=str(tmp_path / "m"))
     assert not list(Path(local).rglob("*.pkl")), "no pickle in the logged model"
     model = mlflow.pyfunc.load_model(registration["model_uri"])

@@ -20,6 +20,7 @@ from deploy.targets.traffic import LoadDriver, predict_path, sample_rows
 from mlrelease.modelcard import ModelCard, sha256_file
 from tests.release_helpers import (
     BIN,
+    FAST_RELEASE,
     REPO,
     alias,
     audit_actions,
@@ -35,15 +36,16 @@ from tests.release_helpers import (
     target,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("release-story"),
-              pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx: run make setup")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("release-story"),
+    pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx: run make setup"),
+]
 
 FAST = {
-    "canary": {"steps": [50], "interval": "2.5s", "min_requests": 15, "load_rps": 40, "load_concurrency": 4,
-               "failure_limit": 0, "inconclusive_limit": 1},
-    "promotion": {"rollback_window": "10m", "ready_timeout": "120s", "drain_timeout": "5s"},
-    "loadtest": {"users": 4, "spawn_rate": 4, "duration_s": 3, "slo": {"min_rps": 5, "p95_ms": 1000,
-                                                                      "p99_ms": 2000}},
+    **FAST_RELEASE,
+    "loadtest": {"users": 4, "spawn_rate": 4, "duration_s": 3, "slo": {"min_rps": 5, "p95_ms": 1000, "p99_ms": 2000}},
 }
 API_KEY = "story-" + "api-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -61,8 +63,13 @@ def tamper_artifacts(home: Path, sha: str) -> int:
 
 def kill_mid_canary(home: Path) -> None:
     """Start a canary with a long interval, kill -9 it while traffic is split, check traffic stays healthy."""
-    proc = subprocess.Popen([str(BIN / "mlrelease"), "promote", "canary", "--interval", "60s"], cwd=home,
-                            env=env_for(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(BIN / "mlrelease"), "promote", "canary", "--interval", "60s"],
+        cwd=home,
+        env=env_for(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and target(home).weights("production").get("canary", 0) == 0:
@@ -152,27 +159,46 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
     assert target(home).slot_version("staging", "stable") == v2
 
     # incident: roll back under load, zero failed requests; running it twice is harmless
-    with LoadDriver(str(entry), name, sample_rows(bundle, 32), rps=60, concurrency=4, max_seconds=90,
-                    headers=AUTH) as load:
+    with LoadDriver(
+        str(entry), name, sample_rows(bundle, 32), rps=60, concurrency=4, max_seconds=90, headers=AUTH
+    ) as load:
         time.sleep(1.0)
-        rolled = subprocess.run([str(REPO / "scripts" / "rollback.sh"), "--reason", "pager: p99"], cwd=tmp_path,
-                                env=env_for(home), capture_output=True, text=True, timeout=180)
+        rolled = subprocess.run(
+            [str(REPO / "scripts" / "rollback.sh"), "--reason", "pager: p99"],
+            cwd=tmp_path,
+            env=env_for(home),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         time.sleep(1.0)
     assert rolled.returncode == 0, show(rolled)
     assert "fast path, warm switch" in rolled.stdout, show(rolled)  # the warm previous version took it at once
     assert load.result.failed == 0 and load.result.rejected == 0 and load.result.total > 50, load.result.statuses
     assert load.result.versions[v1] > 0
     assert alias(home, name, "production") == v1
-    again = subprocess.run([str(REPO / "scripts" / "rollback.sh")], cwd=home, env=env_for(home),
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [str(REPO / "scripts" / "rollback.sh")],
+        cwd=home,
+        env=env_for(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 0 and "nothing to do" in again.stdout, show(again)
     assert alias(home, name, "production") == v1
 
     # history shows every step, in the log and on the versions
     actions = [(r["action"], r.get("to_version"), r["outcome"]) for r in audit_actions(home)]
-    for step in [("promote", v1, "forced"), ("canary-passed", v2, "done"), ("promote", v2, "done"),
-                 ("canary-rollback", v2, "rolled back"), ("integrity-check", v4, "rejected"),
-                 ("rollback", v1, "done"), ("recover", v2, "undone")]:
+    for step in [
+        ("promote", v1, "forced"),
+        ("canary-passed", v2, "done"),
+        ("promote", v2, "done"),
+        ("canary-rollback", v2, "rolled back"),
+        ("integrity-check", v4, "rejected"),
+        ("rollback", v1, "done"),
+        ("recover", v2, "undone"),
+    ]:
         assert step in actions, (step, actions)
     table = ok(cli(home, "history"))
     assert "canary-rollback" in table and "pager: p99" in table

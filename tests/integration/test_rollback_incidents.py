@@ -28,6 +28,7 @@ from deploy.targets.traffic import LoadDriver, LoadResult, predict_path, sample_
 from mlrelease.modelcard import ModelCard
 from tests.release_helpers import (
     BIN,
+    FAST_RELEASE,
     REPO,
     alias,
     cli,
@@ -41,35 +42,35 @@ from tests.release_helpers import (
     target,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("release-story"),
-              pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx: run make setup")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("release-story"),
+    pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx: run make setup"),
+]
 
 PROD = "production"
 ROLLBACK = REPO / "scripts" / "rollback.sh"
 # The workspace copy's params.yaml (used by `mlrelease promote`, run from the workspace). scripts/rollback.sh runs
 # from the repository, so a rollback uses the repository's params.yaml, as in production.
-FAST = {
-    "canary": {"steps": [50], "interval": "2.5s", "min_requests": 15, "load_rps": 40, "load_concurrency": 4,
-               "failure_limit": 0, "inconclusive_limit": 1},
-    "promotion": {"rollback_window": "10m", "ready_timeout": "120s", "drain_timeout": "5s"},
-}
 LOAD = {"rps": 40, "concurrency": 4}
 
 
 # ----- helpers ------------------------------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
 def rollback(home: Path, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run scripts/rollback.sh (from an unrelated cwd, as an operator would); return the result and its seconds."""
     started = time.monotonic()
-    proc = subprocess.run([str(ROLLBACK), *args], cwd=home.parent, env=env_for(home), capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [str(ROLLBACK), *args],
+        cwd=home.parent,
+        env=env_for(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     return proc, time.monotonic() - started
 
 
@@ -79,8 +80,9 @@ def answered_by(entry: str, model_name: str, rows: list[list[float]]) -> list[st
     with httpx.Client(timeout=10) as client:
         for row in rows:
             resp = client.post(entry + predict_path(model_name), json={"instances": [row]})
-            found.append(str(resp.json().get("model_version")) if resp.status_code == 200
-                         else f"HTTP {resp.status_code}")
+            found.append(
+                str(resp.json().get("model_version")) if resp.status_code == 200 else f"HTTP {resp.status_code}"
+            )
     return found
 
 
@@ -131,8 +133,15 @@ class Incident:
     def popen(self, args: list[str], out: Path) -> subprocess.Popen[bytes]:
         """Start a command in its own process group (so kill -9 reaches it and its children), output to a file."""
         with out.open("wb") as sink:
-            proc = subprocess.Popen(args, cwd=self.home, env=env_for(self.home), stdout=sink,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                args,
+                cwd=self.home,
+                env=env_for(self.home),
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc
 
@@ -176,7 +185,7 @@ class Incident:
 @pytest.fixture
 def incident(registry_workspace, built_workspace) -> Iterator[Incident]:  # noqa: ANN001
     home = registry_workspace.root
-    registry_workspace.set_params(**FAST)
+    registry_workspace.set_params(**FAST_RELEASE)
     bundle = home / "models"
     found = Incident(home, ModelCard.read(bundle).name, bundle)
     try:
@@ -199,8 +208,18 @@ def production_with_warm_previous(incident: Incident, tmp_path: Path) -> tuple[s
 
 def promote_over(incident: Incident, version: str, previous: str) -> None:
     """Force ``version`` into production over ``previous``, which stays warm."""
-    ok(cli(incident.home, "promote", "production", "--version", version, "--force", "--reason",
-           f"test: {version} over {previous}"))
+    ok(
+        cli(
+            incident.home,
+            "promote",
+            "production",
+            "--version",
+            version,
+            "--force",
+            "--reason",
+            f"test: {version} over {previous}",
+        )
+    )
     t = target(incident.home)
     assert (t.slot_version(PROD, "stable"), t.slot_version(PROD, "previous")) == (version, previous)
     assert t.weights(PROD) == {"stable": 100.0}
@@ -261,8 +280,10 @@ def test_rollback_takes_over_from_a_running_canary(incident: Incident, tmp_path:
         time.sleep(1.5)
     canary_code = canary.wait(timeout=60)
     canary_text = canary_log.read_text()
-    print(f"rollback ({took:.1f} s): {show(rolled)}\ncanary: exit {canary_code}\n{canary_text}\n"
-          f"load: {load_summary(load.result)}")
+    print(
+        f"rollback ({took:.1f} s): {show(rolled)}\ncanary: exit {canary_code}\n{canary_text}\n"
+        f"load: {load_summary(load.result)}"
+    )
 
     assert rolled.returncode == 0, show(rolled)
     assert took < 60, f"the rollback took {took:.1f} s\n{show(rolled)}"
@@ -310,34 +331,41 @@ def kill_rollback(incident: Incident, log: Path, reason: str, trigger: Trigger, 
 
 def traffic_moved(goal: str) -> Trigger:
     """The state file says traffic left the bad version (the weights are written before nginx is reloaded)."""
+
     def check(state: DeployState) -> bool:
         env = state.env(PROD)
-        return env.weights.get("previous", 0) >= 100 or (
-            "stable" in env.slots and env.slots["stable"].version == goal)
+        return env.weights.get("previous", 0) >= 100 or ("stable" in env.slots and env.slots["stable"].version == goal)
+
     return check
 
 
 def bad_slot_dropped(goal: str) -> Trigger:
     """The state file no longer lists the bad version's stable slot (it is being stopped)."""
+
     def check(state: DeployState) -> bool:
         stable = state.env(PROD).slots.get("stable")
         return stable is None or stable.version == goal
+
     return check
 
 
 def slots_switched(goal: str) -> Trigger:
     """The state file says the good version holds the stable slot again (the registry alias has not moved yet)."""
+
     def check(state: DeployState) -> bool:
         stable = state.env(PROD).slots.get("stable")
         return stable is not None and stable.version == goal
+
     return check
 
 
 # Where the first run is killed, in the order a rollback gets there. A point it passes too fast to be seen just
 # means a later one (or none): the checks after the re-run must hold wherever it died.
-KILL_POINTS: dict[str, Callable[[str], Trigger]] = {"traffic-moved": traffic_moved,
-                                                     "bad-slot-dropped": bad_slot_dropped,
-                                                     "slots-switched": slots_switched}
+KILL_POINTS: dict[str, Callable[[str], Trigger]] = {
+    "traffic-moved": traffic_moved,
+    "bad-slot-dropped": bad_slot_dropped,
+    "slots-switched": slots_switched,
+}
 
 
 @pytest.mark.parametrize("where", list(KILL_POINTS))
@@ -359,8 +387,10 @@ def test_rollback_killed_midway_is_finished_by_the_next_run(incident: Incident, 
         finished = time.monotonic()
         third, _ = rollback(home)
         time.sleep(1.0)
-    context = (f"[{where}] {killed}\nkilled run's output:\n{log.read_text()}\nsecond run: {show(second)}\n"
-               f"third run: {show(third)}\nload: {load_summary(load.result)}")
+    context = (
+        f"[{where}] {killed}\nkilled run's output:\n{log.read_text()}\nsecond run: {show(second)}\n"
+        f"third run: {show(third)}\nload: {load_summary(load.result)}"
+    )
     print(context)
 
     # the second run finishes the job: traffic on P, alias moved, verified, the bad version stopped, audited

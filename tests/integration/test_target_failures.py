@@ -45,8 +45,11 @@ def _server_pids(log: Path) -> list[int]:
     import psutil
 
     port = log.stem.rsplit("-", 1)[-1]
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if p.info["cmdline"] and "deploy.serving" in p.info["cmdline"] and port in p.info["cmdline"]]
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] and "deploy.serving" in p.info["cmdline"] and port in p.info["cmdline"]
+    ]
 
 
 def test_a_port_answered_by_another_version_is_never_taken_for_the_slot(tmp_path: Path) -> None:
@@ -106,8 +109,15 @@ def test_a_production_promotion_killed_between_its_renames_is_undone(tmp_path: P
     settings = Settings(home=tmp_path)
     target = LocalTarget(settings.state_dir, routed=(), ready_timeout_s=60, drain_timeout_s=2)
     bundle = make_bundle(tmp_path / "bundle", epochs=2)
-    promoter = Promoter(settings=settings, model_name="m", canary_params=CanaryParams(), params=PromotionParams(),
-                        target=target, registry=Registry("m", settings), by="tester")
+    promoter = Promoter(
+        settings=settings,
+        model_name="m",
+        canary_params=CanaryParams(),
+        params=PromotionParams(),
+        target=target,
+        registry=Registry("m", settings),
+        by="tester",
+    )
     try:
         target.deploy("production", "previous", bundle, "1")
         target.deploy("production", "canary", bundle, "2")

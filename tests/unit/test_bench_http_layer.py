@@ -12,8 +12,13 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_http_layer.py"
 
 def test_both_layers_answer_every_request_and_are_timed(tmp_path: Path) -> None:
     out = tmp_path / "http.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--requests", "300", "--rounds", "1", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--requests", "300", "--rounds", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr  # a layer that missed an answer raises
     report = json.loads(out.read_text())
     assert set(report["us_per_request"]) == {"uvicorn_fast_path", "plain"}

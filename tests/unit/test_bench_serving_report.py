@@ -11,11 +11,24 @@ from deploy.serving.steadiness import summarise
 def _server(label: str, peak: float, p99_80: float, achieved_80: float, rss: float = 100.0) -> dict[str, Any]:
     def point(share: float, p99: float, achieved: float) -> dict[str, Any]:
         target = share * peak
-        return {"target_rps": target, "rps": achieved, "saturated": achieved < 0.97 * target, "p50_ms": 1.0,
-                "p99_ms": p99, "errors": 0}
+        return {
+            "target_rps": target,
+            "rps": achieved,
+            "saturated": achieved < 0.97 * target,
+            "p50_ms": 1.0,
+            "p99_ms": p99,
+            "errors": 0,
+        }
 
-    return {"label": label, "peak_rps": peak, "cpu_ms_per_request": 1000 / peak, "rss_mb": rss, "errors": 0,
-            "at_50": point(0.5, 2.0, 0.5 * peak), "at_80": point(0.8, p99_80, achieved_80)}
+    return {
+        "label": label,
+        "peak_rps": peak,
+        "cpu_ms_per_request": 1000 / peak,
+        "rss_mb": rss,
+        "errors": 0,
+        "at_50": point(0.5, 2.0, 0.5 * peak),
+        "at_80": point(0.8, p99_80, achieved_80),
+    }
 
 
 def test_targets_pass_and_fail_on_the_measured_values() -> None:
@@ -62,7 +75,11 @@ def test_a_failed_p99_names_the_ceilings_that_met_it_on_the_same_core_else_an_un
     assert calm["targets"]["p99_ms_at_80"]["core_unsteady"] is False
     rough = summarize(slow_ceiling, {"before_latency_points": steady, "after_latency_points": unsteady})
     assert rough["targets"]["p99_ms_at_80"] == {
-        "value": 12.0, "target": "<= 10", "pass": False, "core_unsteady": True, "met_on_this_core_by": []
+        "value": 12.0,
+        "target": "<= 10",
+        "pass": False,
+        "core_unsteady": True,
+        "met_on_this_core_by": [],
     }
     table = markdown({"servers": slow_ceiling, **rough, "setup": ""})
     assert "12.00 -> FAIL (the servers' core was unsteady: see the probe below)" in table

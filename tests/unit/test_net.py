@@ -45,8 +45,13 @@ def test_free_port_is_bindable() -> None:
 def test_credentials_go_only_to_https_or_loopback() -> None:
     from mlrelease.net import safe_for_secrets
 
-    for url in ["http://127.0.0.1:8080", "http://127.5.0.1/x", "http://localhost:1", "http://[::1]:9",
-                "https://staging.example.com"]:
+    for url in [
+        "http://127.0.0.1:8080",
+        "http://127.5.0.1/x",
+        "http://localhost:1",
+        "http://[::1]:9",
+        "https://staging.example.com",
+    ]:
         assert safe_for_secrets(url), url
     for url in ["http://staging.example.com", "http://10.0.0.5:8080", "ftp://127.0.0.1", "127.0.0.1:8080", ""]:
         assert not safe_for_secrets(url), url

@@ -20,8 +20,11 @@ def test_manifests_validate_and_keep_canary_at_zero() -> None:
     docs = [d for f in files for d in yaml.safe_load_all(f.read_text())]
     canary = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "model-canary")
     assert canary["spec"]["replicas"] == 0
-    weights = [d["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"]
-               for d in docs if d["kind"] == "Ingress" and d["metadata"].get("annotations")]
+    weights = [
+        d["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"]
+        for d in docs
+        if d["kind"] == "Ingress" and d["metadata"].get("annotations")
+    ]
     assert weights == ["0"]
     for deployment in (d for d in docs if d["kind"] == "Deployment"):  # both slots take the same optional key
         env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}

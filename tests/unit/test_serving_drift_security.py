@@ -100,8 +100,13 @@ def test_secrets_with_whitespace_or_placeholders_are_refused() -> None:
 
     good = "k3y-" + "0123456789abcdefXYZ"
     assert check_secret("api_key", SecretStr(good)) == SecretStr(good)
-    for bad, why in [(good + "\n", "whitespace"), (" " + good, "whitespace"), (good + "\x00", "control"),
-                     ("changeme", "placeholder"), ("short", "placeholder")]:
+    for bad, why in [
+        (good + "\n", "whitespace"),
+        (" " + good, "whitespace"),
+        (good + "\x00", "control"),
+        ("changeme", "placeholder"),
+        ("short", "placeholder"),
+    ]:
         with pytest.raises(ValueError, match=why):
             check_secret("api_key", SecretStr(bad))
     with pytest.raises(ValidationError, match="whitespace"):

@@ -137,8 +137,11 @@ def test_a_runner_that_answers_differently_is_refused() -> None:
     with pytest.raises(Unsupported, match=r"returned float32 \[1, 6\], TorchScript float32 \[1, 2\]"):
         check_runner(NumpyRunner([lambda x: x], ["identity"]), torch_predict(module), inputs())
     with pytest.raises(Unsupported, match="returned float64"):
-        check_runner(NumpyRunner([runner, lambda p: p.astype(np.float64)], ["lowered", "widened"]),
-                     torch_predict(module), inputs())
+        check_runner(
+            NumpyRunner([runner, lambda p: p.astype(np.float64)], ["lowered", "widened"]),
+            torch_predict(module),
+            inputs(),
+        )
 
 
 def test_the_runner_takes_float32_like_the_module() -> None:

@@ -96,8 +96,9 @@ def test_validate_data_cli_exit_codes(tmp_path: Path) -> None:
     ok = subprocess.run([*cli, "validate-data", str(good), "--schema", schema], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     report = tmp_path / "r.json"
-    fail = subprocess.run([*cli, "validate-data", str(bad), "--schema", schema, "--report", str(report)],
-                          capture_output=True, text=True)
+    fail = subprocess.run(
+        [*cli, "validate-data", str(bad), "--schema", schema, "--report", str(report)], capture_output=True, text=True
+    )
     assert fail.returncode == 1
     assert "mean radius" in fail.stderr and "column_in_dataframe" in fail.stderr
     assert json.loads(report.read_text())["valid"] is False
@@ -108,4 +109,3 @@ def test_parquet_is_accepted(tmp_path: Path) -> None:
     good_frame().to_parquet(path)
     assert validate_file(path, CONTRACT).valid
     pd.read_parquet(path)
-

@@ -29,8 +29,9 @@ def test_actionlint_is_clean() -> None:
 
 
 def test_zizmor_is_clean() -> None:
-    proc = subprocess.run([_tool("zizmor"), "--offline", "--no-progress", *map(str, WORKFLOWS)],
-                          capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [_tool("zizmor"), "--offline", "--no-progress", *map(str, WORKFLOWS)], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
