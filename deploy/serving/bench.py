@@ -178,11 +178,21 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    total = 0
+    """Resident memory of the process tree, with pages its processes share counted once.
+
+    Summing each process's RSS counts the interpreter and libraries that a parent shares with its worker (as
+    mlflow's CLI does with its uvicorn worker) twice; so this is the largest RSS in the tree plus the memory unique
+    to each other process (USS). For a single process it is its RSS.
+    """
+    sizes: list[tuple[int, int]] = []
     for proc in _tree(pid):
         with contextlib.suppress(Exception):
-            total += proc.memory_info().rss
-    return total / 2**20
+            full = proc.memory_full_info()
+            sizes.append((full.rss, full.uss))
+    if not sizes:
+        return 0.0
+    (largest, _), *others = sorted(sizes, reverse=True)
+    return (largest + sum(uss for _, uss in others)) / 2**20
 
 
 @contextlib.contextmanager

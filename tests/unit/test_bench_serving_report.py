@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from deploy.serving.bench import Candidate, cost_matched, markdown, summarize
 from deploy.serving.steadiness import summarise
 
@@ -218,3 +220,33 @@ def test_the_runs_file_summarises_each_run_and_keeps_the_earlier_sets(tmp_path: 
     saved = json.loads(path.read_text())
     assert (saved["what"], len(saved["runs"])) == ("third set", 1)
     assert [(s["what"], len(s["runs"])) for s in saved["earlier_runs"]] == [("second set", 2), ("first set", 1)]
+
+
+def test_the_memory_of_a_process_tree_counts_what_parent_and_child_share_once() -> None:
+    """mlflow serves from a worker its CLI starts: both map the same interpreter and libraries."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from deploy.serving.bench import rss_mb
+
+    child = "import time; time.sleep(60)"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    try:
+        tree = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 30
+        while not tree.children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # both interpreters started
+        rss = [p.memory_info().rss / 2**20 for p in [tree, *tree.children()]]
+        assert len(rss) == 2
+        assert max(rss) <= rss_mb(proc.pid) < sum(rss) - 1  # the shared interpreter pages count once
+        assert rss_mb(tree.children()[0].pid) == pytest.approx(rss[1], rel=0.05)  # one process: its RSS
+    finally:
+        for p in psutil.Process(proc.pid).children():
+            p.kill()
+        proc.kill()
+        proc.wait()
