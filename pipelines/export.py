@@ -59,31 +59,41 @@ def to_torchscript(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch
     return torch.jit.freeze(scripted), method
 
 
-def relative_source_paths(debug_pkl: bytes, roots: list[str]) -> bytes:
-    """A TorchScript ``.debug_pkl`` with each source file under one of ``roots`` named relative to it.
+_STRING_OPS = {"SHORT_BINUNICODE": (b"\x8c", "<B"), "BINUNICODE": (b"X", "<I"), "BINUNICODE8": (b"\x8d", "<Q")}
+
+
+def relative_source_paths(debug_pkl: bytes, roots: list[str]) -> tuple[bytes, list[str]]:
+    """A TorchScript ``.debug_pkl`` with each source file under one of ``roots`` named relative to it (POSIX
+    separators), and the absolute paths left as they were.
 
     The debug records name every file the scripted code came from by its absolute path, so the same model exported
     from two checkouts had two sha256s. Rewrites the pickle opcode by opcode (nothing is unpickled): only the
-    length-prefixed strings change, and memo indices do not depend on byte offsets.
+    length-prefixed strings change, each keeping its opcode, and memo indices do not depend on byte offsets.
     """
+    bases = sorted({root.rstrip("/\\") + os.sep for root in roots}, key=len, reverse=True)  # the deepest first
     ops = list(pickletools.genops(debug_pkl))
-    out = []
+    out, left = [], []
     for (op, arg, pos), following in zip(ops, [*ops[1:], (None, None, len(debug_pkl))], strict=True):
-        end = following[2]
-        root = next((r for r in roots if isinstance(arg, str) and arg.startswith(r)), None)
-        if op.name == "BINUNICODE" and root is not None:
-            text = os.path.relpath(str(arg), root).encode()
-            out.append(b"X" + struct.pack("<I", len(text)) + text)
-        else:
-            out.append(debug_pkl[pos:end])
-    return b"".join(out)
+        chunk = debug_pkl[pos : following[2]]
+        if op.name == "FRAME":  # (protocol 4) frames are optional, and their sizes would no longer hold
+            continue
+        if op.name in _STRING_OPS and isinstance(arg, str) and os.path.isabs(arg) and arg.endswith(".py"):
+            base = next((b for b in bases if arg.startswith(b)), None)
+            if base is None:
+                left.append(arg)
+            else:
+                code, size = _STRING_OPS[op.name]
+                text = Path(os.path.relpath(arg, base)).as_posix().encode()
+                chunk = code + struct.pack(size, len(text)) + text
+        out.append(chunk)
+    return b"".join(out), left
 
 
 def source_roots() -> list[str]:
-    """Where scripted source comes from: the installed packages (torch's own modules), then this checkout."""
-    repo = Path(__file__).resolve().parent.parent
-    packages = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
-    return [*sorted(f"{Path(p).resolve()}{os.sep}" for p in packages), f"{repo}{os.sep}"]
+    """Where scripted source comes from: this checkout and the installed packages (torch's own modules), each as
+    given and with links resolved (torch records the path Python imported the file by)."""
+    places = [Path(__file__).parent.parent, *(Path(sysconfig.get_paths()[k]) for k in ("purelib", "platlib"))]
+    return sorted({form for place in places for form in (os.path.abspath(place), os.path.realpath(place))})
 
 
 def save_reproducible(module: torch.jit.ScriptModule, path: Path, roots: list[str] | None = None) -> None:
@@ -96,7 +106,9 @@ def save_reproducible(module: torch.jit.ScriptModule, path: Path, roots: list[st
         for info in zin.infolist():
             data = zin.read(info)
             if info.filename.endswith(".debug_pkl"):
-                data = relative_source_paths(data, source_roots() if roots is None else roots)
+                data, left = relative_source_paths(data, source_roots() if roots is None else roots)
+                for source in left:  # the export still works; it just has bytes that depend on where this ran
+                    log.warning("export: %s is outside the checkout and site-packages; its path stays absolute", source)
             zout.writestr(info, data)
     fixed.seek(0)
     torch.jit.save(torch.jit.load(fixed, map_location="cpu"), str(path))

@@ -178,17 +178,22 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of the process tree, with pages its processes share counted once.
+    """Resident memory of the process tree, counting once what its processes share with the largest one.
 
     Summing each process's RSS counts the interpreter and libraries that a parent shares with its worker (as
     mlflow's CLI does with its uvicorn worker) twice; so this is the largest RSS in the tree plus the memory unique
-    to each other process (USS). For a single process it is its RSS.
+    to each other process (USS). An approximation: pages only the smaller processes share are not counted. For a
+    single process it is its RSS; a process whose USS cannot be read counts its whole RSS.
     """
     sizes: list[tuple[int, int]] = []
     for proc in _tree(pid):
         with contextlib.suppress(Exception):
-            full = proc.memory_full_info()
-            sizes.append((full.rss, full.uss))
+            rss = proc.memory_info().rss
+            try:
+                uss = proc.memory_full_info().uss
+            except Exception:  # psutil.AccessDenied and the like: count it all, rather than nothing
+                uss = rss
+            sizes.append((rss, uss))
     if not sizes:
         return 0.0
     (largest, _), *others = sorted(sizes, reverse=True)

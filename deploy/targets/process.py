@@ -13,7 +13,7 @@ def spawn_detached(cmd: list[str], log_path: Path, extra_env: dict[str, str] | N
     """Start ``cmd`` from the repository in a session of its own (a Ctrl-C of the caller does not reach it), with
     the repository importable and stdout and stderr appended to ``log_path``."""
     env = {**os.environ, **(extra_env or {})}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     with log_path.open("ab") as out:
         return subprocess.Popen(
             cmd,

@@ -51,8 +51,6 @@ pytestmark = [
 
 PROD = "production"
 ROLLBACK = REPO / "scripts" / "rollback.sh"
-# The workspace copy's params.yaml (used by `mlrelease promote`, run from the workspace). scripts/rollback.sh runs
-# from the repository, so a rollback uses the repository's params.yaml, as in production.
 LOAD = {"rps": 40, "concurrency": 4}
 
 
@@ -185,6 +183,8 @@ class Incident:
 @pytest.fixture
 def incident(registry_workspace, built_workspace) -> Iterator[Incident]:  # noqa: ANN001
     home = registry_workspace.root
+    # The workspace copy's params.yaml (used by `mlrelease promote`, run from the workspace). scripts/rollback.sh
+    # runs from the repository, so a rollback uses the repository's params.yaml, as in production.
     registry_workspace.set_params(**FAST_RELEASE)
     bundle = home / "models"
     found = Incident(home, ModelCard.read(bundle).name, bundle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -222,7 +223,7 @@ def test_the_runs_file_summarises_each_run_and_keeps_the_earlier_sets(tmp_path: 
     assert [(s["what"], len(s["runs"])) for s in saved["earlier_runs"]] == [("second set", 2), ("first set", 1)]
 
 
-def test_the_memory_of_a_process_tree_counts_what_parent_and_child_share_once() -> None:
+def test_the_memory_of_a_process_tree_counts_what_parent_and_child_share_once(tmp_path: Path) -> None:
     """mlflow serves from a worker its CLI starts: both map the same interpreter and libraries."""
     import subprocess
     import sys
@@ -232,15 +233,21 @@ def test_the_memory_of_a_process_tree_counts_what_parent_and_child_share_once() 
 
     from deploy.serving.bench import rss_mb
 
-    child = "import time; time.sleep(60)"
-    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    ready = tmp_path / "ready"  # written by the parent once its child has written its own mark: both idle then
+    child = f"import pathlib, time; pathlib.Path({str(ready)!r} + '.child').touch(); time.sleep(60)"
+    parent = (
+        "import pathlib, subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+        f"while not pathlib.Path({str(ready)!r} + '.child').exists(): time.sleep(0.02)\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(60)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", parent])
     try:
-        tree = psutil.Process(proc.pid)
-        deadline = time.monotonic() + 30
-        while not tree.children() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.3)  # both interpreters started
+        tree = psutil.Process(proc.pid)
         rss = [p.memory_info().rss / 2**20 for p in [tree, *tree.children()]]
         assert len(rss) == 2
         assert max(rss) <= rss_mb(proc.pid) < sum(rss) - 1  # the shared interpreter pages count once

@@ -81,12 +81,12 @@ def test_an_answer_builder_that_fails_is_a_500() -> None:
 
 
 def test_a_delivered_prediction_keeps_no_callback_so_closing_over_it_makes_no_reference_cycle() -> None:
-    """With the collector off, the callback must die with its last reference: a weak reference that outlives
-    ``del`` means a cycle kept it. (Counting ``gc.collect()`` instead is flaky: asyncio.run and other tests'
-    threads leave their own cyclic garbage.)"""
+    """With the collector off, the callback must die with its last reference, and no Batched may be left for the
+    collector. (Counting ``gc.collect()`` is flaky: asyncio.run and other tests leave their own cyclic garbage.)"""
     import gc
     import weakref
 
+    gc.collect()  # garbage from before this test is not its business
     gc.disable()
     try:
         for early in (False, True):
@@ -100,11 +100,16 @@ def test_a_delivered_prediction_keeps_no_callback_so_closing_over_it_makes_no_re
             else:
                 pending.attach(done)
                 pending.deliver(np.array([[0.5, 0.5]]))
-            assert pending.ready is None
             alive = weakref.ref(done)
             del pending, done
             assert alive() is None, f"early={early}: the callback outlived its last reference (a reference cycle)"
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if isinstance(o, Batched)]
+        assert left == []
     finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
         gc.enable()
 
 

@@ -11,7 +11,14 @@ import torch
 from mlrelease.params import load_params
 from pipelines.common import Split, predict_proba
 from pipelines.evaluate import behavioural_gates, champion_gates, classification_metrics, threshold_gates
-from pipelines.export import parity_gates, parity_inputs, reload_gate, save_reproducible, to_torchscript
+from pipelines.export import (
+    parity_gates,
+    parity_inputs,
+    relative_source_paths,
+    reload_gate,
+    save_reproducible,
+    to_torchscript,
+)
 from pipelines.prepare import prepare
 from pipelines.schema import load_contract
 from pipelines.train import standardization, train_model
@@ -111,7 +118,7 @@ def test_export_parity_and_fresh_process_reload(splits, trained, tmp_path: Path)
     assert method == "script"
     path = tmp_path / "model.pt"
     save_reproducible(scripted, path)
-    assert str(REPO).encode() not in _debug_records(path)  # they name pipelines/train.py, not this checkout
+    assert str(REPO).encode() not in _debug_records(path)  # they name pipelines/model.py, not this checkout
     loaded = torch.jit.load(str(path))
     gates = parity_gates(trained.model, loaded, parity_inputs(splits["test"].x, 0), 1e-5)
     assert all(g.passed for g in gates), [g.line() for g in gates]
@@ -161,6 +168,23 @@ def _export_from(checkout: Path) -> tuple[bytes, bytes]:
     (checkout / "net.py").write_text(_NET)
     subprocess.run([sys.executable, "-c", _EXPORT, str(checkout)], cwd=REPO, check=True, timeout=120)
     return (checkout / "plain.pt").read_bytes(), (checkout / "model.pt").read_bytes()
+
+
+def test_source_paths_become_relative_to_the_deepest_root_whatever_string_opcode_holds_them() -> None:
+    import pickle
+    import struct
+
+    names = ("/ck/pipelines/model.py", "/ck/.venv/site-packages/torch/nn/linear.py", "/usr/lib/x.py", "    def f():\n")
+    short = pickle.dumps(names, protocol=4)  # SHORT_BINUNICODE; torch writes BINUNICODE (protocol 2)
+    wide = b"\x80\x04\x8d" + struct.pack("<Q", 18) + b"/ck/pipelines/a.py" + b"."  # BINUNICODE8
+    for original in (short, pickle.dumps(names, protocol=2), wide):
+        fixed, left = relative_source_paths(original, ["/ck/.venv/site-packages/", "/ck"])
+        out = pickle.loads(fixed)
+        if original is wide:
+            assert out == "pipelines/a.py" and left == []
+            continue
+        assert out == ("pipelines/model.py", "torch/nn/linear.py", "/usr/lib/x.py", "    def f():\n")
+        assert left == ["/usr/lib/x.py"]  # the exporter warns that this one keeps its absolute path
 
 
 def _debug_records(model: Path) -> bytes:
