@@ -72,11 +72,12 @@ def relative_source_paths(debug_pkl: bytes, roots: list[str]) -> tuple[bytes, li
     """
     bases = sorted({root.rstrip("/\\") + os.sep for root in roots}, key=len, reverse=True)  # the deepest first
     ops = list(pickletools.genops(debug_pkl))
+    ends = [pos for _, _, pos in ops[1:]] + [len(debug_pkl)]
     out, left = [], []
-    for (op, arg, pos), following in zip(ops, [*ops[1:], (None, None, len(debug_pkl))], strict=True):
-        chunk = debug_pkl[pos : following[2]]
+    for (op, arg, pos), end in zip(ops, ends, strict=True):
         if op.name == "FRAME":  # (protocol 4) frames are optional, and their sizes would no longer hold
             continue
+        chunk = debug_pkl[pos:end]
         if op.name in _STRING_OPS and isinstance(arg, str) and os.path.isabs(arg) and arg.endswith(".py"):
             base = next((b for b in bases if arg.startswith(b)), None)
             if base is None:
@@ -99,6 +100,7 @@ def source_roots() -> list[str]:
 def save_reproducible(module: torch.jit.ScriptModule, path: Path, roots: list[str] | None = None) -> None:
     """``torch.jit.save``, with the same bytes from any checkout: source paths in the debug records are made
     relative, then the module is reloaded and saved by torch, which writes a serialization id of those bytes."""
+    roots = source_roots() if roots is None else roots
     raw = io.BytesIO()
     torch.jit.save(module, raw)
     fixed = io.BytesIO()
@@ -106,7 +108,7 @@ def save_reproducible(module: torch.jit.ScriptModule, path: Path, roots: list[st
         for info in zin.infolist():
             data = zin.read(info)
             if info.filename.endswith(".debug_pkl"):
-                data, left = relative_source_paths(data, source_roots() if roots is None else roots)
+                data, left = relative_source_paths(data, roots)
                 for source in left:  # the export still works; it just has bytes that depend on where this ran
                     log.warning("export: %s is outside the checkout and site-packages; its path stays absolute", source)
             zout.writestr(info, data)

@@ -186,8 +186,6 @@ def test_the_numpy_ratio_only_when_the_numpy_runner_answered() -> None:
 
 
 def test_a_json_escape_in_the_body_reaches_lua_intact_and_fractions_of_seconds_are_refused() -> None:
-    import pytest
-
     from deploy.serving.bench import lua_escape, main
 
     assert lua_escape('{"name":"caf\\u00e9"}') == '{\\"name\\":\\"caf\\\\u00e9\\"}'
