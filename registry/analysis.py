@@ -59,6 +59,7 @@ class CanaryParams(BaseModel):
     max_p99_ratio: float = Field(2.0, ge=1)
     p99_slack_ms: float = Field(25.0, ge=0)
     max_divergence: float = Field(0.05, ge=0, le=1)
+    divergence_p_value: float = Field(0.001, gt=0, le=1)
     drive_load: bool = True
     load_rps: float = Field(50.0, gt=0, le=2000)
     load_concurrency: int = Field(4, ge=1, le=64)
@@ -204,6 +205,8 @@ class Measurement:
     stable_client_error_rate: float | None = None
     canary_judged: float = 0.0  # the bases of those shares
     stable_judged: float = 0.0
+    canary_classes: dict[str, float] = field(default_factory=dict)  # predicted-class counts this interval
+    stable_classes: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -273,6 +276,8 @@ def _observe(
         stable_client_error_rate=_client_rate(s),
         canary_judged=_judged(c),
         stable_judged=_judged(s),
+        canary_classes=dict(c.classes),
+        stable_classes=dict(s.classes),
     )
     if load is not None:
         m.driver_requests, m.driver_failed, m.driver_error_rate = load.total, load.failed, load.error_rate
@@ -333,9 +338,50 @@ def _failed_checks(m: Measurement, params: CanaryParams) -> list[str]:
             reasons.append(
                 f"p99 latency {m.canary_p99_ms:.1f} ms > {limit:.1f} ms (stable {m.stable_p99_ms or 0:.1f} ms)"
             )
-    if m.divergence is not None and m.divergence > params.max_divergence:
-        reasons.append(f"prediction divergence {m.divergence:.3f} > {params.max_divergence}")
-    return reasons
+    return reasons + _divergence_check(m, params)
+
+
+def homogeneity_p_value(p_counts: dict[str, float], q_counts: dict[str, float]) -> float | None:
+    """p-value of Pearson's chi-square test that two slots' class counts come from one distribution.
+
+    None when it cannot be computed (an empty slot, or a single class between them)."""
+    from scipy.special import chdtrc
+
+    keys = [k for k in sorted(set(p_counts) | set(q_counts)) if p_counts.get(k, 0.0) + q_counts.get(k, 0.0) > 0]
+    p_total, q_total = (sum(max(c.get(k, 0.0), 0.0) for k in keys) for c in (p_counts, q_counts))
+    if p_total <= 0 or q_total <= 0 or len(keys) < 2:
+        return None
+    total, statistic = p_total + q_total, 0.0
+    for k in keys:
+        column = max(p_counts.get(k, 0.0), 0.0) + max(q_counts.get(k, 0.0), 0.0)
+        for observed, row in ((max(p_counts.get(k, 0.0), 0.0), p_total), (max(q_counts.get(k, 0.0), 0.0), q_total)):
+            expected = row * column / total
+            statistic += (observed - expected) ** 2 / expected
+    return float(chdtrc(len(keys) - 1, statistic))
+
+
+def _divergence_check(m: Measurement, params: CanaryParams) -> list[str]:
+    """Predicted-class shares further apart than ``max_divergence``, and by more than sampling noise.
+
+    Each slot sees a random share of the requests, so with tens of requests an interval two identical models can
+    show a divergence over the limit by chance (about 1% of intervals at 50 requests a slot): a chi-square test of
+    the two slots' class counts must also reject at ``divergence_p_value``, as the client-error check does with
+    its z-score.
+    """
+    if m.divergence is None or m.divergence <= params.max_divergence:
+        return []
+    p_value = homogeneity_p_value(m.canary_classes, m.stable_classes)
+    if p_value is None or p_value >= params.divergence_p_value:
+        return []
+    return [
+        f"prediction divergence {m.divergence:.3f} > {params.max_divergence} (chi-square p = {p_value:.1e} < "
+        f"{params.divergence_p_value}: predicted-class shares differ beyond chance; class counts canary "
+        f"{_counts(m.canary_classes)}, stable {_counts(m.stable_classes)})"
+    ]
+
+
+def _counts(classes: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(classes.items())) + "}"
 
 
 def _error_rate_check(m: Measurement, params: CanaryParams) -> list[str]:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-MODES = {"same": 0, "slow": 1, "error": 2}
+MODES = {"same": 0, "slow": 1, "error": 2, "constant": 3}
 # params.yaml overrides that make a canary and a promotion take seconds in a test (one 50% step, short intervals)
 FAST_RELEASE: dict[str, Any] = {
     "canary": {
@@ -65,7 +65,10 @@ def make_variant(bundle: Path, dest: Path, kind: str, reps: int = 40) -> Path:
                 return self.inner(x) + 0.0 * acc.sum()
             if self.mode == 2 and bool((x[:, 0] > self.threshold).any()):
                 raise RuntimeError("deliberately bad version")
-            return self.inner(x)
+            probabilities = self.inner(x)
+            if self.mode == 3:  # healthy answers, every one of them the first class
+                return torch.zeros_like(probabilities).index_fill(1, torch.tensor([0]), 1.0)
+            return probabilities
 
     inner = torch.jit.load(str(bundle / MODEL_FILE))
     module = torch.jit.freeze(torch.jit.script(Variant(inner).eval()))

@@ -151,6 +151,17 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
     assert alias(home, name, "canary") is None and alias(home, name, "production") == v2
     assert target(home).weights("production") == {"stable": 100.0}
 
+    # a version that answers every request 200 in time, always with the same class: the predicted-class shares
+    # of the two slots differ beyond chance, and the divergence check rolls it back
+    constant = register(make_variant(bundle, tmp_path / "constant", "constant"), home, name, "constant")
+    registry(home).set_registered_model_alias(name, "staging", constant)
+    diverging = cli(home, "promote", "canary")
+    assert diverging.returncode == 1 and "rolled back" in diverging.stderr, show(diverging)
+    said = " ".join(diverging.stderr.split())  # the console wraps long messages
+    assert "prediction divergence" in said and "chi-square p = " in said, show(diverging)
+    assert alias(home, name, "canary") is None and alias(home, name, "production") == v2
+    assert target(home).weights("production") == {"stable": 100.0}
+
     # a version whose artifact does not match its sha256 never gets a process, let alone traffic
     v4 = register(make_variant(bundle, tmp_path / "tampered", "same"), home, name, "tampered")
     assert tamper_artifacts(home, registry(home).get_model_version(name, v4).tags["artifact_sha256"]) > 0

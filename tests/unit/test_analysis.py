@@ -24,6 +24,7 @@ from registry.analysis import (
     NoAnswer,
     Snapshot,
     delta,
+    homogeneity_p_value,
     interval_delta,
     js_divergence,
     measure,
@@ -146,6 +147,34 @@ def test_slow_canary_fails_relative_to_stable() -> None:
 def test_divergent_predictions_fail() -> None:
     m = measure(snap(100, classes={"a": 100}), snap(300, classes={"a": 150, "b": 150}), 25, params())
     assert m.verdict == "failed" and "divergence" in m.reasons[0]
+    assert "chi-square p = " in m.reasons[0] and "canary {a: 100}, stable {a: 150, b: 150}" in m.reasons[0]
+
+
+def test_divergence_within_sampling_noise_passes() -> None:
+    # two identical models, 50 requests a slot, shares 0.72 against 0.46 by chance (JS 0.051, p 0.008): a CI run
+    # rolled back a canary of an unchanged model on such an interval (JS 0.058)
+    canary, stable = {"0": 36, "1": 14}, {"0": 23, "1": 27}
+    assert js_divergence(canary, stable) > 0.05
+    p = homogeneity_p_value(canary, stable)
+    assert p is not None and 0.001 < p < 0.02
+    m = measure(snap(50, classes=canary), snap(50, classes=stable), 50, params())
+    assert m.verdict == "passed", m.reasons
+    assert measure(snap(50, classes=canary), snap(50, classes=stable), 50, params(divergence_p_value=0.05)).verdict == (
+        "failed"
+    )
+    # the same shares over ten times the requests are no accident
+    many = measure(snap(500, classes={"0": 360, "1": 140}), snap(500, classes={"0": 230, "1": 270}), 50, params())
+    assert many.verdict == "failed" and "divergence" in many.reasons[0]
+
+
+def test_homogeneity_p_value_matches_a_known_chi_square() -> None:
+    # 2x2 table [[10, 20], [20, 10]]: chi-square 6.667 on one degree of freedom, p = 0.00982
+    assert homogeneity_p_value({"a": 10, "b": 20}, {"a": 20, "b": 10}) == pytest.approx(0.00982, abs=1e-5)
+    assert homogeneity_p_value({"a": 5, "b": 5}, {"a": 50, "b": 50}) == pytest.approx(1.0)
+    assert homogeneity_p_value({"a": 10}, {"a": 30}) is None  # one class between them: nothing to test
+    assert homogeneity_p_value({}, {"a": 1, "b": 2}) is None
+    three = homogeneity_p_value({"a": 30, "b": 10, "c": 0}, {"a": 10, "b": 10, "c": 20})
+    assert three is not None and three < 1e-5  # two degrees of freedom, a class only one slot predicts
 
 
 def test_failure_limit_has_argo_semantics() -> None:
