@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import logging
+import posixpath
 import subprocess
 import sys
 from pathlib import Path
@@ -40,23 +41,44 @@ def require_passed(*reports: Path) -> None:
             raise GateReportError(f"{path}: gates failed {failed}; refusing to register")
 
 
+def pipeline_outputs(dvc_yaml: Path) -> set[str]:
+    """The paths the pipeline writes itself (dvc.lock and every stage's outs, metrics and plots in dvc.yaml)."""
+    doc = yaml.safe_load(dvc_yaml.read_text()) if dvc_yaml.is_file() else None
+    paths = {"dvc.lock"}
+    for stage in ((doc or {}).get("stages") or {}).values():
+        wdir = stage.get("wdir", ".")
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key) or []:
+                name = entry if isinstance(entry, str) else next(iter(entry))
+                paths.add(posixpath.normpath(posixpath.join(wdir, name)))
+    return paths
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout
+
+
+def uncommitted_sources(cwd: Path = Path()) -> list[str]:
+    """Tracked files that differ from HEAD, leaving out what the pipeline itself writes: a run of `dvc repro`
+    rewrites dvc.lock and its committed reports before this stage, and that does not make the code dirty."""
+    root = Path(_git(cwd, "rev-parse", "--show-toplevel").strip())
+    outputs = pipeline_outputs(root / "dvc.yaml")
+    changed = [p for p in _git(root, "diff", "HEAD", "--name-only", "-z").split("\0") if p]
+    return [p for p in changed if not any(p == out or p.startswith(f"{out}/") for out in outputs)]
+
+
 def git_commit(cwd: Path = Path()) -> str:
-    """HEAD's commit, suffixed `-dirty` when the tree has uncommitted changes; `unknown` outside git."""
+    """HEAD's commit, suffixed `-dirty` when code, params or data definitions differ from it (the pipeline's own
+    outputs aside); `unknown` outside git."""
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        sha = _git(cwd, "rev-parse", "HEAD").strip()
+        dirty = uncommitted_sources(cwd)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return f"{sha}-dirty" if dirty else sha
+    if dirty:
+        log.warning("registering from uncommitted changes (git_commit %s-dirty): %s", sha[:12], ", ".join(dirty[:10]))
+        return f"{sha}-dirty"
+    return sha
 
 
 def data_hash(lock: Path, splits: Path) -> str:
