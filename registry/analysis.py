@@ -15,6 +15,7 @@ failed measurements exceed ``failure_limit`` or inconclusive ones exceed ``incon
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 if TYPE_CHECKING:
     from deploy.targets.traffic import LoadResult
     from registry.promotion import Outcome, Promoter
+
+log = logging.getLogger(__name__)
 
 Verdict = Literal["passed", "failed", "inconclusive"]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -541,10 +544,13 @@ def run_analysis(promoter: Promoter, version: str, stable: str, params: CanaryPa
                 reason=f"canary step {weight:g}%",
             )
         )
+        log.info("canary step %g%%: version %s takes %g%% of production traffic", weight, version, weight)
         while aborted is None:
             m = measure_interval(promoter, weight, params, rows)
             analysis.add(m)
-            out.say(f"step {weight:g}%: {m.verdict} ({'; '.join(m.reasons) or _summary(m)})")
+            said = f"step {weight:g}%: {m.verdict} ({'; '.join(m.reasons) or _summary(m)})"
+            log.info("canary %s", said)  # live progress: the summary only prints when the canary ends
+            out.say(said)
             aborted = analysis.aborted()
             if m.verdict == "passed":
                 break

@@ -125,11 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         if isinstance(result, FastSwitch):
             switched = _switched = result
-    from mlrelease.commands.release import main as full
+    from mlrelease.commands.release import rollback_main as full
 
-    sys.argv = ["mlrelease rollback", "rollback", *argv]
     try:
-        full()
+        full(argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if code and switched is not None:

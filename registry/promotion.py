@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 PROD, STAGING = "production", "staging"
 ABORT_FILE = "abort.request"
 PASSED_TAG = {"staging": "mlrelease.staging_passed", "canary": "mlrelease.canary_passed"}
+ROLLED_BACK_TAG = "mlrelease.rolled_back"  # set on the version a rollback moved production away from
 
 
 class PromotionError(RuntimeError):
@@ -107,6 +108,25 @@ class Registry:
 
     def tags(self, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(self.model_name, version).tags)
+
+    def require_registered(self, version: str) -> str:
+        """``version`` when the registry has it; else a PromotionError naming the versions it does have (checked
+        before anything is journaled, so a typo never leaves an operation to recover)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_model_version(self.model_name, version)
+            return version
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+        found = self.client.search_model_versions(f"name='{self.model_name}'")
+        known = ", ".join(str(v) for v in sorted(int(m.version) for m in found)) or "none"
+        raise PromotionError(
+            f"version {version!r} of {self.model_name} is not registered (registered versions: {known}); "
+            "nothing was changed",
+            exit_code=2,
+        )
 
     def set_tag(self, version: str, key: str, value: str) -> None:
         self.client.set_model_version_tag(self.model_name, version, key, value)
@@ -252,7 +272,9 @@ class Promoter:
             ) from exc
 
     def require_version(self, given: str | None, alias: str, hint: str) -> str:
-        version = given or self.registry.alias(alias)
+        if given:
+            return self.registry.require_registered(given)
+        version = self.registry.alias(alias)
         if version is None:
             raise PromotionError(f"no version has alias `{alias}` for {self.model_name}; {hint}", exit_code=2)
         return str(version)
@@ -366,8 +388,13 @@ class Promoter:
         }
 
     # ----- canary ----------------------------------------------------------------------------------------------
-    def promote_canary(self, steps: list[float] | None, interval: float | None) -> Outcome:
-        """Start the canary slot with the staging version and shift traffic step by step under analysis."""
+    def promote_canary(
+        self, steps: list[float] | None, interval: float | None, force: bool = False, reason: str | None = None
+    ) -> Outcome:
+        """Start the canary slot with the staging version and shift traffic step by step under analysis.
+
+        A version once rolled back from production is refused unless ``force`` with a reason: its aliases may
+        still point at it, and an incident's culprit should not take traffic again by default."""
         out = Outcome()
         updates = {k: v for k, v in {"steps": steps, "interval": interval}.items() if v}
         try:  # validate, so --steps cannot give the canary the majority of traffic
@@ -385,9 +412,18 @@ class Promoter:
         if stable == version:
             out.say(f"version {version} already serves production; nothing to do")
             return out
-        if self.registry.tags(version).get(PASSED_TAG["canary"]) == "true" and self.registry.alias("canary") == version:
+        tags = self.registry.tags(version)
+        if tags.get(PASSED_TAG["canary"]) == "true" and self.registry.alias("canary") == version:
             out.say(f"version {version} already passed canary; next: `mlrelease promote production`")
             return out
+        if ROLLED_BACK_TAG in tags and not (force and reason and reason.strip()):
+            raise PromotionError(
+                f"version {version} was rolled back from production ({tags[ROLLED_BACK_TAG]}); register a fixed "
+                "version and promote it to staging, or canary this one again with --force --reason TEXT",
+                exit_code=2,
+            )
+        if ROLLED_BACK_TAG in tags:
+            out.say(f"version {version} was rolled back before ({tags[ROLLED_BACK_TAG]}); canaried again: {reason}")
         if self.dry_run:
             out.say(
                 f"would canary version {version} against stable {stable} at steps {params.steps}% "
@@ -473,8 +509,18 @@ class Promoter:
         out = Outcome()
         if force and not (reason and reason.strip()):
             raise PromotionError("--force needs --reason: say why the canary is skipped", exit_code=2)
-        version = self.require_version(version, "canary", "run `mlrelease promote canary` first")
-        if self.registry.alias(PROD) == version and self.target.slot_version(PROD, "stable") == version:
+        serving = self.registry.alias(PROD)
+        waiting = version is not None or self.registry.alias("canary") is not None
+        if not waiting and serving is not None and self.target.slot_version(PROD, "stable") == serving:
+            out.say(f"production already serves version {serving} and no canary waits; nothing to do")
+            return out
+        version = self.require_version(
+            version,
+            "canary",
+            "run `mlrelease promote canary` first, or name the version with --version "
+            "(a first release: --version V --force --reason TEXT)",
+        )
+        if serving == version and self.target.slot_version(PROD, "stable") == version:
             out.say(f"production already serves version {version}; nothing to do")
             return out
         passed = self.registry.tags(version).get(PASSED_TAG["canary"]) == "true"
@@ -588,8 +634,24 @@ def previous_version(state: DeployState, current: str, warm: str | None) -> str 
     return next((v for v in reversed(state.production_history) if v not in skip), None)
 
 
-def _rollback_goal(p: Promoter, to: str | None, out: Outcome) -> tuple[str | None, str | None]:
-    """(version serving now, version to go back to); goal None means nothing to do, and says why."""
+def active_canary(p: Promoter) -> str | None:
+    """The version of a canary that holds production traffic or is running (or was killed mid-way); else None."""
+    op = p.journal.load().operation
+    running = op is not None and op.command == "promote canary"
+    if p.target.weights(PROD).get("canary", 0) > 0 or running:
+        return p.target.slot_version(PROD, "canary") or (op.version if op is not None else None)
+    return None
+
+
+def _rollback_goal(
+    p: Promoter, to: str | None, out: Outcome, canary: str | None = None
+) -> tuple[str | None, str | None]:
+    """(version serving now, version to go back to); goal None means production needs no move, and says why.
+
+    With a canary running there is always something to do (stop it), so "no previous version" is no error then.
+    """
+    if to is not None:
+        p.registry.require_registered(to)
     state = p.journal.load()
     current = p.target.slot(PROD, "stable")
     if current is None:
@@ -603,6 +665,9 @@ def _rollback_goal(p: Promoter, to: str | None, out: Outcome) -> tuple[str | Non
         out.say(f"already rolled back from version {mark.from_version} to {mark.to_version}; nothing to do")
         return current.version, None
     goal = to or previous_version(state, current.version, p.target.slot_version(PROD, "previous"))
+    if goal is None and canary is not None:
+        out.say(f"no previous production version to go back to; production stays on version {current.version}")
+        return current.version, None
     if goal is None:
         raise PromotionError("no previous production version is known; pass --to VERSION", exit_code=2)
     if goal == current.version:
@@ -611,7 +676,9 @@ def _rollback_goal(p: Promoter, to: str | None, out: Outcome) -> tuple[str | Non
     return current.version, goal
 
 
-def _rollback_plan(p: Promoter, to: str | None, out: Outcome, interrupted: Operation | None) -> tuple[str, str] | None:
+def _rollback_plan(
+    p: Promoter, to: str | None, out: Outcome, interrupted: Operation | None, canary: str | None = None
+) -> tuple[str, str] | None:
     """(version to leave, version to go back to), None when there is nothing to do.
 
     A journaled rollback (interrupted, or this command's own fast path) is finished toward its own goal, whatever
@@ -630,31 +697,39 @@ def _rollback_plan(p: Promoter, to: str | None, out: Outcome, interrupted: Opera
                 f"to {interrupted.version} (pid {interrupted.pid}, by {interrupted.by})"
             )
         return interrupted.from_version, interrupted.version
-    current, goal = _rollback_goal(p, to, out)
+    current, goal = _rollback_goal(p, to, out, canary)
     return None if goal is None else (str(current), goal)
 
 
 def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
     """Move production back without analysis; idempotent, resumable after a crash; verifies afterwards."""
     out = Outcome()
-    plan = _rollback_plan(p, to, out, p.journal.load().operation)
-    if plan is None:
+    canary = active_canary(p)
+    plan = _rollback_plan(p, to, out, p.journal.load().operation, canary)
+    if plan is None and canary is None:
         return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
     if p.dry_run:
-        out.say(f"would move all production traffic from version {plan[0]} to {plan[1]}, canary weight 0")
+        out.say(
+            f"would move all production traffic from version {plan[0]} to {plan[1]}, canary weight 0"
+            if plan is not None
+            else f"would stop the canary of version {canary}; production stays on its stable version"
+        )
         return out
     abort = p.state_dir / ABORT_FILE
     abort.touch()  # a running canary sees this and stops, releasing the lock
     try:
-        with p.operation("rollback", plan[1], out, wait_s=p.params.rollback_lock_wait, reconcile=False) as pending:
+        goal = plan[1] if plan is not None else str(canary)
+        with p.operation("rollback", goal, out, wait_s=p.params.rollback_lock_wait, reconcile=False) as pending:
             abort.unlink(missing_ok=True)
-            decided = _rollback_plan(p, to, Outcome(), pending)  # decide again under the lock, then journal it
+            decided = _rollback_plan(p, to, Outcome(), pending, canary)  # decide again under the lock, then journal
             if decided is None:
+                _clear_canary(p, canary, reason, out)
                 return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
             if decided != plan and pending is None:
                 raise PromotionError(
-                    f"production changed while this rollback waited for the lock (it planned "
-                    f"{plan[0]} -> {plan[1]}, now it would be {decided[0]} -> {decided[1]}); "
+                    "production changed while this rollback waited for the lock (it planned "
+                    f"{' -> '.join(plan) if plan else 'to stop the canary'}, now it would move "
+                    f"{decided[0]} -> {decided[1]}); "
                     "nothing was changed. Check `mlrelease status`, then run scripts/rollback.sh "
                     "again, or with --to VERSION",
                     exit_code=2,
@@ -673,6 +748,34 @@ def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
             return _switch_back(p, decided[0], decided[1], reason, out)
     finally:
         abort.unlink(missing_ok=True)
+
+
+def _clear_canary(p: Promoter, version: str | None, reason: str, out: Outcome) -> None:
+    """Production needs no move, but a canary ran: by now it stopped itself (it saw the abort request) or recovery
+    undid a dead one; make sure no traffic, process or alias is left, and record who stopped it and why."""
+    if version is None:
+        return
+    stable = p.target.slot_version(PROD, "stable")
+    if p.target.weights(PROD).get("canary", 0) > 0:
+        p.target.set_weights(PROD, {"stable": 100})
+    if p.target.slot_version(PROD, "canary") == version:
+        p.target.stop(PROD, "canary", wait=False)
+    if p.registry.alias("canary") == version:
+        p.registry.delete_alias("canary")
+    p.note(
+        AuditRecord(
+            "rollback",
+            PROD,
+            p.by,
+            to_version=stable,
+            from_version=version,
+            alias="canary",
+            weights={"stable": 100},
+            outcome="canary stopped",
+            reason=reason,
+        )
+    )
+    out.say(f"canary of version {version} stopped: all production traffic on version {stable}")
 
 
 def _revive(p: Promoter, slot: str, out: Outcome) -> None:
@@ -743,8 +846,9 @@ def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) ->
     p.journal.save(state)
     verify_production(p, goal, out)
     p.registry.set_alias(PROD, goal)
+    canary_alias = p.registry.alias("canary")
     p.registry.delete_alias("canary")
-    p.registry.set_tag(bad, "mlrelease.rolled_back", reason[:500])
+    p.registry.set_tag(bad, ROLLED_BACK_TAG, reason[:500])
     p.note(
         AuditRecord(
             "rollback",
@@ -763,7 +867,8 @@ def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) ->
             },
         )
     )
-    out.say(f"alias production -> {goal}; alias canary removed; version {bad} stopped and tagged rolled_back")
+    removed = f"; alias canary (version {canary_alias}) removed" if canary_alias is not None else ""
+    out.say(f"alias production -> {goal}{removed}; version {bad} stopped and tagged rolled_back")
     return out
 
 

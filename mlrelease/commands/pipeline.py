@@ -16,7 +16,7 @@ from rich.table import Table
 
 REPORTS = Path("reports")
 console = Console(width=None if sys.stdout.isatty() else 140)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # no hard line breaks: paths stay copyable
 
 
 def _load_json(path: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import typer
 
 if TYPE_CHECKING:
     from mlrelease.params import Params
+    from mlrelease.settings import Settings
     from registry.promotion import Outcome, Promoter
 
 
@@ -88,7 +89,7 @@ def run_guarded(action: str, call: Callable[[], None]) -> None:
     from registry.locking import PromotionLocked
     from registry.promotion import PromotionError
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)  # no hard line breaks: paths and ids stay copyable
     try:
         call()
     except typer.Exit:
@@ -122,6 +123,22 @@ def _steps(text: str | None) -> list[float] | None:
         raise typer.BadParameter(f"--steps {text!r}: use comma-separated percentages, e.g. 5,25,50") from exc
 
 
+def project_settings() -> Settings:
+    """Settings of a workspace that is one (a params.yaml or deployment state is there): status and history read
+    its state, and run from elsewhere they would report an empty one as if nothing were deployed."""
+    from mlrelease.settings import get_settings
+
+    settings = get_settings()
+    if not (settings.home / "params.yaml").is_file() and not settings.state_dir.is_dir():
+        typer.echo(
+            f"no mlrelease project at {settings.home} (no params.yaml, no .mlrelease): run from the repository "
+            "root, or set MLRELEASE_HOME to it",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return settings
+
+
 def register(app: typer.Typer) -> None:
     """Add the release commands to the CLI."""
 
@@ -131,7 +148,9 @@ def register(app: typer.Typer) -> None:
         version: str | None = typer.Option(None, "--version", help="Version (default: the alias one step back)"),
         steps: str | None = typer.Option(None, "--steps", help="Canary weights in percent, e.g. 5,25,50"),
         interval: str | None = typer.Option(None, "--interval", help="Canary analysis interval, e.g. 30s"),
-        force: bool = typer.Option(False, "--force", help="production: skip the canary requirement"),
+        force: bool = typer.Option(
+            False, "--force", help="production: skip the canary requirement; canary: a version once rolled back"
+        ),
         reason: str | None = typer.Option(None, "--reason", help="Why (required with --force)"),
         by: str | None = BY,
         dry_run: bool = DRY,
@@ -148,7 +167,10 @@ def register(app: typer.Typer) -> None:
                 if version:
                     raise typer.BadParameter("canary always takes the staging version; promote it to staging")
                 secs = parse_duration(interval) if interval else None
-                finish(p.promote_canary(_steps(steps), secs), f"promote canary{' (dry run)' if dry_run else ''}")
+                finish(
+                    p.promote_canary(_steps(steps), secs, force, reason),
+                    f"promote canary{' (dry run)' if dry_run else ''}",
+                )
             else:
                 finish(
                     p.promote_production(version, force, reason), f"promote production{' (dry run)' if dry_run else ''}"
@@ -174,6 +196,23 @@ def register(app: typer.Typer) -> None:
 
         run_guarded("rollback", call)
 
+    @app.command("reconcile")
+    def reconcile(by: str | None = BY, params: Path = PARAMS) -> None:
+        """Restart dead slots, stop expired warm ones, make each router match the state (every command does it
+        first; this does only that, e.g. after `mlrelease status` shows a slot down)."""
+        from registry.promotion import Outcome
+
+        def call() -> None:
+            p = build_promoter(params, by, dry_run=False)
+            out = Outcome()
+            with p.operation("reconcile", "-", out):
+                pass  # recovery of a crashed promotion and the reconcile itself happen on entering
+            if not out.lines:
+                out.say("nothing to do: every slot runs and every router matches the state")
+            finish(out, "reconcile")
+
+        run_guarded("reconcile", call)
+
     @app.command("status")
     def status(params: Path = PARAMS) -> None:
         """What serves where, at which weight, healthy or not."""
@@ -181,9 +220,8 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from deploy.targets.local import LocalTarget
-        from mlrelease.settings import get_settings
 
-        target = LocalTarget(get_settings().state_dir)
+        target = LocalTarget(project_settings().state_dir)
         table = Table(title="mlrelease deployments")
         for col in ("environment", "slot", "version", "url", "pid", "weight %", "healthy", "detail"):
             table.add_column(col)
@@ -204,6 +242,17 @@ def register(app: typer.Typer) -> None:
         entry = target.entry_url("production")
         if entry:
             console.print(f"production entry point: {entry}")
+        down = [r for r in rows if r.weight > 0 and not r.healthy]
+        for r in down:
+            console.print(
+                f"[red]{r.environment}/{r.slot} (version {r.version}) takes {r.weight:g}% of traffic and is not "
+                f"healthy: {r.detail}. Next: `mlrelease reconcile` restarts it, `scripts/rollback.sh` moves traffic to "
+                f"the previous version; its log is in {target.state_dir / 'logs'}[/red]",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if down:
+            raise typer.Exit(1)
 
     @app.command("history")
     def history(limit: int = typer.Option(50, "--limit", help="Most recent records to show")) -> None:
@@ -211,13 +260,12 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from mlrelease.settings import get_settings
         from registry.audit import AuditLog
 
         table = Table(title="mlrelease history")
         for col in ("when (UTC)", "by", "action", "env", "alias", "from", "to", "weights", "outcome", "reason"):
             table.add_column(col, overflow="fold")
-        for r in AuditLog(get_settings().state_dir).records()[-limit:]:
+        for r in AuditLog(project_settings().state_dir).records()[-limit:]:
             weights = ",".join(f"{k}={v:g}" for k, v in (r.get("weights") or {}).items())
             table.add_row(
                 r.get("when", ""),
@@ -234,8 +282,7 @@ def register(app: typer.Typer) -> None:
         Console(width=200).print(table)
 
 
-def main() -> None:
-    """Only the release commands (scripts/rollback.sh uses this: it skips importing the other command groups)."""
+def _release_app() -> typer.Typer:
     app = typer.Typer(
         name="mlrelease",
         pretty_exceptions_enable=False,
@@ -245,7 +292,18 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     register(app)
-    app()
+    return app
+
+
+def main() -> None:
+    """Only the release commands (skips importing the other command groups)."""
+    _release_app()()
+
+
+def rollback_main(argv: list[str]) -> None:
+    """``scripts/rollback.sh ARGS``: the rollback command alone, so usage and errors name the script."""
+    group = typer.main.get_command(_release_app())  # several commands: a group (typer's own click)
+    group.commands["rollback"].main(args=argv, prog_name="scripts/rollback.sh")  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

@@ -130,6 +130,7 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
     assert driven and all(set(statuses) == {"200"} for statuses in driven), driven  # judged on answers, with the key
     ok(cli(home, "promote", "production"))
     assert alias(home, name, "production") == v2
+    assert "nothing to do" in ok(cli(home, "promote", "production"))  # a re-run of a finished move
     assert target(home).slot_version("production", "previous") == v1  # warm for rollbacks
 
     # a bad version (answers 500 for about half the rows) that slipped through staging: rolled back by itself
@@ -213,5 +214,12 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
         assert step in actions, (step, actions)
     table = ok(cli(home, "history"))
     assert "canary-rollback" in table and "pager: p99" in table
+
+    # the version the incident rolled back does not go back to canary by default, aliases or not
+    registry(home).set_registered_model_alias(name, "staging", v2)
+    again = cli(home, "promote", "canary")
+    assert again.returncode == 2 and "was rolled back" in again.stderr, show(again)
+    forced = ok(cli(home, "promote", "canary", "--force", "--reason", "fixed config", "--dry-run"))
+    assert "canaried again: fixed config" in forced and "would canary" in forced, forced
     tags = registry(home).get_model_version(name, v3).tags
     assert any(k.startswith("mlrelease.audit.") and "canary-rollback" in k for k in tags), tags

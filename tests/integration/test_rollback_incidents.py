@@ -243,6 +243,20 @@ def assert_all_on(incident: Incident, version: str, rows: list[list[float]], con
     assert set(answers) == {version}, f"predictions through {entry} answered by {answers}\n{where}"
 
 
+def start_canary(incident: Incident, log: Path) -> subprocess.Popen[bytes]:
+    """`mlrelease promote canary` of the staging version with a long interval, once it has shifted traffic (it
+    then sleeps mid-analysis with part of production's traffic on the canary)."""
+    t = target(incident.home)
+    canary = incident.popen([str(BIN / "mlrelease"), "promote", "canary", "--interval", "60s"], log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and t.weights(PROD).get("canary", 0) == 0:
+        assert canary.poll() is None, f"the canary exited before shifting traffic:\n{log.read_text()}"
+        time.sleep(0.2)
+    assert t.weights(PROD).get("canary", 0) > 0, log.read_text()
+    incident.state()
+    return canary
+
+
 def wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and pid_alive(pid):
@@ -263,13 +277,7 @@ def test_rollback_takes_over_from_a_running_canary(incident: Incident, tmp_path:
 
     # a canary of C, mid-analysis: a long interval keeps it sleeping with half of the traffic on C
     canary_log = tmp_path / "canary.out"
-    canary = incident.popen([str(BIN / "mlrelease"), "promote", "canary", "--interval", "60s"], canary_log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and t.weights(PROD).get("canary", 0) == 0:
-        assert canary.poll() is None, f"the canary exited before shifting traffic:\n{canary_log.read_text()}"
-        time.sleep(0.2)
-    assert t.weights(PROD).get("canary", 0) > 0, canary_log.read_text()
-    incident.state()
+    canary = start_canary(incident, canary_log)
     canary_slot = t.slot(PROD, "canary")
     assert canary_slot is not None and canary_slot.version == c
 
@@ -303,6 +311,68 @@ def test_rollback_takes_over_from_a_running_canary(incident: Incident, tmp_path:
     assert back and (back[-1]["from"], back[-1]["to"], back[-1]["outcome"]) == (a, p, "done"), history
     assert same_text(back[-1]["reason"], "test"), history
     assert history.index(aborted[-1]) < history.index(back[-1]), "the canary is undone before the rollback"
+
+
+# ----- 1b. mistakes, and a canary when production has nowhere to go back to ------------------------------------------
+def test_rollback_refuses_typos_and_stops_a_canary_with_no_previous_version(incident: Incident, tmp_path: Path) -> None:
+    home, name = incident.home, incident.name
+    p = alias(home, name, "candidate")
+    assert p is not None
+    ok(cli(home, "promote", "production", "--version", p, "--force", "--reason", "test: first release"))
+    t = target(home)
+
+    # a version that does not exist is named as such, and leaves nothing behind that would block the next command
+    for typo in ("99", "abc"):
+        wrong, _ = rollback(home, "--to", typo, "--reason", "typo")
+        assert wrong.returncode == 2 and "is not registered" in wrong.stderr, show(wrong)
+        assert "registered versions:" in wrong.stderr and "nothing was changed" in " ".join(wrong.stderr.split())
+        assert t.store.load().operation is None, "a refused rollback journaled an operation"
+    promote_typo = cli(home, "promote", "staging", "--version", "99")
+    assert promote_typo.returncode == 2 and "is not registered" in promote_typo.stderr, show(promote_typo)
+    assert t.store.load().operation is None
+    nothing, _ = rollback(home)
+    assert nothing.returncode == 2 and "no previous production version" in nothing.stderr, show(nothing)
+
+    # a canary of C holds part of the traffic; production has no previous version, yet the rollback stops the canary
+    c = register(make_variant(incident.bundle, tmp_path / "version-c", "same"), home, name, "incident-c")
+    registry(home).set_registered_model_alias(name, "staging", c)
+    canary_log = tmp_path / "canary.out"
+    canary = start_canary(incident, canary_log)
+    rolled, _ = rollback(home, "--reason", "pager: canary errors")
+    said = " ".join(rolled.stdout.split())
+    assert rolled.returncode == 0 and f"canary of version {c} stopped" in said, show(rolled)
+    assert canary.wait(timeout=60) != 0 and "aborted" in canary_log.read_text().lower(), canary_log.read_text()
+    rows = sample_rows(incident.bundle, 16)
+    assert_all_on(incident, p, rows, show(rolled))
+    entry = t.entry_url(PROD)
+    huge = httpx.post(f"{entry}{predict_path(name)}", content=b"[" + b"0," * 1_500_000 + b"0]", timeout=30)
+    assert huge.status_code == 413 and huge.json()["code"] == "body_too_large", huge.text[:200]  # JSON from nginx too
+    stopped = [r for r in history_rows(home) if r["action"] == "rollback" and r["from"] == c]
+    assert stopped and stopped[-1]["outcome"] == "canary stopped", history_rows(home)
+
+    # status: healthy says so with 0; run from elsewhere it refuses to guess; production down is exit 1
+    ok(cli(home, "status"))
+    elsewhere = subprocess.run(
+        [str(BIN / "mlrelease"), "status"],
+        cwd=tmp_path,
+        env={**env_for(home), "MLRELEASE_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert elsewhere.returncode == 2 and "no mlrelease project" in elsewhere.stderr, show(elsewhere)
+    stable = t.slot(PROD, "stable")
+    assert stable is not None
+    os.kill(stable.pid, signal.SIGKILL)
+    assert wait_gone(stable.pid, 20)
+    down = cli(home, "status")
+    assert down.returncode == 1 and "is not healthy" in " ".join(down.stdout.split()), show(down)
+    assert "restarted production/stable" in ok(cli(home, "reconcile"))
+    ok(cli(home, "status"))
+    assert "nothing to do" in ok(cli(home, "reconcile"))
+    assert_all_on(incident, p, rows)
+    incident.state()
 
 
 # ----- 2. recovery after an interrupted rollback --------------------------------------------------------------------
