@@ -56,6 +56,15 @@ def _json_type(value: object) -> str:
     return {bool: "boolean", str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
 
 
+def _json_value(value: object) -> str:
+    """How the client wrote a value: `the string "abc"`, `null`, `true` (JSON's spelling, not Python's)."""
+    if value is None or type(value) is bool:
+        return f"JSON {orjson.dumps(value).decode()}"
+    if type(value) is str:
+        return f"the string {orjson.dumps(value[:40]).decode()}"
+    return f"a JSON {_json_type(value)}"
+
+
 def _diagnose_rows(rows: list[Any], names: list[str], where: str) -> None:
     """Walk the rows and raise a ClientError naming the first bad instance or value."""
     n = len(names)
@@ -79,8 +88,7 @@ def _diagnose_rows(rows: list[Any], names: list[str], where: str) -> None:
                 raise ClientError(
                     422,
                     "non_numeric",
-                    f"{where}[{i}][{j}] (feature '{names[j]}') is a JSON "
-                    f"{_json_type(value)} {str(value)[:40]!r}; expected a number",
+                    f"{where}[{i}][{j}] (feature '{names[j]}') is {_json_value(value)}; expected a number",
                 )
 
 
@@ -156,15 +164,26 @@ def _dict_rows(instances: list[Any], names: list[str]) -> list[list[Any]]:
                 "an object; use one form for the whole batch",
             )
         if len(item) != len(names) or not index.issuperset(item):
-            missing = [n for n in names if n not in item][:_MAX_NAMED]
-            unknown = [k for k in item if k not in index][:_MAX_NAMED]
             raise ClientError(
                 422,
                 "wrong_features",
-                f"instances[{i}]: missing features {missing}, unknown "
-                f"features {unknown}; expected exactly the {len(names)} names at GET /v1/models/{{name}}",
+                f"instances[{i}]: {_feature_mismatch(item, names, index)}; expected exactly the {len(names)} "
+                "names at GET /v1/models/{name}",
             )
     return [[item[n] for n in names] for item in instances]
+
+
+def _feature_mismatch(item: dict[str, Any], names: list[str], index: set[str]) -> str:
+    """`N missing features (the first few named), M unknown ones`, each part only when there are any."""
+    parts = []
+    for label, found in (
+        ("missing", [n for n in names if n not in item]),
+        ("unknown", [k for k in item if k not in index]),
+    ):
+        if found:
+            more = f" and {len(found) - _MAX_NAMED} more" if len(found) > _MAX_NAMED else ""
+            parts.append(f"{len(found)} {label} feature{'s' if len(found) > 1 else ''} {found[:_MAX_NAMED]}{more}")
+    return ", ".join(parts)
 
 
 def _check_keys(doc: dict[str, Any]) -> None:

@@ -51,9 +51,9 @@ def test_numbers_in_every_json_spelling_and_parameters_parse_alike() -> None:
         (b'{"instances": [[1, 2]]}', 422, "wrong_feature_count", "has 2 values"),
         (b'{"instances": [[1, 2, 3], [1, 2]]}', 422, "wrong_feature_count", "instances[1]"),
         (b'{"instances": [[1, "x", 3]]}', 422, "non_numeric", "feature 'b'"),
-        (b'{"instances": [[1, "2", 3]]}', 422, "non_numeric", "string"),
-        (b'{"instances": [[1, true, 3]]}', 422, "non_numeric", "boolean"),
-        (b'{"instances": [[1, null, 3]]}', 422, "non_numeric", "null"),
+        (b'{"instances": [[1, "2", 3]]}', 422, "non_numeric", 'is the string "2"; expected a number'),
+        (b'{"instances": [[1, true, 3]]}', 422, "non_numeric", "is JSON true;"),
+        (b'{"instances": [[1, null, 3]]}', 422, "non_numeric", "is JSON null;"),
         (b'{"instances": [[1, 1e39, 3]]}', 422, "non_finite", "float32"),
         (b'{"instances": [[1, 2, -1E39]]}', 422, "non_finite", "feature 'c'"),
         (b'{"instances": [[1, 2, 3]], "extra": 1}', 422, "bad_body", "['extra', 'instances']"),
@@ -61,12 +61,17 @@ def test_numbers_in_every_json_spelling_and_parameters_parse_alike() -> None:
         (b'{"instances": [[1, [2], 3]]}', 422, "non_numeric", "array"),
         (b'{"instances": [5]}', 422, "bad_instance", "instances[0]"),
         (b'{"instances": [[1, 2, 3]], "parameters": [1]}', 422, "bad_body", "parameters"),
-        (b'{"instances": [{"a": 1, "b": 2}]}', 422, "wrong_features", "missing features ['c']"),
+        (
+            b'{"instances": [{"a": 1, "b": 2}]}',
+            422,
+            "wrong_features",
+            "instances[0]: 1 missing feature ['c']; expected",
+        ),
         (
             b'{"instances": [{"a": 1, "b": 2, "c": 3, "d": 4}]}',
             422,
             "wrong_features",
-            "unknown features ['d']",
+            "instances[0]: 1 unknown feature ['d']; expected",
         ),
         (b'{"instances": [{"a": 1, "b": 2, "c": 3}, [1, 2, 3]]}', 422, "bad_instance", "one form"),
         (b'{"instances": [{"a": 1, "b": "no", "c": 3}]}', 422, "non_numeric", "feature 'b'"),
@@ -112,3 +117,12 @@ def test_bad_v2_bodies_are_named(tensor: dict[str, object], code: str) -> None:
         parse_v2(json.dumps({"inputs": [tensor]}).encode(), NAMES, 4)
     assert info.value.code == code
     assert 400 <= info.value.status < 500
+
+
+def test_many_missing_features_are_counted_and_the_first_named() -> None:
+    names = [f"f{i}" for i in range(12)]
+    with pytest.raises(ClientError) as info:
+        parse_v1(b'{"instances": [{"f0": 1, "zz": 2}]}', names, max_batch=4)
+    assert (
+        "11 missing features ['f1', 'f2', 'f3', 'f4', 'f5'] and 6 more, 1 unknown feature ['zz']" in info.value.message
+    )
