@@ -14,6 +14,7 @@ from pathlib import Path
 
 from deploy.targets.base import DeploymentError
 from deploy.targets.local import NGINX_BIN, TEMPLATE, http_get, pid_alive
+from deploy.targets.process import detached_env
 from deploy.targets.state import Environment, atomic_write
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class Nginx:
         pid = self.pid()
         old_workers = workers_of(pid) if pid else []
         if pid is None:
-            subprocess.run(self._cmd(), check=True, capture_output=True, timeout=30)
+            subprocess.run(self._cmd(), check=True, capture_output=True, timeout=30, env=detached_env())
         else:
             os.kill(pid, signal.SIGHUP)
         self._wait_generation(env.entry_port, generation, old_workers)
