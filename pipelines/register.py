@@ -63,7 +63,7 @@ def uncommitted_sources(cwd: Path = Path()) -> list[str]:
     rewrites dvc.lock and its committed reports before this stage, and that does not make the code dirty."""
     root = Path(_git(cwd, "rev-parse", "--show-toplevel").strip())
     outputs = pipeline_outputs(root / "dvc.yaml")
-    changed = [p for p in _git(root, "diff", "HEAD", "--name-only", "-z").split("\0") if p]
+    changed = [p for p in _git(root, "diff", "HEAD", "--name-only", "--no-renames", "-z").split("\0") if p]
     return [p for p in changed if not any(p == out or p.startswith(f"{out}/") for out in outputs)]
 
 

@@ -350,14 +350,15 @@ def homogeneity_p_value(p_counts: dict[str, float], q_counts: dict[str, float]) 
     None when it cannot be computed (an empty slot, or a single class between them)."""
     from scipy.special import chdtrc
 
-    keys = [k for k in sorted(set(p_counts) | set(q_counts)) if p_counts.get(k, 0.0) + q_counts.get(k, 0.0) > 0]
-    p_total, q_total = (sum(max(c.get(k, 0.0), 0.0) for k in keys) for c in (p_counts, q_counts))
+    p_clean, q_clean = ({k: max(v, 0.0) for k, v in c.items()} for c in (p_counts, q_counts))  # a counter reset
+    keys = [k for k in sorted(set(p_clean) | set(q_clean)) if p_clean.get(k, 0.0) + q_clean.get(k, 0.0) > 0]
+    p_total, q_total = sum(p_clean.values()), sum(q_clean.values())
     if p_total <= 0 or q_total <= 0 or len(keys) < 2:
         return None
     total, statistic = p_total + q_total, 0.0
     for k in keys:
-        column = max(p_counts.get(k, 0.0), 0.0) + max(q_counts.get(k, 0.0), 0.0)
-        for observed, row in ((max(p_counts.get(k, 0.0), 0.0), p_total), (max(q_counts.get(k, 0.0), 0.0), q_total)):
+        column = p_clean.get(k, 0.0) + q_clean.get(k, 0.0)
+        for observed, row in ((p_clean.get(k, 0.0), p_total), (q_clean.get(k, 0.0), q_total)):
             expected = row * column / total
             statistic += (observed - expected) ** 2 / expected
     return float(chdtrc(len(keys) - 1, statistic))
@@ -526,6 +527,7 @@ def client_rows(promoter: Promoter, stable: str) -> list[list[float]]:
 def run_analysis(promoter: Promoter, version: str, stable: str, params: CanaryParams, out: Outcome) -> dict[str, Any]:
     """Shift traffic step by step; measure every interval; stop at the first verdict beyond the limits."""
     from registry.audit import AuditRecord
+    from registry.promotion import PromotionError
 
     rows = client_rows(promoter, stable)
     analysis = Analysis(params)
@@ -544,6 +546,8 @@ def run_analysis(promoter: Promoter, version: str, stable: str, params: CanaryPa
                 reason=f"canary step {weight:g}%",
             )
         )
+        if promoter.check_abort():  # a rollback asked while the canary was still deploying or between steps
+            raise PromotionError("aborted: a rollback was requested during the promotion")
         log.info("canary step %g%%: version %s takes %g%% of production traffic", weight, version, weight)
         while aborted is None:
             m = measure_interval(promoter, weight, params, rows)

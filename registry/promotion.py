@@ -8,6 +8,7 @@ and leaves all traffic on a healthy version whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from mlrelease.settings import Settings
 from registry.analysis import CanaryParams, parse_duration
 from registry.audit import AuditLog, AuditRecord, record
 from registry.fast_rollback import process_started, switched_to
-from registry.locking import promotion_lock
+from registry.locking import PromotionLocked, promotion_lock
 
 log = logging.getLogger(__name__)
 PROD, STAGING = "production", "staging"
@@ -196,6 +197,7 @@ class Promoter:
             for line in self.target.reconcile() if reconcile else []:
                 out.say(f"reconciled: {line}")
             if command != "rollback":
+                self._clear_stale_abort()
                 self._journal(Operation(command=command, version=version, pid=os.getpid(), by=self.by))
             try:
                 yield interrupted
@@ -204,6 +206,14 @@ class Promoter:
                 raise
             # any other error keeps the journal, so the next command's recover() puts traffic back on stable
             self._journal(None)
+
+    def _clear_stale_abort(self) -> None:
+        """An abort request older than a rollback's lock wait was left by a rollback that gave up waiting: it
+        was for the promotion that held the lock then, not for this one."""
+        abort = self.state_dir / ABORT_FILE
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - abort.stat().st_mtime > self.params.rollback_lock_wait:
+                abort.unlink()
 
     def _journal(self, op: Operation | None) -> None:
         state = self.journal.load()
@@ -511,7 +521,9 @@ class Promoter:
             raise PromotionError("--force needs --reason: say why the canary is skipped", exit_code=2)
         serving = self.registry.alias(PROD)
         waiting = version is not None or self.registry.alias("canary") is not None
-        if not waiting and serving is not None and self.target.slot_version(PROD, "stable") == serving:
+        staged = self.registry.alias(STAGING)  # a staged version that has not passed canary is work left to do
+        settled = serving is not None and staged in (None, serving)
+        if not waiting and settled and self.target.slot_version(PROD, "stable") == serving:
             out.say(f"production already serves version {serving} and no canary waits; nothing to do")
             return out
         version = self.require_version(
@@ -639,7 +651,7 @@ def active_canary(p: Promoter) -> str | None:
     op = p.journal.load().operation
     running = op is not None and op.command == "promote canary"
     if p.target.weights(PROD).get("canary", 0) > 0 or running:
-        return p.target.slot_version(PROD, "canary") or (op.version if op is not None else None)
+        return p.target.slot_version(PROD, "canary") or (op.version if running and op is not None else None)
     return None
 
 
@@ -650,7 +662,8 @@ def _rollback_goal(
 
     With a canary running there is always something to do (stop it), so "no previous version" is no error then.
     """
-    if to is not None:
+    warm = {p.target.slot_version(PROD, slot) for slot in ("stable", "previous", "canary")}
+    if to is not None and to not in warm:  # a warm version needs no registry (which may be the incident)
         p.registry.require_registered(to)
     state = p.journal.load()
     current = p.target.slot(PROD, "stable")
@@ -704,6 +717,10 @@ def _rollback_plan(
 def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
     """Move production back without analysis; idempotent, resumable after a crash; verifies afterwards."""
     out = Outcome()
+    before = p.target.slot_version(PROD, "stable")
+    if _recover_dead_promotion(p, out) and to is None and p.target.slot_version(PROD, "stable") != before:
+        out.say("undoing the interrupted promotion put production back on its previous version: nothing more to do")
+        return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
     canary = active_canary(p)
     plan = _rollback_plan(p, to, out, p.journal.load().operation, canary)
     if plan is None and canary is None:
@@ -717,6 +734,7 @@ def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
         return out
     abort = p.state_dir / ABORT_FILE
     abort.touch()  # a running canary sees this and stops, releasing the lock
+    locked_out = False
     try:
         goal = plan[1] if plan is not None else str(canary)
         with p.operation("rollback", goal, out, wait_s=p.params.rollback_lock_wait, reconcile=False) as pending:
@@ -746,8 +764,25 @@ def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
                 )
             )
             return _switch_back(p, decided[0], decided[1], reason, out)
+    except PromotionLocked:
+        locked_out = True  # the request stays: the promotion holding the lock stops at its next check
+        raise
     finally:
-        abort.unlink(missing_ok=True)
+        if not locked_out:
+            abort.unlink(missing_ok=True)
+
+
+def _recover_dead_promotion(p: Promoter, out: Outcome) -> bool:
+    """A promotion killed mid-way (its journal is there, its process is not) is undone under the lock before the
+    rollback plans: its half-done state (no stable slot, say) is no base for a plan. True when one was undone."""
+    from deploy.targets.local import pid_alive
+
+    op = p.journal.load().operation
+    if op is None or op.command == "rollback" or pid_alive(op.pid) or p.dry_run:
+        return False
+    with p.operation("rollback", op.version, out, wait_s=p.params.rollback_lock_wait, reconcile=False):
+        pass  # entering recovers it (traffic back on stable, its slots stopped, the journal cleared)
+    return True
 
 
 def _clear_canary(p: Promoter, version: str | None, reason: str, out: Outcome) -> None:
@@ -815,8 +850,9 @@ def _route_to(p: Promoter, goal: str, out: Outcome) -> tuple[bool, bool]:
                 "scripts/rollback.sh without --to first"
             )
         out.say(f"version {goal} is not warm: starting it (slower than the warm path)")
+        bundle = p.bundle(goal)  # fetched and verified before the warm slot is given up
         p.target.stop(PROD, "previous")
-        p.target.deploy(PROD, "previous", p.bundle(goal), goal)
+        p.target.deploy(PROD, "previous", bundle, goal)
     p.target.set_weights(PROD, {"previous": 100})  # a no-op when the fast path already routed there
     return warm, False
 
@@ -849,6 +885,7 @@ def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) ->
     canary_alias = p.registry.alias("canary")
     p.registry.delete_alias("canary")
     p.registry.set_tag(bad, ROLLED_BACK_TAG, reason[:500])
+    p.registry.set_tag(bad, PASSED_TAG["canary"], "false")  # back to production only through a new canary
     p.note(
         AuditRecord(
             "rollback",

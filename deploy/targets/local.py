@@ -334,6 +334,8 @@ class LocalTarget(DeploymentTarget):
             for slot_name, slot in sorted(env.slots.items()):
                 alive = pid_alive(slot.pid)
                 problem = identity_problem(slot, timeout=0.5)[1] if alive else "process gone"
+                if alive and problem is not None:  # a busy server may be slow to answer: ask once more, longer
+                    problem = identity_problem(slot, timeout=3.0)[1]
                 detail = problem or ""
                 if slot.expires_at and problem is None:
                     detail = f"warm until {time.strftime('%H:%M:%S', time.localtime(slot.expires_at))}"

@@ -141,6 +141,8 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
     assert alias(home, name, "canary") is None and alias(home, name, "production") == v2
     assert target(home).weights("production") == {"stable": 100.0}
     assert target(home).slot_version("production", "canary") is None
+    pending = cli(home, "promote", "production")  # staging holds v3, which failed its canary: not "nothing to do"
+    assert pending.returncode == 2 and "promote canary" in pending.stderr, show(pending)
 
     # a version with a changed input contract (one more feature): healthy by its 5xx, but it answers today's
     # clients 422; the analysis compares client errors with stable's and rolls it back
@@ -219,6 +221,8 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
     registry(home).set_registered_model_alias(name, "staging", v2)
     again = cli(home, "promote", "canary")
     assert again.returncode == 2 and "was rolled back" in again.stderr, show(again)
+    direct = cli(home, "promote", "production", "--version", v2)  # its canary pass went with the rollback
+    assert direct.returncode == 2 and "has not passed canary" in direct.stderr, show(direct)
     forced = ok(cli(home, "promote", "canary", "--force", "--reason", "fixed config", "--dry-run"))
     assert "canaried again: fixed config" in forced and "would canary" in forced, forced
     tags = registry(home).get_model_version(name, v3).tags

@@ -173,6 +173,9 @@ def test_homogeneity_p_value_matches_a_known_chi_square() -> None:
     assert homogeneity_p_value({"a": 5, "b": 5}, {"a": 50, "b": 50}) == pytest.approx(1.0)
     assert homogeneity_p_value({"a": 10}, {"a": 30}) is None  # one class between them: nothing to test
     assert homogeneity_p_value({}, {"a": 1, "b": 2}) is None
+    reset = homogeneity_p_value({"a": 10, "b": 5}, {"a": -30, "b": 10})  # a counter reset reads as 0, not -30
+    assert reset == pytest.approx(homogeneity_p_value({"a": 10, "b": 5}, {"b": 10}))
+    assert reset is not None and reset < 0.01
     three = homogeneity_p_value({"a": 30, "b": 10, "c": 0}, {"a": 10, "b": 10, "c": 20})
     assert three is not None and three < 1e-5  # two degrees of freedom, a class only one slot predicts
 
