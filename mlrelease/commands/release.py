@@ -166,7 +166,10 @@ def register(app: typer.Typer) -> None:
             elif stage is Stage.canary:
                 if version:
                     raise typer.BadParameter("canary always takes the staging version; promote it to staging")
-                secs = parse_duration(interval) if interval else None
+                try:
+                    secs = parse_duration(interval) if interval else None
+                except ValueError as exc:  # a usage error like any other bad option: exit 2
+                    raise typer.BadParameter(str(exc), param_hint="--interval") from exc
                 finish(
                     p.promote_canary(_steps(steps), secs, force, reason),
                     f"promote canary{' (dry run)' if dry_run else ''}",
