@@ -527,7 +527,6 @@ def client_rows(promoter: Promoter, stable: str) -> list[list[float]]:
 def run_analysis(promoter: Promoter, version: str, stable: str, params: CanaryParams, out: Outcome) -> dict[str, Any]:
     """Shift traffic step by step; measure every interval; stop at the first verdict beyond the limits."""
     from registry.audit import AuditRecord
-    from registry.promotion import PromotionError
 
     rows = client_rows(promoter, stable)
     analysis = Analysis(params)
@@ -546,8 +545,7 @@ def run_analysis(promoter: Promoter, version: str, stable: str, params: CanaryPa
                 reason=f"canary step {weight:g}%",
             )
         )
-        if promoter.check_abort():  # a rollback asked while the canary was still deploying or between steps
-            raise PromotionError("aborted: a rollback was requested during the promotion")
+        promoter.stop_if_aborted()  # a rollback asked while the canary was still deploying or between steps
         log.info("canary step %g%%: version %s takes %g%% of production traffic", weight, version, weight)
         while aborted is None:
             m = measure_interval(promoter, weight, params, rows)

@@ -103,9 +103,12 @@ class Registry:
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, alias, version)
 
-    def delete_alias(self, alias: str) -> None:
-        if self.alias(alias) is not None:
+    def delete_alias(self, alias: str) -> str | None:
+        """Remove the alias if it is set; return the version it pointed at."""
+        version = self.alias(alias)
+        if version is not None:
             self.client.delete_registered_model_alias(self.model_name, alias)
+        return version
 
     def tags(self, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(self.model_name, version).tags)
@@ -295,16 +298,16 @@ class Promoter:
         path.write_text(json.dumps(data, indent=2, default=str) + "\n")
         return path
 
-    def check_abort(self) -> bool:
-        """A rollback asked the running promotion to stop."""
-        return (self.state_dir / ABORT_FILE).exists()
+    def stop_if_aborted(self) -> None:
+        """Raise when a rollback asked the running promotion to stop (its abort request file is there)."""
+        if (self.state_dir / ABORT_FILE).exists():
+            raise PromotionError("aborted: a rollback was requested during the promotion")
 
     def sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when a rollback asks this promotion to abort."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if self.check_abort():
-                raise PromotionError("aborted: a rollback was requested during the promotion")
+            self.stop_if_aborted()
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     # ----- staging ---------------------------------------------------------------------------------------------
@@ -492,12 +495,16 @@ class Promoter:
             f"canary of version {version} passed (report {analysis['report']}); next: `mlrelease promote production`"
         )
 
-    def abort_canary(self, version: str, stable: str, reason: str, evidence: dict[str, Any]) -> None:
-        """Weight 0, canary slot stopped, alias removed, reason recorded."""
+    def drop_canary(self, version: str) -> None:
+        """Weight 0, canary slot stopped, alias removed, canary pass withdrawn (each a no-op when already so)."""
         self.target.set_weights(PROD, {"stable": 100})
         self.target.stop(PROD, "canary")
         self.registry.delete_alias("canary")
         self.registry.set_tag(version, PASSED_TAG["canary"], "false")
+
+    def abort_canary(self, version: str, stable: str, reason: str, evidence: dict[str, Any]) -> None:
+        """The canary dropped, the reason recorded."""
+        self.drop_canary(version)
         self.note(
             AuditRecord(
                 "canary-rollback",
@@ -791,12 +798,7 @@ def _clear_canary(p: Promoter, version: str | None, reason: str, out: Outcome) -
     if version is None:
         return
     stable = p.target.slot_version(PROD, "stable")
-    if p.target.weights(PROD).get("canary", 0) > 0:
-        p.target.set_weights(PROD, {"stable": 100})
-    if p.target.slot_version(PROD, "canary") == version:
-        p.target.stop(PROD, "canary", wait=False)
-    if p.registry.alias("canary") == version:
-        p.registry.delete_alias("canary")
+    p.drop_canary(version)
     p.note(
         AuditRecord(
             "rollback",
@@ -882,8 +884,7 @@ def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) ->
     p.journal.save(state)
     verify_production(p, goal, out)
     p.registry.set_alias(PROD, goal)
-    canary_alias = p.registry.alias("canary")
-    p.registry.delete_alias("canary")
+    canary_alias = p.registry.delete_alias("canary")
     p.registry.set_tag(bad, ROLLED_BACK_TAG, reason[:500])
     p.registry.set_tag(bad, PASSED_TAG["canary"], "false")  # back to production only through a new canary
     p.note(
