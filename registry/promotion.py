@@ -56,6 +56,7 @@ class PromotionParams(BaseModel):
     rollback_lock_wait: float = 15.0
     smoke_rows: int = Field(8, ge=1, le=256)
     load_gate: bool = True
+    load_gate_rows: int = Field(500, ge=1, le=100_000)
 
     @field_validator("rollback_window", "ready_timeout", "drain_timeout", "rollback_lock_wait", mode="before")
     @classmethod
@@ -356,7 +357,7 @@ class Promoter:
                 "smoke": smoke_test(url, bundle, self.params.smoke_rows, self.settings.prediction_headers())
             }
             if self.params.load_gate:
-                evidence["loadtest"] = self.load_gate(url, version)
+                evidence["loadtest"] = self.load_gate(url, version, bundle)
             return evidence
         except Exception as exc:  # a failed gate, or a timeout/connection error while checking it
             self.target.stop(STAGING, "pending")
@@ -367,20 +368,23 @@ class Promoter:
             )
             raise PromotionError(f"staging gate failed for version {version}: {exc}; staging unchanged") from exc
 
-    def load_gate(self, url: str, version: str) -> dict[str, Any]:
-        """The serving engineer's Locust gate (deploy/loadtest) against the staging slot, SLOs from params.yaml."""
-        from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest
+    def load_gate(self, url: str, version: str, bundle: Path) -> dict[str, Any]:
+        """The serving engineer's Locust gate (deploy/loadtest) against the staging slot, SLOs from params.yaml.
 
-        test_csv = self.settings.home / "data" / "prepared" / "test.csv"
-        if not test_csv.is_file():
-            raise PromotionError(f"load-test gate: {test_csv} not found; run the pipeline (`mlrelease run`) first")
+        Payloads are the home's test split when it fits the version, else rows sampled from the version's
+        reference statistics: a deployment host need not have run the pipeline."""
+        from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest, write_gate_rows
+
         out = self.reports_dir / f"loadtest_staging_v{version}.json"
+        rows_csv = out.with_name(f"{out.stem}_rows.csv")
+        test_csv = self.settings.home / "data" / "prepared" / "test.csv"
+        payload = write_gate_rows(bundle, test_csv, self.target_column, self.params.load_gate_rows, rows_csv)
         try:
             params = self.loadtest or LoadtestParams.model_validate({})
             report = run_loadtest(
                 url,
                 params,
-                test_csv,
+                rows_csv,
                 self.target_column,
                 out,
                 out.with_suffix(".html"),
@@ -393,6 +397,7 @@ class Promoter:
         stats = report["stats"]
         return {
             "report": str(out),
+            "payload": payload,
             **{
                 k: stats[k]
                 for k in sorted(stats)

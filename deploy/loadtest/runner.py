@@ -216,3 +216,43 @@ def run_loadtest(
     }
     out_json.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def write_gate_rows(bundle: Path, test_csv: Path, target: str, sampled: int, out: Path) -> str:
+    """Write the staging gate's payload rows for ``bundle``'s model to ``out`` and say where they came from.
+
+    The test split's rows when it holds every feature the model card names (in the card's order, whatever the
+    split's column order); otherwise, as on a deployment host that never ran the pipeline, ``sampled`` rows drawn
+    from the version's own reference statistics (the smoke test's and the canary's traffic).
+    """
+    from deploy.targets.traffic import sample_rows
+    from mlrelease.modelcard import ModelCard
+
+    names = ModelCard.read(bundle).feature_names
+    rows: list[list[str]] | list[list[float]] | None = _split_rows(test_csv, names)
+    source = f"the test split {test_csv}"
+    if rows is None:
+        rows = sample_rows(bundle, sampled, seed=7)
+        source = f"the version's reference statistics (no usable test split at {test_csv})"
+        log.warning("load-test gate: %s is missing or lacks the model's features; sampling %d rows", test_csv, sampled)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*names, target])
+        writer.writerows([*row, ""] for row in rows)
+    return f"{len(rows)} rows from {source}"
+
+
+def _split_rows(test_csv: Path, names: list[str]) -> list[list[str]] | None:
+    """The split's rows reordered to ``names``, or None when there is no split, it is empty or lacks a feature."""
+    if not test_csv.is_file():
+        return None
+    with test_csv.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        column = {name: i for i, name in enumerate(header)}
+        if any(name not in column for name in names):
+            return None
+        picks = [column[name] for name in names]
+        rows = [[row[i] for i in picks] for row in reader if row]
+    return rows or None
