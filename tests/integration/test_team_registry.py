@@ -1,0 +1,224 @@
+"""A release against a team registry: `mlflow server` on a real PostgreSQL, artifacts proxied by the server.
+
+The embedded default is a sqlite file; a team points every command at its server with MLFLOW_TRACKING_URI alone.
+Here PostgreSQL runs from its Debian binaries in a temporary cluster on loopback (as the `postgres` user when the
+tests run as root: PostgreSQL refuses root), `mlflow server` runs on it, and the pipeline's register stage, the
+promotions and scripts/rollback.sh run unchanged against that server. The aliases are then read back from
+PostgreSQL itself, and the workspace's own sqlite registry must not have changed."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mlrelease.modelcard import ModelCard
+from mlrelease.net import free_port
+from mlrelease.settings import Settings
+from tests.release_helpers import BIN, FAST_RELEASE, REPO, cli, env_for, make_variant, ok, stop_everything
+from tests.workspace import Workspace
+
+
+def _pg_bindir() -> Path | None:
+    """Debian keeps PostgreSQL's server programs off PATH, in /usr/lib/postgresql/VERSION/bin."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).resolve().parent if initdb else None
+
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(_pg_bindir() is None, reason="PostgreSQL: run make setup"),
+    pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx: run make setup"),
+]
+
+FAST = {
+    **FAST_RELEASE,
+    "loadtest": {"users": 4, "spawn_rate": 4, "duration_s": 3, "slo": {"min_rps": 5, "p95_ms": 1000, "p99_ms": 2000}},
+}
+
+
+@dataclass(frozen=True)
+class Postgres:
+    bindir: Path
+    port: int
+    as_user: tuple[str, ...]  # runuser prefix when the tests run as root
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/mlflow"
+
+    def sql(self, query: str) -> list[str]:
+        """Rows of ``query`` from the mlflow database, each as 'a|b|...'."""
+        proc = subprocess.run(
+            [*self.as_user, str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
+            + ["-d", "mlflow", "-tA", "-c", query],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        return proc.stdout.split()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster on a loopback port, trust auth, with an empty `mlflow` database."""
+    bindir = _pg_bindir()
+    assert bindir is not None
+    root = Path(tempfile.mkdtemp(prefix="mlrelease-pg-"))
+    as_user: tuple[str, ...] = ()
+    if os.geteuid() == 0:
+        account = pwd.getpwnam("postgres")
+        os.chown(root, account.pw_uid, account.pw_gid)
+        as_user = ("runuser", "-u", "postgres", "--")
+    db = Postgres(bindir, free_port(), as_user)
+    data = root / "data"
+
+    def run(*args: str) -> None:
+        subprocess.run([*as_user, *args], capture_output=True, text=True, check=True, timeout=120)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+    options = f"-p {db.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "postgres.log"), "-w", "-o", options, "start")
+    try:
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(db.port), "-U", "postgres", "mlflow")
+        yield db
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def team_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`mlflow server` on the PostgreSQL backend, serving its artifacts from a local folder: (URL, folder)."""
+    artifacts = tmp_path_factory.mktemp("team-artifacts")
+    port = free_port()
+    log = artifacts.parent / "team-mlflow.log"
+    command = [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres.uri, "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1", "--artifacts-destination", str(artifacts)]
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            command,
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180  # the first start creates the schema (alembic migrations)
+        while not _answers(f"{url}/health"):
+            assert server.poll() is None, f"mlflow server exited {server.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"mlflow server not up in 180 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield url, artifacts
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _local_versions(home: Path) -> int:
+    """Model versions in the workspace's own sqlite registry."""
+    from registry.client import get_client
+
+    return len(get_client(Settings(home=home, mlflow_tracking_uri=None)).search_model_versions())
+
+
+def test_a_release_against_a_team_server_on_postgresql(
+    postgres: Postgres, team_server: tuple[str, Path], registry_workspace: Workspace, tmp_path: Path
+) -> None:
+    url, artifacts = team_server
+    home = registry_workspace.root
+    registry_workspace.set_params(**FAST)
+    name = ModelCard.read(home / "models").name
+    local_before = _local_versions(home)
+    team = {"MLFLOW_TRACKING_URI": url}
+    try:
+        # the workspace trained against its sqlite registry: register refuses to split a version from its run
+        stale = _dvc(registry_workspace, team, "repro", "--force", "--single-item", "register")
+        assert stale.returncode != 0 and "not in the registry at " + url in stale.stderr, stale.stderr
+        assert "dvc repro --force train" in stale.stderr and postgres.sql("select name from registered_models") == []
+        # what the message says: train on the team server, then the rest of the pipeline, unchanged
+        for args in (("repro", "--force", "--single-item", "train"), ("repro",)):
+            proc = _dvc(registry_workspace, team, *args)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert postgres.sql(f"select alias || '=' || version from registered_model_aliases where name = '{name}'") == [
+            "candidate=1"
+        ]
+        assert postgres.sql("select count(*) from runs where status = 'FINISHED'") >= ["1"]
+
+        ok(cli(home, "promote", "staging", "--by", "alice", **team))
+        ok(cli(home, "promote", "production", "--version", "1", "--force", "--reason", "first release", **team))
+
+        v2 = _register(make_variant(home / "models", tmp_path / "v2", "same"), home, name, url)
+        assert v2 == "2"
+        ok(cli(home, "promote", "staging", **team))
+        ok(cli(home, "promote", "production", "--version", v2, "--force", "--reason", "no canary in this test", **team))
+
+        rollback = subprocess.run(
+            [str(REPO / "scripts" / "rollback.sh"), "--reason", "team registry drill"],
+            cwd=home,
+            env=env_for(home, **team),
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+
+        aliases = postgres.sql(
+            f"select alias || '=' || version from registered_model_aliases where name = '{name}' order by alias"
+        )
+        assert aliases == ["candidate=2", "production=1", "staging=2"], aliases  # read from PostgreSQL itself
+        assert len(list(artifacts.rglob("model.pt"))) == 2  # both bundles live in the server's artifact store
+        assert _local_versions(home) == local_before  # nothing went to the workspace's sqlite registry
+        history = " ".join(ok(cli(home, "history", **team)).split())
+        assert "team registry drill" in history and "first release" in history
+    finally:
+        stop_everything(home)
+
+
+def _dvc(workspace: Workspace, team: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "dvc"), *args],
+        cwd=workspace.root,
+        env={**workspace.env, **team},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def _register(bundle: Path, home: Path, name: str, url: str) -> str:
+    from registry.register import register_bundle
+
+    settings = Settings(home=home, mlflow_tracking_uri=url)
+    version, _ = register_bundle(bundle, name, metrics={}, params={}, tags={"variant": "v2"}, settings=settings)
+    return str(version.version)
