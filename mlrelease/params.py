@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -78,8 +81,23 @@ class Params(_Section):
         return value
 
 
-class ParamsError(ValueError):
+class ConfigFileError(ValueError):
+    """A configuration file the user edits (params.yaml, a data contract) is missing or malformed."""
+
+
+class ParamsError(ConfigFileError):
     """params.yaml is missing, not YAML, or does not match the expected shape."""
+
+
+def run_stage(name: str, main: Callable[[], int]) -> int:
+    """A DVC stage's entry point: a mistake in a configuration file ends in one line naming the file and the bad
+    keys, not a traceback (the stage writes nothing)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return main()
+    except ConfigFileError as exc:
+        sys.stderr.write(f"{name}: {exc}\nFix that file, then `dvc repro`.\n")
+        return 1
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

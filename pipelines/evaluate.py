@@ -17,7 +17,7 @@ import torch
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
-from mlrelease.params import GateParams, Params, load_params
+from mlrelease.params import GateParams, Params, load_params, run_stage
 from pipelines.common import Split, load_checkpoint, predict_proba, read_split, write_json
 from pipelines.gates import Gate, at_least, gates_payload
 from pipelines.schema import DataContract, load_contract
@@ -156,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s", gate.line())
     if not all(g.passed for g in gates):
         failed = [g.line() for g in gates if not g.passed]
-        sys.stderr.write("evaluate: gate(s) failed, the model will not be registered:\n" + "\n".join(failed) + "\n")
+        sys.stderr.write(
+            "evaluate: gate(s) failed, the model will not be registered:\n"
+            + "\n".join(failed)
+            + "\nThe thresholds are `gates:` in params.yaml, the same for every model: improve this one (data, "
+            "`model:` or `train:` params), then `dvc repro`.\n"
+        )
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit(run_stage("evaluate", main))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mlrelease.modelcard import CARD_FILE, MODEL_FILE, REFERENCE_FILE, ModelCard, Standardization, sha256_file
-from mlrelease.params import ExportParams, load_params
+from mlrelease.params import ExportParams, load_params, run_stage
 from pipelines.common import load_checkpoint, predict_proba, read_numeric, read_split, write_json
 from pipelines.evaluate import EDGE_SCALE, edge_inputs
 from pipelines.gates import Gate, at_most, gates_payload
@@ -239,5 +239,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit(run_stage("export", main))

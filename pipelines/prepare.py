@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from mlrelease.params import DataParams, load_params
+from mlrelease.params import DataParams, load_params, run_stage
 from pipelines.data import DataSourceError, load_source
 from pipelines.schema import DataContract, load_contract
 from pipelines.validate import (
@@ -104,5 +104,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit(run_stage("prepare", main))

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from mlrelease.params import Params, load_params
+from mlrelease.params import Params, load_params, run_stage
 from pipelines.common import read_numeric, write_json
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,21 @@ def flat_params(params: Params) -> dict[str, Any]:
     }
 
 
+def registry_problem(exc: Exception, run_id: str) -> str:
+    """What went wrong with the registry, and what to do. The common case by name: the training run is on another
+    server (MLFLOW_TRACKING_URI changed after `train` ran, which DVC cannot see), so the version would lose it."""
+    from mlrelease.settings import get_settings
+
+    uri = get_settings().tracking_uri
+    if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" and run_id in str(exc):
+        return (
+            f"the training run {run_id} (models/train_run.json) is not in the registry at {uri}: train and "
+            "register must log to the same MLflow server. Train there first: `dvc repro --force train`, then "
+            "`dvc repro`"
+        )
+    return f"the registry at {uri} refused or could not be reached ({exc}); check MLFLOW_TRACKING_URI, then `dvc repro`"
+
+
 def main(argv: list[str] | None = None) -> int:
     """DVC entry point: check gates, register (or reuse) the version, write reports/registration.json."""
     from mlflow.exceptions import MlflowException
@@ -121,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    run_id = ""
     try:
         require_passed(args.eval_gates, args.export_report)
         metrics = read_numeric(args.metrics)
@@ -145,10 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"register: {exc!r}; nothing was registered\n")
         return 1
     except MlflowException as exc:
-        sys.stderr.write(
-            f"register: the registry refused or could not be reached ({exc}); check "
-            "MLFLOW_TRACKING_URI and re-run `dvc repro`\n"
-        )
+        sys.stderr.write(f"register: {registry_problem(exc, run_id)}; nothing was registered\n")
         return 1
     write_json(
         args.out,
@@ -167,5 +180,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit(run_stage("register", main))

@@ -14,6 +14,8 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mlrelease.params import ConfigFileError
+
 MAX_EXAMPLES = 5
 
 
@@ -62,7 +64,7 @@ class DataContract(BaseModel):
         return [str(label) for label in self.target.labels]
 
 
-class SchemaFileError(ValueError):
+class SchemaFileError(ConfigFileError):
     """The schema file itself is missing or malformed."""
 
 

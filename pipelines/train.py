@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlrelease.params import Params, load_params
+from mlrelease.params import Params, load_params, run_stage
 from pipelines.common import Split, read_split, save_checkpoint, seed_everything, write_json
 from pipelines.model import TabularClassifier, build_model
 from pipelines.schema import load_contract
@@ -141,5 +141,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit(run_stage("train", main))

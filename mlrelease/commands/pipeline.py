@@ -33,11 +33,31 @@ def _gates_table() -> Table:
     return table
 
 
+def _registration() -> dict[str, Any]:
+    """reports/registration.json when this run wrote it: older than the gate reports means a later run stopped
+    before registering (DVC leaves the old file in place), so it is not this run's model."""
+    path = REPORTS / "registration.json"
+    if not path.is_file():
+        return {}
+    gates = [REPORTS / "evaluate_gates.json", REPORTS / "export.json"]
+    if any(g.is_file() and g.stat().st_mtime > path.stat().st_mtime for g in gates):
+        return {}
+    return _load_json(path)
+
+
 def _registry_rows(registration: dict[str, Any]) -> list[tuple[str, str]]:
+    from mlflow.exceptions import MlflowException
+
     from registry.client import get_client
 
     client = get_client()
-    version = client.get_model_version(registration["model_name"], str(registration["version"]))
+    try:
+        version = client.get_model_version(registration["model_name"], str(registration["version"]))
+    except MlflowException as exc:
+        return [
+            ("model", f"{registration['model_name']} version {registration['version']}"),
+            ("registry", f"cannot read it ({exc.error_code}): is MLFLOW_TRACKING_URI the registry the pipeline used?"),
+        ]
     tags = version.tags
     return [
         ("model", f"{version.name} version {version.version}" + ("" if registration["created"] else " (existing)")),
@@ -58,9 +78,13 @@ def _all_gates() -> list[tuple[str, dict[str, Any]]]:
 
 
 def summary_markdown(registration: dict[str, Any]) -> str:
-    """The same summary as Markdown, for a CI job summary."""
-    lines = ["## Registered model", "", "| | |", "|---|---|"]
-    lines += [f"| {key} | `{value}` |" for key, value in _registry_rows(registration)]
+    """The same summary as Markdown, for a CI job summary; without a registration, which gates failed."""
+    lines = ["## Registered model", ""]
+    if registration:
+        lines += ["| | |", "|---|---|"]
+        lines += [f"| {key} | `{value}` |" for key, value in _registry_rows(registration)]
+    else:
+        lines.append(f"**No model was registered.** {_why_not_registered()}")
     lines += ["", "## Gates", "", "| stage | gate | value | threshold | result |", "|---|---|---|---|---|"]
     lines += [
         f"| {stage} | {g['name']} | {g['value']} | {g['threshold']} | {'PASS' if g['passed'] else 'FAIL'} |"
@@ -69,15 +93,27 @@ def summary_markdown(registration: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _why_not_registered() -> str:
+    failed = [f"`{g['name']}` ({g['value']} vs {g['threshold']})" for _, g in _all_gates() if not g["passed"]]
+    if failed:
+        return (
+            f"Failed gates: {', '.join(failed)}. Thresholds are data: `gates:` and `export:` in params.yaml; "
+            "improve the model rather than loosen them."
+        )
+    return "The pipeline stopped before its gates ran (or never ran: `mlrelease run`); see its log."
+
+
 def summary(markdown: bool = False) -> None:
     """Print what the pipeline produced: registered version, aliases, gates and where the reports are."""
-    registration = _load_json(REPORTS / "registration.json")
-    if not registration:
-        err_console.print("[red]No registration found[/] (reports/registration.json): run `dvc repro` first.")
-        raise typer.Exit(1)
+    registration = _registration()
     if markdown:
         typer.echo(summary_markdown(registration))
-        return
+        raise typer.Exit(0 if registration else 1)
+    if not registration:
+        err_console.print(f"[red]No model was registered by the last run.[/] {_why_not_registered()}")
+        if _all_gates():
+            console.print(_gates_table())
+        raise typer.Exit(1)
     table = Table(title="Registered model", show_header=False)
     for key, value in _registry_rows(registration):
         table.add_row(key, value)
@@ -90,6 +126,43 @@ def summary(markdown: bool = False) -> None:
     files = sorted(str(p) for p in REPORTS.rglob("*") if p.is_file() and p.name != ".gitkeep")
     console.print("Reports: " + ", ".join(files))
     console.print("Bundle: models/model.pt, models/model_card.json, models/reference_stats.json")
+
+
+def compare(base: str, markdown: bool, accept: bool) -> None:
+    """Body of `mlrelease compare`."""
+    import yaml
+
+    from mlrelease.compare import compare_with
+    from mlrelease.compare import markdown as comparison_markdown
+
+    head = _load_json(REPORTS / "metrics.json")
+    if not head:
+        err_console.print("[red]No reports/metrics.json[/]: the pipeline stopped before evaluate; see its log.")
+        raise typer.Exit(1)
+    try:
+        result = compare_with(base, head, yaml.safe_load(Path("params.yaml").read_text()) or {})
+    except ValueError as exc:
+        err_console.print(f"[red]compare:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if result is None:
+        typer.echo(f"{base} has no committed reports/metrics.json: nothing to compare with (a first model).")
+        return
+    text = comparison_markdown(result, base)
+    if markdown:
+        typer.echo(text)
+    else:
+        console.print(text, markup=False, highlight=False)
+    if result.passed:
+        return
+    what = [f"{row.name} {row.head} vs base {row.base}" for row in result.regressions] + result.loosened
+    if accept:
+        err_console.print(f"accepted (--accept): {'; '.join(what)}")
+        return
+    err_console.print(
+        f"[red]compare: this change falls behind {base}:[/] {'; '.join(what)}. Improve the model, or have a "
+        "reviewer accept it (the pull request's `accept-regression` label runs this with --accept)."
+    )
+    raise typer.Exit(1)
 
 
 def _dvc() -> str:
@@ -121,6 +194,16 @@ def register(app: typer.Typer) -> None:
     def summary_cmd(markdown: bool = typer.Option(False, help="Markdown, for CI job summaries")) -> None:
         """Show the registered version, its aliases, the gates and the reports."""
         summary(markdown)
+
+    @app.command("compare")
+    def compare_cmd(
+        base: str = typer.Option(..., help="Git ref of the base branch, e.g. origin/main"),
+        markdown: bool = typer.Option(False, help="Markdown, for CI job summaries"),
+        accept: bool = typer.Option(False, "--accept", help="Report a regression or loosened gate, but exit 0"),
+    ) -> None:
+        """This workspace's model against the base branch's committed one: accuracy and AUC within the base's
+        champion tolerance, gate thresholds not loosened (exit 1 otherwise, unless --accept)."""
+        compare(base, markdown, accept)
 
     @app.command("demo")
     def demo_cmd() -> None:

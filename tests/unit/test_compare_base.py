@@ -1,0 +1,112 @@
+"""A pull request's model against its base branch (`mlrelease compare`) and the job summary of a failed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mlrelease.cli import app
+from mlrelease.compare import compare_metrics, compare_with, loosened_gates
+
+BASE_METRICS = {"accuracy": 0.97, "roc_auc": 0.99, "f1": 0.98, "precision": 0.98, "recall": 0.97}
+PARAMS = {"gates": {"min_accuracy": 0.95, "min_roc_auc": 0.98, "champion_tolerance": 0.01}, "export": {}}
+
+
+def test_gated_metrics_may_trail_the_base_by_the_tolerance_only() -> None:
+    rows = {r.name: r for r in compare_metrics(BASE_METRICS, {**BASE_METRICS, "accuracy": 0.9601}, 0.01)}
+    assert rows["accuracy"].passed is True and rows["roc_auc"].passed is True
+    assert rows["f1"].passed is None  # shown, not gated
+    rows = {r.name: r for r in compare_metrics(BASE_METRICS, {**BASE_METRICS, "accuracy": 0.9599}, 0.01)}
+    assert rows["accuracy"].passed is False and rows["accuracy"].delta == pytest.approx(-0.0101)
+    missing = {r.name: r for r in compare_metrics(BASE_METRICS, {"accuracy": 0.99}, 0.01)}
+    assert missing["roc_auc"].passed is False  # a gated metric the PR no longer reports fails
+
+
+def test_loosened_gates_are_named_tightened_ones_are_not() -> None:
+    head = {
+        "gates": {"min_accuracy": 0.85, "min_roc_auc": 0.99, "champion_tolerance": 0.05},
+        "export": {"max_p95_ms_batch1": 100},
+    }
+    base = {**PARAMS, "export": {"max_p95_ms_batch1": 150}}
+    assert loosened_gates(base, head) == ["gates.min_accuracy: 0.95 -> 0.85", "gates.champion_tolerance: 0.01 -> 0.05"]
+    assert loosened_gates(base, base) == []
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A git repository whose `base` branch committed metrics and params, checked out on `feature`."""
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e.invalid"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e.invalid"}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "metrics.json").write_text(json.dumps(BASE_METRICS))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    for args in (
+        ["init", "-q", "-b", "base"],
+        ["add", "-A"],
+        ["commit", "-q", "-m", "base"],
+        ["checkout", "-qb", "feature"],
+    ):
+        subprocess.run(["git", *args], cwd=tmp_path, env=env, check=True)
+    return tmp_path
+
+
+def test_the_pr_cannot_widen_its_own_tolerance(repo: Path) -> None:
+    head_params = {"gates": {**PARAMS["gates"], "champion_tolerance": 0.5}}
+    result = compare_with("base", {**BASE_METRICS, "accuracy": 0.90}, head_params)
+    assert result is not None and result.tolerance == 0.01  # the base branch's
+    assert [r.name for r in result.regressions] == ["accuracy"]
+    assert result.loosened == ["gates.champion_tolerance: 0.01 -> 0.5"] and not result.passed
+
+
+def test_compare_command_fails_a_regression_and_accept_lets_it_through(repo: Path) -> None:
+    (repo / "reports" / "metrics.json").write_text(json.dumps({**BASE_METRICS, "roc_auc": 0.95}))
+    runner = CliRunner()
+    failed = runner.invoke(app, ["compare", "--base", "base", "--markdown"])
+    assert failed.exit_code == 1, failed.output
+    assert (
+        "## Model vs base: **FAILED**" in failed.output
+        and "| roc_auc | 0.9900 | 0.9500 | -0.0400 | FAIL" in failed.output
+    )
+    assert "accept-regression" in " ".join(failed.output.split())
+    accepted = runner.invoke(app, ["compare", "--base", "base", "--accept"])
+    assert accepted.exit_code == 0 and "accepted (--accept): roc_auc 0.95 vs base 0.99" in accepted.output
+    (repo / "reports" / "metrics.json").write_text(json.dumps(BASE_METRICS))
+    assert runner.invoke(app, ["compare", "--base", "base"]).exit_code == 0
+
+
+def test_compare_without_base_metrics_or_a_known_ref(repo: Path) -> None:
+    runner = CliRunner()
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e.invalid"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e.invalid"}
+    subprocess.run(["git", "rm", "-q", "--cached", "reports/metrics.json"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "no metrics"], cwd=repo, env=env, check=True)
+    first = runner.invoke(app, ["compare", "--base", "feature"])  # a base that never committed metrics
+    assert first.exit_code == 0 and "nothing to compare with" in first.output
+    unknown = runner.invoke(app, ["compare", "--base", "no-such-branch"])
+    assert unknown.exit_code == 2 and "fetch the base branch" in " ".join(unknown.output.split())
+
+
+def test_summary_of_a_run_that_failed_a_gate_names_the_gate(repo: Path) -> None:
+    gates = {"gates": [{"name": "min_accuracy", "value": 0.877, "threshold": ">= 0.95", "passed": False, "detail": ""}]}
+    (repo / "reports" / "evaluate_gates.json").write_text(json.dumps(gates))
+    result = CliRunner().invoke(app, ["summary", "--markdown"])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "**No model was registered.** Failed gates: `min_accuracy` (0.877 vs >= 0.95)" in text
+    assert "| evaluate | min_accuracy | 0.877 | >= 0.95 | FAIL |" in text
+
+
+def test_a_registration_older_than_the_gates_is_not_this_runs(repo: Path) -> None:
+    registration = repo / "reports" / "registration.json"
+    registration.write_text(json.dumps({"model_name": "m", "version": 3, "created": True, "model_uri": "models:/m/3"}))
+    os.utime(registration, (1, 1))
+    (repo / "reports" / "evaluate_gates.json").write_text(json.dumps({"gates": []}))
+    result = CliRunner().invoke(app, ["summary", "--markdown"])
+    assert result.exit_code == 1 and "No model was registered" in result.output
