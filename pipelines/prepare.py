@@ -16,7 +16,7 @@ from sklearn.model_selection import train_test_split
 
 from mlrelease.params import DataParams, load_params, run_stage
 from pipelines.data import DataSourceError, load_source
-from pipelines.schema import DataContract, load_contract
+from pipelines.schema import DataContract, SchemaFileError, load_contract
 from pipelines.validate import (
     DataValidationError,
     ValidationResult,
@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     contract = load_contract(params.data.schema_path)
+    if contract.target.name != params.data.target:
+        raise SchemaFileError(
+            f"params.yaml data.target is {params.data.target!r} but {params.data.schema_path} names the target "
+            f"{contract.target.name!r}: make the two the same"
+        )
     try:
         raw = load_source(params.data.source, params.data.target)
         splits = prepare(raw, contract, params.data, params.seed)

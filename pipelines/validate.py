@@ -68,6 +68,15 @@ def _column_of(case: dict[str, Any]) -> str:
     return str(case["column"])
 
 
+# pandera's checks of the table's shape, said in the contract's terms (the value alone, the column's name, says little)
+STRUCTURAL = {
+    "column_in_schema": "the data has a column the contract does not list: add {column!r} to the contract's "
+    "features, or drop it from the data source",
+    "column_in_dataframe": "the contract lists {column!r}, the data has no such column: add it to the data, or "
+    "remove it from the contract (a model trained without it is a new input contract)",
+}
+
+
 def _summarize(cases: pd.DataFrame, df: pd.DataFrame) -> list[dict[str, Any]]:
     """Group pandera failure cases by column and check, with a few example values and rows."""
     failures = []
@@ -82,7 +91,10 @@ def _summarize(cases: pd.DataFrame, df: pd.DataFrame) -> list[dict[str, Any]]:
             elif index in df.index:
                 row = {str(k): _jsonable(v) for k, v in df.loc[index].items()}
             examples.append({"row": _jsonable(index), "value": _jsonable(case["failure_case"]), "data": row})
-        failures.append({"column": str(column), "check": str(check), "count": len(group), "examples": examples})
+        failure = {"column": str(column), "check": str(check), "count": len(group), "examples": examples}
+        if str(check) in STRUCTURAL:
+            failure["message"] = STRUCTURAL[str(check)].format(column=column)
+        failures.append(failure)
     return failures
 
 

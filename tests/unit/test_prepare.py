@@ -74,3 +74,26 @@ def test_gate_thresholds_below_the_floor_are_refused(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match="min_accuracy"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_a_config_mistake_ends_the_stage_in_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """params.yaml's target and the contract's disagree: the stage names both, writes nothing, exits 1."""
+    import subprocess
+    import sys
+
+    text = (REPO / "params.yaml").read_text().replace("target: target ", "target: label  ")
+    text = text.replace("schemas/breast_cancer.yaml", str(REPO / "schemas" / "breast_cancer.yaml"))
+    text = text.replace("datasets/breast_cancer.sklearn", str(REPO / "datasets" / "breast_cancer.sklearn"))
+    (tmp_path / "params.yaml").write_text(text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.prepare", "--out", "out", "--report", "report.json"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "params.yaml data.target is 'label' but" in proc.stderr and "names the target 'target'" in proc.stderr
+    assert "Fix that file, then `dvc repro`." in proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "report.json").exists()

@@ -109,3 +109,14 @@ def test_parquet_is_accepted(tmp_path: Path) -> None:
     good_frame().to_parquet(path)
     assert validate_file(path, CONTRACT).valid
     pd.read_parquet(path)
+
+
+def test_a_column_added_or_dropped_is_said_in_the_contracts_terms() -> None:
+    result = validate_frame(good_frame().drop(columns=["mean area"]).assign(extra=1.0), CONTRACT)
+    messages = {f["check"]: f["message"] for f in result.failures}
+    assert messages == {
+        "column_in_schema": "the data has a column the contract does not list: add 'extra' to the contract's "
+        "features, or drop it from the data source",
+        "column_in_dataframe": "the contract lists 'mean area', the data has no such column: add it to the data, "
+        "or remove it from the contract (a model trained without it is a new input contract)",
+    }
