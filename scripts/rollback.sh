@@ -2,6 +2,8 @@
 # Incident rollback: all production traffic back to the previous (or --to) version, no analysis; idempotent.
 # Usage: scripts/rollback.sh [--to VERSION] [--reason TEXT] [--by NAME] [--dry-run]   (works from any cwd)
 set -euo pipefail
+# the command's start, to the microsecond, for "traffic moved N s after the command started" (bash 5, no fork)
+export MLRELEASE_COMMAND_STARTED="${EPOCHREALTIME:-}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 if [ ! -x "$repo/.venv/bin/mlrelease" ]; then

@@ -115,3 +115,21 @@ def test_the_fast_path_leaves_arguments_it_cannot_read_to_the_full_command() -> 
     assert _args(["--t", "5"]) is None  # no abbreviations: click would refuse it, so must the fast path
     assert _args(["--reason", "-x"]) is None
     assert _args(["--bogus"]) is None
+
+
+def test_the_command_start_is_rollback_shs_own_clock_when_it_is_plausible(monkeypatch: pytest.MonkeyPatch) -> None:
+    """psutil's process start is relative to a boot time in whole seconds: up to a second off."""
+    import time
+
+    import psutil
+
+    from registry.fast_rollback import STARTED_VAR, process_started
+
+    kernel = psutil.Process().create_time()
+    monkeypatch.setenv(STARTED_VAR, f"{kernel - 0.4:.6f}".replace(".", ","))  # a comma locale's EPOCHREALTIME
+    assert process_started() == pytest.approx(kernel - 0.4)
+    monkeypatch.setenv(STARTED_VAR, f"{time.time() - 3600:.6f}")  # another command's stamp, exported long ago
+    assert process_started() == kernel
+    for junk in ("", "soon"):
+        monkeypatch.setenv(STARTED_VAR, junk)
+        assert process_started() == kernel
