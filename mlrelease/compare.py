@@ -19,6 +19,7 @@ import yaml
 GATED_METRICS = ("accuracy", "roc_auc")
 SHOWN_METRICS = ("f1", "precision", "recall")
 # Gate thresholds and which way loosens them: "min" thresholds loosen downwards, "max" ones upwards.
+# A threshold the PR deletes falls back to its code default, so a deletion is named too.
 THRESHOLDS: dict[str, str] = {
     "gates.min_accuracy": "min",
     "gates.min_roc_auc": "min",
@@ -26,6 +27,10 @@ THRESHOLDS: dict[str, str] = {
     "export.parity_atol": "max",
     "export.max_mean_ms_batch1": "max",
     "export.max_p95_ms_batch1": "max",
+    "loadtest.slo.p95_ms": "max",
+    "loadtest.slo.p99_ms": "max",
+    "loadtest.slo.max_error_rate": "max",
+    "loadtest.slo.min_rps": "min",
 }
 
 
@@ -48,6 +53,7 @@ class Comparison:
     rows: list[MetricRow]
     tolerance: float
     loosened: list[str]
+    tolerance_from: str = "the base branch's params.yaml"
 
     @property
     def regressions(self) -> list[MetricRow]:
@@ -58,19 +64,20 @@ class Comparison:
         return not self.regressions and not self.loosened
 
 
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=False)  # fixed argv, no shell
+
+
 def git_show(ref: str, path: str) -> str | None:
-    """A file's text at ``ref``, or None when the file does not exist there."""
-    proc = subprocess.run(  # fixed git argv, no shell
-        ["git", "show", f"{ref}:{path}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode == 0:
-        return proc.stdout
-    if "does not exist" in proc.stderr or "exists on disk, but not in" in proc.stderr:
+    """A file's text at ``ref``, or None when the file does not exist there; ValueError for an unknown ref."""
+    if _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode != 0:
+        raise ValueError(f"git does not know {ref!r} (fetch the base branch first, e.g. fetch-depth: 0)")
+    if _git("cat-file", "-e", f"{ref}:{path}").returncode != 0:
         return None
-    raise ValueError(f"git cannot read {path} at {ref!r}: {proc.stderr.strip()} (fetch the base branch first)")
+    proc = _git("show", f"{ref}:{path}")
+    if proc.returncode != 0:
+        raise ValueError(f"git cannot read {path} at {ref!r}: {proc.stderr.strip()}")
+    return proc.stdout
 
 
 def compare_metrics(base: dict[str, Any], head: dict[str, Any], tolerance: float) -> list[MetricRow]:
@@ -90,9 +97,11 @@ def loosened_gates(base_params: dict[str, Any], head_params: dict[str, Any]) -> 
     found = []
     for key, kind in THRESHOLDS.items():
         b, h = _number(_lookup(base_params, key)), _number(_lookup(head_params, key))
-        if b is None or h is None:
+        if b is None:
             continue
-        if (kind == "min" and h < b) or (kind == "max" and h > b):
+        if h is None:
+            found.append(f"{key}: {b:g} -> removed (the code's default applies)")
+        elif (kind == "min" and h < b) or (kind == "max" and h > b):
             found.append(f"{key}: {b:g} -> {h:g}")
     return found
 
@@ -104,22 +113,29 @@ def compare_with(ref: str, head_metrics: dict[str, Any], head_params: dict[str, 
         return None
     base_params = yaml.safe_load(git_show(ref, "params.yaml") or "{}") or {}
     tolerance = _number(_lookup(base_params, "gates.champion_tolerance"))
+    source = f"{ref}'s params.yaml"
     if tolerance is None:
         tolerance = _number(_lookup(head_params, "gates.champion_tolerance")) or 0.0
+        source = f"this change's params.yaml ({ref} sets none)"
     rows = compare_metrics(json.loads(base_text), head_metrics, tolerance)
-    return Comparison(rows, tolerance, loosened_gates(base_params, head_params))
+    return Comparison(rows, tolerance, loosened_gates(base_params, head_params), source)
 
 
-def markdown(comparison: Comparison, ref: str) -> str:
-    """The comparison as a Markdown section for a job summary."""
+def markdown(comparison: Comparison, ref: str, accepted: bool = False) -> str:
+    """The comparison as a Markdown section for a job summary (a failure a reviewer accepted says so)."""
     verdict = "passed" if comparison.passed else "**FAILED**"
+    if accepted and not comparison.passed:
+        verdict = "**FAILED, accepted** by a reviewer (`accept-regression`)"
     lines = [f"## Model vs {ref}: {verdict}", "", "| metric | base | this PR | change | gate |"]
     lines.append("|---|---:|---:|---:|---|")
     fail = f"FAIL (more than {comparison.tolerance:g} below base)"
     for row in comparison.rows:
         gate = "-" if row.passed is None else ("PASS" if row.passed else fail)
         lines.append(f"| {row.name} | {_fmt(row.base)} | {_fmt(row.head)} | {_fmt(row.delta, signed=True)} | {gate} |")
-    lines += ["", f"Tolerance: `gates.champion_tolerance` = {comparison.tolerance:g}, from {ref}'s params.yaml."]
+    lines += [
+        "",
+        f"Tolerance: `gates.champion_tolerance` = {comparison.tolerance:g}, from {comparison.tolerance_from}.",
+    ]
     if comparison.loosened:
         lines += ["", "**Gate thresholds loosened by this PR** (every later model is held to these):"]
         lines += [f"- `{item}`" for item in comparison.loosened]
@@ -127,6 +143,7 @@ def markdown(comparison: Comparison, ref: str) -> str:
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    """``tree["a"]["b"]`` for ``"a.b"``; None where a level is missing or not a mapping."""
     node: Any = tree
     for part in dotted.split("."):
         if not isinstance(node, dict):
@@ -136,10 +153,12 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
 
 
 def _number(value: Any) -> float | None:
+    """A YAML or JSON number as a float; None for anything else (booleans included)."""
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:
+    """Four decimals for the table, "-" for a missing figure."""
     if value is None:
         return "-"
     return f"{value:+.4f}" if signed else f"{value:.4f}"

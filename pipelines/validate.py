@@ -75,9 +75,13 @@ STRUCTURAL = {
     "column_in_dataframe": "the contract lists {column!r}, the data has no such column: add it to the data, or "
     "remove it from the contract (a model trained without it is a new input contract)",
 }
+NO_TARGET = (
+    "the data has no label column {column!r} (the contract's target): a labelled table is needed here; check "
+    "data.target in params.yaml and the contract's target name"
+)
 
 
-def _summarize(cases: pd.DataFrame, df: pd.DataFrame) -> list[dict[str, Any]]:
+def _summarize(cases: pd.DataFrame, df: pd.DataFrame, target: str | None = None) -> list[dict[str, Any]]:
     """Group pandera failure cases by column and check, with a few example values and rows."""
     failures = []
     cases = cases.assign(column=[_column_of(c) for c in cases.to_dict("records")], check=cases["check"].astype(str))
@@ -92,7 +96,9 @@ def _summarize(cases: pd.DataFrame, df: pd.DataFrame) -> list[dict[str, Any]]:
                 row = {str(k): _jsonable(v) for k, v in df.loc[index].items()}
             examples.append({"row": _jsonable(index), "value": _jsonable(case["failure_case"]), "data": row})
         failure = {"column": str(column), "check": str(check), "count": len(group), "examples": examples}
-        if str(check) in STRUCTURAL:
+        if str(check) == "column_in_dataframe" and column == target:
+            failure["message"] = NO_TARGET.format(column=column)
+        elif str(check) in STRUCTURAL:
             failure["message"] = STRUCTURAL[str(check)].format(column=column)
         failures.append(failure)
     return failures
@@ -106,7 +112,7 @@ def validate_frame(df: pd.DataFrame, contract: DataContract, name: str = "data")
     try:
         to_pandera(contract).validate(df, lazy=True)
     except pandera.errors.SchemaErrors as exc:
-        result.failures = _summarize(exc.failure_cases, df)
+        result.failures = _summarize(exc.failure_cases, df, contract.target.name)
     return result
 
 

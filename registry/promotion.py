@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -376,22 +377,23 @@ class Promoter:
         from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest, write_gate_rows
 
         out = self.reports_dir / f"loadtest_staging_v{version}.json"
-        rows_csv = out.with_name(f"{out.stem}_rows.csv")
         test_csv = self.settings.home / "data" / "prepared" / "test.csv"
-        payload = write_gate_rows(bundle, test_csv, self.target_column, self.params.load_gate_rows, rows_csv)
-        try:
-            params = self.loadtest or LoadtestParams.model_validate({})
-            report = run_loadtest(
-                url,
-                params,
-                rows_csv,
-                self.target_column,
-                out,
-                out.with_suffix(".html"),
-                self.settings.prediction_headers(),
-            )
-        except LoadtestError as exc:
-            raise PromotionError(f"load-test gate could not run: {exc}") from exc
+        with tempfile.TemporaryDirectory(prefix="mlrelease-gate-") as tmp:
+            rows_csv = Path(tmp) / "rows.csv"
+            payload = write_gate_rows(bundle, test_csv, self.target_column, self.params.load_gate_rows, rows_csv)
+            try:
+                params = self.loadtest or LoadtestParams.model_validate({})
+                report = run_loadtest(
+                    url,
+                    params,
+                    rows_csv,
+                    self.target_column,
+                    out,
+                    out.with_suffix(".html"),
+                    self.settings.prediction_headers(),
+                )
+            except LoadtestError as exc:
+                raise PromotionError(f"load-test gate could not run: {exc}") from exc
         if report["breaches"]:
             raise PromotionError(f"load-test gate: {'; '.join(report['breaches'])} (report {out})")
         stats = report["stats"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest, wait_ready
 from mlrelease.net import free_port, stop_process
-from mlrelease.params import load_params, section
+from mlrelease.params import load_params, run_stage, section
 from mlrelease.settings import get_settings
 
 log = logging.getLogger("deploy.loadtest.stage")
@@ -89,4 +89,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stage("loadtest", main))

@@ -33,16 +33,16 @@ def _gates_table() -> Table:
     return table
 
 
-def _registration() -> dict[str, Any]:
-    """reports/registration.json when this run wrote it: older than the gate reports means a later run stopped
-    before registering (DVC leaves the old file in place), so it is not this run's model."""
-    path = REPORTS / "registration.json"
-    if not path.is_file():
+def _registration(bundle: Path = Path("models")) -> dict[str, Any]:
+    """reports/registration.json when it registered the model now in ``bundle``: a later run that stopped before
+    register leaves the old file in place (DVC does not delete it), and its sha256 then names another model."""
+    registration = _load_json(REPORTS / "registration.json")
+    card = _load_json(bundle / "model_card.json")
+    if registration and registration.get("artifact_sha256") != card.get("sha256"):
         return {}
-    gates = [REPORTS / "evaluate_gates.json", REPORTS / "export.json"]
-    if any(g.is_file() and g.stat().st_mtime > path.stat().st_mtime for g in gates):
-        return {}
-    return _load_json(path)
+    if any(not gate["passed"] for _, gate in _all_gates()):
+        return {}  # this run's gates failed: the registration (and maybe the bundle) are an earlier run's
+    return registration
 
 
 def _registry_rows(registration: dict[str, Any]) -> list[tuple[str, str]]:
@@ -94,12 +94,16 @@ def summary_markdown(registration: dict[str, Any]) -> str:
 
 
 def _why_not_registered() -> str:
-    failed = [f"`{g['name']}` ({g['value']} vs {g['threshold']})" for _, g in _all_gates() if not g["passed"]]
+    """One sentence for a summary without a registration: the failed gates by name, or where the run stopped."""
+    gates = _all_gates()
+    failed = [f"`{g['name']}` ({g['value']} vs {g['threshold']})" for _, g in gates if not g["passed"]]
     if failed:
         return (
             f"Failed gates: {', '.join(failed)}. Thresholds are data: `gates:` and `export:` in params.yaml; "
             "improve the model rather than loosen them."
         )
+    if gates:
+        return "Every gate passed; register (or a stage before it) failed: see the pipeline's log."
     return "The pipeline stopped before its gates ran (or never ran: `mlrelease run`); see its log."
 
 
@@ -140,14 +144,15 @@ def compare(base: str, markdown: bool, accept: bool) -> None:
         err_console.print("[red]No reports/metrics.json[/]: the pipeline stopped before evaluate; see its log.")
         raise typer.Exit(1)
     try:
-        result = compare_with(base, head, yaml.safe_load(Path("params.yaml").read_text()) or {})
-    except ValueError as exc:
+        params = yaml.safe_load(Path("params.yaml").read_text()) or {}
+        result = compare_with(base, head, params)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         err_console.print(f"[red]compare:[/] {exc}")
         raise typer.Exit(2) from exc
     if result is None:
         typer.echo(f"{base} has no committed reports/metrics.json: nothing to compare with (a first model).")
         return
-    text = comparison_markdown(result, base)
+    text = comparison_markdown(result, base, accepted=accept)
     if markdown:
         typer.echo(text)
     else:
@@ -170,8 +175,29 @@ def _dvc() -> str:
     return str(local) if local.exists() else (shutil.which("dvc") or "dvc")
 
 
-def run_pipeline(force: bool = False) -> int:
+def remove_outputs(dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
+    """Delete every output the pipeline declares (outs, metrics, plots; not dvc.lock), so that after a run each
+    report is that run's: committed reports are another commit's figures until their stage runs again."""
+    from pipelines.register import pipeline_outputs
+
+    removed = []
+    for name in sorted(pipeline_outputs(dvc_yaml) - {"dvc.lock"}):
+        path = Path(name)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def run_pipeline(force: bool = False, fresh: bool = False) -> int:
     """`dvc repro` with the project's interpreter first on PATH, so stages run in the same environment."""
+    if fresh:
+        removed = remove_outputs()
+        console.print(f"--fresh: removed {len(removed)} pipeline outputs ({', '.join(removed) or 'none'})")
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -186,9 +212,14 @@ def register(app: typer.Typer) -> None:
     """Add the pipeline commands to the CLI."""
 
     @app.command("run")
-    def run_cmd(force: bool = typer.Option(False, help="Re-run every stage even if nothing changed")) -> None:
+    def run_cmd(
+        force: bool = typer.Option(False, help="Re-run every stage even if nothing changed"),
+        fresh: bool = typer.Option(
+            False, help="Remove every output dvc.yaml declares first (CI: no committed report passes for this run's)"
+        ),
+    ) -> None:
         """Run the DVC pipeline (prepare -> validate -> train -> evaluate -> export -> register)."""
-        raise typer.Exit(run_pipeline(force))
+        raise typer.Exit(run_pipeline(force, fresh))
 
     @app.command("summary")
     def summary_cmd(markdown: bool = typer.Option(False, help="Markdown, for CI job summaries")) -> None:

@@ -123,9 +123,11 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
     # gate runs where no pipeline ran (no test split), as on a deployment host: rows from the version's own stats
     split = home / "data" / "prepared" / "test.csv"
     split.rename(split.with_name("test.csv.away"))
-    v2 = register(make_variant(bundle, tmp_path / "good", "same"), home, name, "good")
-    ok(cli(home, "promote", "staging"))
-    split.with_name("test.csv.away").rename(split)
+    try:
+        v2 = register(make_variant(bundle, tmp_path / "good", "same"), home, name, "good")
+        ok(cli(home, "promote", "staging"))
+    finally:
+        split.with_name("test.csv.away").rename(split)
     staged = [r for r in audit_actions(home) if r["action"] == "promote" and r["environment"] == "staging"]
     payloads = [r["evidence"]["loadtest"]["payload"] for r in staged if r["outcome"] == "done"]
     assert "from the test split" in payloads[0] and "reference statistics" in payloads[-1], payloads

@@ -60,7 +60,7 @@ class Postgres:
 
     @property
     def uri(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/mlflow"
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/mlflow"  # psycopg 3, whatever SQLAlchemy's default
 
     def sql(self, query: str) -> list[str]:
         """Rows of ``query`` from the mlflow database, each as 'a|b|...'."""
@@ -81,26 +81,44 @@ def postgres() -> Iterator[Postgres]:
     bindir = _pg_bindir()
     assert bindir is not None
     root = Path(tempfile.mkdtemp(prefix="mlrelease-pg-"))
-    as_user: tuple[str, ...] = ()
-    if os.geteuid() == 0:
-        account = pwd.getpwnam("postgres")
-        os.chown(root, account.pw_uid, account.pw_gid)
-        as_user = ("runuser", "-u", "postgres", "--")
-    db = Postgres(bindir, free_port(), as_user)
     data = root / "data"
-
-    def run(*args: str) -> None:
-        subprocess.run([*as_user, *args], capture_output=True, text=True, check=True, timeout=120)
-
-    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
-    options = f"-p {db.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "postgres.log"), "-w", "-o", options, "start")
+    as_user: tuple[str, ...] = ()
     try:
-        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(db.port), "-U", "postgres", "mlflow")
+        if os.geteuid() == 0:
+            account = pwd.getpwnam("postgres")
+            os.chown(root, account.pw_uid, account.pw_gid)
+            as_user = ("runuser", "-u", "postgres", "--")
+        db = Postgres(bindir, free_port(), as_user)
+        initdb = [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]
+        _run(as_user, root, *initdb)
+        options = f"-p {db.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        _run(
+            as_user,
+            root,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "log"),
+            "-w",
+            "-o",
+            options,
+            "start",
+        )
+        _run(as_user, root, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(db.port), "-U", "postgres", "mlflow")
         yield db
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False)
+        if (data / "postmaster.pid").exists():  # started, even when pg_ctl gave up waiting
+            subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(as_user: tuple[str, ...], root: Path, *args: str) -> None:
+    """A PostgreSQL program; on failure, its output and the server's log name the cause."""
+    proc = subprocess.run([*as_user, *args], capture_output=True, text=True, check=False, timeout=120)
+    if proc.returncode != 0:
+        log = (root / "log").read_text()[-2000:] if (root / "log").exists() else ""
+        raise AssertionError(f"{args[0]} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}\n{log}")
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +189,7 @@ def test_a_release_against_a_team_server_on_postgresql(
         assert postgres.sql(f"select alias || '=' || version from registered_model_aliases where name = '{name}'") == [
             "candidate=1"
         ]
-        assert postgres.sql("select count(*) from runs where status = 'FINISHED'") >= ["1"]
+        assert int(postgres.sql("select count(*) from runs where status = 'FINISHED'")[0]) >= 1
 
         ok(cli(home, "promote", "staging", "--by", "alice", **team))
         ok(cli(home, "promote", "production", "--version", "1", "--force", "--reason", "first release", **team))

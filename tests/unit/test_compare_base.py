@@ -36,6 +36,13 @@ def test_loosened_gates_are_named_tightened_ones_are_not() -> None:
     base = {**PARAMS, "export": {"max_p95_ms_batch1": 150}}
     assert loosened_gates(base, head) == ["gates.min_accuracy: 0.95 -> 0.85", "gates.champion_tolerance: 0.01 -> 0.05"]
     assert loosened_gates(base, base) == []
+    slo = {"loadtest": {"slo": {"p99_ms": 100, "min_rps": 200}}}
+    assert loosened_gates(slo, {"loadtest": {"slo": {"p99_ms": 250, "min_rps": 200}}}) == [
+        "loadtest.slo.p99_ms: 100 -> 250"
+    ]
+    assert loosened_gates(PARAMS, {"gates": {"min_accuracy": 0.95, "min_roc_auc": 0.98}}) == [
+        "gates.champion_tolerance: 0.01 -> removed (the code's default applies)"
+    ]
 
 
 @pytest.fixture
@@ -77,6 +84,7 @@ def test_compare_command_fails_a_regression_and_accept_lets_it_through(repo: Pat
     assert "accept-regression" in " ".join(failed.output.split())
     accepted = runner.invoke(app, ["compare", "--base", "base", "--accept"])
     assert accepted.exit_code == 0 and "accepted (--accept): roc_auc 0.95 vs base 0.99" in accepted.output
+    assert "## Model vs base: **FAILED, accepted** by a reviewer" in accepted.output  # the job summary says so too
     (repo / "reports" / "metrics.json").write_text(json.dumps(BASE_METRICS))
     assert runner.invoke(app, ["compare", "--base", "base"]).exit_code == 0
 
@@ -103,10 +111,23 @@ def test_summary_of_a_run_that_failed_a_gate_names_the_gate(repo: Path) -> None:
     assert "| evaluate | min_accuracy | 0.877 | >= 0.95 | FAIL |" in text
 
 
-def test_a_registration_older_than_the_gates_is_not_this_runs(repo: Path) -> None:
-    registration = repo / "reports" / "registration.json"
-    registration.write_text(json.dumps({"model_name": "m", "version": 3, "created": True, "model_uri": "models:/m/3"}))
-    os.utime(registration, (1, 1))
-    (repo / "reports" / "evaluate_gates.json").write_text(json.dumps({"gates": []}))
+def test_a_registration_of_another_model_or_with_failed_gates_is_not_this_runs(repo: Path) -> None:
+    """A run that stopped before register leaves the previous registration.json in place (DVC does not delete it)."""
+    registration = {"model_name": "m", "version": 3, "created": True, "model_uri": "models:/m/3"}
+    (repo / "reports" / "registration.json").write_text(json.dumps({**registration, "artifact_sha256": "aa"}))
+    (repo / "models").mkdir()
+    (repo / "models" / "model_card.json").write_text(json.dumps({"sha256": "bb"}))
     result = CliRunner().invoke(app, ["summary", "--markdown"])
     assert result.exit_code == 1 and "No model was registered" in result.output
+    assert "The pipeline stopped before its gates ran" in " ".join(result.output.split())
+    (repo / "models" / "model_card.json").write_text(json.dumps({"sha256": "aa"}))  # the same model ...
+    gates = {"gates": [{"name": "min_roc_auc", "value": 0.9, "threshold": ">= 0.98", "passed": False, "detail": ""}]}
+    (repo / "reports" / "evaluate_gates.json").write_text(json.dumps(gates))  # ... but this run failed a gate
+    result = CliRunner().invoke(app, ["summary", "--markdown"])
+    assert result.exit_code == 1 and "Failed gates: `min_roc_auc`" in " ".join(result.output.split())
+    (repo / "reports" / "evaluate_gates.json").write_text(json.dumps({"gates": []}))
+    passed = CliRunner().invoke(app, ["summary"])  # same model, nothing failed: the registry is asked about it
+    assert "No model was registered" not in passed.output
+    assert "cannot read it" in " ".join(
+        passed.output.split()
+    )  # this folder's registry never had it: said, no traceback

@@ -120,3 +120,8 @@ def test_a_column_added_or_dropped_is_said_in_the_contracts_terms() -> None:
         "column_in_dataframe": "the contract lists 'mean area', the data has no such column: add it to the data, "
         "or remove it from the contract (a model trained without it is a new input contract)",
     }
+    unlabelled = validate_frame(good_frame().drop(columns=["target"]), CONTRACT)
+    assert [f["message"] for f in unlabelled.failures] == [
+        "the data has no label column 'target' (the contract's target): a labelled table is needed here; check "
+        "data.target in params.yaml and the contract's target name"
+    ]

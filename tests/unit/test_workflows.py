@@ -53,3 +53,12 @@ def test_pr_workflow_never_uses_the_team_registry() -> None:
     text = (REPO / ".github" / "workflows" / "pr.yml").read_text()
     assert "sqlite:///${{ runner.temp }}" in text
     assert "secrets." not in text
+
+
+def test_pr_gates_that_pipe_into_tee_still_fail_the_step() -> None:
+    """Without pipefail (a step's default shell is `bash -e`), `mlrelease compare | tee` exits with tee's 0."""
+    doc = yaml.safe_load((REPO / ".github" / "workflows" / "pr.yml").read_text())
+    assert doc["defaults"]["run"]["shell"] == "bash"  # GitHub runs it as bash --noprofile --norc -eo pipefail
+    steps = [step for job in doc["jobs"].values() for step in job.get("steps", [])]
+    piped = [step["name"] for step in steps if "| tee" in step.get("run", "")]
+    assert piped and all("shell" not in step for step in steps if step.get("name") in piped)
