@@ -131,3 +131,22 @@ def test_a_registration_of_another_model_or_with_failed_gates_is_not_this_runs(r
     assert "cannot read it" in " ".join(
         passed.output.split()
     )  # this folder's registry never had it: said, no traceback
+
+
+def test_run_fresh_removes_what_dvc_yaml_declares_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlrelease.commands.pipeline import remove_outputs
+
+    monkeypatch.chdir(tmp_path)
+    stages = {
+        "a": {"cmd": "x", "outs": ["data/prepared", {"models/train_run.json": {"cache": False}}]},
+        "b": {"cmd": "y", "metrics": [{"reports/metrics.json": {"cache": False}}], "plots": ["reports/plots/roc.json"]},
+    }
+    Path("dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    for name in ("data/prepared/train.csv", "models/train_run.json", "models/keep.txt", "reports/metrics.json"):
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_text("x")
+    Path("dvc.lock").write_text("x")
+    assert remove_outputs() == ["data/prepared", "models/train_run.json", "reports/metrics.json"]
+    assert sorted(str(p) for p in Path().rglob("*") if p.is_file()) == ["dvc.lock", "dvc.yaml", "models/keep.txt"]
