@@ -18,20 +18,32 @@ import yaml
 # The champion gate's metrics (higher is better), then figures shown for context only.
 GATED_METRICS = ("accuracy", "roc_auc")
 SHOWN_METRICS = ("f1", "precision", "recall")
-# Gate thresholds and which way loosens them: "min" thresholds loosen downwards, "max" ones upwards.
-# A threshold the PR deletes falls back to its code default, so a deletion is named too.
-THRESHOLDS: dict[str, str] = {
-    "gates.min_accuracy": "min",
-    "gates.min_roc_auc": "min",
-    "gates.champion_tolerance": "max",
-    "export.parity_atol": "max",
-    "export.max_mean_ms_batch1": "max",
-    "export.max_p95_ms_batch1": "max",
-    "loadtest.slo.p95_ms": "max",
-    "loadtest.slo.p99_ms": "max",
-    "loadtest.slo.max_error_rate": "max",
-    "loadtest.slo.min_rps": "min",
-}
+
+
+def threshold_fields() -> dict[str, tuple[str, float | None]]:
+    """Every gate threshold in params.yaml as dotted key -> (the way that loosens it, its code default), read from
+    the pydantic fields that define them (marked with LOWER_IS_LAXER or HIGHER_IS_LAXER)."""
+    from pydantic import BaseModel
+
+    from deploy.image.build import BuildParams
+    from deploy.loadtest.runner import SLO
+    from mlrelease.params import ExportParams, GateParams
+    from registry.analysis import CanaryParams
+
+    sections: dict[str, type[BaseModel]] = {
+        "gates": GateParams,
+        "export": ExportParams,
+        "loadtest.slo": SLO,
+        "canary": CanaryParams,
+        "build": BuildParams,
+    }
+    found = {}
+    for section, model in sections.items():
+        for name, info in model.model_fields.items():
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and extra.get("loosens") in ("down", "up"):
+                found[f"{section}.{name}"] = (str(extra["loosens"]), _number(info.default))
+    return found
 
 
 @dataclass(frozen=True)
@@ -92,17 +104,20 @@ def compare_metrics(base: dict[str, Any], head: dict[str, Any], tolerance: float
     return rows
 
 
-def loosened_gates(base_params: dict[str, Any], head_params: dict[str, Any]) -> list[str]:
-    """Each threshold the head moved the loosening way, as 'key: base -> head'."""
+def loosened_gates(
+    base_params: dict[str, Any],
+    head_params: dict[str, Any],
+    thresholds: dict[str, tuple[str, float | None]] | None = None,
+) -> list[str]:
+    """Each threshold the head moved the loosening way, as 'key: base -> head'; a threshold the head deletes
+    counts with the code's default in its place."""
     found = []
-    for key, kind in THRESHOLDS.items():
+    for key, (loosens, default) in (thresholds or threshold_fields()).items():
         b, h = _number(_lookup(base_params, key)), _number(_lookup(head_params, key))
-        if b is None:
-            continue
-        if h is None:
-            found.append(f"{key}: {b:g} -> removed (the code's default applies)")
-        elif (kind == "min" and h < b) or (kind == "max" and h > b):
-            found.append(f"{key}: {b:g} -> {h:g}")
+        shown = f"{h:g}" if h is not None else f"removed (the code's default {default} applies)"
+        b, h = (default if b is None else b), (default if h is None else h)
+        if b is not None and h is not None and ((loosens == "down" and h < b) or (loosens == "up" and h > b)):
+            found.append(f"{key}: {b:g} -> {shown}")
     return found
 
 

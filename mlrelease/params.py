@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -42,19 +42,25 @@ class TrainParams(_Section):
     patience: int = Field(20, ge=1)
 
 
+# Gate thresholds carry the direction that loosens them, so `mlrelease compare` names a PR that does (one place:
+# the field that defines a threshold says which way is laxer).
+LOWER_IS_LAXER: dict[str, Any] = {"loosens": "down"}
+HIGHER_IS_LAXER: dict[str, Any] = {"loosens": "up"}
+
+
 class GateParams(_Section):
-    min_accuracy: float = Field(ge=0.8, le=1.0)
-    min_roc_auc: float = Field(ge=0.85, le=1.0)
-    champion_tolerance: float = Field(0.01, ge=0, le=1)
+    min_accuracy: float = Field(ge=0.8, le=1.0, json_schema_extra=LOWER_IS_LAXER)
+    min_roc_auc: float = Field(ge=0.85, le=1.0, json_schema_extra=LOWER_IS_LAXER)
+    champion_tolerance: float = Field(0.01, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
     behavioural_batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 16, 32])
 
 
 class ExportParams(_Section):
-    parity_atol: float = Field(1e-5, gt=0)
+    parity_atol: float = Field(1e-5, gt=0, json_schema_extra=HIGHER_IS_LAXER)
     latency_warmup: int = Field(20, ge=0)
     latency_runs: int = Field(300, ge=10)
-    max_mean_ms_batch1: float = Field(100, gt=0)
-    max_p95_ms_batch1: float = Field(150, gt=0)
+    max_mean_ms_batch1: float = Field(100, gt=0, json_schema_extra=HIGHER_IS_LAXER)
+    max_p95_ms_batch1: float = Field(150, gt=0, json_schema_extra=HIGHER_IS_LAXER)
 
 
 class Params(_Section):

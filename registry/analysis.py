@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mlrelease.params import HIGHER_IS_LAXER, LOWER_IS_LAXER
+
 if TYPE_CHECKING:
     from deploy.targets.traffic import LoadResult
     from registry.promotion import Outcome, Promoter
@@ -51,18 +53,18 @@ class CanaryParams(BaseModel):
 
     steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0])
     interval: float = 30.0
-    failure_limit: int = Field(0, ge=0)
-    inconclusive_limit: int = Field(1, ge=0)
-    min_requests: int = Field(20, ge=1)
-    max_error_rate: float = Field(0.01, ge=0, le=1)
-    max_error_rate_increase: float = Field(0.005, ge=0, le=1)
-    max_client_error_rate_increase: float = Field(0.01, ge=0, le=1)
-    client_error_z: float = Field(3.0, gt=0)
-    max_p99_latency_ms: float = Field(500.0, gt=0)
-    max_p99_ratio: float = Field(2.0, ge=1)
-    p99_slack_ms: float = Field(25.0, ge=0)
-    max_divergence: float = Field(0.05, ge=0, le=1)
-    divergence_p_value: float = Field(0.001, gt=0, le=1)
+    failure_limit: int = Field(0, ge=0, json_schema_extra=HIGHER_IS_LAXER)
+    inconclusive_limit: int = Field(1, ge=0, json_schema_extra=HIGHER_IS_LAXER)
+    min_requests: int = Field(20, ge=1, json_schema_extra=LOWER_IS_LAXER)
+    max_error_rate: float = Field(0.01, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
+    max_error_rate_increase: float = Field(0.005, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
+    max_client_error_rate_increase: float = Field(0.01, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
+    client_error_z: float = Field(3.0, gt=0, json_schema_extra=HIGHER_IS_LAXER)
+    max_p99_latency_ms: float = Field(500.0, gt=0, json_schema_extra=HIGHER_IS_LAXER)
+    max_p99_ratio: float = Field(2.0, ge=1, json_schema_extra=HIGHER_IS_LAXER)
+    p99_slack_ms: float = Field(25.0, ge=0, json_schema_extra=HIGHER_IS_LAXER)
+    max_divergence: float = Field(0.05, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
+    divergence_p_value: float = Field(0.001, gt=0, le=1, json_schema_extra=LOWER_IS_LAXER)
     drive_load: bool = True
     load_rps: float = Field(50.0, gt=0, le=2000)
     load_concurrency: int = Field(4, ge=1, le=64)

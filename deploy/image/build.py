@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from deploy.image.base import cache_dir, ensure_base
 from deploy.image.engine import Engine, build_image, detect_engine, inspect_image
 from mlrelease.modelcard import CARD_FILE, MODEL_FILE, REFERENCE_FILE, verify_bundle
+from mlrelease.params import HIGHER_IS_LAXER
 from mlrelease.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class BuildParams(BaseModel):
     base_image: str = ""  # empty: Debian bookworm bootstrapped with mmdebstrap; else e.g. python:3.11-slim@sha256:...
     engine: str = Field("auto", pattern=r"^(auto|docker|podman|buildah)$")
     smoke_rows: int = Field(16, ge=1, le=1024)
-    smoke_atol: float = Field(1e-6, gt=0)
+    smoke_atol: float = Field(1e-6, gt=0, json_schema_extra=HIGHER_IS_LAXER)
     ready_timeout_s: float = Field(180, gt=0)
     max_image_mb: float = Field(1500, gt=0)
     # torch's compiler-only dependencies: TorchScript inference never imports them (the smoke test proves it)

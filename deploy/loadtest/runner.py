@@ -21,6 +21,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlrelease.net import safe_for_secrets
+from mlrelease.params import HIGHER_IS_LAXER, LOWER_IS_LAXER
 
 log = logging.getLogger(__name__)
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -31,10 +32,10 @@ class SLO(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    p95_ms: float = Field(50.0, gt=0)
-    p99_ms: float = Field(100.0, gt=0)
-    max_error_rate: float = Field(0.001, ge=0, le=1)
-    min_rps: float = Field(100.0, ge=0)
+    p95_ms: float = Field(50.0, gt=0, json_schema_extra=HIGHER_IS_LAXER)
+    p99_ms: float = Field(100.0, gt=0, json_schema_extra=HIGHER_IS_LAXER)
+    max_error_rate: float = Field(0.001, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
+    min_rps: float = Field(100.0, ge=0, json_schema_extra=LOWER_IS_LAXER)
 
 
 class LoadtestParams(BaseModel):

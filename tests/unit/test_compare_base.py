@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mlrelease.cli import app
-from mlrelease.compare import compare_metrics, compare_with, loosened_gates
+from mlrelease.compare import compare_metrics, compare_with, loosened_gates, threshold_fields
 
 BASE_METRICS = {"accuracy": 0.97, "roc_auc": 0.99, "f1": 0.98, "precision": 0.98, "recall": 0.97}
 PARAMS = {"gates": {"min_accuracy": 0.95, "min_roc_auc": 0.98, "champion_tolerance": 0.01}, "export": {}}
@@ -40,9 +40,21 @@ def test_loosened_gates_are_named_tightened_ones_are_not() -> None:
     assert loosened_gates(slo, {"loadtest": {"slo": {"p99_ms": 250, "min_rps": 200}}}) == [
         "loadtest.slo.p99_ms: 100 -> 250"
     ]
-    assert loosened_gates(PARAMS, {"gates": {"min_accuracy": 0.95, "min_roc_auc": 0.98}}) == [
-        "gates.champion_tolerance: 0.01 -> removed (the code's default applies)"
+    canary = {"canary": {"max_divergence": 0.03, "divergence_p_value": 0.001}}
+    assert loosened_gates(canary, {"canary": {"divergence_p_value": 0.0001}}) == [
+        "canary.max_divergence: 0.03 -> removed (the code's default 0.05 applies)",  # deleted: the default is laxer
+        "canary.divergence_p_value: 0.001 -> 0.0001",
     ]
+    assert loosened_gates(PARAMS, {"gates": {"min_accuracy": 0.95, "min_roc_auc": 0.98}}) == []  # default 0.01 = base
+
+
+def test_thresholds_are_read_from_the_fields_that_define_them() -> None:
+    fields = threshold_fields()
+    assert fields["gates.min_accuracy"] == ("down", None)  # required in params.yaml: no default
+    assert fields["canary.divergence_p_value"] == ("down", 0.001)
+    assert fields["loadtest.slo.max_error_rate"] == ("up", 0.001)
+    assert fields["build.smoke_atol"] == ("up", 1e-6)
+    assert "canary.load_rps" not in fields and "export.latency_runs" not in fields  # settings, not thresholds
 
 
 @pytest.fixture
