@@ -121,6 +121,46 @@ def loosened_gates(
     return found
 
 
+def loosened_contract(base: dict[str, Any], head: dict[str, Any], label: str) -> list[str]:
+    """What the head's data contract lets through that the base's did not: a feature's range widened or opened,
+    nulls allowed, int widened to float, fewer rows or more duplicates accepted. Features added or dropped change
+    the model's input instead, which its card and the canary's contract check already catch."""
+    head_features = {f.get("name"): f for f in head.get("features") or [] if isinstance(f, dict)}
+    found = []
+    for feature in base.get("features") or []:
+        new = head_features.get(feature.get("name")) if isinstance(feature, dict) else None
+        if new is None:
+            continue
+        where = f"{label} feature {feature['name']!r}"
+        for bound, laxer in (("min", lambda b, h: h is None or h < b), ("max", lambda b, h: h is None or h > b)):
+            b, h = _number(feature.get(bound)), _number(new.get(bound))
+            if b is not None and laxer(b, h):
+                found.append(f"{where} {bound}: {b:g} -> {'none' if h is None else f'{h:g}'}")
+        if not feature.get("nullable", False) and new.get("nullable", False):
+            found.append(f"{where}: nulls now allowed")
+        if feature.get("dtype", "float") == "int" and new.get("dtype", "float") == "float":
+            found.append(f"{where}: dtype int -> float")
+    for key, loosens in (("min_rows", "down"), ("max_duplicate_fraction", "up")):
+        b, h = _number(base.get(key)), _number(head.get(key))
+        if b is not None and h is not None and ((loosens == "down" and h < b) or (loosens == "up" and h > b)):
+            found.append(f"{label} {key}: {b:g} -> {h:g}")
+    return found
+
+
+def _contracts(ref: str, base_params: dict[str, Any], head_params: dict[str, Any]) -> list[str]:
+    """The data contract at ``ref`` against the working tree's (each found through its own params.yaml)."""
+    from pathlib import Path
+
+    base_path, head_path = _lookup(base_params, "data.schema"), _lookup(head_params, "data.schema")
+    if not isinstance(base_path, str) or not isinstance(head_path, str) or not Path(head_path).is_file():
+        return []
+    base_text = git_show(ref, base_path)
+    if base_text is None:
+        return []
+    base, head = yaml.safe_load(base_text) or {}, yaml.safe_load(Path(head_path).read_text()) or {}
+    return loosened_contract(base, head, head_path)
+
+
 def compare_with(ref: str, head_metrics: dict[str, Any], head_params: dict[str, Any]) -> Comparison | None:
     """The comparison with ``ref``'s committed metrics and params; None when ``ref`` has no metrics yet."""
     base_text = git_show(ref, "reports/metrics.json")
@@ -133,7 +173,8 @@ def compare_with(ref: str, head_metrics: dict[str, Any], head_params: dict[str, 
         tolerance = _number(_lookup(head_params, "gates.champion_tolerance")) or 0.0
         source = f"this change's params.yaml ({ref} sets none)"
     rows = compare_metrics(json.loads(base_text), head_metrics, tolerance)
-    return Comparison(rows, tolerance, loosened_gates(base_params, head_params), source)
+    loosened = loosened_gates(base_params, head_params) + _contracts(ref, base_params, head_params)
+    return Comparison(rows, tolerance, loosened, source)
 
 
 def markdown(comparison: Comparison, ref: str, accepted: bool = False) -> str:
@@ -152,7 +193,10 @@ def markdown(comparison: Comparison, ref: str, accepted: bool = False) -> str:
         f"Tolerance: `gates.champion_tolerance` = {comparison.tolerance:g}, from {comparison.tolerance_from}.",
     ]
     if comparison.loosened:
-        lines += ["", "**Gate thresholds loosened by this PR** (every later model is held to these):"]
+        lines += [
+            "",
+            "**Gates or data contract loosened by this PR** (every later model and dataset is held to these):",
+        ]
         lines += [f"- `{item}`" for item in comparison.loosened]
     return "\n".join(lines)
 

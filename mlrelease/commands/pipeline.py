@@ -164,8 +164,9 @@ def compare(base: str, markdown: bool, accept: bool) -> None:
         err_console.print(f"accepted (--accept): {'; '.join(what)}")
         return
     err_console.print(
-        f"[red]compare: this change falls behind {base}:[/] {'; '.join(what)}. Improve the model, or have a "
-        "reviewer accept it (the pull request's `accept-regression` label runs this with --accept)."
+        f"[red]compare: this change falls behind {base} or loosens its checks:[/] {'; '.join(what)}. Improve the "
+        "model or keep the thresholds, or have a reviewer accept it (the pull request's `accept-regression` label "
+        "runs this with --accept)."
     )
     raise typer.Exit(1)
 

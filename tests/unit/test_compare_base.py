@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mlrelease.cli import app
-from mlrelease.compare import compare_metrics, compare_with, loosened_gates, threshold_fields
+from mlrelease.compare import compare_metrics, compare_with, loosened_contract, loosened_gates, threshold_fields
 
 BASE_METRICS = {"accuracy": 0.97, "roc_auc": 0.99, "f1": 0.98, "precision": 0.98, "recall": 0.97}
 PARAMS = {"gates": {"min_accuracy": 0.95, "min_roc_auc": 0.98, "champion_tolerance": 0.01}, "export": {}}
@@ -57,6 +57,27 @@ def test_thresholds_are_read_from_the_fields_that_define_them() -> None:
     assert "canary.load_rps" not in fields and "export.latency_runs" not in fields  # settings, not thresholds
 
 
+def test_a_data_contract_that_lets_more_through_is_named() -> None:
+    base = {
+        "features": [{"name": "a", "min": 0, "max": 10}, {"name": "b", "dtype": "int", "min": 1}, {"name": "c"}],
+        "min_rows": 10,
+        "max_duplicate_fraction": 0.05,
+    }
+    head = {
+        "features": [{"name": "a", "min": -5, "max": 8, "nullable": True}, {"name": "b", "dtype": "float"}],
+        "min_rows": 5,
+        "max_duplicate_fraction": 0.05,
+    }
+    assert loosened_contract(base, head, "s.yaml") == [
+        "s.yaml feature 'a' min: 0 -> -5",
+        "s.yaml feature 'a': nulls now allowed",
+        "s.yaml feature 'b' min: 1 -> none",
+        "s.yaml feature 'b': dtype int -> float",
+        "s.yaml min_rows: 10 -> 5",
+    ]  # a's max narrowed and c dropped: not laxer
+    assert loosened_contract(base, base, "s.yaml") == []
+
+
 @pytest.fixture
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A git repository whose `base` branch committed metrics and params, checked out on `feature`."""
@@ -74,6 +95,19 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ):
         subprocess.run(["git", *args], cwd=tmp_path, env=env, check=True)
     return tmp_path
+
+
+def test_compare_reads_both_contracts_through_their_params(repo: Path) -> None:
+    (repo / "s.yaml").write_text(yaml.safe_dump({"features": [{"name": "a", "max": 1.0}]}))
+    head_params = {**PARAMS, "data": {"schema": "s.yaml"}}
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e.invalid"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e.invalid"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(head_params))
+    for args in (["add", "-A"], ["commit", "-q", "-m", "contract"]):
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True)
+    (repo / "s.yaml").write_text(yaml.safe_dump({"features": [{"name": "a", "max": 2.0}]}))
+    result = compare_with("HEAD", BASE_METRICS, head_params)
+    assert result is not None and result.loosened == ["s.yaml feature 'a' max: 1 -> 2"] and not result.passed
 
 
 def test_the_pr_cannot_widen_its_own_tolerance(repo: Path) -> None:
