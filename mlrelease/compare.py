@@ -14,17 +14,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 # The champion gate's metrics (higher is better), then figures shown for context only.
 GATED_METRICS = ("accuracy", "roc_auc")
 SHOWN_METRICS = ("f1", "precision", "recall")
 
 
-def threshold_fields() -> dict[str, tuple[str, float | None]]:
-    """Every gate threshold in params.yaml as dotted key -> (the way that loosens it, its code default), read from
-    the pydantic fields that define them (marked with LOWER_IS_LAXER or HIGHER_IS_LAXER)."""
-    from pydantic import BaseModel
+Marks = dict[str, tuple[str, float | None]]  # key -> (the way that loosens it: "down" or "up", its code default)
 
+
+def marked_fields(model: type[BaseModel], prefix: str = "") -> Marks:
+    """The model's fields marked with LOWER_IS_LAXER or HIGHER_IS_LAXER where they are defined."""
+    found = {}
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("loosens") in ("down", "up"):
+            found[f"{prefix}{name}"] = (str(extra["loosens"]), _number(info.default))
+    return found
+
+
+def threshold_fields() -> Marks:
+    """Every gate threshold in params.yaml, by dotted key, read from the pydantic fields that define them."""
     from deploy.image.build import BuildParams
     from deploy.loadtest.runner import SLO
     from mlrelease.params import ExportParams, GateParams
@@ -37,13 +48,9 @@ def threshold_fields() -> dict[str, tuple[str, float | None]]:
         "canary": CanaryParams,
         "build": BuildParams,
     }
-    found = {}
-    for section, model in sections.items():
-        for name, info in model.model_fields.items():
-            extra = info.json_schema_extra
-            if isinstance(extra, dict) and extra.get("loosens") in ("down", "up"):
-                found[f"{section}.{name}"] = (str(extra["loosens"]), _number(info.default))
-    return found
+    return {
+        key: mark for section, model in sections.items() for key, mark in marked_fields(model, f"{section}.").items()
+    }
 
 
 @dataclass(frozen=True)
@@ -104,19 +111,22 @@ def compare_metrics(base: dict[str, Any], head: dict[str, Any], tolerance: float
     return rows
 
 
+def _laxer(loosens: str, base: float, head: float) -> bool:
+    """Whether ``head`` lets more through than ``base`` for a threshold that loosens ``loosens``."""
+    return head < base if loosens == "down" else head > base
+
+
 def loosened_gates(
-    base_params: dict[str, Any],
-    head_params: dict[str, Any],
-    thresholds: dict[str, tuple[str, float | None]] | None = None,
+    base_params: dict[str, Any], head_params: dict[str, Any], thresholds: Marks | None = None
 ) -> list[str]:
     """Each threshold the head moved the loosening way, as 'key: base -> head'; a threshold the head deletes
     counts with the code's default in its place."""
     found = []
-    for key, (loosens, default) in (thresholds or threshold_fields()).items():
+    for key, (loosens, default) in (threshold_fields() if thresholds is None else thresholds).items():
         b, h = _number(_lookup(base_params, key)), _number(_lookup(head_params, key))
         shown = f"{h:g}" if h is not None else f"removed (the code's default {default} applies)"
         b, h = (default if b is None else b), (default if h is None else h)
-        if b is not None and h is not None and ((loosens == "down" and h < b) or (loosens == "up" and h > b)):
+        if b is not None and h is not None and _laxer(loosens, b, h):
             found.append(f"{key}: {b:g} -> {shown}")
     return found
 
@@ -125,6 +135,9 @@ def loosened_contract(base: dict[str, Any], head: dict[str, Any], label: str) ->
     """What the head's data contract lets through that the base's did not: a feature's range widened or opened,
     nulls allowed, int widened to float, fewer rows or more duplicates accepted. Features added or dropped change
     the model's input instead, which its card and the canary's contract check already catch."""
+    from pipelines.schema import DataContract, FeatureSpec
+
+    bounds = marked_fields(FeatureSpec)  # min and max; a bound the head drops (None) opens the range
     head_features = {f.get("name"): f for f in head.get("features") or [] if isinstance(f, dict)}
     found = []
     for feature in base.get("features") or []:
@@ -132,19 +145,15 @@ def loosened_contract(base: dict[str, Any], head: dict[str, Any], label: str) ->
         if new is None:
             continue
         where = f"{label} feature {feature['name']!r}"
-        for bound, laxer in (("min", lambda b, h: h is None or h < b), ("max", lambda b, h: h is None or h > b)):
+        for bound, (loosens, _) in bounds.items():
             b, h = _number(feature.get(bound)), _number(new.get(bound))
-            if b is not None and laxer(b, h):
+            if b is not None and (h is None or _laxer(loosens, b, h)):
                 found.append(f"{where} {bound}: {b:g} -> {'none' if h is None else f'{h:g}'}")
         if not feature.get("nullable", False) and new.get("nullable", False):
             found.append(f"{where}: nulls now allowed")
         if feature.get("dtype", "float") == "int" and new.get("dtype", "float") == "float":
             found.append(f"{where}: dtype int -> float")
-    for key, loosens in (("min_rows", "down"), ("max_duplicate_fraction", "up")):
-        b, h = _number(base.get(key)), _number(head.get(key))
-        if b is not None and h is not None and ((loosens == "down" and h < b) or (loosens == "up" and h > b)):
-            found.append(f"{label} {key}: {b:g} -> {h:g}")
-    return found
+    return found + [f"{label} {item}" for item in loosened_gates(base, head, marked_fields(DataContract))]
 
 
 def _contracts(ref: str, base_params: dict[str, Any], head_params: dict[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mlrelease.params import ConfigFileError
+from mlrelease.params import HIGHER_IS_LAXER, LOWER_IS_LAXER, ConfigFileError
 
 MAX_EXAMPLES = 5
 
@@ -24,8 +24,8 @@ class FeatureSpec(BaseModel):
 
     name: str
     dtype: Literal["float", "int"] = "float"
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(None, json_schema_extra=LOWER_IS_LAXER)  # None: open, the laxest
+    max: float | None = Field(None, json_schema_extra=HIGHER_IS_LAXER)
     nullable: bool = False
 
 
@@ -44,8 +44,8 @@ class DataContract(BaseModel):
     name: str
     features: list[FeatureSpec] = Field(min_length=1)
     target: TargetSpec
-    min_rows: int = Field(10, ge=1)
-    max_duplicate_fraction: float = Field(0.05, ge=0, le=1)
+    min_rows: int = Field(10, ge=1, json_schema_extra=LOWER_IS_LAXER)
+    max_duplicate_fraction: float = Field(0.05, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
 
     @model_validator(mode="after")
     def _unique_names(self) -> DataContract:
