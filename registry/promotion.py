@@ -34,6 +34,7 @@ from registry.locking import PromotionLocked, promotion_lock
 log = logging.getLogger(__name__)
 PROD, STAGING = "production", "staging"
 ABORT_FILE = "abort.request"
+UNJOURNALED = frozenset({"rollback", "reconcile"})  # see Promoter.operation
 PASSED_TAG = {"staging": "mlrelease.staging_passed", "canary": "mlrelease.canary_passed"}
 ROLLED_BACK_TAG = "mlrelease.rolled_back"  # set on the version a rollback moved production away from
 
@@ -195,13 +196,15 @@ class Promoter:
         """Hold the lock, recover a crashed predecessor, journal this operation, clear it when done.
 
         A rollback journals itself once it has decided under the lock; it is handed the rollback it is to
-        finish (an interrupted one, or its own fast path's), else None.
+        finish (an interrupted one, or its own fast path's), else None. A reconcile is not journaled: it only
+        brings the slots and routers back to the state, so an interrupted one leaves nothing to undo (its
+        journal entry would have made the next command "recover" by taking the canary's traffic away).
         """
         with promotion_lock(self.state_dir, command, self.by, wait_s=wait_s):
             interrupted = self.recover(out, resume_rollback=command == "rollback")
             for line in self.target.reconcile() if reconcile else []:
                 out.say(f"reconciled: {line}")
-            if command != "rollback":
+            if command not in UNJOURNALED:
                 self._clear_stale_abort()
                 self._journal(Operation(command=command, version=version, pid=os.getpid(), by=self.by))
             try:
@@ -242,6 +245,9 @@ class Promoter:
                 "interrupted; run `scripts/rollback.sh` to finish it, then retry",
                 exit_code=3,
             )
+        if op.command == "reconcile":  # journaled by an earlier mlrelease: it has nothing to undo
+            self._journal(None)
+            return None
         out.say(f"recovering from an interrupted `{op.command}` of version {op.version} (pid {op.pid})")
         if self.target.slot_version(PROD, "stable") is None and self.target.slot_version(PROD, "previous"):
             # `promote production` died between its two renames: the old stable is `previous`; put it back

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from pydantic import ValidationError
@@ -11,6 +12,9 @@ from pydantic import ValidationError
 from deploy.targets.state import DeployState, Environment, Operation, RollbackMark, Slot
 from registry.fast_rollback import fast_goal
 from registry.promotion import PromotionParams, previous_version
+
+if TYPE_CHECKING:
+    from registry.promotion import Promoter
 
 
 def test_rollback_prefers_the_warm_previous_slot() -> None:
@@ -79,14 +83,15 @@ def test_fast_rollback_hands_everything_else_to_the_full_command(
     assert isinstance(found, str) and reason in found
 
 
-def test_an_interrupted_rollback_blocks_other_commands_until_it_is_finished(tmp_path: Path) -> None:
+def _promoter(home: Path) -> Promoter:
+    """A promoter on an empty local deployment state and an unused registry under ``home``."""
     from deploy.targets.local import LocalTarget
     from mlrelease.settings import Settings
     from registry.analysis import CanaryParams
-    from registry.promotion import Outcome, Promoter, PromotionError, Registry
+    from registry.promotion import Promoter, Registry
 
-    settings = Settings(home=tmp_path)
-    promoter = Promoter(
+    settings = Settings(home=home)
+    return Promoter(
         settings=settings,
         model_name="m",
         canary_params=CanaryParams(),
@@ -95,6 +100,12 @@ def test_an_interrupted_rollback_blocks_other_commands_until_it_is_finished(tmp_
         registry=Registry("m", settings),
         by="tester",
     )
+
+
+def test_an_interrupted_rollback_blocks_other_commands_until_it_is_finished(tmp_path: Path) -> None:
+    from registry.promotion import Outcome, PromotionError
+
+    promoter = _promoter(tmp_path)
     interrupted = Operation(command="rollback", version="1", pid=4242, by="oncall", from_version="2", reason="p99")
     state = promoter.journal.load()
     state.operation = interrupted
@@ -133,3 +144,29 @@ def test_the_command_start_is_rollback_shs_own_clock_when_it_is_plausible(monkey
     for junk in ("", "soon"):
         monkeypatch.setenv(STARTED_VAR, junk)
         assert process_started() == kernel
+
+
+def test_an_interrupted_reconcile_leaves_nothing_for_the_next_command_to_undo(tmp_path: Path) -> None:
+    """A promotion's journal entry makes the next command put traffic back on stable; a reconcile's must not
+    (it would end a canary that the reconcile only meant to keep running)."""
+    from registry.promotion import Outcome
+
+    promoter = _promoter(tmp_path)
+    with pytest.raises(KeyboardInterrupt), promoter.operation("reconcile", "-", Outcome()):
+        raise KeyboardInterrupt  # Ctrl-C while a slot restarts
+    assert promoter.journal.load().operation is None
+    with pytest.raises(KeyboardInterrupt), promoter.operation("promote canary", "3", Outcome()):
+        raise KeyboardInterrupt
+    assert promoter.journal.load().operation is not None  # a promotion stays journaled, for recover()
+
+
+def test_a_reconcile_journaled_by_an_earlier_version_is_cleared_without_recovery(tmp_path: Path) -> None:
+    from registry.promotion import Outcome
+
+    promoter = _promoter(tmp_path)
+    state = promoter.journal.load()
+    state.operation = Operation(command="reconcile", version="-", pid=4242, by="oncall")
+    promoter.journal.save(state)
+    out = Outcome()
+    assert promoter.recover(out) is None
+    assert out.lines == [] and promoter.journal.load().operation is None
