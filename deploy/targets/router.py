@@ -118,6 +118,9 @@ class Nginx:
         candidate = self.prefix / "nginx.conf.next"
         atomic_write(candidate, render(env, self.prefix, generation))
         self._check(candidate)
+        # the stamp names what nginx runs: it goes before the config changes, so an apply interrupted after it
+        # (Ctrl-C, kill -9, a reload that never took effect) makes the next apply reload whatever it wants
+        stamp.unlink(missing_ok=True)
         os.replace(candidate, self.conf)
         pid = self.pid()
         old_workers = workers_of(pid) if pid else []

@@ -131,6 +131,36 @@ def test_nginx_splits_by_weight_and_reloads(tmp_path: Path, backends: dict[str, 
     assert nginx.pid() is None
 
 
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx is installed by make setup")
+def test_an_interrupted_reload_is_redone_by_the_next_apply(
+    tmp_path: Path, backends: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after the reload signal: nginx runs the new routing; putting the old one back must reload it
+    (recovery puts traffic back on stable, then stops the canary that nginx would otherwise still send all to)."""
+    from deploy.targets.local import free_port
+
+    entry = free_port()
+    nginx = Nginx(tmp_path / "nginx")
+    try:
+        nginx.apply(_env(backends, {"stable": 100}, entry))
+        waited = Nginx._wait_generation
+
+        def interrupted(self: Nginx, *args: object) -> None:
+            waited(self, *args)  # the new routing is live...
+            raise KeyboardInterrupt  # ...and the command is interrupted before it records that
+
+        monkeypatch.setattr(Nginx, "_wait_generation", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            nginx.apply(_env(backends, {"canary": 100}, entry))
+        assert _hits(entry, 10) == Counter({"canary": 10})
+        monkeypatch.setattr(Nginx, "_wait_generation", waited)
+        nginx.apply(_env(backends, {"stable": 100}, entry))
+        assert _hits(entry, 10) == Counter({"stable": 10})
+    finally:
+        nginx.stop()
+
+
 def test_router_refuses_empty_routing(tmp_path: Path) -> None:
     with pytest.raises(DeploymentError, match="no slot receives traffic"):
         render(Environment(entry_port=1), tmp_path, "g")
