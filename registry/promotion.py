@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 PROD, STAGING = "production", "staging"
 ABORT_FILE = "abort.request"
 UNJOURNALED = frozenset({"rollback", "reconcile"})  # see Promoter.operation
+# the slot each journaled command starts its new version in: recovery stops it (only it) once it has no traffic
+NEW_SLOT_OF = {
+    "promote staging": (STAGING, "pending"),
+    "promote canary": (PROD, "canary"),
+    "promote production": (PROD, "canary"),
+}
 PASSED_TAG = {"staging": "mlrelease.staging_passed", "canary": "mlrelease.canary_passed"}
 ROLLED_BACK_TAG = "mlrelease.rolled_back"  # set on the version a rollback moved production away from
 
@@ -249,16 +255,17 @@ class Promoter:
             self._journal(None)
             return None
         out.say(f"recovering from an interrupted `{op.command}` of version {op.version} (pid {op.pid})")
-        if self.target.slot_version(PROD, "stable") is None and self.target.slot_version(PROD, "previous"):
-            # `promote production` died between its two renames: the old stable is `previous`; put it back
-            self.target.set_weights(PROD, {"previous": 100})
-            self.target.rename(PROD, "previous", "stable")
-            out.say("traffic: 100% back on the previous production version, which is stable again")
-        weights = self.target.weights(PROD)
-        if weights and weights.get("stable", 0) < 100 and self.target.slot_version(PROD, "stable") is not None:
-            self.target.set_weights(PROD, {"stable": 100})
-            out.say("traffic: 100% back on stable")
-        for env, slot in ((PROD, "canary"), (STAGING, "pending")):
+        if op.command == "promote production" and self.target.slot_version(PROD, "stable") == op.version:
+            self._finish_interrupted_production(op, out)  # the switch was done: finish it, do not report it undone
+            self._journal(None)
+            return None
+        self._production_back_on_stable(out)
+        if op.command == "promote staging":
+            self._staging_back_on_stable(out)
+        # only the interrupted command's own new slot: a passed canary kept warm at weight 0 waits for
+        # `promote production`, and an interrupted `promote staging` must not take it away
+        if op.command in NEW_SLOT_OF:
+            env, slot = NEW_SLOT_OF[op.command]
             if self.target.slot_version(env, slot) is not None and self.target.weights(env).get(slot, 0) == 0:
                 self.target.stop(env, slot)
                 out.say(f"stopped {env}/{slot}")
@@ -276,6 +283,55 @@ class Promoter:
         )
         self._journal(None)
         return None
+
+    def _production_back_on_stable(self, out: Outcome) -> None:
+        """All production traffic on the stable slot (the previous one if a switch died between its renames),
+        restarting that slot first if its process died with the command (a reboot, an OOM kill)."""
+        if self.target.slot_version(PROD, "stable") is None and self.target.slot_version(PROD, "previous"):
+            # `promote production` died between its two renames: the old stable is `previous`; put it back
+            self._route_all(PROD, "previous", out)
+            self.target.rename(PROD, "previous", "stable")
+            out.say("traffic: 100% back on the previous production version, which is stable again")
+        weights = self.target.weights(PROD)
+        if weights and weights.get("stable", 0) < 100 and self.target.slot_version(PROD, "stable") is not None:
+            self._route_all(PROD, "stable", out)
+            out.say("traffic: 100% back on stable")
+
+    def _staging_back_on_stable(self, out: Outcome) -> None:
+        """Staging's record back on its stable slot; with none yet, the new slot (its gates had passed) becomes
+        stable, so that the next `promote staging` can deploy again (it refuses to replace a slot with weight)."""
+        if self.target.weights(STAGING).get("pending", 0) == 0:
+            return
+        if self.target.slot_version(STAGING, "stable") is None:
+            self.target.rename(STAGING, "pending", "stable")
+            out.say("staging: the new version's slot is now stable (its alias was not set: promote it again)")
+            return
+        self._route_all(STAGING, "stable", out)
+        out.say("staging: back on its stable slot")
+
+    def _route_all(self, env: str, slot: str, out: Outcome) -> None:
+        """``set_weights({slot: 100})``, after the target restarts the slot if it does not answer as itself."""
+        if not wait_identity(self.target, env, slot, 1.0):
+            for line in self.target.reconcile():
+                out.say(f"reconciled: {line}")
+            if not wait_identity(self.target, env, slot, self.params.ready_timeout):
+                raise DeploymentError(
+                    f"recovery needs {env}/{slot} to take all traffic, but it is not ready: "
+                    f"{self.target.slot_problem(env, slot)}. Next: check {self.state_dir / 'logs'} and "
+                    "`mlrelease status`, then run the command again"
+                )
+        self.target.set_weights(env, {slot: 100})
+
+    def _finish_interrupted_production(self, op: Operation, out: Outcome) -> None:
+        """`promote production` died after its switch: all traffic on the new stable, then its alias, history
+        and audit record, as the command would have written them."""
+        if self.target.weights(PROD) != {"stable": 100.0}:
+            self._route_all(PROD, "stable", out)
+        passed = self.registry.tags(op.version).get(PASSED_TAG["canary"]) == "true"
+        previous = self.target.slot_version(PROD, "previous")
+        reason = f"finished by recovery: `promote production` by {op.by} (pid {op.pid}) died after its switch"
+        self._finish_production(op.version, previous, passed, reason)
+        out.say(f"production: version {op.version} serves 100% of traffic; its alias and history are now set")
 
     # ----- helpers --------------------------------------------------------------------------------------------
     def bundle(self, version: str) -> Path:
@@ -594,7 +650,8 @@ class Promoter:
 
     def _finish_production(self, version: str, previous: str | None, passed: bool, reason: str | None) -> None:
         state = self.journal.load()
-        state.production_history.append(version)
+        if state.production_history[-1:] != [version]:  # once, even when recovery finishes an interrupted run
+            state.production_history.append(version)
         state.last_rollback = None
         self.journal.save(state)
         self.registry.set_alias(PROD, version)

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from deploy.targets.local import is_our_server, pid_alive
-from deploy.targets.state import DeployState
+from deploy.targets.state import DeployState, Operation
 from deploy.targets.traffic import LoadDriver, LoadResult, predict_path, sample_rows
 from mlrelease.modelcard import ModelCard
 from tests.release_helpers import (
@@ -477,3 +477,49 @@ def test_rollback_killed_midway_is_finished_by_the_next_run(incident: Incident, 
     assert load.result.failed == 0 and load.result.rejected == 0, context
     assert load.result.total > 50 and load.result.versions[a] > 0, context
     assert versions_after(load.result, finished) == {p}, context
+
+
+# ----- 3. recovery of a promotion that died -------------------------------------------------------------------------
+def journal_killed(incident: Incident, command: str, version: str, **state_changes: object) -> None:
+    """The state a promotion leaves when it is killed: its journal entry (its pid gone) plus ``state_changes``."""
+    store = target(incident.home).store
+    state = store.load()
+    for key, value in state_changes.items():
+        setattr(state, key, value)
+    state.operation = Operation(command=command, version=version, pid=2**22 + 11, by="killed-in-test")
+    store.save(state)
+
+
+def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(incident: Incident, tmp_path: Path) -> None:
+    """`promote production` killed after its switch, before its alias and history: the next command finishes it
+    (it used to write it down as undone, the alias on the old version). Then a `promote canary` that died with
+    its machine, the stable slot dead too: the next command restarts stable and routes all traffic to it (it used
+    to fail on the dead slot every time, until the state file was edited by hand)."""
+    home, name = incident.home, incident.name
+    p, a = production_with_warm_previous(incident, tmp_path)
+    rows = sample_rows(incident.bundle, 8)
+    history = target(home).store.load().production_history
+    assert history[-1] == a
+    journal_killed(incident, "promote production", a, production_history=history[:-1])
+    registry(home).set_registered_model_alias(name, PROD, p)
+    said = " ".join(ok(cli(home, "reconcile")).split())
+    assert f"production: version {a} serves 100% of traffic" in said, said
+    assert_all_on(incident, a, rows, said)
+    state = incident.state()
+    assert state.production_history[-1:] == [a] and state.operation is None
+    finished = [r for r in history_rows(home) if r["action"] == "promote" and r["to"] == a]
+    assert "finished by recovery" in finished[-1]["reason"], finished
+
+    journal_killed(incident, "promote canary", p)
+    stable = target(home).slot(PROD, "stable")
+    assert stable is not None
+    os.kill(stable.pid, signal.SIGKILL)
+    assert wait_gone(stable.pid, 20)
+    store = target(home).store
+    state = store.load()
+    state.env(PROD).weights = {"stable": 90.0, "previous": 10.0}  # as a canary step had it (previous stands in)
+    store.save(state)
+    said = " ".join(ok(cli(home, "reconcile")).split())
+    assert "restarted production/stable" in said and "100% back on stable" in said, said
+    assert_all_on(incident, a, rows, said)
+    assert incident.state().operation is None

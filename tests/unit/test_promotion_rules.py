@@ -170,3 +170,24 @@ def test_a_reconcile_journaled_by_an_earlier_version_is_cleared_without_recovery
     out = Outcome()
     assert promoter.recover(out) is None
     assert out.lines == [] and promoter.journal.load().operation is None
+
+
+def test_an_interrupted_staging_switch_without_a_stable_slot_does_not_block_the_next_promotion(tmp_path: Path) -> None:
+    """Killed between recording staging's weight on the new slot and renaming it: no earlier staging slot to
+    go back to, and `deploy` refuses to replace a slot with weight, so the passed slot becomes stable."""
+    from registry.promotion import Outcome
+
+    promoter = _promoter(tmp_path)
+    state = promoter.journal.load()
+    staging = state.env("staging")
+    staging.slots["pending"] = Slot(version="2", port=1, pid=2**22 + 7, model_name="m", bundle_dir="/b2")
+    staging.weights = {"pending": 100}
+    state.operation = Operation(command="promote staging", version="2", pid=4242, by="ci")
+    promoter.journal.save(state)
+    out = Outcome()
+    assert promoter.recover(out) is None
+    after = promoter.journal.load()
+    assert after.operation is None
+    assert {k: s.version for k, s in after.env("staging").slots.items()} == {"stable": "2"}
+    assert after.env("staging").weights == {"stable": 100.0}
+    assert any("promote it again" in line for line in out.lines), out.lines
