@@ -923,10 +923,24 @@ def _route_to(p: Promoter, goal: str, out: Outcome) -> tuple[bool, bool]:
             )
         out.say(f"version {goal} is not warm: starting it (slower than the warm path)")
         bundle = p.bundle(goal)  # fetched and verified before the warm slot is given up
+        stopped = p.target.slot_version(PROD, "previous")
         p.target.stop(PROD, "previous")
-        p.target.deploy(PROD, "previous", bundle, goal)
+        try:
+            p.target.deploy(PROD, "previous", bundle, goal)
+        except DeploymentError as exc:  # no traffic moved: end this rollback (a PromotionError clears its journal)
+            raise PromotionError(_cold_start_failed(p, goal, stopped, exc)) from exc
     p.target.set_weights(PROD, {"previous": 100})  # a no-op when the fast path already routed there
     return warm, False
+
+
+def _cold_start_failed(p: Promoter, goal: str, stopped: str | None, exc: DeploymentError) -> str:
+    """What an on-call engineer reads when the version to roll back to cannot start: nothing moved, and what next."""
+    serving = p.target.slot_version(PROD, "stable")
+    warm = f" The warm version {stopped} was stopped to make room for it;" if stopped else ""
+    return (
+        f"version {goal} could not be started, so no traffic moved: production stays on version {serving}. "
+        f"{exc}.{warm} run scripts/rollback.sh again (it retries {goal}) or with --to another version"
+    )
 
 
 def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) -> Outcome:

@@ -185,7 +185,7 @@ class LocalTarget(DeploymentTarget):
                 )
             time.sleep(0.05)
         raise DeploymentError(
-            f"server for version {slot.version} not ready after {self.ready_timeout_s:.0f} s "
+            f"server for version {slot.version} not ready after {self.ready_timeout_s:g} s "
             f"on {slot.url}/ready; see {self._log_hint(slot)}"
         )
 

@@ -523,3 +523,33 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     assert "restarted production/stable" in said and "100% back on stable" in said, said
     assert_all_on(incident, a, rows, said)
     assert incident.state().operation is None
+
+
+def test_a_rollback_to_a_version_that_cannot_start_moves_nothing_and_blocks_nothing(
+    incident: Incident, tmp_path: Path
+) -> None:
+    """The version to go back to is not warm and its server does not come up in time: production stays where it
+    is, the rollback ends (it used to stay journaled, so every later rollback retried the same version and
+    every `--to` and promotion was refused), and a rollback to another version then works."""
+    import yaml
+
+    home, name = incident.home, incident.name
+    p, a = production_with_warm_previous(incident, tmp_path)
+    b = register(make_variant(incident.bundle, tmp_path / "version-b", "same"), home, name, "incident-b")
+    promote_over(incident, b, a)  # b serves, a is warm, p is cold
+    rows = sample_rows(incident.bundle, 8)
+    params_file = home / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    kept = params["promotion"]["ready_timeout"]
+    params["promotion"]["ready_timeout"] = "0.2s"  # no server is ready that fast: the cold start fails
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    failed = cli(home, "rollback", "--to", p, "--reason", "test: cold start fails")
+    said = " ".join((failed.stdout + failed.stderr).split())
+    assert failed.returncode == 1, show(failed)
+    assert f"version {p} could not be started, so no traffic moved: production stays on version {b}" in said, said
+    assert incident.state().operation is None
+    assert_all_on(incident, b, rows, said)
+    params["promotion"]["ready_timeout"] = kept
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    ok(cli(home, "rollback", "--to", a, "--reason", "test: another version"))
+    assert_all_on(incident, a, rows)
