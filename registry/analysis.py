@@ -452,9 +452,10 @@ class Analysis:
             why = "; ".join(last.reasons)
             return f"{self.failures} failed measurement(s) > failure_limit {self.params.failure_limit}: {why}"
         if self.inconclusives > self.params.inconclusive_limit:
+            last = next(m for m in reversed(self.measurements) if m.verdict == "inconclusive")
             return (
                 f"{self.inconclusives} inconclusive measurement(s) > inconclusive_limit "
-                f"{self.params.inconclusive_limit}: no data is never a pass"
+                f"{self.params.inconclusive_limit} (no data is never a pass): {'; '.join(last.reasons)}"
             )
         return None
 
@@ -535,6 +536,7 @@ def run_analysis(promoter: Promoter, version: str, stable: str, params: CanaryPa
     aborted: str | None = None
     for weight in params.steps:
         weights = {"stable": 100 - weight, "canary": weight}
+        promoter.stop_if_aborted()  # a rollback asked during the last measurement: no bigger share first
         promoter.target.set_weights("production", weights)
         promoter.note(
             AuditRecord(

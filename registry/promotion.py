@@ -316,7 +316,7 @@ class Promoter:
                 out.say(f"reconciled: {line}")
             if not wait_identity(self.target, env, slot, self.params.ready_timeout):
                 raise DeploymentError(
-                    f"recovery needs {env}/{slot} to take all traffic, but it is not ready: "
+                    f"{env}/{slot} is to take all traffic, but it is not ready: "
                     f"{self.target.slot_problem(env, slot)}. Next: check {self.state_dir / 'logs'} and "
                     "`mlrelease status`, then run the command again"
                 )
@@ -565,15 +565,23 @@ class Promoter:
         )
 
     def drop_canary(self, version: str) -> None:
-        """Weight 0, canary slot stopped, alias removed, canary pass withdrawn (each a no-op when already so)."""
-        self.target.set_weights(PROD, {"stable": 100})
+        """Weight 0, canary slot stopped, alias removed, canary pass withdrawn (each a no-op when already so).
+
+        Stable is restarted first if it died: nginx then sends its share to the canary as the backup, so a
+        canary dropped without it would keep all of production's traffic."""
+        self._route_all(PROD, "stable", Outcome())
         self.target.stop(PROD, "canary")
         self.registry.delete_alias("canary")
         self.registry.set_tag(version, PASSED_TAG["canary"], "false")
 
     def abort_canary(self, version: str, stable: str, reason: str, evidence: dict[str, Any]) -> None:
         """The canary dropped, the reason recorded."""
-        self.drop_canary(version)
+        try:
+            self.drop_canary(version)
+        except DeploymentError as exc:  # stable cannot take the traffic back: say why the canary was stopped too
+            raise DeploymentError(
+                f"canary of version {version} failed ({reason}) and could not be dropped: {exc}"
+            ) from exc
         self.note(
             AuditRecord(
                 "canary-rollback",

@@ -265,11 +265,20 @@ def wait_gone(pid: int, timeout: float) -> bool:
 
 
 # ----- 1. a rollback takes over from a running canary ---------------------------------------------------------------
+def with_staged_version(incident: Incident, tmp_path: Path) -> tuple[str, str, str]:
+    """Production as production_with_warm_previous leaves it, plus a version C with the staging alias, ready for
+    `promote canary`. Returns (P, A, C)."""
+    p, a = production_with_warm_previous(incident, tmp_path)
+    c = register(
+        make_variant(incident.bundle, tmp_path / "version-c", "same"), incident.home, incident.name, "incident-c"
+    )
+    registry(incident.home).set_registered_model_alias(incident.name, "staging", c)
+    return p, a, c
+
+
 def test_rollback_takes_over_from_a_running_canary(incident: Incident, tmp_path: Path) -> None:
     home, name = incident.home, incident.name
-    p, a = production_with_warm_previous(incident, tmp_path)
-    c = register(make_variant(incident.bundle, tmp_path / "version-c", "same"), home, name, "incident-c")
-    registry(home).set_registered_model_alias(name, "staging", c)
+    p, a, c = with_staged_version(incident, tmp_path)
     rows = sample_rows(incident.bundle, 32)
     t = target(home)
     entry = t.entry_url(PROD)
@@ -553,3 +562,29 @@ def test_a_rollback_to_a_version_that_cannot_start_moves_nothing_and_blocks_noth
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     ok(cli(home, "rollback", "--to", a, "--reason", "test: another version"))
     assert_all_on(incident, a, rows)
+
+
+def test_a_canary_whose_stable_dies_is_dropped_and_stable_restarted(incident: Incident, tmp_path: Path) -> None:
+    """Stable killed mid-canary: nginx sends its share to the canary (each routed slot backs up the other) and the
+    analysis stops the canary. Dropping it restarts stable first; it used to fail on the dead stable and leave the
+    canary it had just stopped for cause with all of production's traffic and its alias."""
+    _, a, _ = with_staged_version(incident, tmp_path)
+    rows = sample_rows(incident.bundle, 8)
+    t = target(incident.home)
+    log = tmp_path / "canary.out"
+    canary = incident.popen([str(BIN / "mlrelease"), "promote", "canary"], log)  # FAST_RELEASE: one 50% step
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and t.weights(PROD).get("canary", 0) == 0:
+        assert canary.poll() is None, f"the canary exited before shifting traffic:\n{log.read_text()}"
+        time.sleep(0.05)
+    incident.state()
+    stable = t.slot(PROD, "stable")
+    assert stable is not None and stable.version == a
+    os.kill(stable.pid, signal.SIGKILL)
+    code = canary.wait(timeout=180)
+    said = " ".join(log.read_text().split())
+    assert code != 0 and "rolled back" in said, f"canary exit {code}: {said}"
+    assert_all_on(incident, a, rows, said)
+    restarted = t.slot(PROD, "stable")
+    assert restarted is not None and restarted.pid != stable.pid
+    assert incident.state().operation is None

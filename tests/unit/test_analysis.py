@@ -319,7 +319,9 @@ def test_stable_that_does_not_answer_is_inconclusive_and_says_so() -> None:
     analysis.add(m)
     assert analysis.aborted() is None and analysis.failures == 0  # tolerated like any missing data
     analysis.add(m)
-    assert "no data is never a pass" in (analysis.aborted() or "")
+    aborted = analysis.aborted() or ""
+    assert "no data is never a pass" in aborted
+    assert "stable did not answer /metrics" in aborted  # the abort says why the data was missing
 
 
 def test_driver_failures_are_evidence() -> None:
