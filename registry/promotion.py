@@ -312,21 +312,24 @@ class Promoter:
     def _route_all(self, env: str, slot: str, out: Outcome) -> None:
         """``set_weights({slot: 100})``, after the target restarts the slot if it does not answer as itself."""
         if not wait_identity(self.target, env, slot, 1.0):
-            for line in self.target.reconcile():
-                out.say(f"reconciled: {line}")
-            if not wait_identity(self.target, env, slot, self.params.ready_timeout):
-                raise DeploymentError(
-                    f"{env}/{slot} is to take all traffic, but it is not ready: "
-                    f"{self.target.slot_problem(env, slot)}. Next: check {self.state_dir / 'logs'} and "
-                    "`mlrelease status`, then run the command again"
-                )
+            self.revive(env, slot, out, then="run the command again")
         self.target.set_weights(env, {slot: 100})
+
+    def revive(self, env: str, slot: str, out: Outcome, then: str) -> None:
+        """Let the target restart a slot that does not answer as itself (never replaced: it holds or is to take
+        the traffic), then wait for it; DeploymentError naming the problem and ``then`` if it does not come back."""
+        for line in self.target.reconcile():
+            out.say(f"reconciled: {line}")
+        if not wait_identity(self.target, env, slot, self.params.ready_timeout):
+            raise DeploymentError(
+                f"{env}/{slot} is to take the traffic but is not ready: {self.target.slot_problem(env, slot)}. "
+                f"Next: check {self.state_dir / 'logs'} and `mlrelease status`, then {then}"
+            )
 
     def _finish_interrupted_production(self, op: Operation, out: Outcome) -> None:
         """`promote production` died after its switch: all traffic on the new stable, then its alias, history
         and audit record, as the command would have written them."""
-        if self.target.weights(PROD) != {"stable": 100.0}:
-            self._route_all(PROD, "stable", out)
+        self._route_all(PROD, "stable", out)  # a no-op when the switch already routed everything there
         passed = self.registry.tags(op.version).get(PASSED_TAG["canary"]) == "true"
         previous = self.target.slot_version(PROD, "previous")
         reason = f"finished by recovery: `promote production` by {op.by} (pid {op.pid}) died after its switch"
@@ -893,29 +896,13 @@ def _clear_canary(p: Promoter, version: str | None, reason: str, out: Outcome) -
     out.say(f"canary of version {version} stopped: all production traffic on version {stable}")
 
 
-def _revive(p: Promoter, slot: str, out: Outcome) -> None:
-    """A slot that holds traffic but does not answer as itself: let the target restart it, then wait for it.
-
-    Never stopped or replaced while it holds traffic; DeploymentError (journal kept, so a re-run retries) if it
-    does not come back.
-    """
-    for line in p.target.reconcile():
-        out.say(f"reconciled: {line}")
-    if not wait_identity(p.target, PROD, slot, p.params.ready_timeout):
-        problem = p.target.slot_problem(PROD, slot)
-        raise DeploymentError(
-            f"{PROD}/{slot} holds the traffic but is not ready: {problem}. Next: check "
-            f"{p.state_dir / 'logs'} and `mlrelease status`, then run scripts/rollback.sh again"
-        )
-
-
 def _route_to(p: Promoter, goal: str, out: Outcome) -> tuple[bool, bool]:
     """All production traffic on ``goal``; returns (it was warm, its slot is already named stable)."""
     weights = p.target.weights(PROD)
     where = next((slot for slot in ("stable", "previous") if p.target.slot_version(PROD, slot) == goal), None)
     ready = where is not None and wait_identity(p.target, PROD, where, 1.0)
     if where is not None and not ready and weights.get(where, 0) > 0:
-        _revive(p, where, out)  # it holds traffic: bring it back, never replace it
+        p.revive(PROD, where, out, then="run scripts/rollback.sh again")  # it holds traffic: never replaced
         ready = True
     if where == "stable" and ready:
         if weights != {"stable": 100.0}:
