@@ -1,16 +1,17 @@
 """Canary analysis: compare the canary slot with the stable slot from the servers' own Prometheus metrics.
 
-Semantics borrowed from Flagger and Argo Rollouts rather than invented: every ``interval`` one *measurement* is
-taken per slot (deltas of counters between two scrapes). A measurement is ``failed`` when a check is over its
-threshold, when the canary does not answer /metrics, or when the analysis' own load through the router fails more
-often than ``max_error_rate``. Besides 5xx, the canary's client errors (4xx but 429) are compared with stable's:
-both slots get the same traffic, so a canary that rejects requests stable accepts (a changed input contract)
-fails, while clients' own mistakes, which hit both alike, do not. A measurement is ``inconclusive`` when a slot
-served fewer than ``min_requests`` predictions, the stable slot does not answer, or the analysis' own valid
-requests were refused while the canary refuses no more of them than stable (a 401 for a missing API key: the
-slots then count refusals, not predictions). No data is never a pass (flagger#1098). The analysis fails once
-failed measurements exceed ``failure_limit`` or inconclusive ones exceed ``inconclusive_limit`` (Argo's
-``failureLimit``/``inconclusiveLimit``).
+Semantics borrowed from Flagger and Argo Rollouts rather than invented: every ``interval`` one *measurement* is taken
+per slot (deltas of counters between two scrapes). A measurement is ``failed`` when a check is over its threshold,
+when the canary does not answer /metrics, or when the analysis' own load through the router fails more often than
+``max_error_rate``. Besides 5xx, the canary's client errors (4xx but 429) are compared with stable's: both slots get
+the same traffic, so a canary that rejects requests stable accepts (a changed input contract) fails, while clients'
+own mistakes, which hit both alike, do not. A measurement is ``inconclusive`` when a slot served fewer than
+``min_requests`` predictions (429s aside: they never reach the model), the stable slot does not answer (though a
+canary over the absolute ceilings ``max_error_rate`` or ``max_p99_latency_ms`` still fails, as those need no
+comparison), or the analysis' own valid requests were refused while the canary refuses no more of them than stable (a
+401 for a missing API key: the slots then count refusals, not predictions). No data is never a pass (flagger#1098).
+The analysis fails once failed measurements exceed ``failure_limit`` or inconclusive ones exceed
+``inconclusive_limit`` (Argo's ``failureLimit``/``inconclusiveLimit``).
 """
 
 from __future__ import annotations
@@ -218,7 +219,9 @@ class Measurement:
 
 
 def _rate(snap: Snapshot) -> float | None:
-    return snap.errors / snap.requests if snap.requests > 0 else None
+    """5xx share of the requests the slot judged (a 429 is answered before the model is reached)."""
+    judged = _judged(snap)
+    return snap.errors / judged if judged > 0 else None
 
 
 def _judged(snap: Snapshot) -> float:
@@ -249,8 +252,10 @@ def measure(
     m = _observe(canary, stable, weight, load)
     failed = _hard_failures(m, params)
     missing = _missing_data(m, params)
-    if not missing and m.canary_scrape_error is None:
+    if m.canary_scrape_error is None and not missing:
         failed += _failed_checks(m, params)
+    elif m.canary_scrape_error is None and m.canary_judged >= params.min_requests:
+        failed += _ceiling_failures(m, params)  # nothing to compare with, but a ceiling needs no stable
     if not failed:
         missing += _rejected_load(m, params)
     m.verdict = "failed" if failed else "inconclusive" if missing else "passed"
@@ -309,10 +314,10 @@ def _missing_data(m: Measurement, params: CanaryParams) -> list[str]:
     """Why the slots' metrics cannot be compared this interval (inconclusive, never a pass)."""
     if m.stable_scrape_error is not None:
         return [f"stable did not answer /metrics: {m.stable_scrape_error} (nothing to compare with: inconclusive)"]
-    if m.canary_scrape_error is None and min(m.canary_requests, m.stable_requests) < params.min_requests:
+    if m.canary_scrape_error is None and min(m.canary_judged, m.stable_judged) < params.min_requests:
         return [
-            f"too few requests (canary {m.canary_requests:g}, stable {m.stable_requests:g}, "
-            f"need {params.min_requests} each)"
+            f"too few requests (canary {m.canary_judged:g}, stable {m.stable_judged:g}, "
+            f"need {params.min_requests} each; 429s not counted)"
         ]
     return []
 
@@ -394,12 +399,34 @@ def _error_rate_check(m: Measurement, params: CanaryParams) -> list[str]:
     """Canary 5xx share over the absolute ceiling (whatever stable does) or over stable's plus the allowed increase."""
     c_rate, s_rate = m.canary_error_rate or 0.0, m.stable_error_rate or 0.0
     if c_rate > params.max_error_rate:
-        return [f"error rate {c_rate:.2%} > ceiling {params.max_error_rate:.2%} (stable {s_rate:.2%})"]
+        return _error_ceiling(m, params)
     if c_rate > s_rate + params.max_error_rate_increase:
         return [
             f"error rate {c_rate:.2%} > stable {s_rate:.2%} + allowed increase {params.max_error_rate_increase:.2%}"
         ]
     return []
+
+
+def _error_ceiling(m: Measurement, params: CanaryParams) -> list[str]:
+    """The canary's 5xx share over ``max_error_rate``, whatever stable does."""
+    c_rate = m.canary_error_rate or 0.0
+    if c_rate <= params.max_error_rate:
+        return []
+    return [f"error rate {c_rate:.2%} > ceiling {params.max_error_rate:.2%} (stable {_stable_rate(m)})"]
+
+
+def _stable_rate(m: Measurement) -> str:
+    if m.stable_scrape_error is not None or m.stable_error_rate is None:
+        return "no data"
+    return f"{m.stable_error_rate:.2%}"
+
+
+def _ceiling_failures(m: Measurement, params: CanaryParams) -> list[str]:
+    """With no stable data to compare with, the checks that need none: the error and p99 ceilings."""
+    reasons = _error_ceiling(m, params)
+    if m.canary_p99_ms is not None and m.canary_p99_ms > params.max_p99_latency_ms:
+        reasons.append(f"p99 latency {m.canary_p99_ms:.1f} ms > ceiling {params.max_p99_latency_ms:.1f} ms")
+    return reasons
 
 
 def _client_error_check(m: Measurement, params: CanaryParams) -> list[str]:

@@ -324,6 +324,28 @@ def test_stable_that_does_not_answer_is_inconclusive_and_says_so() -> None:
     assert "stable did not answer /metrics" in aborted  # the abort says why the data was missing
 
 
+def test_canary_over_a_ceiling_fails_even_when_stable_does_not_answer() -> None:
+    gone = NoAnswer("no connection to http://127.0.0.1:9 (refused)")
+    failing = measure(snap(100, errors=30), gone, 25, params())
+    assert failing.verdict == "failed"
+    assert failing.reasons[0] == "error rate 30.00% > ceiling 1.00% (stable no data)"
+    assert failing.reasons[1].startswith("stable did not answer /metrics")  # why the rest was not compared
+    slow = measure(snap(100, seconds=1.0), gone, 25, params(max_p99_latency_ms=500))
+    assert slow.verdict == "failed" and slow.reasons[0].startswith("p99 latency ")
+    assert slow.reasons[0].endswith(" ms > ceiling 500.0 ms")
+    assert measure(snap(100), gone, 25, params()).verdict == "inconclusive"  # within the ceilings: no evidence
+    assert measure(snap(10, errors=10), gone, 25, params()).verdict == "inconclusive"  # too few to judge
+
+
+def test_429s_are_not_requests_judged() -> None:
+    limited = parse_metrics(server_metrics(10, 0, 0.003, {"a": 5, "b": 5}, client={"429": 500}))
+    m = measure(limited, snap(300), 25, params())
+    assert m.verdict == "inconclusive"
+    assert m.reasons == ["too few requests (canary 10, stable 300, need 20 each; 429s not counted)"]
+    erring = parse_metrics(server_metrics(90, 10, 0.003, {"a": 45, "b": 45}, client={"429": 900}))
+    assert measure(erring, snap(300), 25, params()).canary_error_rate == pytest.approx(0.1)  # not 1%
+
+
 def test_driver_failures_are_evidence() -> None:
     load = LoadResult(statuses=Tally({200: 995, 503: 3, 0: 2}))
     m = measure(snap(100), snap(300), 25, params(), load)
