@@ -896,52 +896,60 @@ def _clear_canary(p: Promoter, version: str | None, reason: str, out: Outcome) -
     out.say(f"canary of version {version} stopped: all production traffic on version {stable}")
 
 
-def _route_to(p: Promoter, goal: str, out: Outcome) -> tuple[bool, bool]:
-    """All production traffic on ``goal``; returns (it was warm, its slot is already named stable)."""
+def _route_to(p: Promoter, goal: str, out: Outcome) -> tuple[bool, str]:
+    """All production traffic on ``goal``; returns (it was warm, the slot that serves it now)."""
     weights = p.target.weights(PROD)
-    where = next((slot for slot in ("stable", "previous") if p.target.slot_version(PROD, slot) == goal), None)
+    where = next((s for s in ("stable", "previous", "canary") if p.target.slot_version(PROD, s) == goal), None)
     ready = where is not None and wait_identity(p.target, PROD, where, 1.0)
     if where is not None and not ready and weights.get(where, 0) > 0:
         p.revive(PROD, where, out, then="run scripts/rollback.sh again")  # it holds traffic: never replaced
         ready = True
-    if where == "stable" and ready:
-        if weights != {"stable": 100.0}:
-            p.target.set_weights(PROD, {"stable": 100})
-        return True, True  # an interrupted rollback got this far already
-    warm = where == "previous" and ready
-    if not warm:
-        if weights.get("previous", 0) > 0:
-            raise DeploymentError(
-                f"{PROD}/previous (version {p.target.slot_version(PROD, 'previous')}) holds "
-                f"traffic, so version {goal} cannot be started in its place; run "
-                "scripts/rollback.sh without --to first"
-            )
-        out.say(f"version {goal} is not warm: starting it (slower than the warm path)")
-        bundle = p.bundle(goal)  # fetched and verified before the warm slot is given up
-        stopped = p.target.slot_version(PROD, "previous")
-        p.target.stop(PROD, "previous")
-        try:
-            p.target.deploy(PROD, "previous", bundle, goal)
-        except DeploymentError as exc:  # no traffic moved: end this rollback (a PromotionError clears its journal)
-            raise PromotionError(_cold_start_failed(p, goal, stopped, exc)) from exc
-    p.target.set_weights(PROD, {"previous": 100})  # a no-op when the fast path already routed there
-    return warm, False
+    if where is not None and ready:
+        # always: a run killed between writing the weights and nginx's reload left the state ahead of the router
+        # (the router's applied-config stamp makes this a no-op when nginx already routes so)
+        p.target.set_weights(PROD, {where: 100})
+        return True, where
+    spare = where if where in ("previous", "canary") else "canary"  # goal's own dead slot, else the canary's
+    _cold_start(p, goal, spare, out)
+    p.target.set_weights(PROD, {spare: 100})
+    return False, spare
 
 
-def _cold_start_failed(p: Promoter, goal: str, stopped: str | None, exc: DeploymentError) -> str:
+def _cold_start(p: Promoter, goal: str, slot: str, out: Outcome) -> None:
+    """Start ``goal`` in ``slot`` (the canary's, which the rollback stops anyway), so that a warm previous version
+    stays warm whether ``goal`` starts or not; PromotionError, nothing moved, when it cannot start."""
+    if p.target.weights(PROD).get(slot, 0) > 0:
+        raise DeploymentError(
+            f"{PROD}/{slot} (version {p.target.slot_version(PROD, slot)}) holds traffic, so version {goal} "
+            "cannot be started in its place; run scripts/rollback.sh without --to first"
+        )
+    out.say(f"version {goal} is not warm: starting it (slower than the warm path)")
+    bundle = p.bundle(goal)  # fetched and verified before anything is stopped
+    p.target.stop(PROD, slot)
+    try:
+        p.target.deploy(PROD, slot, bundle, goal)
+    except DeploymentError as exc:  # no traffic moved: end this rollback (a PromotionError clears its journal)
+        raise PromotionError(_cold_start_failed(p, goal, exc)) from exc
+
+
+def _cold_start_failed(p: Promoter, goal: str, exc: DeploymentError) -> str:
     """What an on-call engineer reads when the version to roll back to cannot start: nothing moved, and what next."""
     serving = p.target.slot_version(PROD, "stable")
-    warm = f" The warm version {stopped} was stopped to make room for it;" if stopped else ""
+    warm = p.target.slot_version(PROD, "previous")
+    if warm is not None and warm not in (serving, goal) and wait_identity(p.target, PROD, "previous", 1.0):
+        then = f"version {warm} is still warm: run scripts/rollback.sh --to {warm} to move to it in about a second"
+    else:
+        then = f"run scripts/rollback.sh again to retry version {goal}"
     return (
         f"version {goal} could not be started, so no traffic moved: production stays on version {serving}. "
-        f"{exc}.{warm} run scripts/rollback.sh again (it retries {goal}) or with --to another version"
+        f"{exc}. Next: {then}, or with --to another version"
     )
 
 
 def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) -> Outcome:
     """Every step checks the state first, so a re-run after a crash at any point finishes the same rollback."""
     started = time.monotonic()
-    was_warm, in_stable = _route_to(p, goal, out)
+    was_warm, slot = _route_to(p, goal, out)
     switch_s = time.monotonic() - started
     since_command = time.time() - process_started()
     fast = switched_to(goal)
@@ -952,10 +960,11 @@ def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) ->
         f"traffic: 100% on version {goal}, {since_command:.2f} s after the command started "
         f"({how}{'warm' if was_warm else 'cold'} switch {switch_s:.3f} s); canary weight 0"
     )
-    p.target.stop(PROD, "canary", wait=False)
-    if not in_stable:
+    if slot != "canary":
+        p.target.stop(PROD, "canary", wait=False)
+    if slot != "stable":
         p.target.stop(PROD, "stable", wait=False)
-        p.target.rename(PROD, "previous", "stable")
+        p.target.rename(PROD, slot, "stable")  # from the canary's slot, a warm previous version stays warm
     state = p.journal.load()
     state.last_rollback = RollbackMark(from_version=bad, to_version=goal, at=time.time())
     if state.production_history[-1:] != [goal]:

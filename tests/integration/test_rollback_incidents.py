@@ -534,12 +534,13 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     assert incident.state().operation is None
 
 
-def test_a_rollback_to_a_version_that_cannot_start_moves_nothing_and_blocks_nothing(
+def test_a_cold_rollback_keeps_the_warm_previous_version_warm_whether_it_starts_or_not(
     incident: Incident, tmp_path: Path
 ) -> None:
-    """The version to go back to is not warm and its server does not come up in time: production stays where it
-    is, the rollback ends (it used to stay journaled, so every later rollback retried the same version and
-    every `--to` and promotion was refused), and a rollback to another version then works."""
+    """The version to go back to is not warm. When its server does not come up in time, production stays where it
+    is, the rollback ends (it used to stay journaled, so every later rollback retried the same version and every
+    `--to` and promotion was refused) and the warm previous version is still warm (it used to be stopped to make
+    room). When it starts, it takes all traffic and the warm previous version is still there too."""
     import yaml
 
     home, name = incident.home, incident.name
@@ -547,6 +548,8 @@ def test_a_rollback_to_a_version_that_cannot_start_moves_nothing_and_blocks_noth
     b = register(make_variant(incident.bundle, tmp_path / "version-b", "same"), home, name, "incident-b")
     promote_over(incident, b, a)  # b serves, a is warm, p is cold
     rows = sample_rows(incident.bundle, 8)
+    warm = target(home).slot(PROD, "previous")
+    assert warm is not None and warm.version == a
     params_file = home / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
     kept = params["promotion"]["ready_timeout"]
@@ -556,12 +559,22 @@ def test_a_rollback_to_a_version_that_cannot_start_moves_nothing_and_blocks_noth
     said = " ".join((failed.stdout + failed.stderr).split())
     assert failed.returncode == 1, show(failed)
     assert f"version {p} could not be started, so no traffic moved: production stays on version {b}" in said, said
+    assert f"version {a} is still warm: run scripts/rollback.sh --to {a}" in said, said
     assert incident.state().operation is None
     assert_all_on(incident, b, rows, said)
+    assert target(home).slot(PROD, "previous") == warm and pid_alive(warm.pid)
+
     params["promotion"]["ready_timeout"] = kept
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    ok(cli(home, "rollback", "--to", a, "--reason", "test: another version"))
-    assert_all_on(incident, a, rows)
+    said = " ".join(ok(cli(home, "rollback", "--to", p, "--reason", "test: cold start works")).split())
+    assert f"version {p} is not warm: starting it" in said and "cold switch" in said, said
+    assert_all_on(incident, p, rows, said)
+    assert target(home).slot(PROD, "previous") == warm and pid_alive(warm.pid), said
+    assert target(home).slot(PROD, "canary") is None
+
+    said = " ".join(ok(cli(home, "rollback", "--to", a, "--reason", "test: back to the warm one")).split())
+    assert "warm switch" in said, said
+    assert_all_on(incident, a, rows, said)
 
 
 def test_a_canary_whose_stable_dies_is_dropped_and_stable_restarted(incident: Incident, tmp_path: Path) -> None:
