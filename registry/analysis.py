@@ -61,6 +61,8 @@ class CanaryParams(BaseModel):
     max_error_rate_increase: float = Field(0.005, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
     max_client_error_rate_increase: float = Field(0.01, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
     client_error_z: float = Field(3.0, gt=0, json_schema_extra=HIGHER_IS_LAXER)
+    min_traffic_share: float = Field(0.5, ge=0, le=1, json_schema_extra=LOWER_IS_LAXER)
+    traffic_share_z: float = Field(3.0, gt=0, json_schema_extra=HIGHER_IS_LAXER)
     max_p99_latency_ms: float = Field(500.0, gt=0, json_schema_extra=HIGHER_IS_LAXER)
     max_p99_ratio: float = Field(2.0, ge=1, json_schema_extra=HIGHER_IS_LAXER)
     p99_slack_ms: float = Field(25.0, ge=0, json_schema_extra=HIGHER_IS_LAXER)
@@ -340,7 +342,7 @@ def _rejected_load(m: Measurement, params: CanaryParams) -> list[str]:
 
 def _failed_checks(m: Measurement, params: CanaryParams) -> list[str]:
     """Checks of the canary's metrics against absolute ceilings and against stable."""
-    reasons = _error_rate_check(m, params) + _client_error_check(m, params)
+    reasons = _error_rate_check(m, params) + _client_error_check(m, params) + _traffic_share_check(m, params)
     if m.canary_p99_ms is not None:
         relative = (m.stable_p99_ms or 0.0) * params.max_p99_ratio + params.p99_slack_ms
         limit = min(params.max_p99_latency_ms, relative) if m.stable_p99_ms is not None else params.max_p99_latency_ms
@@ -427,6 +429,29 @@ def _ceiling_failures(m: Measurement, params: CanaryParams) -> list[str]:
     if m.canary_p99_ms is not None and m.canary_p99_ms > params.max_p99_latency_ms:
         reasons.append(f"p99 latency {m.canary_p99_ms:.1f} ms > ceiling {params.max_p99_latency_ms:.1f} ms")
     return reasons
+
+
+def _traffic_share_check(m: Measurement, params: CanaryParams) -> list[str]:
+    """The canary answered well under its weight's share of the predictions, by more than sampling noise.
+
+    nginx splits requests at random by weight, but sends a request the canary refused or timed out on to stable,
+    its backup: those failures reach no slot's error count, so a canary that refuses part of its connections looks
+    healthy by its own metrics. Its share of the requests is the evidence (a binomial test against the weight).
+    """
+    total, expected = m.canary_requests + m.stable_requests, m.weight / 100.0
+    if total <= 0 or not 0.0 < expected < 1.0:
+        return []
+    share = m.canary_requests / total
+    if share >= expected * params.min_traffic_share:
+        return []
+    z = (expected - share) / math.sqrt(expected * (1.0 - expected) / total)
+    if z <= params.traffic_share_z:
+        return []
+    return [
+        f"the canary answered {share:.1%} of the {total:g} predictions at weight {m.weight:g}% (under "
+        f"{params.min_traffic_share:g} of its share, {z:.1f} standard errors): nginx sent the rest to stable after "
+        "the canary refused or timed out on them. Check the canary's log and the router's error.log"
+    ]
 
 
 def _client_error_check(m: Measurement, params: CanaryParams) -> list[str]:

@@ -337,6 +337,22 @@ def test_canary_over_a_ceiling_fails_even_when_stable_does_not_answer() -> None:
     assert measure(snap(10, errors=10), gone, 25, params()).verdict == "inconclusive"  # too few to judge
 
 
+def test_a_canary_that_answers_well_under_its_share_fails() -> None:
+    """nginx retries at stable what the canary refused: only the canary's missing share shows it."""
+    short = measure(snap(20), snap(380), 25, params())
+    assert short.verdict == "failed"
+    assert short.reasons == [
+        "the canary answered 5.0% of the 400 predictions at weight 25% (under 0.5 of its share, 9.2 standard "
+        "errors): nginx sent the rest to stable after the canary refused or timed out on them. Check the canary's "
+        "log and the router's error.log"
+    ]
+    assert measure(snap(60), snap(340), 25, params()).verdict == "passed"  # 15%: over half of its 25%
+    assert measure(snap(20), snap(600), 5, params()).verdict == "passed"  # 3.2% at 5%: over half of its share
+    noise = measure(snap(5), snap(220), 5, params(min_requests=5))  # 2.2% at 5%, but of 225: 1.9 standard errors
+    assert noise.verdict == "passed", noise.reasons
+    assert measure(snap(20), snap(380), 25, params(min_traffic_share=0.1)).verdict == "passed"
+
+
 def test_429s_are_not_requests_judged() -> None:
     limited = parse_metrics(server_metrics(10, 0, 0.003, {"a": 5, "b": 5}, client={"429": 500}))
     m = measure(limited, snap(300), 25, params())

@@ -69,7 +69,13 @@ def test_second_caller_is_told_who_holds_the_lock(tmp_path: Path) -> None:
 
 class _Backend(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = self.server.name.encode()  # type: ignore[attr-defined]
+        server = self.server
+        server.seen += 1  # type: ignore[attr-defined]
+        if server.seen % 4 < server.drop:  # type: ignore[attr-defined]
+            self.close_connection = True  # no answer at all: nginx's upstream "error", retried at the backup
+            return
+        server.answered += 1  # type: ignore[attr-defined]
+        body = server.name.encode()  # type: ignore[attr-defined]
         self.send_response(200)
         self.send_header("X-Seen-Forwarded-For", self.headers.get("X-Forwarded-For", ""))
         self.send_header("Content-Length", str(len(body)))
@@ -81,16 +87,22 @@ class _Backend(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def backends() -> Iterator[dict[str, int]]:
-    servers = {}
+def servers() -> Iterator[dict[str, http.server.ThreadingHTTPServer]]:
+    """A stable and a canary backend that answer with their name and count what they answered."""
+    started = {}
     for name in ("stable", "canary"):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
-        server.name = name  # type: ignore[attr-defined]
+        server.name, server.seen, server.answered, server.drop = name, 0, 0, 0  # type: ignore[attr-defined]
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers[name] = server
-    yield {name: s.server_address[1] for name, s in servers.items()}
-    for server in servers.values():
+        started[name] = server
+    yield started
+    for server in started.values():
         server.shutdown()
+
+
+@pytest.fixture
+def backends(servers: dict[str, http.server.ThreadingHTTPServer]) -> dict[str, int]:
+    return {name: s.server_address[1] for name, s in servers.items()}
 
 
 def _env(ports: dict[str, int], weights: dict[str, float], entry: int) -> Environment:
@@ -159,6 +171,31 @@ def test_an_interrupted_reload_is_redone_by_the_next_apply(
         assert _hits(entry, 10) == Counter({"stable": 10})
     finally:
         nginx.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx is installed by make setup")
+def test_a_canary_that_drops_requests_is_seen_only_by_its_share(
+    tmp_path: Path, servers: dict[str, http.server.ThreadingHTTPServer], backends: dict[str, int]
+) -> None:
+    """nginx retries at stable what the canary dropped: clients see no error and no slot counts one, so the canary
+    analysis judges the share the canary answered."""
+    from deploy.targets.local import free_port
+    from registry.analysis import CanaryParams, Snapshot, measure
+
+    servers["canary"].drop = 3  # type: ignore[attr-defined]  # three requests in four get no answer
+    entry = free_port()
+    nginx = Nginx(tmp_path / "nginx")
+    try:
+        nginx.apply(_env(backends, {"stable": 50, "canary": 50}, entry))
+        hits = _hits(entry, 400)
+    finally:
+        nginx.stop()
+    assert sum(hits.values()) == 400 and hits["canary"] < 100, hits  # every client got an answer
+    answered = {name: float(s.answered) for name, s in servers.items()}  # type: ignore[attr-defined]
+    m = measure(Snapshot(answered["canary"]), Snapshot(answered["stable"]), 50, CanaryParams())
+    assert m.verdict == "failed" and m.reasons[0].startswith("the canary answered "), (answered, m.reasons)
+    assert m.canary_error_rate == 0 and m.stable_error_rate == 0  # no slot counted a failure
 
 
 def test_router_refuses_empty_routing(tmp_path: Path) -> None:
