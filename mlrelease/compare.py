@@ -3,14 +3,16 @@
 In a pull request the throwaway registry has no `production` version, so evaluate's champion gate cannot fire.
 The base branch's committed `reports/metrics.json` is the champion there: accuracy and ROC AUC may trail it by at
 most the base branch's `gates.champion_tolerance` (the PR cannot widen its own tolerance), and a PR that lowers a
-minimum or raises a maximum of a gate is named, since it changes what every later model must pass.
+minimum or raises a maximum of a gate is named, since it changes what every later model must pass. A change to the
+model's interface in the data contract (features dropped, added or reordered, another target or labels) is shown
+to the reviewer without failing: it is allowed, but clients must follow.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -73,6 +75,7 @@ class Comparison:
     tolerance: float
     loosened: list[str]
     tolerance_from: str = "the base branch's params.yaml"
+    interface: list[str] = field(default_factory=list)  # shown to the reviewer, never a failure by itself
 
     @property
     def regressions(self) -> list[MetricRow]:
@@ -156,18 +159,41 @@ def loosened_contract(base: dict[str, Any], head: dict[str, Any], label: str) ->
     return found + [f"{label} {item}" for item in loosened_gates(base, head, marked_fields(DataContract))]
 
 
-def _contracts(ref: str, base_params: dict[str, Any], head_params: dict[str, Any]) -> list[str]:
-    """The data contract at ``ref`` against the working tree's (each found through its own params.yaml)."""
+def interface_changes(base: dict[str, Any], head: dict[str, Any], label: str) -> list[str]:
+    """What the head's data contract changes in the model's interface: features dropped, added or reordered (a row
+    sent by position then means other features), the target or its labels (a class index then means another
+    class). No loosening, but clients must change and the base's metrics measured another task."""
+
+    def names(contract: dict[str, Any]) -> list[str]:
+        return [str(f.get("name")) for f in contract.get("features") or [] if isinstance(f, dict)]
+
+    b, h = names(base), names(head)
+    found = [f"{label}: feature {n!r} dropped" for n in b if n not in h]
+    found += [f"{label}: feature {n!r} added" for n in h if n not in b]
+    if [n for n in b if n in h] != [n for n in h if n in b]:
+        found.append(f"{label}: features reordered (rows sent by position now mean other features)")
+    bt, ht = base.get("target") or {}, head.get("target") or {}
+    if isinstance(bt, dict) and isinstance(ht, dict):
+        if bt.get("name") != ht.get("name"):
+            found.append(f"{label}: target {bt.get('name')!r} -> {ht.get('name')!r}")
+        if bt.get("labels") != ht.get("labels"):
+            found.append(f"{label}: target labels {bt.get('labels')} -> {ht.get('labels')} (class indices move)")
+    return found
+
+
+def _contracts(ref: str, base_params: dict[str, Any], head_params: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The data contract at ``ref`` against the working tree's (each found through its own params.yaml): what it
+    loosens, and what it changes in the model's interface."""
     from pathlib import Path
 
     base_path, head_path = _lookup(base_params, "data.schema"), _lookup(head_params, "data.schema")
     if not isinstance(base_path, str) or not isinstance(head_path, str) or not Path(head_path).is_file():
-        return []
+        return [], []
     base_text = git_show(ref, base_path)
     if base_text is None:
-        return []
+        return [], []
     base, head = yaml.safe_load(base_text) or {}, yaml.safe_load(Path(head_path).read_text()) or {}
-    return loosened_contract(base, head, head_path)
+    return loosened_contract(base, head, head_path), interface_changes(base, head, head_path)
 
 
 def compare_with(ref: str, head_metrics: dict[str, Any], head_params: dict[str, Any]) -> Comparison | None:
@@ -182,8 +208,8 @@ def compare_with(ref: str, head_metrics: dict[str, Any], head_params: dict[str, 
         tolerance = _number(_lookup(head_params, "gates.champion_tolerance")) or 0.0
         source = f"this change's params.yaml ({ref} sets none)"
     rows = compare_metrics(json.loads(base_text), head_metrics, tolerance)
-    loosened = loosened_gates(base_params, head_params) + _contracts(ref, base_params, head_params)
-    return Comparison(rows, tolerance, loosened, source)
+    contract_loosened, interface = _contracts(ref, base_params, head_params)
+    return Comparison(rows, tolerance, loosened_gates(base_params, head_params) + contract_loosened, source, interface)
 
 
 def markdown(comparison: Comparison, ref: str, accepted: bool = False) -> str:
@@ -207,6 +233,13 @@ def markdown(comparison: Comparison, ref: str, accepted: bool = False) -> str:
             "**Gates or data contract loosened by this PR** (every later model and dataset is held to these):",
         ]
         lines += [f"- `{item}`" for item in comparison.loosened]
+    if comparison.interface:
+        lines += [
+            "",
+            "**Model interface changed by this PR** (clients must follow, and the base's metrics measured the old "
+            "task):",
+        ]
+        lines += [f"- `{item}`" for item in comparison.interface]
     return "\n".join(lines)
 
 

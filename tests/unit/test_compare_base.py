@@ -12,7 +12,15 @@ import yaml
 from typer.testing import CliRunner
 
 from mlrelease.cli import app
-from mlrelease.compare import compare_metrics, compare_with, loosened_contract, loosened_gates, threshold_fields
+from mlrelease.compare import (
+    compare_metrics,
+    compare_with,
+    interface_changes,
+    loosened_contract,
+    loosened_gates,
+    markdown,
+    threshold_fields,
+)
 
 BASE_METRICS = {"accuracy": 0.97, "roc_auc": 0.99, "f1": 0.98, "precision": 0.98, "recall": 0.97}
 PARAMS = {"gates": {"min_accuracy": 0.95, "min_roc_auc": 0.98, "champion_tolerance": 0.01}, "export": {}}
@@ -78,6 +86,22 @@ def test_a_data_contract_that_lets_more_through_is_named() -> None:
     assert loosened_contract(base, base, "s.yaml") == []
 
 
+def test_a_changed_model_interface_is_named_and_an_unchanged_one_is_not() -> None:
+    target = {"name": "y", "labels": [0, 1]}
+    base = {"features": [{"name": "a"}, {"name": "b"}, {"name": "c"}], "target": target}
+    head = {"features": [{"name": "b"}, {"name": "a"}, {"name": "d"}], "target": {"name": "y", "labels": [1, 0]}}
+    assert interface_changes(base, head, "s.yaml") == [
+        "s.yaml: feature 'c' dropped",
+        "s.yaml: feature 'd' added",
+        "s.yaml: features reordered (rows sent by position now mean other features)",
+        "s.yaml: target labels [0, 1] -> [1, 0] (class indices move)",
+    ]
+    assert interface_changes(base, {**base, "features": [*base["features"], {"name": "d"}]}, "s.yaml") == [
+        "s.yaml: feature 'd' added"  # appended: the old positions keep their meaning
+    ]
+    assert interface_changes(base, {**base, "min_rows": 3}, "s.yaml") == []
+
+
 @pytest.fixture
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A git repository whose `base` branch committed metrics and params, checked out on `feature`."""
@@ -108,6 +132,12 @@ def test_compare_reads_both_contracts_through_their_params(repo: Path) -> None:
     (repo / "s.yaml").write_text(yaml.safe_dump({"features": [{"name": "a", "max": 2.0}]}))
     result = compare_with("HEAD", BASE_METRICS, head_params)
     assert result is not None and result.loosened == ["s.yaml feature 'a' max: 1 -> 2"] and not result.passed
+    assert result.interface == []
+    (repo / "s.yaml").write_text(yaml.safe_dump({"features": [{"name": "a", "max": 1.0}, {"name": "b"}]}))
+    result = compare_with("HEAD", BASE_METRICS, head_params)
+    assert result is not None and result.passed and result.interface == ["s.yaml: feature 'b' added"]
+    shown = markdown(result, "HEAD")
+    assert "**Model interface changed by this PR**" in shown and "- `s.yaml: feature 'b' added`" in shown
 
 
 def test_the_pr_cannot_widen_its_own_tolerance(repo: Path) -> None:
