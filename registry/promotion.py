@@ -319,6 +319,7 @@ class Promoter:
         """Let the target restart a slot that does not answer as itself (never replaced: it holds or is to take
         the traffic), then wait for it; DeploymentError naming the problem and ``then`` if it does not come back."""
         for line in self.target.reconcile():
+            log.warning("reconciled: %s", line)  # live: a command that fails after this never prints its summary
             out.say(f"reconciled: {line}")
         if not wait_identity(self.target, env, slot, self.params.ready_timeout):
             raise DeploymentError(
@@ -533,16 +534,16 @@ class Promoter:
         try:
             analysis = run_analysis(self, version, stable, params, out)
         except PromotionError as exc:
-            self.abort_canary(version, stable, str(exc), {})
+            self.abort_canary(version, stable, str(exc), {}, out)
             raise
         except Exception as exc:  # a crashed analysis, a canary that died, a failed reload: never keep its traffic
-            self.abort_canary(version, stable, f"analysis error: {exc}", {})
+            self.abort_canary(version, stable, f"analysis error: {exc}", {}, out)
             raise PromotionError(
                 f"canary of version {version} rolled back after an error: {exc}; production stays on version {stable}"
             ) from exc
         evidence = {"report": str(analysis["report"]), "measurements": analysis["measurements"]}
         if analysis["aborted"]:
-            self.abort_canary(version, stable, analysis["aborted"], evidence)
+            self.abort_canary(version, stable, analysis["aborted"], evidence, out)
             raise PromotionError(
                 f"canary of version {version} rolled back: {analysis['aborted']} "
                 f"(report {analysis['report']}); production stays on version {stable}"
@@ -567,20 +568,22 @@ class Promoter:
             f"canary of version {version} passed (report {analysis['report']}); next: `mlrelease promote production`"
         )
 
-    def drop_canary(self, version: str) -> None:
+    def drop_canary(self, version: str, out: Outcome | None = None) -> None:
         """Weight 0, canary slot stopped, alias removed, canary pass withdrawn (each a no-op when already so).
 
         Stable is restarted first if it died: nginx then sends its share to the canary as the backup, so a
         canary dropped without it would keep all of production's traffic."""
-        self._route_all(PROD, "stable", Outcome())
+        self._route_all(PROD, "stable", out or Outcome())
         self.target.stop(PROD, "canary")
         self.registry.delete_alias("canary")
         self.registry.set_tag(version, PASSED_TAG["canary"], "false")
 
-    def abort_canary(self, version: str, stable: str, reason: str, evidence: dict[str, Any]) -> None:
+    def abort_canary(
+        self, version: str, stable: str, reason: str, evidence: dict[str, Any], out: Outcome | None = None
+    ) -> None:
         """The canary dropped, the reason recorded."""
         try:
-            self.drop_canary(version)
+            self.drop_canary(version, out)
         except DeploymentError as exc:  # stable cannot take the traffic back: say why the canary was stopped too
             raise DeploymentError(
                 f"canary of version {version} failed ({reason}) and could not be dropped: {exc}"
@@ -879,7 +882,7 @@ def _clear_canary(p: Promoter, version: str | None, reason: str, out: Outcome) -
     if version is None:
         return
     stable = p.target.slot_version(PROD, "stable")
-    p.drop_canary(version)
+    p.drop_canary(version, out)
     p.note(
         AuditRecord(
             "rollback",

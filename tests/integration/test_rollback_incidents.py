@@ -597,6 +597,7 @@ def test_a_canary_whose_stable_dies_is_dropped_and_stable_restarted(incident: In
     code = canary.wait(timeout=180)
     said = " ".join(log.read_text().split())
     assert code != 0 and "rolled back" in said, f"canary exit {code}: {said}"
+    assert "reconciled: restarted production/stable" in said, said  # the restart is shown, not only logged
     assert_all_on(incident, a, rows, said)
     restarted = t.slot(PROD, "stable")
     assert restarted is not None and restarted.pid != stable.pid
