@@ -41,5 +41,6 @@ lint: setup
 bench: setup
 	$(BIN)/python scripts/bench_pipeline.py
 
-clean:
+clean:  # stops this workspace's servers and routers first: removing .mlrelease would orphan them
+	test ! -x $(BIN)/mlrelease || $(BIN)/mlrelease down --yes
 	rm -rf $(VENV) mlruns .mlrelease data models .pytest_cache

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -139,6 +140,38 @@ def project_settings() -> Settings:
     return settings
 
 
+def stop_everything(state_dir: Path, yes: bool, by: str | None) -> None:
+    """Body of `mlrelease down`: under the promotion lock, stop every slot and router, clear any journaled
+    operation (nothing is left to recover) and record who did it."""
+    from deploy.targets.local import LocalTarget
+    from registry.audit import AuditLog, AuditRecord, resolve_actor
+    from registry.locking import promotion_lock
+
+    target = LocalTarget(state_dir)
+    running = target.status() if target.store.path.is_file() else []
+    if not running:
+        typer.echo("nothing is running: no server or router to stop")
+        return
+    serving = [r for r in running if r.environment == "production" and r.weight > 0]
+    if serving and not yes:
+        raise typer.BadParameter(
+            f"production serves version {serving[0].version} through {target.entry_url('production')}; "
+            "`mlrelease down --yes` stops it all the same"
+        )
+    actor = resolve_actor(by)
+    with promotion_lock(state_dir, "down", actor):
+        target.stop_all()
+        state = target.store.load()
+        state.operation = None
+        target.store.save(state)
+    stopped = [f"{r.environment}/{r.slot} (version {r.version})" for r in running]
+    AuditLog(state_dir).append(
+        AuditRecord("down", "all", actor, outcome="stopped", reason="mlrelease down: " + ", ".join(stopped))
+    )
+    back = f"; `mlrelease promote production --version {serving[0].version}` serves it again" if serving else ""
+    typer.echo("stopped " + ", ".join(stopped) + " and their routers" + back)
+
+
 def register(app: typer.Typer) -> None:
     """Add the release commands to the CLI."""
 
@@ -216,6 +249,15 @@ def register(app: typer.Typer) -> None:
 
         run_guarded("reconcile", call)
 
+    @app.command("down")
+    def down(
+        yes: bool = typer.Option(False, "--yes", help="Also when production serves traffic"),
+        by: str | None = BY,
+    ) -> None:
+        """Stop every local server and router of this workspace; the registry, its aliases and the history stay
+        (the teardown of the embedded default: `make clean` runs it first). Promoting a version again starts it."""
+        run_guarded("down", lambda: stop_everything(project_settings().state_dir, yes, by))
+
     @app.command("status")
     def status(params: Path = PARAMS) -> None:
         """What serves where, at which weight, healthy or not."""
@@ -258,31 +300,53 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @app.command("history")
-    def history(limit: int = typer.Option(50, "--limit", help="Most recent records to show")) -> None:
+    def history(
+        limit: int = typer.Option(50, "--limit", help="Most recent records to show"),
+        evidence: bool = typer.Option(False, "--evidence", help="Add a column with each record's evidence, in short"),
+        as_json: bool = typer.Option(False, "--json", help="The records as JSON lines, evidence in full"),
+    ) -> None:
         """The audit trail: every alias and traffic change, who, when, from which version to which, why."""
-        from rich.console import Console
-        from rich.table import Table
-
         from registry.audit import AuditLog
 
-        table = Table(title="mlrelease history")
-        for col in ("when (UTC)", "by", "action", "env", "alias", "from", "to", "weights", "outcome", "reason"):
-            table.add_column(col, overflow="fold")
-        for r in AuditLog(project_settings().state_dir).records()[-limit:]:
-            weights = ",".join(f"{k}={v:g}" for k, v in (r.get("weights") or {}).items())
-            table.add_row(
-                r.get("when", ""),
-                r.get("by", ""),
-                r.get("action", ""),
-                r.get("environment", ""),
-                r.get("alias") or "",
-                r.get("from_version") or "",
-                r.get("to_version") or "",
-                weights,
-                r.get("outcome", ""),
-                r.get("reason", ""),
-            )
-        Console(width=200).print(table)
+        records = AuditLog(project_settings().state_dir).records()[-limit:]
+        if as_json:
+            for r in records:
+                typer.echo(json.dumps(r, sort_keys=True, default=str))
+            return
+        print_history(records, evidence)
+
+
+def print_history(records: list[dict[str, Any]], evidence: bool) -> None:
+    """The audit records as a table, as wide as the terminal (wide when the output is not one: a CI log)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="mlrelease history")
+    columns = ["when (UTC)", "by", "action", "env", "alias", "from", "to", "weights", "outcome", "reason"]
+    for col in columns + (["evidence"] if evidence else []):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        weights = ",".join(f"{k}={v:g}" for k, v in (r.get("weights") or {}).items())
+        row = [r.get("when", ""), r.get("by", ""), r.get("action", ""), r.get("environment", "")]
+        row += [r.get("alias") or "", r.get("from_version") or "", r.get("to_version") or "", weights]
+        row += [r.get("outcome", ""), r.get("reason", "")]
+        table.add_row(*row, *([short_evidence(r.get("evidence") or {})] if evidence else []))
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(table)
+
+
+def short_evidence(evidence: dict[str, Any], width: int = 240) -> str:
+    """key=value for plain values, key=[N items] or key={...} for nested ones, cut at ``width``."""
+    parts = []
+    for key, value in evidence.items():
+        if isinstance(value, list):
+            parts.append(f"{key}=[{len(value)} items]")
+        elif isinstance(value, dict):
+            parts.append(f"{key}={{{', '.join(map(str, value))}}}")
+        else:
+            parts.append(f"{key}={value}")
+    text = "; ".join(parts)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _release_app() -> typer.Typer:

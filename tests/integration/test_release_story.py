@@ -7,6 +7,7 @@ requests (smoke test, Locust gate, canary load, verification) carry the key, and
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -225,6 +226,10 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
         assert step in actions, (step, actions)
     table = ok(cli(home, "history"))
     assert "canary-rollback" in table and "pager: p99" in table
+    with_evidence = ok(cli(home, "history", "--evidence"))
+    assert "evidence" in with_evidence and "items]" in with_evidence, with_evidence  # the canary's measurements
+    lines = [json.loads(line) for line in ok(cli(home, "history", "--json", "--limit", "500")).splitlines()]
+    assert [(r["action"], r.get("to_version"), r["outcome"]) for r in lines] == actions  # every record, in full
 
     # the version the incident rolled back does not go back to canary by default, aliases or not
     registry(home).set_registered_model_alias(name, "staging", v2)

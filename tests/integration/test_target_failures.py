@@ -132,3 +132,37 @@ def test_a_production_promotion_killed_between_its_renames_is_undone(tmp_path: P
         assert promoter.journal.load().operation is None
     finally:
         target.stop_all()
+
+
+def test_down_stops_every_server_and_router_and_asks_before_production(tmp_path: Path) -> None:
+    """`mlrelease down` (run by `make clean` before it deletes the state) leaves no server or nginx behind."""
+    import shutil
+
+    from deploy.targets.router import Nginx
+    from mlrelease.settings import Settings
+    from tests.release_helpers import REPO, audit_actions, cli, show
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    state_dir = Settings(home=tmp_path).state_dir
+    target = LocalTarget(state_dir, ready_timeout_s=60, drain_timeout_s=2)
+    bundle = make_bundle(tmp_path / "bundle", epochs=2)
+    try:
+        target.deploy("production", "stable", bundle, "1")
+        target.deploy("staging", "stable", bundle, "1")
+        target.set_weights("production", {"stable": 100})
+        servers = [slot.pid for slot in (target.slot("production", "stable"), target.slot("staging", "stable")) if slot]
+        nginx = Nginx(state_dir / "nginx" / "production")
+        assert len(servers) == 2 and nginx.pid() is not None
+        refused = cli(tmp_path, "down")
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode == 2 and "production serves version 1 through http://127.0.0.1:" in said, said
+        assert all(pid_alive(pid) for pid in servers) and nginx.pid() is not None  # nothing stopped
+        done = cli(tmp_path, "down", "--yes")
+        assert done.returncode == 0 and "stopped production/stable (version 1), staging/stable" in done.stdout, show(
+            done
+        )
+        assert nginx.pid() is None and not any(pid_alive(pid) for pid in servers)
+        assert target.status() == [] and audit_actions(tmp_path)[-1]["action"] == "down"
+        assert "nothing is running" in cli(tmp_path, "down").stdout
+    finally:
+        target.stop_all()
