@@ -338,6 +338,13 @@ class Promoter:
         out.say(f"production: version {op.version} serves 100% of traffic; its alias and history are now set")
 
     # ----- helpers --------------------------------------------------------------------------------------------
+    def _unstaged_candidate(self, staged: str) -> str:
+        """A hint when a newer candidate than ``staged`` waits: it reaches canary only through staging."""
+        candidate = self.registry.alias("candidate")
+        if candidate is None or candidate == staged:
+            return ""
+        return f" (the candidate, version {candidate}, is not staged yet: `mlrelease promote staging` first)"
+
     def bundle(self, version: str) -> Path:
         """Fetch and verify the bundle; a sha256 mismatch stops here, before any process or traffic."""
         from mlrelease.modelcard import IntegrityError
@@ -366,6 +373,13 @@ class Promoter:
         path.write_text(json.dumps(data, indent=2, default=str) + "\n")
         return path
 
+    def refuse_while_running(self, command: str) -> None:
+        """A promotion holding the lock is named before any precondition is checked: advice drawn from the state it
+        is changing would be wrong (a canary under way "has not passed canary"). PromotionLocked names the holder."""
+        if not self.dry_run:
+            with promotion_lock(self.state_dir, command, self.by):
+                pass
+
     def stop_if_aborted(self) -> None:
         """Raise when a rollback asked the running promotion to stop (its abort request file is there)."""
         if (self.state_dir / ABORT_FILE).exists():
@@ -382,6 +396,7 @@ class Promoter:
     def promote_staging(self, version: str | None) -> Outcome:
         """Deploy to staging, run the smoke test and the load-test gate, then move the ``staging`` alias."""
         out = Outcome()
+        self.refuse_while_running("promote staging")
         version = self.require_version(version, "candidate", "register one first (`mlrelease pipeline`)")
         if (
             self.registry.alias(STAGING) == version
@@ -482,6 +497,7 @@ class Promoter:
         A version once rolled back from production is refused unless ``force`` with a reason: its aliases may
         still point at it, and an incident's culprit should not take traffic again by default."""
         out = Outcome()
+        self.refuse_while_running("promote canary")
         updates = {k: v for k, v in {"steps": steps, "interval": interval}.items() if v}
         try:  # validate, so --steps cannot give the canary the majority of traffic
             params = CanaryParams.model_validate({**self.canary_params.model_dump(), **updates})
@@ -496,7 +512,7 @@ class Promoter:
                 exit_code=2,
             )
         if stable == version:
-            out.say(f"version {version} already serves production; nothing to do")
+            out.say(f"version {version} already serves production; nothing to do{self._unstaged_candidate(version)}")
             return out
         tags = self.registry.tags(version)
         if tags.get(PASSED_TAG["canary"]) == "true" and self.registry.alias("canary") == version:
@@ -609,6 +625,7 @@ class Promoter:
         out = Outcome()
         if force and not (reason and reason.strip()):
             raise PromotionError("--force needs --reason: say why the canary is skipped", exit_code=2)
+        self.refuse_while_running("promote production")
         serving = self.registry.alias(PROD)
         waiting = version is not None or self.registry.alias("canary") is not None
         staged = self.registry.alias(STAGING)  # a staged version that has not passed canary is work left to do
@@ -627,16 +644,20 @@ class Promoter:
             return out
         passed = self.registry.tags(version).get(PASSED_TAG["canary"]) == "true"
         if not passed and not force:
+            rolled_back = self.registry.tags(version).get(ROLLED_BACK_TAG)
+            again = (
+                f"it was rolled back from production ({rolled_back}) and its canary pass withdrawn: stage it, then "
+                "`mlrelease promote canary --force --reason TEXT`"
+                if rolled_back is not None
+                else "run `mlrelease promote canary`"
+            )
             raise PromotionError(
-                f"version {version} has not passed canary; run `mlrelease promote canary`, "
-                "or pass --force --reason TEXT",
-                exit_code=2,
+                f"version {version} has not passed canary; {again}, or pass --force --reason TEXT", exit_code=2
             )
         if self.dry_run:
-            out.say(
-                f"would switch production stable to version {version} "
-                f"(previous kept warm {self.params.rollback_window:g} s)"
-            )
+            previous = self.target.slot_version(PROD, "stable")
+            kept = f"version {previous} kept warm {self.params.rollback_window:g} s" if previous else "a first release"
+            out.say(f"would switch production stable to version {version} ({kept})")
             return out
         with self.operation("promote production", version, out):
             self._switch_production(version, passed, reason, out)
@@ -765,8 +786,9 @@ def _rollback_goal(
             exit_code=2,
         )
     mark = state.last_rollback
+    done = "nothing to do" if canary is None else f"production needs no move, only the canary of version {canary}"
     if to is None and mark is not None and mark.to_version == current.version:
-        out.say(f"already rolled back from version {mark.from_version} to {mark.to_version}; nothing to do")
+        out.say(f"already rolled back from version {mark.from_version} to {mark.to_version}; {done}")
         return current.version, None
     goal = to or previous_version(state, current.version, p.target.slot_version(PROD, "previous"))
     if goal is None and canary is not None:
@@ -775,7 +797,7 @@ def _rollback_goal(
     if goal is None:
         raise PromotionError("no previous production version is known; pass --to VERSION", exit_code=2)
     if goal == current.version:
-        out.say(f"production already serves version {goal}; nothing to do")
+        out.say(f"production already serves version {goal}; {done}")
         return current.version, None
     return current.version, goal
 

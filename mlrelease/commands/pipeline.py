@@ -266,10 +266,18 @@ def register(app: typer.Typer) -> None:
         from pipelines.data import load_source
         from pipelines.schema import dump_contract, infer_contract
 
+        require_file(file)
         frame = load_source(file, target)
         contract = infer_contract(frame, target, name=file.stem, margin=margin)
         out.write_text(dump_contract(contract, f"Data contract drafted from {file.name} by `mlrelease infer-schema`"))
         console.print(f"Wrote {out}: {len(contract.features)} features, labels {contract.target.labels}")
+
+
+def require_file(file: Path) -> None:
+    """A data file named on the command line must exist: say so plainly (exit 2), not as a failed check."""
+    if not file.is_file():
+        err_console.print(f"[red]{file}: no such file[/] (the path is taken from the current directory, {Path.cwd()})")
+        raise typer.Exit(2)
 
 
 def validate_data(file: Path, schema: Path | None, report: Path | None) -> None:
@@ -278,6 +286,7 @@ def validate_data(file: Path, schema: Path | None, report: Path | None) -> None:
     from pipelines.schema import load_contract
     from pipelines.validate import format_results, validate_file, write_report
 
+    require_file(file)
     contract = load_contract(schema or load_params().data.schema_path)
     result = validate_file(file, contract)
     if report:

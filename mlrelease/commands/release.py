@@ -178,7 +178,11 @@ def register(app: typer.Typer) -> None:
     @app.command("promote")
     def promote(
         stage: Stage = typer.Argument(..., help="staging, canary or production"),
-        version: str | None = typer.Option(None, "--version", help="Version (default: the alias one step back)"),
+        version: str | None = typer.Option(
+            None,
+            "--version",
+            help="staging, production: the version (default: the alias one step back); canary takes staging's",
+        ),
         steps: str | None = typer.Option(None, "--steps", help="Canary weights in percent, e.g. 5,25,50"),
         interval: str | None = typer.Option(None, "--interval", help="Canary analysis interval, e.g. 30s"),
         force: bool = typer.Option(
@@ -198,7 +202,11 @@ def register(app: typer.Typer) -> None:
                 finish(p.promote_staging(version), f"promote staging{' (dry run)' if dry_run else ''}")
             elif stage is Stage.canary:
                 if version:
-                    raise typer.BadParameter("canary always takes the staging version; promote it to staging")
+                    staged = p.registry.alias("staging")
+                    raise typer.BadParameter(
+                        f"canary always takes the version on staging (now {staged or 'none'}); to canary version "
+                        f"{version}: `mlrelease promote staging --version {version}`, then `mlrelease promote canary`"
+                    )
                 try:
                     secs = parse_duration(interval) if interval else None
                 except ValueError as exc:  # a usage error like any other bad option: exit 2

@@ -237,6 +237,7 @@ def test_release_story(story_home: Path, tmp_path: Path) -> None:
     assert again.returncode == 2 and "was rolled back" in again.stderr, show(again)
     direct = cli(home, "promote", "production", "--version", v2)  # its canary pass went with the rollback
     assert direct.returncode == 2 and "has not passed canary" in direct.stderr, show(direct)
+    assert "canary pass withdrawn" in direct.stderr and "--force --reason" in direct.stderr, show(direct)
     forced = ok(cli(home, "promote", "canary", "--force", "--reason", "fixed config", "--dry-run"))
     assert "canaried again: fixed config" in forced and "would canary" in forced, forced
     tags = registry(home).get_model_version(name, v3).tags

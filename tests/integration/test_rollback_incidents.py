@@ -289,6 +289,9 @@ def test_rollback_takes_over_from_a_running_canary(incident: Incident, tmp_path:
     canary = start_canary(incident, canary_log)
     canary_slot = t.slot(PROD, "canary")
     assert canary_slot is not None and canary_slot.version == c
+    busy = cli(home, "promote", "production")  # named as running, not as "has not passed canary"
+    said = " ".join(busy.stderr.split())
+    assert busy.returncode == 3 and "another promotion is running: `promote canary`" in said, show(busy)
 
     with LoadDriver(entry, name, rows, keep_timeline=True, max_seconds=180, **LOAD) as load:
         time.sleep(1.5)
@@ -350,6 +353,7 @@ def test_rollback_refuses_typos_and_stops_a_canary_with_no_previous_version(inci
     rolled, _ = rollback(home, "--reason", "pager: canary errors")
     said = " ".join(rolled.stdout.split())
     assert rolled.returncode == 0 and f"canary of version {c} stopped" in said, show(rolled)
+    assert "nothing to do" not in said, show(rolled)  # it did something: it stopped the canary
     assert canary.wait(timeout=60) != 0 and "aborted" in canary_log.read_text().lower(), canary_log.read_text()
     rows = sample_rows(incident.bundle, 16)
     assert_all_on(incident, p, rows, show(rolled))

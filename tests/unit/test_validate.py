@@ -102,6 +102,9 @@ def test_validate_data_cli_exit_codes(tmp_path: Path) -> None:
     assert fail.returncode == 1
     assert "mean radius" in fail.stderr and "column_in_dataframe" in fail.stderr
     assert json.loads(report.read_text())["valid"] is False
+    missing = subprocess.run([*cli, "validate-data", "my.csv", "--schema", schema], capture_output=True, text=True)
+    said = " ".join(missing.stderr.split())
+    assert missing.returncode == 2 and "my.csv: no such file" in said and "params.yaml" not in said, said
 
 
 def test_parquet_is_accepted(tmp_path: Path) -> None:
