@@ -88,6 +88,11 @@ class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
 
+def _plain_name(name: str) -> bool:
+    """A model name as the routes take it: no further path segment or verb (a trailing slash is another path)."""
+    return "/" not in name and ":" not in name
+
+
 class Serving:
     """A loaded model with its batcher and drift window; counts in-flight requests so a swap can retire it."""
 
@@ -220,15 +225,19 @@ class ModelServer:
             return exact[0], exact[1], exact[2], ""
         if path.startswith("/v1/models/"):
             rest = path[11:]
-            if rest.endswith(":predict"):
+            if rest.endswith(":predict") and _plain_name(rest[:-8]):
                 return V1.label, ("POST",), self._predict_v1, rest[:-8]
-            return "/v1/models/{name}", ("GET",), self._metadata_v1, rest
-        if path.startswith("/v2/models/"):
+            if _plain_name(rest):
+                return "/v1/models/{name}", ("GET",), self._metadata_v1, rest
+        elif path.startswith("/v2/models/"):
             rest = path[11:]
-            if rest.endswith("/infer"):
+            if rest.endswith("/infer") and _plain_name(rest[:-6]):
                 return V2.label, ("POST",), self._infer_v2, rest[:-6]
-            return "/v2/models/{name}", ("GET",), self._metadata_v2, rest
-        return "other", (), None, ""
+            if rest.endswith("/ready") and _plain_name(rest[:-6]):
+                return "/v2/models/{name}/ready", ("GET",), self._model_ready_v2, rest[:-6]
+            if _plain_name(rest):
+                return "/v2/models/{name}", ("GET",), self._metadata_v2, rest
+        return "other", (), None, ""  # e.g. a trailing slash, or /versions/N/infer: a 404 that names the path
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -345,11 +354,14 @@ class ModelServer:
         return self.settings.max_body_bytes
 
     def fast_route(self, path: bytes) -> tuple[Api, str] | None:
-        """(api, model name) for a prediction path, else None (the request goes through ASGI)."""
+        """(api, model name) for a prediction path, else None (the request goes through ASGI, which also answers
+        the paths that only look like one, such as /v2/models/NAME/versions/N/infer)."""
         if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
-            return V1, path[11:-8].decode("ascii")
+            name = path[11:-8]
+            return (V1, name.decode("ascii")) if b"/" not in name and b":" not in name else None
         if path.startswith(b"/v2/models/") and path.endswith(b"/infer"):
-            return V2, path[11:-6].decode("ascii")
+            name = path[11:-6]
+            return (V2, name.decode("ascii")) if b"/" not in name and b":" not in name else None
         return None
 
     def fast_call(self, route: tuple[Api, str], headers: Headers, peer: str | None, body: bytes) -> Response | Batched:
@@ -385,6 +397,12 @@ class ModelServer:
         serving = self._begin(scope["headers"], _peer(scope), name)
         serving.leave()
         return 200, serving.metadata_v2, JSON
+
+    async def _model_ready_v2(self, scope: Scope, receive: Receive, name: str) -> Response:
+        """Open Inference Protocol model readiness: 200 once this model serves (503 while loading, 404 another)."""
+        serving = self._begin(scope["headers"], _peer(scope), name)
+        serving.leave()
+        return 200, orjson.dumps({"name": serving.model.name, "ready": True}), JSON
 
     # -- operational endpoints -------------------------------------------------------------------------------
     async def _health(self, scope: Scope, receive: Receive, name: str) -> Response:

@@ -115,7 +115,7 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             return None  # pipelined behind a request in flight: uvicorn's queue keeps the order
         url = self.url
-        if b"?" in url or b"%" in url or not url.isascii():
+        if b"?" in url or b"%" in url or b"#" in url or not url.isascii():
             return None
         route = self.fast_server.fast_route(url)
         if route is None:

@@ -198,8 +198,29 @@ def _paths(model: LoadedModel | None, settings: ServingSettings) -> dict[str, An
                 security=predict_security,
             )
         },
+        "/v2/models/{name}": {
+            "get": op(
+                "Model metadata (Open Inference Protocol)",
+                _json({"type": "object"}, "Name, versions, platform, input and output tensors"),
+                (401, 404, 429, 503),
+                params=name,
+                security=predict_security,
+            )
+        },
+        "/v2/models/{name}/ready": {
+            "get": op(
+                "Model readiness (Open Inference Protocol)",
+                _json({"type": "object", "required": ["name", "ready"]}, "The model serves"),
+                (401, 404, 429, 503),
+                params=name,
+                security=predict_security,
+            )
+        },
         "/health": {"get": op("Liveness", _json(ref["Status"], "Alive"), ())},
         "/ready": {"get": op("Readiness: model loaded and warmed", _json(ref["Status"], "Ready"), (503,))},
+        "/v2/health/live": {"get": op("Liveness (Open Inference Protocol)", _json(ref["Status"], "Alive"), ())},
+        "/v2/health/ready": {"get": op("Readiness (Open Inference Protocol)", _json(ref["Status"], "Ready"), (503,))},
+        "/openapi.json": {"get": op("This document", _json({"type": "object"}, "OpenAPI 3.0"), ())},
         "/metrics": {
             "get": op(
                 "Prometheus metrics",

@@ -16,7 +16,7 @@ import orjson
 V2_DATATYPES = frozenset(
     {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 )
-_NON_FINITE_TOKENS = (b"NaN", b"Infinity")
+_NON_FINITE_TOKENS_LOWER = (b"nan", b"infinity", b"inf")
 _BOOL_TOKENS = (b"true", b"false")
 _NUMBERS_AND_KEY = b'0123456789.eE+-[]{},: \t\r\n"instances'
 _BODY_KEYS = ("instances", "parameters")
@@ -45,9 +45,25 @@ def loads_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        if "infinity" in str(exc) or any(token in body for token in _NON_FINITE_TOKENS):
-            raise ClientError(400, "non_finite", "NaN and Infinity are not allowed; send finite numbers") from exc
-        raise ClientError(400, "malformed_json", f"malformed JSON: {exc}") from exc
+        raise _decode_error(body, exc) from exc
+
+
+def _decode_error(body: bytes, exc: orjson.JSONDecodeError) -> ClientError:
+    """What the parser stopped at: a NaN or Infinity literal, a number beyond the float range, or a syntax error
+    (a body that merely contains the text "NaN" somewhere is judged by where the parser stopped)."""
+    at = body[exc.pos : exc.pos + 9].lower()
+    if "is infinity when parsed" in str(exc):
+        token = body[exc.pos :].split(b",", 1)[0].split(b"]", 1)[0].split(b"}", 1)[0].strip()
+        shown = token.decode(errors="replace") if len(token) <= 24 else f"{token[:24].decode(errors='replace')}…"
+        return ClientError(
+            422,
+            "non_finite",
+            f"the number {shown} at character {exc.pos} is beyond the float range; send finite numbers within "
+            f"float32's ±{FLOAT32_MAX:.3g}",
+        )
+    if at.startswith(_NON_FINITE_TOKENS_LOWER):
+        return ClientError(400, "non_finite", "NaN and Infinity are not allowed; send finite numbers")
+    return ClientError(400, "malformed_json", f"malformed JSON: {exc}")
 
 
 def _json_type(value: object) -> str:

@@ -11,7 +11,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+UPGRADE_REFUSED = (
+    "this server speaks plain HTTP/1.1 and switches to no other protocol (a request with Upgrade, e.g. WebSocket or "
+    "h2c from `curl --http2`, or CONNECT): send it without the Upgrade header (curl: --http1.1)"
+)
 
 
 class CombiningTransport:
@@ -65,7 +72,49 @@ class CombiningTransport:
 
 
 class CombiningHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a :class:`CombiningTransport` (pass as ``uvicorn.Config(http=...)``)."""
+    """uvicorn's httptools protocol over a :class:`CombiningTransport` (pass as ``uvicorn.Config(http=...)``).
+
+    A request that asks to switch protocols is refused with a JSON 400 before any application code sees it: the
+    parser stops reading at the upgrade, so serving it as HTTP would lose its body (a valid prediction answered
+    "empty body"), and a WebSocket scope the application does not handle answered 500 or hung. Malformed HTTP
+    gets the same JSON error shape as every other client mistake, not uvicorn's plain text.
+    """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CombiningTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.refuse("malformed_http", f"malformed HTTP/1.1 request ({exc}); the connection is closed")
+        except httptools.HttpParserUpgrade:
+            self.refuse("upgrade_not_supported", UPGRADE_REFUSED)
+
+    def send_400_response(self, msg: str) -> None:
+        self.refuse("malformed_http", msg)
+
+    def refuse(self, code: str, message: str) -> None:
+        """A JSON 400 and a closed connection: nothing after a request the parser cannot frame can be trusted."""
+        body = orjson.dumps({"error": message, "code": code})
+        head = [STATUS_LINE[400]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(), b"\r\n"]
+        head += [b"connection: close\r\n\r\n", body]
+        self.transport.write(b"".join(head))
+        self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        if self.parser.should_upgrade():
+            return  # refused in data_received, once the parser stops at the upgrade: no cycle, no task
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.parser.should_upgrade():
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.parser.should_upgrade():
+            super().on_message_complete()

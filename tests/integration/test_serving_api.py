@@ -105,6 +105,10 @@ def test_v2_infer_and_metadata(server: Server) -> None:
     assert ready["ready"] is True and ready["sha256"] == meta["sha256"]
     schema = httpx.get(f"{server.url}/openapi.json").json()
     assert "/v1/models/{name}:predict" in schema["paths"] and schema["openapi"].startswith("3.")
+    model_ready = httpx.get(f"{server.url}/v2/models/{MODEL_NAME}/ready")
+    assert model_ready.status_code == 200 and model_ready.json() == {"name": MODEL_NAME, "ready": True}
+    for path in ("/v2/models/{name}", "/v2/models/{name}/ready", "/v2/health/live", "/v2/health/ready"):
+        assert path in schema["paths"], sorted(schema["paths"])  # so the fuzzer reaches them too
 
 
 ROW = "[" + ",".join(["1.0"] * 30) + "]"
@@ -126,7 +130,7 @@ BAD = [
         "Inf as 1e999",
         '{"instances": [' + ROW.replace("1.0", "1e999", 1) + "]}",
         "application/json",
-        400,
+        422,
         "non_finite",
     ),
     (
@@ -172,6 +176,15 @@ def test_routing_errors(server: Server) -> None:
     wrong_method = httpx.get(server.url + PREDICT)
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert httpx.get(f"{server.url}/nope").json()["code"] == "not_found"
+    body = '{"instances": [' + ROW + "]}"
+    for method, path in (
+        ("POST", f"/v1/models/{MODEL_NAME}:predict/"),  # used to be 405 "use GET", as if it were the metadata
+        ("GET", f"/v1/models/{MODEL_NAME}/"),  # used to be 404 "model '...' is not served here"
+        ("POST", f"/v2/models/{MODEL_NAME}/versions/7/infer"),
+    ):
+        answer = httpx.request(method, server.url + path, content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 404 and answer.json()["code"] == "not_found", (path, answer.text)
+        assert path in answer.json()["error"]
     assert post(server, "/admin/reload", "{}").json()["code"] == "admin_disabled"
 
 

@@ -165,3 +165,50 @@ def test_a_client_that_leaves_mid_request_does_not_hurt_the_server(servers: tupl
     _, path, headers, body = cases()[0]
     assert httpx.post(fast.url + path, content=body, headers=headers, timeout=10).status_code == 200
     assert 'status="500"' not in httpx.get(fast.url + "/metrics", timeout=10).text
+
+
+def _raw_answer(server: Server, raw: bytes) -> tuple[int, bytes, bytes]:
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(raw)
+        answers = _read_responses(sock, 1)
+        sock.settimeout(5)
+        assert answers, f"no answer to {raw[:80]!r}"
+        return answers[0]
+
+
+def raw_cases() -> list[tuple[str, bytes, int, str]]:
+    """(name, raw request, status, error code): what an HTTP client library would not send."""
+    _, _, _, body = cases()[0]
+    upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    h2c = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+    websocket_get = f"GET /health HTTP/1.1\r\nHost: t\r\n{upgrade}Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    two_lengths = _request(PREDICT, body, f"Content-Length: {len(body) + 1}\r\n")
+    return [
+        (
+            "websocket on a prediction",
+            _request(PREDICT, body, upgrade + "Sec-WebSocket-Version: 13\r\n"),
+            400,
+            "upgrade",
+        ),
+        ("websocket on /health", websocket_get, 400, "upgrade_not_supported"),
+        ("h2c from curl --http2", _request(PREDICT, body, h2c), 400, "upgrade_not_supported"),
+        ("two content lengths", two_lengths, 400, "malformed_http"),
+        ("a fragment in the path", _request(f"/v1/models/{MODEL_NAME}#x:predict", body), 405, "method_not_allowed"),
+    ]
+
+
+@pytest.mark.parametrize("case", raw_cases(), ids=lambda c: c[0])
+def test_upgrades_and_broken_framing_get_a_json_error_on_both_paths(
+    servers: tuple[Server, Server], case: tuple[str, bytes, int, str]
+) -> None:
+    """Upgrades used to answer 500 (WebSocket), hang, or lose a valid body ("empty body" to `curl --http2`);
+    framing errors answered uvicorn's plain text."""
+    _, raw, status, code = case
+    answers = [_raw_answer(server, raw) for server in servers]
+    assert [a[0] for a in answers] == [status, status], answers
+    for _, head, body in answers:
+        assert b"application/json" in head.lower() and json.loads(body)["code"].startswith(code), body
+    assert answers[0][2] == answers[1][2]
+    for server in servers:
+        assert httpx.get(server.url + "/ready", timeout=10).status_code == 200

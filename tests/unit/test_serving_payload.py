@@ -37,6 +37,10 @@ def test_numbers_in_every_json_spelling_and_parameters_parse_alike() -> None:
     [
         (b"{not json", 400, "malformed_json", "malformed JSON"),
         (b'{"instances": [[NaN, 1, 2]]}', 400, "non_finite", "NaN"),
+        (b'{"instances": [[1, -Infinity, 2]]}', 400, "non_finite", "Infinity"),
+        (b'{"instances": [[1, 2, 1e309]]}', 422, "non_finite", "number 1e309 at character 22 is beyond"),
+        (b'{"instances": [[1, 2, ' + b"9" * 400 + b"]]}", 422, "non_finite", "9" * 24 + "… at character 22"),
+        (b'{"id": "NaN", "instances": [[1, 2, 3]],}', 400, "malformed_json", "trailing comma"),
         (b"", 400, "empty_body", "empty"),
         (b"[1, 2]", 400, "bad_body", "array"),
         (b'{"inputs": [[1, 2, 3]]}', 422, "bad_body", "instances"),
