@@ -69,7 +69,8 @@ def _decode_error(body: bytes, exc: orjson.JSONDecodeError) -> ClientError:
 def _json_type(value: object) -> str:
     if value is None:
         return "null"
-    return {bool: "boolean", str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    kinds = {bool: "boolean", str: "string", list: "array", dict: "object", int: "number", float: "number"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _json_value(value: object) -> str:
@@ -254,8 +255,14 @@ def _v2_tensor(doc: Any) -> dict[str, Any]:
             'body needs "inputs": [{"name", "shape", "datatype", "data"}] (Open Inference Protocol)',
         )
     inputs = doc["inputs"]
-    if len(inputs) != 1 or type(inputs[0]) is not dict:
-        raise ClientError(422, "bad_inputs", f"expected exactly one input tensor object, got {len(inputs)}")
+    if len(inputs) != 1:
+        raise ClientError(422, "bad_inputs", f"expected exactly one input tensor, got {len(inputs)}")
+    if type(inputs[0]) is not dict:
+        raise ClientError(
+            422,
+            "bad_inputs",
+            f"inputs[0] is {_json_value(inputs[0])}; expected a tensor object {{name, shape, datatype, data}}",
+        )
     tensor: dict[str, Any] = inputs[0]
     missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
     if missing:
@@ -280,6 +287,31 @@ def _v2_shape(shape: Any, n_features: int, max_batch: int) -> tuple[int, int]:
     return rows, cols
 
 
+def _v2_rows(data: list[Any], rows: int, cols: int) -> list[Any]:
+    """Nested data, flattened: one array of ``cols`` values per row, as the shape says (never a ragged mix)."""
+    if len(data) != rows or any(type(row) is not list or len(row) != cols for row in data):
+        raise ClientError(
+            422,
+            "bad_shape",
+            f"nested data must be {rows} arrays of {cols} values each, as the shape says; or send one flat array "
+            "in row-major order",
+        )
+    return [v for row in data for v in row]
+
+
+def _v2_integers(flat: list[Any], datatype: str) -> None:
+    """An integer datatype's data must be integers in its range: a client that says INT8 and sends 2.5 has a bug."""
+    info = np.iinfo(datatype.lower())
+    for i, value in enumerate(flat):
+        if type(value) is not int or not info.min <= value <= info.max:
+            raise ClientError(
+                422,
+                "bad_datatype",
+                f"data[{i}] is {str(value)[:30]}, which datatype {datatype} cannot hold (integers from {info.min} to "
+                f"{info.max}); send such integers, or say FP32",
+            )
+
+
 def parse_v2(body: bytes, names: list[str], max_batch: int) -> tuple[np.ndarray, Any]:
     """Open Inference Protocol body -> (matrix, request id or None)."""
     doc = loads_json(body)
@@ -288,15 +320,13 @@ def parse_v2(body: bytes, names: list[str], max_batch: int) -> tuple[np.ndarray,
     data = tensor["data"]
     if type(data) is not list:
         raise ClientError(422, "bad_data", f"data is a JSON {_json_type(data)}; expected an array")
-    flat = (
-        data
-        if not data or type(data[0]) is not list
-        else [v for row in data for v in (row if type(row) is list else [row])]
-    )
+    flat = data if not data or type(data[0]) is not list else _v2_rows(data, rows, cols)
     if len(flat) != rows * cols:
         raise ClientError(
             422, "bad_shape", f"data has {len(flat)} values but shape {tensor['shape']} needs {rows * cols}"
         )
+    if tensor["datatype"].startswith(("INT", "UINT")):
+        _v2_integers(flat, tensor["datatype"])
     grid = [flat[i * cols : (i + 1) * cols] for i in range(rows)]
     request_id = doc.get("id") if type(doc.get("id")) is str else None
     return to_matrix(grid, names, body, where="inputs[0].data"), request_id

@@ -100,6 +100,10 @@ def test_v2_flat_and_nested_data() -> None:
     assert request_id == "r1"
     np.testing.assert_array_equal(flat, nested)
     assert flat.shape == (2, 3)
+    doc["inputs"][0].update(datatype="INT64", data=[1, 2, 3, -4, 5, 6])  # integers in range: fine
+    assert parse_v2(json.dumps(doc).encode(), NAMES, 4)[0][1, 0] == -4
+    with pytest.raises(ClientError, match=r"inputs\[0\] is a JSON number; expected a tensor object"):
+        parse_v2(b'{"inputs": [1]}', NAMES, 4)
 
 
 @pytest.mark.parametrize(
@@ -114,6 +118,12 @@ def test_v2_flat_and_nested_data() -> None:
         ({"name": "x", "shape": [1, 3], "datatype": {}, "data": [1, 2, 3]}, "bad_datatype"),
         ({"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, "b", 3]}, "non_numeric"),
         ({"shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}, "bad_inputs"),
+        ({"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [[1, 2], [3, 4, 5, 6]]}, "bad_shape"),  # ragged
+        ({"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [[1, 2, 3], 4, 5, 6]}, "bad_shape"),  # mixed
+        ({"name": "x", "shape": [1, 3], "datatype": "UINT8", "data": [1, -5, 3]}, "bad_datatype"),
+        ({"name": "x", "shape": [1, 3], "datatype": "INT8", "data": [1, 2.5, 3]}, "bad_datatype"),
+        ({"name": "x", "shape": [1, 3], "datatype": "INT8", "data": [1, 200, 3]}, "bad_datatype"),
+        ({"name": "x", "shape": [1, 3], "datatype": "INT32", "data": [1, True, 3]}, "bad_datatype"),
     ],
 )
 def test_bad_v2_bodies_are_named(tensor: dict[str, object], code: str) -> None:
