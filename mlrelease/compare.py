@@ -243,6 +243,34 @@ def markdown(comparison: Comparison, ref: str, accepted: bool = False) -> str:
     return "\n".join(lines)
 
 
+def table(comparison: Comparison, ref: str, accepted: bool = False) -> Any:
+    """The comparison for a terminal: a rich table of the metrics with the verdict as its title, then the
+    loosened checks and interface changes as lists (the same content as :func:`markdown`)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    verdict = "passed" if comparison.passed else ("FAILED, accepted (--accept)" if accepted else "FAILED")
+    grid = Table(title=f"Model vs {ref}: {verdict}", title_justify="left")
+    for col, justify in (("metric", "left"), ("base", "right"), ("this change", "right"), ("change", "right")):
+        grid.add_column(col, justify=justify)  # type: ignore[arg-type]
+    grid.add_column("gate")
+    for row in comparison.rows:
+        gate = "-" if row.passed is None else ("PASS" if row.passed else f"FAIL (> {comparison.tolerance:g} below)")
+        grid.add_row(row.name, _fmt(row.base), _fmt(row.head), _fmt(row.delta, signed=True), gate)
+    parts: list[Any] = [grid, Text(f"tolerance {comparison.tolerance:g}, from {comparison.tolerance_from}")]
+    for title, items in (
+        ("Gates or data contract loosened (every later model and dataset is held to these):", comparison.loosened),
+        (
+            "Model interface changed (clients must follow; the base's metrics measured the old task):",
+            comparison.interface,
+        ),
+    ):
+        if items:
+            parts.append(Text("\n" + title + "\n" + "\n".join(f"  - {item}" for item in items)))
+    return Group(*parts)
+
+
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     """``tree["a"]["b"]`` for ``"a.b"``; None where a level is missing or not a mapping."""
     node: Any = tree

@@ -136,7 +136,7 @@ def compare(base: str, markdown: bool, accept: bool) -> None:
     """Body of `mlrelease compare`."""
     import yaml
 
-    from mlrelease.compare import compare_with
+    from mlrelease.compare import compare_with, table
     from mlrelease.compare import markdown as comparison_markdown
 
     head = _load_json(REPORTS / "metrics.json")
@@ -152,11 +152,10 @@ def compare(base: str, markdown: bool, accept: bool) -> None:
     if result is None:
         typer.echo(f"{base} has no committed reports/metrics.json: nothing to compare with (a first model).")
         return
-    text = comparison_markdown(result, base, accepted=accept)
     if markdown:
-        typer.echo(text)
+        typer.echo(comparison_markdown(result, base, accepted=accept))
     else:
-        console.print(text, markup=False, highlight=False)
+        console.print(table(result, base, accepted=accept), highlight=False)
     if result.passed:
         return
     what = [f"{row.name} {row.head} vs base {row.base}" for row in result.regressions] + result.loosened

@@ -158,9 +158,12 @@ def test_compare_command_fails_a_regression_and_accept_lets_it_through(repo: Pat
         and "| roc_auc | 0.9900 | 0.9500 | -0.0400 | FAIL" in failed.output
     )
     assert "accept-regression" in " ".join(failed.output.split())
-    accepted = runner.invoke(app, ["compare", "--base", "base", "--accept"])
+    accepted = runner.invoke(app, ["compare", "--base", "base", "--accept", "--markdown"])
     assert accepted.exit_code == 0 and "accepted (--accept): roc_auc 0.95 vs base 0.99" in accepted.output
     assert "## Model vs base: **FAILED, accepted** by a reviewer" in accepted.output  # the job summary says so too
+    terminal = runner.invoke(app, ["compare", "--base", "base", "--accept"]).output  # a table, not markdown
+    assert "Model vs base: FAILED, accepted (--accept)" in terminal and "##" not in terminal, terminal
+    assert "roc_auc" in terminal and "FAIL (> 0.01 below)" in terminal and "|---" not in terminal, terminal
     (repo / "reports" / "metrics.json").write_text(json.dumps(BASE_METRICS))
     assert runner.invoke(app, ["compare", "--base", "base"]).exit_code == 0
 
