@@ -42,5 +42,5 @@ bench: setup
 	$(BIN)/python scripts/bench_pipeline.py
 
 clean:  # stops this workspace's servers and routers first: removing .mlrelease would orphan them
-	test ! -x $(BIN)/mlrelease || $(BIN)/mlrelease down --yes
+	test ! -x $(BIN)/mlrelease || MLRELEASE_HOME=$(CURDIR) $(BIN)/mlrelease down --yes
 	rm -rf $(VENV) mlruns .mlrelease data models .pytest_cache

@@ -258,6 +258,8 @@ def measure(
         failed += _failed_checks(m, params)
     elif m.canary_scrape_error is None and m.canary_judged >= params.min_requests:
         failed += _ceiling_failures(m, params)  # nothing to compare with, but a ceiling needs no stable
+    elif m.canary_scrape_error is None and m.stable_scrape_error is None and m.stable_judged >= params.min_requests:
+        failed += _traffic_share_check(m, params)  # a canary refusing most of its share is short of data too
     if not failed:
         missing += _rejected_load(m, params)
     m.verdict = "failed" if failed else "inconclusive" if missing else "passed"

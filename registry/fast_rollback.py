@@ -61,6 +61,9 @@ def fast_goal(state: DeployState, to: str | None) -> tuple[str, str] | str:
     previous = env.slots.get("previous") if env else None
     if env is None or stable is None or previous is None:
         return "no warm previous production version"
+    mark = state.last_rollback
+    if to is None and mark is not None and mark.to_version == stable.version:
+        return f"already rolled back from version {mark.from_version} to {mark.to_version}"  # as the full command
     if to is not None and to != previous.version:
         return f"--to {to} is not the warm previous version ({previous.version})"
     if previous.version == stable.version:

@@ -341,7 +341,7 @@ class Promoter:
     def _unstaged_candidate(self, staged: str) -> str:
         """A hint when a newer candidate than ``staged`` waits: it reaches canary only through staging."""
         candidate = self.registry.alias("candidate")
-        if candidate is None or candidate == staged:
+        if candidate is None or not candidate.isdigit() or not staged.isdigit() or int(candidate) <= int(staged):
             return ""
         return f" (the candidate, version {candidate}, is not staged yet: `mlrelease promote staging` first)"
 
@@ -950,14 +950,15 @@ def _cold_start(p: Promoter, goal: str, slot: str, out: Outcome) -> None:
         )
     out.say(f"version {goal} is not warm: starting it (slower than the warm path)")
     bundle = p.bundle(goal)  # fetched and verified before anything is stopped
+    replaced = p.target.slot_version(PROD, slot) if slot == "canary" else None
     p.target.stop(PROD, slot)
     try:
         p.target.deploy(PROD, slot, bundle, goal)
     except DeploymentError as exc:  # no traffic moved: end this rollback (a PromotionError clears its journal)
-        raise PromotionError(_cold_start_failed(p, goal, exc)) from exc
+        raise PromotionError(_cold_start_failed(p, goal, exc, replaced)) from exc
 
 
-def _cold_start_failed(p: Promoter, goal: str, exc: DeploymentError) -> str:
+def _cold_start_failed(p: Promoter, goal: str, exc: DeploymentError, replaced: str | None) -> str:
     """What an on-call engineer reads when the version to roll back to cannot start: nothing moved, and what next."""
     serving = p.target.slot_version(PROD, "stable")
     warm = p.target.slot_version(PROD, "previous")
@@ -965,9 +966,14 @@ def _cold_start_failed(p: Promoter, goal: str, exc: DeploymentError) -> str:
         then = f"version {warm} is still warm: run scripts/rollback.sh --to {warm} to move to it in about a second"
     else:
         then = f"run scripts/rollback.sh again to retry version {goal}"
+    stopped = (
+        f" The canary of version {replaced}, waiting at weight 0, was stopped to make room for it."
+        if replaced is not None and replaced != goal
+        else ""
+    )
     return (
         f"version {goal} could not be started, so no traffic moved: production stays on version {serving}. "
-        f"{exc}. Next: {then}, or with --to another version"
+        f"{exc}.{stopped} Next: {then}, or with --to another version"
     )
 
 

@@ -16,7 +16,7 @@ import orjson
 V2_DATATYPES = frozenset(
     {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 )
-_NON_FINITE_TOKENS_LOWER = (b"nan", b"infinity", b"inf")
+_NON_FINITE_TOKENS_LOWER = ("nan", "infinity", "inf")
 _BOOL_TOKENS = (b"true", b"false")
 _NUMBERS_AND_KEY = b'0123456789.eE+-[]{},: \t\r\n"instances'
 _BODY_KEYS = ("instances", "parameters")
@@ -51,17 +51,17 @@ def loads_json(body: bytes) -> Any:
 def _decode_error(body: bytes, exc: orjson.JSONDecodeError) -> ClientError:
     """What the parser stopped at: a NaN or Infinity literal, a number beyond the float range, or a syntax error
     (a body that merely contains the text "NaN" somewhere is judged by where the parser stopped)."""
-    at = body[exc.pos : exc.pos + 9].lower()
+    rest = exc.doc[exc.pos :]  # pos counts characters of the decoded text, not bytes of the body
     if "is infinity when parsed" in str(exc):
-        token = body[exc.pos :].split(b",", 1)[0].split(b"]", 1)[0].split(b"}", 1)[0].strip()
-        shown = token.decode(errors="replace") if len(token) <= 24 else f"{token[:24].decode(errors='replace')}…"
+        token = rest.split(",", 1)[0].split("]", 1)[0].split("}", 1)[0].strip()
+        shown = token if len(token) <= 24 else f"{token[:24]}…"
         return ClientError(
             422,
             "non_finite",
             f"the number {shown} at character {exc.pos} is beyond the float range; send finite numbers within "
             f"float32's ±{FLOAT32_MAX:.3g}",
         )
-    if at.startswith(_NON_FINITE_TOKENS_LOWER):
+    if rest[:9].lower().startswith(_NON_FINITE_TOKENS_LOWER):
         return ClientError(400, "non_finite", "NaN and Infinity are not allowed; send finite numbers")
     return ClientError(400, "malformed_json", f"malformed JSON: {exc}")
 
@@ -303,7 +303,8 @@ def _v2_integers(flat: list[Any], datatype: str) -> None:
     """An integer datatype's data must be integers in its range: a client that says INT8 and sends 2.5 has a bug."""
     info = np.iinfo(datatype.lower())
     for i, value in enumerate(flat):
-        if type(value) is not int or not info.min <= value <= info.max:
+        whole = type(value) is int or (type(value) is float and value.is_integer())  # 3.0: a client's float
+        if not whole or not info.min <= value <= info.max:
             raise ClientError(
                 422,
                 "bad_datatype",

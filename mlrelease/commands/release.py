@@ -142,24 +142,30 @@ def project_settings() -> Settings:
 
 def stop_everything(state_dir: Path, yes: bool, by: str | None) -> None:
     """Body of `mlrelease down`: under the promotion lock, stop every slot and router, clear any journaled
-    operation (nothing is left to recover) and record who did it."""
+    promotion (nothing is left to recover) and record who did it. An unfinished rollback is refused: stopping it
+    would leave the version it was taking production away from as the one to serve again."""
     from deploy.targets.local import LocalTarget
     from registry.audit import AuditLog, AuditRecord, resolve_actor
     from registry.locking import promotion_lock
 
     target = LocalTarget(state_dir)
-    running = target.status() if target.store.path.is_file() else []
-    if not running:
+    if not target.store.path.is_file() or not target.status():
         typer.echo("nothing is running: no server or router to stop")
         return
-    serving = [r for r in running if r.environment == "production" and r.weight > 0]
-    if serving and not yes:
-        raise typer.BadParameter(
-            f"production serves version {serving[0].version} through {target.entry_url('production')}; "
-            "`mlrelease down --yes` stops it all the same"
-        )
     actor = resolve_actor(by)
     with promotion_lock(state_dir, "down", actor):
+        running, state = target.status(), target.store.load()  # read again under the lock
+        if state.operation is not None and state.operation.command == "rollback":
+            raise typer.BadParameter(
+                f"a rollback from version {state.operation.from_version} to {state.operation.version} is unfinished; "
+                "finish it with scripts/rollback.sh first"
+            )
+        serving = [r for r in running if r.environment == "production" and r.weight > 0]
+        if serving and not yes:
+            raise typer.BadParameter(
+                f"production serves version {serving[0].version} through {target.entry_url('production')}; "
+                "`mlrelease down --yes` stops it all the same"
+            )
         target.stop_all()
         state = target.store.load()
         state.operation = None

@@ -9,6 +9,7 @@ import pytest
 
 from deploy.targets.base import DeploymentError
 from deploy.targets.local import LocalTarget, pid_alive
+from deploy.targets.state import Operation
 from mlrelease.modelcard import MODEL_FILE, ModelCard, sha256_file
 from tests.serving_helpers import make_bundle
 
@@ -153,6 +154,14 @@ def test_down_stops_every_server_and_router_and_asks_before_production(tmp_path:
         servers = [slot.pid for slot in (target.slot("production", "stable"), target.slot("staging", "stable")) if slot]
         nginx = Nginx(state_dir / "nginx" / "production")
         assert len(servers) == 2 and nginx.pid() is not None
+        state = target.store.load()
+        state.operation = Operation(command="rollback", version="0", pid=1, by="oncall", from_version="1")
+        target.store.save(state)
+        unfinished = cli(tmp_path, "down", "--yes")
+        said = " ".join((unfinished.stdout + unfinished.stderr).split())
+        assert unfinished.returncode == 2 and "rollback from version 1 to 0 is unfinished" in said, said
+        state.operation = None
+        target.store.save(state)
         refused = cli(tmp_path, "down")
         said = " ".join((refused.stdout + refused.stderr).split())
         assert refused.returncode == 2 and "production serves version 1 through http://127.0.0.1:" in said, said

@@ -351,6 +351,10 @@ def test_a_canary_that_answers_well_under_its_share_fails() -> None:
     noise = measure(snap(5), snap(220), 5, params(min_requests=5))  # 2.2% at 5%, but of 225: 1.9 standard errors
     assert noise.verdict == "passed", noise.reasons
     assert measure(snap(20), snap(380), 25, params(min_traffic_share=0.1)).verdict == "passed"
+    worst = measure(snap(5), snap(600), 25, params())  # refusing nearly all: short of min_requests too
+    assert worst.verdict == "failed" and worst.reasons[0].startswith("the canary answered 0.8% of the 605")
+    assert worst.reasons[1].startswith("too few requests"), worst.reasons
+    assert measure(snap(0), snap(100), 5, params()).verdict == "inconclusive"  # 0 of 100 at 5%: could be chance
 
 
 def test_429s_are_not_requests_judged() -> None:

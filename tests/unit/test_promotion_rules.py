@@ -74,6 +74,13 @@ def test_fast_rollback_applies_only_to_a_warm_previous_version() -> None:
             None,
             "interrupted `promote canary`",
         ),
+        (  # a cold rollback to 2 kept 1 warm: running the script again must not move production once more
+            _production({"stable": 100}).model_copy(
+                update={"last_rollback": RollbackMark(from_version="3", to_version="2", at=time.time())}
+            ),
+            None,
+            "already rolled back from version 3 to 2",
+        ),
     ],
 )
 def test_fast_rollback_hands_everything_else_to_the_full_command(
@@ -191,3 +198,21 @@ def test_an_interrupted_staging_switch_without_a_stable_slot_does_not_block_the_
     assert {k: s.version for k, s in after.env("staging").slots.items()} == {"stable": "2"}
     assert after.env("staging").weights == {"stable": 100.0}
     assert any("promote it again" in line for line in out.lines), out.lines
+
+
+def test_a_rollback_that_only_stops_a_canary_says_so(tmp_path: Path) -> None:
+    from registry.promotion import Outcome, _rollback_goal
+
+    promoter = _promoter(tmp_path)
+    state = _production({"stable": 100}).model_copy(
+        update={"last_rollback": RollbackMark(from_version="3", to_version="2", at=time.time())}
+    )
+    promoter.journal.save(state)
+    out = Outcome()
+    assert _rollback_goal(promoter, None, out, canary="4") == ("2", None)
+    assert out.lines == [
+        "already rolled back from version 3 to 2; production needs no move, only the canary of version 4"
+    ]
+    out = Outcome()
+    assert _rollback_goal(promoter, None, out) == ("2", None)
+    assert out.lines == ["already rolled back from version 3 to 2; nothing to do"]

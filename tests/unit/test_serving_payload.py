@@ -41,6 +41,8 @@ def test_numbers_in_every_json_spelling_and_parameters_parse_alike() -> None:
         (b'{"instances": [[1, 2, 1e309]]}', 422, "non_finite", "number 1e309 at character 22 is beyond"),
         (b'{"instances": [[1, 2, ' + b"9" * 400 + b"]]}", 422, "non_finite", "9" * 24 + "… at character 22"),
         (b'{"id": "NaN", "instances": [[1, 2, 3]],}', 400, "malformed_json", "trailing comma"),
+        ('{"id": "café", "instances": [[NaN, 1, 2]]}'.encode(), 400, "non_finite", "NaN"),  # pos counts characters
+        ('{"é": 1, "instances": [[1e309, 1, 2]]}'.encode(), 422, "non_finite", "number 1e309 at character 24"),
         (b"", 400, "empty_body", "empty"),
         (b"[1, 2]", 400, "bad_body", "array"),
         (b'{"inputs": [[1, 2, 3]]}', 422, "bad_body", "instances"),
@@ -100,7 +102,7 @@ def test_v2_flat_and_nested_data() -> None:
     assert request_id == "r1"
     np.testing.assert_array_equal(flat, nested)
     assert flat.shape == (2, 3)
-    doc["inputs"][0].update(datatype="INT64", data=[1, 2, 3, -4, 5, 6])  # integers in range: fine
+    doc["inputs"][0].update(datatype="INT64", data=[1, 2, 3, -4, 5, 6.0])  # integers in range (6.0 too): fine
     assert parse_v2(json.dumps(doc).encode(), NAMES, 4)[0][1, 0] == -4
     with pytest.raises(ClientError, match=r"inputs\[0\] is a JSON number; expected a tensor object"):
         parse_v2(b'{"inputs": [1]}', NAMES, 4)
