@@ -159,6 +159,11 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
             pending: Pending = outcome  # type: ignore[assignment]
             pending.attach(_when_done(self, request, pending))
 
+    def request_complete(self) -> bool:
+        if isinstance(self.cycle, FastCycle):
+            return self._fast is None  # on_message_complete handed it on; until then the body is still arriving
+        return super().request_complete()
+
     def _answer(self, request: _Request, response: Response) -> None:
         """Write the response (one write), finish the request the way uvicorn does, count it."""
         cycle = request.cycle

@@ -92,6 +92,20 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade:
             self.refuse("upgrade_not_supported", UPGRADE_REFUSED)
 
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio keeps the socket open on True
+        """A client that half-closes once its request is sent (shutdown(SHUT_WR), `nc -N`) still gets the answer:
+        the write side stays open while one is owed, and the connection closes after it. With a request still
+        incomplete, nothing more can come: close, and the request ends as a disconnect."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and self.request_complete():
+            cycle.keep_alive = False
+            return True
+        return None
+
+    def request_complete(self) -> bool:
+        """Whether the request in flight has been read to its end (its body is complete)."""
+        return getattr(self.cycle, "more_body", True) is False
+
     def send_400_response(self, msg: str) -> None:
         self.refuse("malformed_http", msg)
 

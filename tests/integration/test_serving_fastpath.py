@@ -212,3 +212,30 @@ def test_upgrades_and_broken_framing_get_a_json_error_on_both_paths(
     assert answers[0][2] == answers[1][2]
     for server in servers:
         assert httpx.get(server.url + "/ready", timeout=10).status_code == 200
+
+
+def test_a_client_that_half_closes_after_its_request_gets_the_answer_on_both_paths(
+    servers: tuple[Server, Server],
+) -> None:
+    """shutdown(SHUT_WR) once the request is sent (`nc -N`): the ASGI path used to drop the answer (and count a
+    200); now both answer, then close. A request cut short by the half-close is a disconnect, and the server
+    stays ready."""
+    _, _, _, body = cases()[0]
+    answers = []
+    for server in servers:
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(_request(PREDICT, body))
+            sock.shutdown(socket.SHUT_WR)
+            found = _read_responses(sock, 1)
+            assert found and found[0][0] == 200, (server.url, found)
+            sock.settimeout(5)
+            assert sock.recv(1) == b""  # and the server closed its end (with or without a Connection: close)
+            answers.append(found[0][2])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(_request(PREDICT, body)[:-10])
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            assert sock.recv(65536) == b""  # closed without an answer: the request never arrived whole
+        assert httpx.get(server.url + "/ready", timeout=10).status_code == 200
+    assert answers[0] == answers[1]
