@@ -227,20 +227,26 @@ def markdown(comparison: Comparison, ref: str, accepted: bool = False) -> str:
         "",
         f"Tolerance: `gates.champion_tolerance` = {comparison.tolerance:g}, from {comparison.tolerance_from}.",
     ]
-    if comparison.loosened:
-        lines += [
-            "",
-            "**Gates or data contract loosened by this PR** (every later model and dataset is held to these):",
-        ]
-        lines += [f"- `{item}`" for item in comparison.loosened]
-    if comparison.interface:
-        lines += [
-            "",
-            "**Model interface changed by this PR** (clients must follow, and the base's metrics measured the old "
-            "task):",
-        ]
-        lines += [f"- `{item}`" for item in comparison.interface]
+    for heading, why, items in _sections(comparison):
+        lines += ["", f"**{heading}** ({why}):", *(f"- `{item}`" for item in items)]
     return "\n".join(lines)
+
+
+def _sections(comparison: Comparison) -> list[tuple[str, str, list[str]]]:
+    """(heading, why it matters, items) of the lists both renderings show below the metrics, the empty ones left out."""
+    sections = [
+        (
+            "Gates or data contract loosened by this PR",
+            "every later model and dataset is held to these",
+            comparison.loosened,
+        ),
+        (
+            "Model interface changed by this PR",
+            "clients must follow, and the base's metrics measured the old task",
+            comparison.interface,
+        ),
+    ]
+    return [section for section in sections if section[2]]
 
 
 def table(comparison: Comparison, ref: str, accepted: bool = False) -> Any:
@@ -259,15 +265,8 @@ def table(comparison: Comparison, ref: str, accepted: bool = False) -> Any:
         gate = "-" if row.passed is None else ("PASS" if row.passed else f"FAIL (> {comparison.tolerance:g} below)")
         grid.add_row(row.name, _fmt(row.base), _fmt(row.head), _fmt(row.delta, signed=True), gate)
     parts: list[Any] = [grid, Text(f"tolerance {comparison.tolerance:g}, from {comparison.tolerance_from}")]
-    for title, items in (
-        ("Gates or data contract loosened (every later model and dataset is held to these):", comparison.loosened),
-        (
-            "Model interface changed (clients must follow; the base's metrics measured the old task):",
-            comparison.interface,
-        ),
-    ):
-        if items:
-            parts.append(Text("\n" + title + "\n" + "\n".join(f"  - {item}" for item in items)))
+    for heading, why, items in _sections(comparison):
+        parts.append(Text(f"\n{heading} ({why}):\n" + "\n".join(f"  - {item}" for item in items)))
     return Group(*parts)
 
 

@@ -254,17 +254,25 @@ def measure(
     m = _observe(canary, stable, weight, load)
     failed = _hard_failures(m, params)
     missing = _missing_data(m, params)
-    if m.canary_scrape_error is None and not missing:
-        failed += _failed_checks(m, params)
-    elif m.canary_scrape_error is None and m.canary_judged >= params.min_requests:
-        failed += _ceiling_failures(m, params)  # nothing to compare with, but a ceiling needs no stable
-    elif m.canary_scrape_error is None and m.stable_scrape_error is None and m.stable_judged >= params.min_requests:
-        failed += _traffic_share_check(m, params)  # a canary refusing most of its share is short of data too
+    if m.canary_scrape_error is None:
+        failed += _canary_checks(m, params, missing)
     if not failed:
         missing += _rejected_load(m, params)
     m.verdict = "failed" if failed else "inconclusive" if missing else "passed"
     m.reasons = failed + missing
     return m
+
+
+def _canary_checks(m: Measurement, params: CanaryParams, missing: list[str]) -> list[str]:
+    """The checks the interval's data allows: all of them; without stable data, the ceilings (they need no
+    comparison); with a canary short of requests, its share of the traffic (refusing most of it is short too)."""
+    if not missing:
+        return _failed_checks(m, params)
+    if m.canary_judged >= params.min_requests:
+        return _ceiling_failures(m, params)
+    if m.stable_scrape_error is None and m.stable_judged >= params.min_requests:
+        return _traffic_share_check(m, params)
+    return []
 
 
 def _observe(
@@ -401,9 +409,10 @@ def _counts(classes: dict[str, float]) -> str:
 
 def _error_rate_check(m: Measurement, params: CanaryParams) -> list[str]:
     """Canary 5xx share over the absolute ceiling (whatever stable does) or over stable's plus the allowed increase."""
+    ceiling = _error_ceiling(m, params)
+    if ceiling:
+        return ceiling
     c_rate, s_rate = m.canary_error_rate or 0.0, m.stable_error_rate or 0.0
-    if c_rate > params.max_error_rate:
-        return _error_ceiling(m, params)
     if c_rate > s_rate + params.max_error_rate_increase:
         return [
             f"error rate {c_rate:.2%} > stable {s_rate:.2%} + allowed increase {params.max_error_rate_increase:.2%}"

@@ -357,12 +357,12 @@ class ModelServer:
         """(api, model name) for a prediction path, else None (the request goes through ASGI, which also answers
         the paths that only look like one, such as /v2/models/NAME/versions/N/infer)."""
         if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
-            name = path[11:-8]
-            return (V1, name.decode("ascii")) if b"/" not in name and b":" not in name else None
-        if path.startswith(b"/v2/models/") and path.endswith(b"/infer"):
-            name = path[11:-6]
-            return (V2, name.decode("ascii")) if b"/" not in name and b":" not in name else None
-        return None
+            api, name = V1, path[11:-8].decode("ascii")
+        elif path.startswith(b"/v2/models/") and path.endswith(b"/infer"):
+            api, name = V2, path[11:-6].decode("ascii")
+        else:
+            return None
+        return (api, name) if _plain_name(name) else None
 
     def fast_call(self, route: tuple[Api, str], headers: Headers, peer: str | None, body: bytes) -> Response | Batched:
         """The ASGI path's checks in the same order, then the batch: an error Response now, or the pending answer."""

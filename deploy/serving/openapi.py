@@ -167,6 +167,13 @@ def _paths(model: LoadedModel | None, settings: ServingSettings) -> dict[str, An
         return spec
 
     ref = {k: {"$ref": f"#/components/schemas/{k}"} for k in ("PredictResponse", "InferResponse", "Metadata", "Status")}
+
+    def model_get(summary: str, schema: dict[str, Any], description: str) -> Any:
+        """A GET on one served model: the same auth, rate limit and errors as its predictions, no body."""
+        return {
+            "get": op(summary, _json(schema, description), (401, 404, 429, 503), params=name, security=predict_security)
+        }
+
     model_errors = (400, 401, 404, 413, 415, 422, 429, 503)
     paths: dict[str, Any] = {
         "/v1/models/{name}:predict": {
@@ -189,33 +196,17 @@ def _paths(model: LoadedModel | None, settings: ServingSettings) -> dict[str, An
                 predict_security,
             )
         },
-        "/v1/models/{name}": {
-            "get": op(
-                "Model metadata",
-                _json(ref["Metadata"], "Signature, version, sha256"),
-                (401, 404, 429, 503),
-                params=name,
-                security=predict_security,
-            )
-        },
-        "/v2/models/{name}": {
-            "get": op(
-                "Model metadata (Open Inference Protocol)",
-                _json({"type": "object"}, "Name, versions, platform, input and output tensors"),
-                (401, 404, 429, 503),
-                params=name,
-                security=predict_security,
-            )
-        },
-        "/v2/models/{name}/ready": {
-            "get": op(
-                "Model readiness (Open Inference Protocol)",
-                _json({"type": "object", "required": ["name", "ready"]}, "The model serves"),
-                (401, 404, 429, 503),
-                params=name,
-                security=predict_security,
-            )
-        },
+        "/v1/models/{name}": model_get("Model metadata", ref["Metadata"], "Signature, version, sha256"),
+        "/v2/models/{name}": model_get(
+            "Model metadata (Open Inference Protocol)",
+            {"type": "object"},
+            "Name, versions, platform, input and output tensors",
+        ),
+        "/v2/models/{name}/ready": model_get(
+            "Model readiness (Open Inference Protocol)",
+            {"type": "object", "required": ["name", "ready"]},
+            "The model serves",
+        ),
         "/health": {"get": op("Liveness", _json(ref["Status"], "Alive"), ())},
         "/ready": {"get": op("Readiness: model loaded and warmed", _json(ref["Status"], "Ready"), (503,))},
         "/v2/health/live": {"get": op("Liveness (Open Inference Protocol)", _json(ref["Status"], "Alive"), ())},

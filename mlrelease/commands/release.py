@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -149,12 +150,13 @@ def stop_everything(state_dir: Path, yes: bool, by: str | None) -> None:
     from registry.locking import promotion_lock
 
     target = LocalTarget(state_dir)
-    if not target.store.path.is_file() or not target.status():
-        typer.echo("nothing is running: no server or router to stop")
-        return
     actor = resolve_actor(by)
-    with promotion_lock(state_dir, "down", actor):
-        running, state = target.status(), target.store.load()  # read again under the lock
+    # no state, nothing to stop: no lock either, so a fresh workspace does not get a state folder
+    with promotion_lock(state_dir, "down", actor) if target.store.path.is_file() else contextlib.nullcontext():
+        running, state = target.status(), target.store.load()
+        if not running:
+            typer.echo("nothing is running: no server or router to stop")
+            return
         if state.operation is not None and state.operation.command == "rollback":
             raise typer.BadParameter(
                 f"a rollback from version {state.operation.from_version} to {state.operation.version} is unfinished; "
