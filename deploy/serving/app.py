@@ -50,11 +50,15 @@ JSON: Headers = [(b"content-type", b"application/json")]
 
 @dataclass(frozen=True, slots=True)
 class Api:
-    """One prediction protocol: its metrics label, body parser and answer builder."""
+    """One prediction protocol: its metrics label, body parser and answer builder.
+
+    The parser returns the rows and what else the answer needs from the request (V2: its id and the outputs
+    it asks for; V1: nothing), which is handed to ``answer`` with the probabilities.
+    """
 
     label: str
-    parse: Callable[[bytes, list[str], int], tuple[np.ndarray, str | None]]
-    answer: Callable[[LoadedModel, np.ndarray, str | None], bytes]
+    parse: Callable[[bytes, list[str], int], tuple[np.ndarray, Any]]
+    answer: Callable[[LoadedModel, np.ndarray, Any], bytes]
 
 
 V1 = Api(
@@ -146,12 +150,12 @@ class Batched:
     collector, whose collections then stall the event loop for milliseconds.
     """
 
-    __slots__ = ("api", "outcome", "ready", "request_id", "serving")
+    __slots__ = ("api", "outcome", "ready", "request", "serving")
 
-    def __init__(self, api: Api, serving: Serving, request_id: str | None) -> None:
+    def __init__(self, api: Api, serving: Serving, request: Any) -> None:
         self.api = api
         self.serving = serving
-        self.request_id = request_id
+        self.request = request
         self.outcome: np.ndarray | BaseException | None = None
         self.ready: Callable[[], None] | None = None
 
@@ -177,7 +181,7 @@ class Batched:
                 raise outcome
             if outcome is None:
                 raise RuntimeError("finish() before the batch delivered")
-            return 200, self.api.answer(serving.model, outcome, self.request_id), JSON
+            return 200, self.api.answer(serving.model, outcome, self.request), JSON
         except Exception:
             log.exception("internal error on POST %s", self.api.label)
             return INTERNAL_ERROR
@@ -336,11 +340,11 @@ class ModelServer:
         serving = self._begin(scope["headers"], _peer(scope), name)
         try:
             body = await self._read_body(scope, receive)
-            rows, request_id = api.parse(body, serving.names, self.settings.max_batch_size)
+            rows, request = api.parse(body, serving.names, self.settings.max_batch_size)
             probs = await self._run(serving, rows)
         finally:
             serving.leave()
-        return 200, api.answer(serving.model, probs, request_id), JSON
+        return 200, api.answer(serving.model, probs, request), JSON
 
     async def _predict_v1(self, scope: Scope, receive: Receive, name: str) -> Response:
         return await self._predict(V1, scope, receive, name)
@@ -373,8 +377,8 @@ class ModelServer:
             return error_response(exc)
         try:
             check_content_type(headers)
-            rows, request_id = api.parse(body, serving.names, self.settings.max_batch_size)
-            pending = Batched(api, serving, request_id)
+            rows, request = api.parse(body, serving.names, self.settings.max_batch_size)
+            pending = Batched(api, serving, request)
             serving.batcher.enqueue(rows, pending)
             return pending
         except ClientError as exc:

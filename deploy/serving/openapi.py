@@ -9,6 +9,7 @@ from typing import Any
 
 from deploy.serving.config import ServingSettings
 from deploy.serving.model import LoadedModel
+from deploy.serving.payload import V2_OUTPUTS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -109,6 +110,15 @@ def _schemas(model: LoadedModel | None, settings: ServingSettings) -> dict[str, 
                             },
                             "data": {"type": "array", "items": {"type": "number"}},
                         },
+                    },
+                },
+                "outputs": {
+                    "type": "array",
+                    "description": "the outputs to answer with (default: all of them)",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {"name": {"type": "string", "enum": list(V2_OUTPUTS)}},
                     },
                 },
             },

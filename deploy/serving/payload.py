@@ -7,8 +7,9 @@ so that the error message can say which instance and which feature was wrong.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -20,6 +21,8 @@ _NON_FINITE_TOKENS_LOWER = ("nan", "infinity", "inf")
 _BOOL_TOKENS = (b"true", b"false")
 _NUMBERS_AND_KEY = b'0123456789.eE+-[]{},: \t\r\n"instances'
 _BODY_KEYS = ("instances", "parameters")
+V2_OUTPUTS = ("probabilities", "class")  # what POST /v2/models/NAME/infer answers, in this order by default
+_V2_KEYS = (b'"inputs"', b'"outputs"', b'"id"', b'"name"', b'"shape"', b'"datatype"', b'"data"')
 _MAX_NAMED = 5
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -46,6 +49,34 @@ def loads_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise _decode_error(body, exc) from exc
+
+
+class _DuplicateKey(ValueError):
+    """Raised by the pairs hook of ``check_unique_keys`` with the key found twice."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> None:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen.add(key)
+
+
+def check_unique_keys(body: bytes) -> None:
+    """Refuse an object that names a key twice: JSON parsers keep the last value, so which feature value (or
+    which instances) the client meant is a guess. Called only for bodies that could hold one (orjson cannot tell).
+    """
+    try:
+        json.loads(body, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as exc:
+        key = str(exc.args[0])
+        shown = key if len(key) <= 40 else f"{key[:40]}…"
+        raise ClientError(
+            422,
+            "duplicate_key",
+            f"the key {shown!r} appears twice in one JSON object; name each key (each feature of an instance) once",
+        ) from None
 
 
 def _decode_error(body: bytes, exc: orjson.JSONDecodeError) -> ClientError:
@@ -241,10 +272,14 @@ def _instances(doc: Any, max_batch: int) -> list[Any]:
 
 def parse_v1(body: bytes, names: list[str], max_batch: int) -> np.ndarray:
     """KServe V1 / TF Serving body: rows as arrays or as objects keyed by feature name."""
-    instances = _instances(loads_json(body), max_batch)
+    doc = loads_json(body)
+    plain = only_numbers(body, quotes=2)  # one key, so nothing can be named twice
+    if not plain:
+        check_unique_keys(body)
+    instances = _instances(doc, max_batch)
     if type(instances[0]) is dict:
         return to_matrix(_dict_rows(instances, names), names, body)
-    return to_matrix(instances, names, body, plain=only_numbers(body, quotes=2))
+    return to_matrix(instances, names, body, plain=plain)
 
 
 def _v2_tensor(doc: Any) -> dict[str, Any]:
@@ -313,9 +348,41 @@ def _v2_integers(flat: list[Any], datatype: str) -> None:
             )
 
 
-def parse_v2(body: bytes, names: list[str], max_batch: int) -> tuple[np.ndarray, Any]:
-    """Open Inference Protocol body -> (matrix, request id or None)."""
+class V2Request(NamedTuple):
+    """What an Open Inference Protocol request asks of the answer besides the rows."""
+
+    id: str | None
+    outputs: tuple[str, ...]
+
+
+def _v2_outputs(doc: dict[str, Any]) -> tuple[str, ...]:
+    """The outputs the request names (in its order), or all of them; an unknown name is the client's mistake."""
+    asked = doc.get("outputs")
+    if asked is None or asked == []:
+        return V2_OUTPUTS
+    if type(asked) is not list or not all(type(o) is dict and type(o.get("name")) is str for o in asked):
+        raise ClientError(
+            422,
+            "bad_outputs",
+            f'outputs must be an array of {{"name": ...}} objects, naming some of {list(V2_OUTPUTS)}',
+        )
+    names = tuple(dict.fromkeys(o["name"] for o in asked))
+    unknown = [n for n in names if n not in V2_OUTPUTS]
+    if unknown:
+        raise ClientError(
+            422,
+            "unknown_output",
+            f"the model has no output {unknown[0][:40]!r}; its outputs are {list(V2_OUTPUTS)} (GET /v2/models/NAME), "
+            "or leave out 'outputs' for all of them",
+        )
+    return names
+
+
+def parse_v2(body: bytes, names: list[str], max_batch: int) -> tuple[np.ndarray, V2Request]:
+    """Open Inference Protocol body -> (matrix, the request's id and the outputs it asks for)."""
     doc = loads_json(body)
+    if any(body.count(key) > 1 for key in _V2_KEYS):
+        check_unique_keys(body)
     tensor = _v2_tensor(doc)
     rows, cols = _v2_shape(tensor["shape"], len(names), max_batch)
     data = tensor["data"]
@@ -329,5 +396,5 @@ def parse_v2(body: bytes, names: list[str], max_batch: int) -> tuple[np.ndarray,
     if tensor["datatype"].startswith(("INT", "UINT")):
         _v2_integers(flat, tensor["datatype"])
     grid = [flat[i * cols : (i + 1) * cols] for i in range(rows)]
-    request_id = doc.get("id") if type(doc.get("id")) is str else None
-    return to_matrix(grid, names, body, where="inputs[0].data"), request_id
+    request = V2Request(doc["id"] if type(doc.get("id")) is str else None, _v2_outputs(doc))
+    return to_matrix(grid, names, body, where="inputs[0].data"), request

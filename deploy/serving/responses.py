@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 
 from deploy.serving.model import LoadedModel
+from deploy.serving.payload import V2_OUTPUTS, V2Request
 
 
 def predict_v1(model: LoadedModel, probs: np.ndarray) -> bytes:
@@ -18,25 +19,25 @@ def predict_v1(model: LoadedModel, probs: np.ndarray) -> bytes:
     return orjson.dumps({"predictions": predictions, "model_name": model.name, "model_version": model.version})
 
 
-def infer_v2(model: LoadedModel, probs: np.ndarray, request_id: str | None) -> bytes:
-    """Open Inference Protocol response: a probabilities tensor and a class-label tensor."""
+def _v2_output(name: str, model: LoadedModel, probs: np.ndarray) -> dict[str, Any]:
+    if name == "probabilities":
+        return {"name": name, "shape": list(probs.shape), "datatype": "FP32", "data": probs.reshape(-1).tolist()}
     classes = model.card.classes
     labels = [classes[k] for k in probs.argmax(axis=1).tolist()]
+    return {"name": name, "shape": [len(labels)], "datatype": "BYTES", "data": labels}
+
+
+def infer_v2(model: LoadedModel, probs: np.ndarray, request: V2Request | None) -> bytes:
+    """Open Inference Protocol response: the outputs the request asked for (a probabilities tensor and a
+    class-label tensor unless it named one), and its id."""
+    outputs = request.outputs if request is not None else V2_OUTPUTS
     body: dict[str, Any] = {
         "model_name": model.name,
         "model_version": model.version,
-        "outputs": [
-            {
-                "name": "probabilities",
-                "shape": list(probs.shape),
-                "datatype": "FP32",
-                "data": probs.reshape(-1).tolist(),
-            },
-            {"name": "class", "shape": [len(labels)], "datatype": "BYTES", "data": labels},
-        ],
+        "outputs": [_v2_output(name, model, probs) for name in outputs],
     }
-    if request_id is not None:
-        body["id"] = request_id
+    if request is not None and request.id is not None:
+        body["id"] = request.id
     return orjson.dumps(body)
 
 
@@ -77,8 +78,8 @@ def metadata_v2(model: LoadedModel) -> bytes:
             "platform": "pytorch_torchscript",
             "inputs": [{"name": "input-0", "datatype": "FP32", "shape": [-1, card.n_features]}],
             "outputs": [
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(card.classes)]},
-                {"name": "class", "datatype": "BYTES", "shape": [-1]},
+                {"name": V2_OUTPUTS[0], "datatype": "FP32", "shape": [-1, len(card.classes)]},
+                {"name": V2_OUTPUTS[1], "datatype": "BYTES", "shape": [-1]},
             ],
         }
     )

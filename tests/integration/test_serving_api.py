@@ -96,6 +96,9 @@ def test_v2_infer_and_metadata(server: Server) -> None:
     assert response.status_code == 200, response.text
     out = response.json()
     assert out["id"] == "abc" and out["outputs"][0]["shape"] == [2, 2] and len(out["outputs"][1]["data"]) == 2
+    doc["outputs"] = [{"name": "class"}]  # a client may ask for some outputs only
+    only = httpx.post(f"{server.url}/v2/models/{MODEL_NAME}/infer", json=doc, timeout=10).json()["outputs"]
+    assert [o["name"] for o in only] == ["class"] and only[0]["data"] == out["outputs"][1]["data"]
     meta = httpx.get(f"{server.url}/v1/models/{MODEL_NAME}").json()
     assert meta["signature"]["inputs"]["feature_names"] == names and meta["version"] == "7"
     assert len(meta["sha256"]) == 64 and meta["runtime"] == "torchscript"

@@ -47,10 +47,15 @@ def cases() -> list[tuple[str, str, dict[str, str], bytes]]:
     v1 = json.dumps({"instances": [row, row]}).encode()
     keyed = json.dumps({"instances": [dict(zip(names, row, strict=True))]}).encode()
     v2 = json.dumps({"id": "r1", "inputs": [{"name": "x", "shape": [1, 30], "datatype": "FP32", "data": row}]})
+    v2_class = json.dumps({**json.loads(v2), "outputs": [{"name": "class"}]}).encode()
+    twice = keyed.replace(b"[{", b'[{"' + names[0].encode() + b'": 0, ', 1)  # the first feature named twice
     return [
         ("v1 rows", PREDICT, auth, v1),
         ("v1 named", PREDICT, auth, keyed),
         ("v2", INFER, auth, v2.encode()),
+        ("v2 class only", INFER, auth, v2_class),
+        ("v2 unknown output", INFER, auth, v2_class.replace(b'"class"}]', b'"logits"}]')),
+        ("feature twice", PREDICT, auth, twice),
         ("no key", PREDICT, {"Content-Type": "application/json"}, v1),
         ("wrong key", PREDICT, {**auth, "Authorization": "Bearer nope"}, v1),
         ("text body", PREDICT, {**auth, "Content-Type": "text/plain"}, v1),

@@ -96,10 +96,10 @@ def test_v2_flat_and_nested_data() -> None:
         "id": "r1",
         "inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}],
     }
-    flat, request_id = parse_v2(json.dumps(doc).encode(), NAMES, 4)
+    flat, request = parse_v2(json.dumps(doc).encode(), NAMES, 4)
     doc["inputs"][0]["data"] = [[1, 2, 3], [4, 5, 6]]
     nested, _ = parse_v2(json.dumps(doc).encode(), NAMES, 4)
-    assert request_id == "r1"
+    assert request.id == "r1" and request.outputs == ("probabilities", "class")
     np.testing.assert_array_equal(flat, nested)
     assert flat.shape == (2, 3)
     doc["inputs"][0].update(datatype="INT64", data=[1, 2, 3, -4, 5, 6.0])  # integers in range (6.0 too): fine
@@ -133,6 +133,43 @@ def test_bad_v2_bodies_are_named(tensor: dict[str, object], code: str) -> None:
         parse_v2(json.dumps({"inputs": [tensor]}).encode(), NAMES, 4)
     assert info.value.code == code
     assert 400 <= info.value.status < 500
+
+
+def test_v2_outputs_asked_for_are_kept_in_order_and_unknown_ones_refused() -> None:
+    tensor = {"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}
+    ask = [{"name": "class"}, {"name": "probabilities"}, {"name": "class"}]
+    _, request = parse_v2(json.dumps({"inputs": [tensor], "outputs": ask}).encode(), NAMES, 4)
+    assert request.outputs == ("class", "probabilities")
+    _, request = parse_v2(json.dumps({"inputs": [tensor], "outputs": []}).encode(), NAMES, 4)
+    assert request.outputs == ("probabilities", "class") and request.id is None
+    for outputs, code in (([{"name": "logits"}], "unknown_output"), ([{"nam": "class"}], "bad_outputs")):
+        with pytest.raises(ClientError) as info:
+            parse_v2(json.dumps({"inputs": [tensor], "outputs": outputs}).encode(), NAMES, 4)
+        assert info.value.code == code and info.value.status == 422
+        assert "'probabilities', 'class'" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [{"a": 1, "b": 2, "c": 3, "a": 4}]}',  # a feature named twice: which value?
+        b'{"instances": [[9, 9, 9]], "instances": [[1, 2, 3]]}',  # two batches: which one?
+        b'{"instances": [[1, 2, 3]], "parameters": {"k": 1, "k": 2}}',
+        b'{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3], "data": [4, 5, 6]}]}',
+    ],
+)
+def test_a_key_named_twice_is_refused(body: bytes) -> None:
+    parse = parse_v2 if body.startswith(b'{"inputs"') else parse_v1
+    with pytest.raises(ClientError) as info:
+        parse(body, NAMES, 4)
+    assert info.value.code == "duplicate_key" and info.value.status == 422
+    assert "appears twice" in info.value.message
+
+
+def test_the_same_text_in_values_is_not_a_duplicate_key() -> None:
+    body = b'{"id": "data", "inputs": [{"name": "data", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}'
+    assert parse_v2(body, NAMES, 4)[1].id == "data"
+    assert parse_v1(b'{"instances": [{"a": 1, "b": 2, "c": 3}], "parameters": {"a": 1}}', NAMES, 4).shape == (1, 3)
 
 
 def test_many_missing_features_are_counted_and_the_first_named() -> None:
