@@ -391,16 +391,35 @@ def _divergence_check(m: Measurement, params: CanaryParams) -> list[str]:
     the two slots' class counts must also reject at ``divergence_p_value``, as the client-error check does with
     its z-score.
     """
-    if m.divergence is None or m.divergence <= params.max_divergence:
+    return _divergence_reasons(m.canary_classes, m.stable_classes, params, "prediction divergence")
+
+
+def _divergence_reasons(
+    canary: dict[str, float], stable: dict[str, float], params: CanaryParams, what: str
+) -> list[str]:
+    """``what`` over the limit and beyond chance for these class counts (one reason), or nothing."""
+    divergence = js_divergence(canary, stable)
+    if divergence is None or divergence <= params.max_divergence:
         return []
-    p_value = homogeneity_p_value(m.canary_classes, m.stable_classes)
+    p_value = homogeneity_p_value(canary, stable)
     if p_value is None or p_value >= params.divergence_p_value:
         return []
     return [
-        f"prediction divergence {m.divergence:.3f} > {params.max_divergence} (chi-square p = {p_value:.1e} < "
+        f"{what} {divergence:.3f} > {params.max_divergence} (chi-square p = {p_value:.1e} < "
         f"{params.divergence_p_value}: predicted-class shares differ beyond chance; class counts canary "
-        f"{_counts(m.canary_classes)}, stable {_counts(m.stable_classes)})"
+        f"{_counts(canary)}, stable {_counts(stable)})"
     ]
+
+
+def pooled_classes(measurements: list[Measurement]) -> tuple[dict[str, float], dict[str, float]]:
+    """Each slot's predicted-class counts summed over the intervals (a counter reset's negative delta as 0)."""
+    canary: dict[str, float] = {}
+    stable: dict[str, float] = {}
+    for m in measurements:
+        for pooled, counts in ((canary, m.canary_classes), (stable, m.stable_classes)):
+            for label, n in counts.items():
+                pooled[label] = pooled.get(label, 0.0) + max(n, 0.0)
+    return canary, stable
 
 
 def _counts(classes: dict[str, float]) -> str:
@@ -498,7 +517,17 @@ class Analysis:
     measurements: list[Measurement] = field(default_factory=list)
 
     def add(self, m: Measurement) -> None:
+        """Count ``m``. A passing interval still fails when the class shares of all intervals so far differ
+        beyond chance: at a small weight one interval holds too few predictions for the test to reject a canary
+        that predicts differently, while the pooled counts do (the shares do not depend on the weight)."""
         self.measurements.append(m)
+        if m.verdict != "passed" or len(self.measurements) < 2:
+            return
+        canary, stable = pooled_classes(self.measurements)
+        what = f"prediction divergence over the {len(self.measurements)} intervals so far"
+        reasons = _divergence_reasons(canary, stable, self.params, what)
+        if reasons:
+            m.verdict, m.reasons = "failed", reasons
 
     @property
     def failures(self) -> int:

@@ -167,6 +167,26 @@ def test_divergence_within_sampling_noise_passes() -> None:
     assert many.verdict == "failed" and "divergence" in many.reasons[0]
 
 
+def test_a_divergence_too_few_predictions_show_in_one_interval_fails_over_the_intervals_so_far() -> None:
+    # at a 5% weight: 40 canary predictions an interval, 85% "a" against stable's 60% (JS 0.058, p 0.0026 alone)
+    canary, stable = {"a": 34, "b": 6}, {"a": 120, "b": 80}
+    analysis = Analysis(params(failure_limit=0))
+    analysis.add(measure(snap(40, classes=canary), snap(200, classes=stable), 5, analysis.params))
+    assert analysis.measurements[0].verdict == "passed", analysis.measurements[0].reasons
+    second = measure(snap(40, classes=canary), snap(200, classes=stable), 5, analysis.params)
+    assert second.verdict == "passed"  # on its own
+    analysis.add(second)
+    assert second.verdict == "failed"
+    assert second.reasons[0].startswith("prediction divergence over the 2 intervals so far 0.058 > 0.05")
+    assert "canary {a: 68, b: 12}, stable {a: 240, b: 160}" in second.reasons[0]
+    assert "failure_limit 0" in (analysis.aborted() or "")
+    # the same canary predicting like stable within chance keeps passing, however many intervals
+    alike = Analysis(params())
+    for _ in range(6):
+        alike.add(measure(snap(40, classes={"a": 27, "b": 13}), snap(200, classes=stable), 5, alike.params))
+    assert [m.verdict for m in alike.measurements] == ["passed"] * 6
+
+
 def test_homogeneity_p_value_matches_a_known_chi_square() -> None:
     # 2x2 table [[10, 20], [20, 10]]: chi-square 6.667 on one degree of freedom, p = 0.00982
     assert homogeneity_p_value({"a": 10, "b": 20}, {"a": 20, "b": 10}) == pytest.approx(0.00982, abs=1e-5)
