@@ -15,7 +15,15 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from deploy.image.base import cache_dir, ensure_base
-from deploy.image.engine import Engine, build_image, detect_engine, inspect_image
+from deploy.image.engine import (
+    Engine,
+    build_image,
+    detect_engine,
+    image_exists,
+    inspect_image,
+    local_images,
+    remove_image,
+)
 from mlrelease.modelcard import CARD_FILE, MODEL_FILE, REFERENCE_FILE, verify_bundle
 from mlrelease.params import HIGHER_IS_LAXER
 from mlrelease.settings import Settings
@@ -139,6 +147,34 @@ def record_on_registry(target: BuildTarget, report: dict[str, object], settings:
         client.set_model_version_tag(target.model_name, target.model_version, key, str(report[key]))
 
 
+def superseded(
+    images: list[tuple[str, list[str]]], ref: str, version_prefix: str, previous_id: str | None
+) -> list[str]:
+    """What a finished build of ``ref`` leaves unreferenced: the other tags of the same model version (earlier
+    commits; the registry's ``image_ref`` now names ``ref``) and the image ``ref`` named before, once untagged.
+
+    Other versions' images stay: a rollback or another environment may still run them.
+    """
+    found = [name for _, names in images for name in names if name.startswith(version_prefix) and name != ref]
+    new_id = next((image_id for image_id, names in images if ref in names), None)
+    if previous_id and previous_id != new_id and any(i == previous_id and not n for i, n in images):
+        found.append(previous_id)
+    return found
+
+
+def prune_superseded(engine: Engine, ref: str, version_prefix: str, previous_id: str | None) -> list[str]:
+    """Remove the images ``superseded`` names (a removal that fails, say an image in use, is left and logged)."""
+    removed = []
+    for name in superseded(local_images(engine), ref, version_prefix, previous_id):
+        if remove_image(engine, name, force=False):
+            removed.append(name)
+        else:
+            log.warning("could not remove the superseded image %s; remove it by hand once unused", name)
+    if removed:
+        log.info("removed %d superseded image(s): %s", len(removed), ", ".join(removed))
+    return removed
+
+
 def build(
     target: BuildTarget,
     params: BuildParams,
@@ -156,7 +192,9 @@ def build(
     engine = engine or detect_engine(None if params.engine == "auto" else params.engine)
     verify_bundle(target.bundle, target.artifact_sha256)
     commit = git_commit(project_root)
-    ref = local_ref(engine, image_tag(params.image_name or target.model_name, target.model_version, commit))
+    repository = params.image_name or target.model_name
+    ref = local_ref(engine, image_tag(repository, target.model_version, commit))
+    previous_id = str(inspect_image(engine, ref)["id"]) if image_exists(engine, ref) else None
     base = base_image or params.base_image or ensure_base(engine)
     context = context or project_root / "build" / "image-context"
     started = dt.datetime.now(dt.UTC)
@@ -199,6 +237,8 @@ def build(
         report["smoke"] = smoke_test(
             engine, ref, target.bundle, rows, params.smoke_atol, params.ready_timeout_s
         ).as_dict()
+    version_prefix = local_ref(engine, image_tag(repository, target.model_version, ""))
+    report["removed_images"] = prune_superseded(engine, ref, version_prefix, previous_id)
     return report
 
 

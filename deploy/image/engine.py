@@ -174,7 +174,28 @@ def save_image(engine: Engine, ref: str, dest: Path) -> Path:
     return dest
 
 
-def remove_image(engine: Engine, ref: str) -> None:
-    """Remove a local image; a missing image is not an error."""
-    args = ("rmi", "-f", ref) if engine.is_buildah else ("image", "rm", "-f", ref)
-    engine.run(*args, check=False)
+def local_images(engine: Engine) -> list[tuple[str, list[str]]]:
+    """Every tagged or dangling image in local storage as (id, names); cached build layers are not listed."""
+    if engine.name == "docker":
+        listed = engine.run("image", "ls", "--no-trunc", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}").stdout
+        images: dict[str, list[str]] = {}
+        for line in listed.splitlines():
+            image_id, _, name = line.partition(" ")
+            images.setdefault(_bare_id(image_id), []).extend([] if name == "<none>:<none>" else [name])
+        return list(images.items())
+    args = ("images", "--json", "--no-trunc") if engine.is_buildah else ("images", "--format", "json", "--no-trunc")
+    data = json.loads(engine.run(*args).stdout or "[]")
+    return [(_bare_id(str(i.get("id") or i.get("Id"))), list(i.get("names") or i.get("Names") or [])) for i in data]
+
+
+def _bare_id(image_id: str) -> str:
+    """An image id without its ``sha256:`` prefix, as ``inspect_image`` reports it for buildah."""
+    return image_id.removeprefix("sha256:")
+
+
+def remove_image(engine: Engine, ref: str, force: bool = True) -> bool:
+    """Remove a local image, or one name of an image that has others; False when the engine refused. Without
+    ``force`` an image a container uses stays. A missing image is not an error."""
+    flags = ("-f",) if force else ()
+    args = ("rmi", *flags, ref) if engine.is_buildah else ("image", "rm", *flags, ref)
+    return engine.run(*args, check=False).returncode == 0

@@ -14,8 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from deploy.image.build import BuildParams, BuildTarget, build, record_on_registry, resolve_target
-from deploy.image.engine import Engine, detect_engine, inspect_image
+from deploy.image.build import (
+    BuildParams,
+    BuildTarget,
+    build,
+    prune_superseded,
+    record_on_registry,
+    resolve_target,
+)
+from deploy.image.engine import Engine, detect_engine, inspect_image, local_images
 from deploy.image.gate import image_checks, verdict
 from deploy.image.scan import ScanParams
 from deploy.image.smoke import SmokeError, reference_inputs, smoke_test
@@ -115,6 +122,24 @@ def test_rebuild_with_nothing_changed_reuses_the_cache(
     )
     assert again["image_id"] == built["image_id"]
     assert again["image_digest"] == built["image_digest"]
+    assert again["removed_images"] == []  # the image its tag named is the one it built
+
+
+def test_a_build_removes_its_versions_images_of_earlier_commits_and_keeps_other_versions(
+    engine: Engine, built: dict[str, object]
+) -> None:
+    ref = str(built["image_ref"])
+    repository = ref.rsplit(":", 1)[0]
+    earlier, other_version = f"{repository}:local-000000000000", f"{repository}:7-000000000000"
+    for name in (earlier, other_version):
+        engine.run("tag", ref, name)
+    try:
+        assert built["image_id"] in dict(local_images(engine))  # ids as inspect reports them
+        assert prune_superseded(engine, ref, f"{repository}:local-", None) == [earlier]
+        names = {name for _, names in local_images(engine) for name in names}
+        assert ref in names and other_version in names and earlier not in names
+    finally:
+        engine.run("rmi", other_version, check=False)
 
 
 def test_smoke_test_fails_on_a_different_model_and_leaves_nothing_running(

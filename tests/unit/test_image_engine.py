@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from deploy.image.build import BuildParams, image_tag, local_ref
+from deploy.image.build import BuildParams, image_tag, local_ref, superseded
 from deploy.image.engine import EngineError, detect_engine, make_engine
 from deploy.image.wheelhouse import serving_pins
 
@@ -59,3 +59,19 @@ def test_serving_pins_hold_the_serving_closure_and_no_training_stack() -> None:
 def test_build_params_forbid_unknown_keys() -> None:
     with pytest.raises(ValueError, match="extra"):
         BuildParams.model_validate({"smoke_row": 3})
+
+
+def test_a_build_supersedes_its_versions_other_commits_and_the_image_its_tag_named_before() -> None:
+    repo = "localhost/m"
+    images = [
+        ("new", [f"{repo}:3-bbb"]),
+        ("old", [f"{repo}:3-aaa", f"{repo}:stable"]),  # another name of an earlier commit's image stays
+        ("v30", [f"{repo}:30-aaa"]),  # version 30 is not version 3
+        ("v2", [f"{repo}:2-aaa"]),
+        ("was", []),  # what 3-bbb named before this build: dangling now
+        ("other", []),
+    ]
+    assert superseded(images, f"{repo}:3-bbb", f"{repo}:3-", "was") == [f"{repo}:3-aaa", "was"]
+    assert superseded(images, f"{repo}:3-bbb", f"{repo}:3-", "new") == [f"{repo}:3-aaa"]  # rebuilt, unchanged
+    assert superseded(images, f"{repo}:3-bbb", f"{repo}:3-", "v2") == [f"{repo}:3-aaa"]  # still has a name
+    assert superseded(images, f"{repo}:3-bbb", f"{repo}:3-", None) == [f"{repo}:3-aaa"]
