@@ -25,6 +25,7 @@ def _print_build(report: dict[str, object]) -> None:
         "git_commit",
         "build_seconds",
         "smoke",
+        "removed_images",
     ):
         table.add_row(key, str(report.get(key, "")))
     Console().print(table)
