@@ -159,6 +159,14 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
             pending: Pending = outcome  # type: ignore[assignment]
             pending.attach(_when_done(self, request, pending))
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        request = self._fast
+        if request is not None:  # gone before its body was in: counted as the ASGI path counts it (499)
+            self._fast = None
+            request.cycle.disconnected = True
+            self.fast_server.fast_record(request.route, 499, time.perf_counter() - request.start)
+        super().connection_lost(exc)
+
     def request_complete(self) -> bool:
         if isinstance(self.cycle, FastCycle):
             return self._fast is None  # on_message_complete handed it on; until then the body is still arriving
