@@ -8,6 +8,7 @@ so that the error message can say which instance and which feature was wrong.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -22,7 +23,8 @@ _BOOL_TOKENS = (b"true", b"false")
 _NUMBERS_AND_KEY = b'0123456789.eE+-[]{},: \t\r\n"instances'
 _BODY_KEYS = ("instances", "parameters")
 V2_OUTPUTS = ("probabilities", "class")  # what POST /v2/models/NAME/infer answers, in this order by default
-_V2_KEYS = (b'"inputs"', b'"outputs"', b'"id"', b'"name"', b'"shape"', b'"datatype"', b'"data"')
+_KEY_END = re.compile(rb'"[ \t\r\n]*:')  # the end of every key, and of any string that holds a quote and a colon
+_QUOTE_SPACE = (b'" ', b'"\t', b'"\r', b'"\n')
 _MAX_NAMED = 5
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -63,19 +65,46 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> None:
         seen.add(key)
 
 
-def check_unique_keys(body: bytes) -> None:
-    """Refuse an object that names a key twice: JSON parsers keep the last value, so which feature value (or
-    which instances) the client meant is a guess. Called only for bodies that could hold one (orjson cannot tell).
-    """
+def _kept_keys(doc: Any, bulk: object) -> int:
+    """How many keys the parsed document holds (a key named twice in one object was kept once), not counting
+    inside ``bulk`` (the rows, already checked to hold nothing but numbers or flat objects of numbers)."""
+    count, stack = 0, [doc]
+    while stack:
+        value = stack.pop()
+        if value is bulk:
+            continue
+        if type(value) is dict:
+            count += len(value)
+            value = value.values()
+        stack.extend(item for item in value if type(item) is dict or type(item) is list)
+    return count
+
+
+def _key_ends(body: bytes) -> int:
+    """Quotes followed by a colon: every key's end, plus any string that holds such a pair."""
+    if any(gap in body for gap in _QUOTE_SPACE):
+        return len(_KEY_END.findall(body))  # a space between a key and its colon somewhere
+    return body.count(b'":')
+
+
+def check_unique_keys(body: bytes, doc: Any, bulk: object, bulk_keys: int, hint: str = "") -> None:
+    """Refuse an object that names a key twice: parsers keep the last value, so which value the client meant
+    is a guess (orjson cannot tell). Only a string's contents can add to the count of key ends, so when it
+    matches the keys ``doc`` kept (``bulk_keys`` of them in the validated rows ``bulk``), no key was named
+    twice; otherwise the body is parsed again to find the key. Called once the rows are valid."""
+    if _key_ends(body) == _kept_keys(doc, bulk) + bulk_keys:
+        return
     try:
         json.loads(body, object_pairs_hook=_unique_pairs)
     except _DuplicateKey as exc:
         key = str(exc.args[0])
         shown = key if len(key) <= 40 else f"{key[:40]}…"
         raise ClientError(
-            422,
-            "duplicate_key",
-            f"the key {shown!r} appears twice in one JSON object; name each key (each feature of an instance) once",
+            422, "duplicate_key", f"the key {shown!r} appears twice in one JSON object; name each key once{hint}"
+        ) from None
+    except RecursionError:
+        raise ClientError(
+            400, "nested_too_deep", "the JSON is nested too deeply to check; send the documented shape"
         ) from None
 
 
@@ -273,13 +302,16 @@ def _instances(doc: Any, max_batch: int) -> list[Any]:
 def parse_v1(body: bytes, names: list[str], max_batch: int) -> np.ndarray:
     """KServe V1 / TF Serving body: rows as arrays or as objects keyed by feature name."""
     doc = loads_json(body)
-    plain = only_numbers(body, quotes=2)  # one key, so nothing can be named twice
-    if not plain:
-        check_unique_keys(body)
     instances = _instances(doc, max_batch)
     if type(instances[0]) is dict:
-        return to_matrix(_dict_rows(instances, names), names, body)
-    return to_matrix(instances, names, body, plain=plain)
+        matrix = to_matrix(_dict_rows(instances, names), names, body)
+        check_unique_keys(body, doc, instances, len(names) * len(instances), " (each feature once per instance)")
+        return matrix
+    plain = only_numbers(body, quotes=2)  # one key, so nothing can be named twice
+    matrix = to_matrix(instances, names, body, plain=plain)
+    if not plain:
+        check_unique_keys(body, doc, instances, 0)
+    return matrix
 
 
 def _v2_tensor(doc: Any) -> dict[str, Any]:
@@ -381,8 +413,6 @@ def _v2_outputs(doc: dict[str, Any]) -> tuple[str, ...]:
 def parse_v2(body: bytes, names: list[str], max_batch: int) -> tuple[np.ndarray, V2Request]:
     """Open Inference Protocol body -> (matrix, the request's id and the outputs it asks for)."""
     doc = loads_json(body)
-    if any(body.count(key) > 1 for key in _V2_KEYS):
-        check_unique_keys(body)
     tensor = _v2_tensor(doc)
     rows, cols = _v2_shape(tensor["shape"], len(names), max_batch)
     data = tensor["data"]
@@ -397,4 +427,6 @@ def parse_v2(body: bytes, names: list[str], max_batch: int) -> tuple[np.ndarray,
         _v2_integers(flat, tensor["datatype"])
     grid = [flat[i * cols : (i + 1) * cols] for i in range(rows)]
     request = V2Request(doc["id"] if type(doc.get("id")) is str else None, _v2_outputs(doc))
-    return to_matrix(grid, names, body, where="inputs[0].data"), request
+    matrix = to_matrix(grid, names, body, where="inputs[0].data")
+    check_unique_keys(body, doc, data, 0)
+    return matrix, request

@@ -156,10 +156,14 @@ def test_v2_outputs_asked_for_are_kept_in_order_and_unknown_ones_refused() -> No
         b'{"instances": [[9, 9, 9]], "instances": [[1, 2, 3]]}',  # two batches: which one?
         b'{"instances": [[1, 2, 3]], "parameters": {"k": 1, "k": 2}}',
         b'{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3], "data": [4, 5, 6]}]}',
+        b'{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [9, 9, 9], "\\u0064ata": [1, 2, 3]}]}',
+        b'{"id": "a", "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}], "id" : "b"}',
+        b'{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}], '
+        b'"parameters": {"content_type": "a", "content_type": "b"}}',
     ],
 )
 def test_a_key_named_twice_is_refused(body: bytes) -> None:
-    parse = parse_v2 if body.startswith(b'{"inputs"') else parse_v1
+    parse = parse_v2 if b'"inputs"' in body else parse_v1
     with pytest.raises(ClientError) as info:
         parse(body, NAMES, 4)
     assert info.value.code == "duplicate_key" and info.value.status == 422
@@ -170,6 +174,18 @@ def test_the_same_text_in_values_is_not_a_duplicate_key() -> None:
     body = b'{"id": "data", "inputs": [{"name": "data", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}'
     assert parse_v2(body, NAMES, 4)[1].id == "data"
     assert parse_v1(b'{"instances": [{"a": 1, "b": 2, "c": 3}], "parameters": {"a": 1}}', NAMES, 4).shape == (1, 3)
+    quoted = b'{"instances": [{"a": 1, "b": 2, "c": 3}], "parameters": {"note": "say \\"a\\": twice", "x": 1}}'
+    assert parse_v1(quoted, NAMES, 4).shape == (1, 3)  # a string holding a quote and a colon is not a key
+
+
+def test_deep_nesting_is_a_client_error_never_a_500() -> None:
+    deep = b"[" * 1010 + b"1" + b"]" * 1010  # orjson takes up to 1024 levels, Python's json fewer
+    ok = b'{"instances": [[1, 2, 3]], "parameters": {"k": ' + deep + b"}}"
+    assert parse_v1(ok, NAMES, 4).shape == (1, 3)  # nothing named twice: no second parse
+    with_quote = b'{"instances": [[1, 2, 3]], "parameters": {"k": ' + deep + b', "s": "\\":"}}'
+    with pytest.raises(ClientError) as info:
+        parse_v1(with_quote, NAMES, 4)  # the count differs, the second parse recurses too deep: a 400
+    assert (info.value.status, info.value.code) == (400, "nested_too_deep")
 
 
 def test_many_missing_features_are_counted_and_the_first_named() -> None:
