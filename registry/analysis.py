@@ -369,7 +369,14 @@ def homogeneity_p_value(p_counts: dict[str, float], q_counts: dict[str, float]) 
     None when it cannot be computed (an empty slot, or a single class between them)."""
     from scipy.special import chdtrc
 
-    p_clean, q_clean = ({k: max(v, 0.0) for k, v in c.items()} for c in (p_counts, q_counts))  # a counter reset
+    found = chi_square(p_counts, q_counts)
+    return None if found is None else float(chdtrc(found[1], found[0]))
+
+
+def chi_square(p_counts: dict[str, float], q_counts: dict[str, float]) -> tuple[float, int] | None:
+    """Pearson's chi-square statistic of two slots' class counts, and its degrees of freedom; None when it cannot
+    be computed (an empty slot, or a single class between them). A counter reset's negative count reads as 0."""
+    p_clean, q_clean = ({k: max(v, 0.0) for k, v in c.items()} for c in (p_counts, q_counts))
     keys = [k for k in sorted(set(p_clean) | set(q_clean)) if p_clean.get(k, 0.0) + q_clean.get(k, 0.0) > 0]
     p_total, q_total = sum(p_clean.values()), sum(q_clean.values())
     if p_total <= 0 or q_total <= 0 or len(keys) < 2:
@@ -380,7 +387,7 @@ def homogeneity_p_value(p_counts: dict[str, float], q_counts: dict[str, float]) 
         for observed, row in ((p_clean.get(k, 0.0), p_total), (q_clean.get(k, 0.0), q_total)):
             expected = row * column / total
             statistic += (observed - expected) ** 2 / expected
-    return float(chdtrc(len(keys) - 1, statistic))
+    return statistic, len(keys) - 1
 
 
 def _divergence_check(m: Measurement, params: CanaryParams) -> list[str]:
@@ -391,35 +398,57 @@ def _divergence_check(m: Measurement, params: CanaryParams) -> list[str]:
     the two slots' class counts must also reject at ``divergence_p_value``, as the client-error check does with
     its z-score.
     """
-    return _divergence_reasons(m.canary_classes, m.stable_classes, params, "prediction divergence")
-
-
-def _divergence_reasons(
-    canary: dict[str, float], stable: dict[str, float], params: CanaryParams, what: str
-) -> list[str]:
-    """``what`` over the limit and beyond chance for these class counts (one reason), or nothing."""
-    divergence = js_divergence(canary, stable)
-    if divergence is None or divergence <= params.max_divergence:
+    if m.divergence is None or m.divergence <= params.max_divergence:
         return []
-    p_value = homogeneity_p_value(canary, stable)
+    p_value = homogeneity_p_value(m.canary_classes, m.stable_classes)
     if p_value is None or p_value >= params.divergence_p_value:
         return []
     return [
-        f"{what} {divergence:.3f} > {params.max_divergence} (chi-square p = {p_value:.1e} < "
+        f"prediction divergence {m.divergence:.3f} > {params.max_divergence} (chi-square p = {p_value:.1e} < "
         f"{params.divergence_p_value}: predicted-class shares differ beyond chance; class counts canary "
-        f"{_counts(canary)}, stable {_counts(stable)})"
+        f"{_counts(m.canary_classes)}, stable {_counts(m.stable_classes)})"
     ]
 
 
-def pooled_classes(measurements: list[Measurement]) -> tuple[dict[str, float], dict[str, float]]:
-    """Each slot's predicted-class counts summed over the intervals (a counter reset's negative delta as 0)."""
-    canary: dict[str, float] = {}
-    stable: dict[str, float] = {}
-    for m in measurements:
-        for pooled, counts in ((canary, m.canary_classes), (stable, m.stable_classes)):
-            for label, n in counts.items():
-                pooled[label] = pooled.get(label, 0.0) + max(n, 0.0)
-    return canary, stable
+def _poolable(m: Measurement) -> bool:
+    """Both slots predicted something this interval and no class counter went back (a restart's counts are not
+    this interval's)."""
+    counts = (m.canary_classes, m.stable_classes)
+    return all(sum(c.values()) > 0 and min(c.values()) >= 0 for c in counts)
+
+
+def pooled_divergence(measurements: list[Measurement], params: CanaryParams) -> list[str]:
+    """The divergence test over all intervals so far, stratified by interval: the canary's pooled class counts
+    against what stable's shares of each interval predict for as many canary predictions, and the sum of the
+    intervals' chi-square statistics (independent intervals). So a traffic mix that changes between steps, which
+    each slot samples in a different proportion, is no divergence; a canary that differs in every interval is."""
+    from scipy.special import chdtrc
+
+    observed: dict[str, float] = {}
+    expected: dict[str, float] = {}
+    statistic, freedom, used = 0.0, 0, 0
+    for m in filter(_poolable, measurements):
+        found = chi_square(m.canary_classes, m.stable_classes)
+        if found is None:
+            continue
+        statistic, freedom, used = statistic + found[0], freedom + found[1], used + 1
+        canary_total, stable_total = sum(m.canary_classes.values()), sum(m.stable_classes.values())
+        for label, n in m.canary_classes.items():
+            observed[label] = observed.get(label, 0.0) + n
+        for label, n in m.stable_classes.items():
+            expected[label] = expected.get(label, 0.0) + canary_total * n / stable_total
+    divergence = js_divergence(observed, expected) if used >= 2 else None
+    if divergence is None or divergence <= params.max_divergence:
+        return []
+    p_value = float(chdtrc(freedom, statistic))
+    if p_value >= params.divergence_p_value:
+        return []
+    shown = {k: round(v, 1) for k, v in expected.items()}
+    return [
+        f"prediction divergence over {used} intervals so far {divergence:.3f} > {params.max_divergence} "
+        f"(chi-square p = {p_value:.1e} < {params.divergence_p_value}: predicted-class shares differ beyond "
+        f"chance; class counts canary {_counts(observed)}, as stable's shares would have them {_counts(shown)})"
+    ]
 
 
 def _counts(classes: dict[str, float]) -> str:
@@ -518,14 +547,12 @@ class Analysis:
 
     def add(self, m: Measurement) -> None:
         """Count ``m``. A passing interval still fails when the class shares of all intervals so far differ
-        beyond chance: at a small weight one interval holds too few predictions for the test to reject a canary
-        that predicts differently, while the pooled counts do (the shares do not depend on the weight)."""
+        beyond chance (``pooled_divergence``): at a small weight one interval holds too few predictions for the
+        test to reject a canary that predicts differently, while the intervals together do."""
         self.measurements.append(m)
         if m.verdict != "passed" or len(self.measurements) < 2:
             return
-        canary, stable = pooled_classes(self.measurements)
-        what = f"prediction divergence over the {len(self.measurements)} intervals so far"
-        reasons = _divergence_reasons(canary, stable, self.params, what)
+        reasons = pooled_divergence(self.measurements, self.params)
         if reasons:
             m.verdict, m.reasons = "failed", reasons
 

@@ -177,14 +177,46 @@ def test_a_divergence_too_few_predictions_show_in_one_interval_fails_over_the_in
     assert second.verdict == "passed"  # on its own
     analysis.add(second)
     assert second.verdict == "failed"
-    assert second.reasons[0].startswith("prediction divergence over the 2 intervals so far 0.058 > 0.05")
-    assert "canary {a: 68, b: 12}, stable {a: 240, b: 160}" in second.reasons[0]
+    assert second.reasons[0].startswith("prediction divergence over 2 intervals so far 0.058 > 0.05")
+    assert "p = 1.2e-04" in second.reasons[0]  # two chi-squares of 9.06 on one degree of freedom each
+    assert "canary {a: 68, b: 12}, as stable's shares would have them {a: 48, b: 32}" in second.reasons[0]
     assert "failure_limit 0" in (analysis.aborted() or "")
     # the same canary predicting like stable within chance keeps passing, however many intervals
     alike = Analysis(params())
     for _ in range(6):
         alike.add(measure(snap(40, classes={"a": 27, "b": 13}), snap(200, classes=stable), 5, alike.params))
     assert [m.verdict for m in alike.measurements] == ["passed"] * 6
+
+
+def test_a_traffic_mix_that_changes_between_steps_is_no_divergence_of_a_canary_that_predicts_alike() -> None:
+    # step 5%: 90% of the traffic is class a; step 50%: 40%; both slots predict alike within each interval.
+    # Pooled naively, the canary (mostly from the second interval) would look far from stable (mostly the first)
+    analysis = Analysis(params())
+    analysis.add(
+        measure(snap(50, classes={"a": 45, "b": 5}), snap(950, classes={"a": 855, "b": 95}), 5, analysis.params)
+    )
+    analysis.add(
+        measure(snap(500, classes={"a": 200, "b": 300}), snap(500, classes={"a": 200, "b": 300}), 50, analysis.params)
+    )
+    assert [m.verdict for m in analysis.measurements] == ["passed", "passed"], analysis.measurements[1].reasons
+
+
+def test_intervals_a_slot_had_no_data_in_or_a_counter_went_back_are_not_pooled() -> None:
+    analysis = Analysis(params(failure_limit=5, inconclusive_limit=5))
+    analysis.add(measure(NoAnswer("connection refused"), snap(950, classes={"a": 900, "b": 50}), 5, analysis.params))
+    analysis.add(
+        measure(snap(100, classes={"a": 40, "b": 60}), snap(100, classes={"a": 40, "b": 60}), 5, analysis.params)
+    )
+    assert analysis.measurements[1].verdict == "passed", analysis.measurements[1].reasons
+    restarted = measure(
+        snap(100, classes={"a": -60, "b": 160}), snap(100, classes={"a": 90, "b": 10}), 5, analysis.params
+    )
+    restarted.verdict, restarted.reasons = "passed", []  # as if its own checks had passed: still not pooled
+    analysis.add(restarted)
+    analysis.add(
+        measure(snap(100, classes={"a": 40, "b": 60}), snap(100, classes={"a": 40, "b": 60}), 5, analysis.params)
+    )
+    assert analysis.measurements[-1].verdict == "passed", analysis.measurements[-1].reasons
 
 
 def test_homogeneity_p_value_matches_a_known_chi_square() -> None:
