@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from deploy.image.base import cache_dir, ensure_base
 from deploy.image.engine import (
     Engine,
+    EngineError,
+    bare_id,
     build_image,
     detect_engine,
     image_exists,
@@ -86,8 +88,11 @@ def image_tag(name: str, version: str, commit: str) -> str:
 
 
 def local_ref(engine: Engine, tag: str) -> str:
-    """The name the engine stores a local image under (buildah and podman prefix ``localhost/``)."""
-    if engine.name in ("buildah", "podman") and "/" not in tag.split(":", 1)[0]:
+    """The name the engine stores a local image under: buildah and podman prefix ``localhost/`` unless the name
+    starts with a registry host (a first component with a dot or a port, or ``localhost``: ``team/m`` has none)."""
+    first, slash, _ = tag.partition("/")
+    has_host = bool(slash) and ("." in first or ":" in first or first == "localhost")
+    if engine.name in ("buildah", "podman") and not has_host:
         return f"localhost/{tag}"
     return tag
 
@@ -148,21 +153,23 @@ def record_on_registry(target: BuildTarget, report: dict[str, object], settings:
 
 
 def superseded(
-    images: list[tuple[str, list[str]]], ref: str, version_prefix: str, previous_id: str | None
+    images: list[tuple[str, list[str]]], ref: str, version_prefix: str | None, previous_id: str | None
 ) -> list[str]:
-    """What a finished build of ``ref`` leaves unreferenced: the other tags of the same model version (earlier
-    commits; the registry's ``image_ref`` now names ``ref``) and the image ``ref`` named before, once untagged.
-
-    Other versions' images stay: a rollback or another environment may still run them.
+    """What a finished build of ``ref`` leaves unreferenced: the same model version's images of other commits
+    (``PREFIX<commit>``; the registry's ``image_ref`` now names ``ref``) and the image ``ref`` named before, once
+    untagged. Other versions' images stay, and so does any other tag (say ``3-approved``); with no
+    ``version_prefix`` only the untagged image goes.
     """
-    found = [name for _, names in images for name in names if name.startswith(version_prefix) and name != ref]
+    commit_tag = re.compile(re.escape(version_prefix) + r"(?:[0-9a-f]{7,40}|nogit)$") if version_prefix else None
+    found = [n for _, names in images for n in names if commit_tag and commit_tag.match(n) and n != ref]
+    previous = bare_id(previous_id) if previous_id else None
     new_id = next((image_id for image_id, names in images if ref in names), None)
-    if previous_id and previous_id != new_id and any(i == previous_id and not n for i, n in images):
-        found.append(previous_id)
+    if previous and previous != new_id and any(i == previous and not n for i, n in images):
+        found.append(previous)
     return found
 
 
-def prune_superseded(engine: Engine, ref: str, version_prefix: str, previous_id: str | None) -> list[str]:
+def prune_superseded(engine: Engine, ref: str, version_prefix: str | None, previous_id: str | None) -> list[str]:
     """Remove the images ``superseded`` names (a removal that fails, say an image in use, is left and logged)."""
     removed = []
     for name in superseded(local_images(engine), ref, version_prefix, previous_id):
@@ -173,6 +180,25 @@ def prune_superseded(engine: Engine, ref: str, version_prefix: str, previous_id:
     if removed:
         log.info("removed %d superseded image(s): %s", len(removed), ", ".join(removed))
     return removed
+
+
+def prune_after_build(engine: Engine, report: dict[str, object], params: BuildParams, target: BuildTarget) -> list[str]:
+    """Remove what the build in ``report`` superseded, once its image passed the smoke test and the registry names
+    it; never fails the build (what could not be removed is logged). A local build keeps the images of other
+    commits: other bundles share its version ``local``, and no registry record moved to the new image."""
+    smoke = report.get("smoke")
+    if not (isinstance(smoke, dict) and smoke.get("passed")):
+        return []
+    repository = params.image_name or target.model_name
+    prefix = (
+        None if target.model_version == "local" else local_ref(engine, image_tag(repository, target.model_version, ""))
+    )
+    replaced = report.get("replaced_image_id")
+    try:
+        return prune_superseded(engine, str(report["image_ref"]), prefix, str(replaced) if replaced else None)
+    except (EngineError, ValueError, KeyError) as exc:
+        log.warning("the images this build superseded were not removed: %s", exc)
+        return []
 
 
 def build(
@@ -192,9 +218,8 @@ def build(
     engine = engine or detect_engine(None if params.engine == "auto" else params.engine)
     verify_bundle(target.bundle, target.artifact_sha256)
     commit = git_commit(project_root)
-    repository = params.image_name or target.model_name
-    ref = local_ref(engine, image_tag(repository, target.model_version, commit))
-    previous_id = str(inspect_image(engine, ref)["id"]) if image_exists(engine, ref) else None
+    ref = local_ref(engine, image_tag(params.image_name or target.model_name, target.model_version, commit))
+    replaced = str(inspect_image(engine, ref)["id"]) if image_exists(engine, ref) else None  # a rebuild's tag moves
     base = base_image or params.base_image or ensure_base(engine)
     context = context or project_root / "build" / "image-context"
     started = dt.datetime.now(dt.UTC)
@@ -219,6 +244,7 @@ def build(
     report: dict[str, object] = {
         "image_ref": ref,
         "image_id": facts["id"],
+        "replaced_image_id": replaced,
         "image_digest": facts["digest"],
         "image_size_bytes": size,
         "image_size_mb": round(size / 1e6, 1),
@@ -237,8 +263,6 @@ def build(
         report["smoke"] = smoke_test(
             engine, ref, target.bundle, rows, params.smoke_atol, params.ready_timeout_s
         ).as_dict()
-    version_prefix = local_ref(engine, image_tag(repository, target.model_version, ""))
-    report["removed_images"] = prune_superseded(engine, ref, version_prefix, previous_id)
     return report
 
 

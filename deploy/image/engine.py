@@ -181,14 +181,14 @@ def local_images(engine: Engine) -> list[tuple[str, list[str]]]:
         images: dict[str, list[str]] = {}
         for line in listed.splitlines():
             image_id, _, name = line.partition(" ")
-            images.setdefault(_bare_id(image_id), []).extend([] if name == "<none>:<none>" else [name])
+            images.setdefault(bare_id(image_id), []).extend([] if name == "<none>:<none>" else [name])
         return list(images.items())
     args = ("images", "--json", "--no-trunc") if engine.is_buildah else ("images", "--format", "json", "--no-trunc")
     data = json.loads(engine.run(*args).stdout or "[]")
-    return [(_bare_id(str(i.get("id") or i.get("Id"))), list(i.get("names") or i.get("Names") or [])) for i in data]
+    return [(bare_id(str(i.get("id") or i.get("Id"))), list(i.get("names") or i.get("Names") or [])) for i in data]
 
 
-def _bare_id(image_id: str) -> str:
+def bare_id(image_id: str) -> str:
     """An image id without its ``sha256:`` prefix, as ``inspect_image`` reports it for buildah."""
     return image_id.removeprefix("sha256:")
 

@@ -50,7 +50,14 @@ def run_build(
     settings: Settings | None = None,
 ) -> dict[str, object]:
     """Resolve the bundle, build and smoke-test the image, write the report and tag the registry version."""
-    from deploy.image.build import BuildParams, build, record_on_registry, resolve_target, write_report
+    from deploy.image.build import (
+        BuildParams,
+        build,
+        prune_after_build,
+        record_on_registry,
+        resolve_target,
+        write_report,
+    )
     from deploy.image.engine import detect_engine
 
     build_params, model_name = load_build_params(params_path)
@@ -69,6 +76,8 @@ def run_build(
         )
     write_report(report, report_path)
     record_on_registry(target, report, settings)
+    report["removed_images"] = prune_after_build(engine, report, build_params, target)
+    write_report(report, report_path)
     return report
 
 

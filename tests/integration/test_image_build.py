@@ -122,7 +122,7 @@ def test_rebuild_with_nothing_changed_reuses_the_cache(
     )
     assert again["image_id"] == built["image_id"]
     assert again["image_digest"] == built["image_digest"]
-    assert again["removed_images"] == []  # the image its tag named is the one it built
+    assert again["replaced_image_id"] == built["image_id"]  # its tag named the image it built again
 
 
 def test_a_build_removes_its_versions_images_of_earlier_commits_and_keeps_other_versions(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 import pytest
 
@@ -62,16 +63,29 @@ def test_build_params_forbid_unknown_keys() -> None:
 
 
 def test_a_build_supersedes_its_versions_other_commits_and_the_image_its_tag_named_before() -> None:
-    repo = "localhost/m"
+    repo, old, new = "localhost/m", "0123456789ab", "ba9876543210"
     images = [
-        ("new", [f"{repo}:3-bbb"]),
-        ("old", [f"{repo}:3-aaa", f"{repo}:stable"]),  # another name of an earlier commit's image stays
-        ("v30", [f"{repo}:30-aaa"]),  # version 30 is not version 3
-        ("v2", [f"{repo}:2-aaa"]),
-        ("was", []),  # what 3-bbb named before this build: dangling now
+        ("new", [f"{repo}:3-{new}"]),
+        ("old", [f"{repo}:3-{old}", f"{repo}:stable"]),  # another name of an earlier commit's image stays
+        ("tagged", [f"{repo}:3-approved"]),  # not a commit: someone's tag
+        ("v30", [f"{repo}:30-{old}"]),  # version 30 is not version 3
+        ("v2", [f"{repo}:2-{old}"]),
+        ("was", []),  # what 3-<new> named before this build: dangling now
         ("other", []),
     ]
-    assert superseded(images, f"{repo}:3-bbb", f"{repo}:3-", "was") == [f"{repo}:3-aaa", "was"]
-    assert superseded(images, f"{repo}:3-bbb", f"{repo}:3-", "new") == [f"{repo}:3-aaa"]  # rebuilt, unchanged
-    assert superseded(images, f"{repo}:3-bbb", f"{repo}:3-", "v2") == [f"{repo}:3-aaa"]  # still has a name
-    assert superseded(images, f"{repo}:3-bbb", f"{repo}:3-", None) == [f"{repo}:3-aaa"]
+    ref, prefix = f"{repo}:3-{new}", f"{repo}:3-"
+    assert superseded(images, ref, prefix, "sha256:was") == [f"{repo}:3-{old}", "was"]  # docker's ids: sha256:...
+    assert superseded(images, ref, prefix, "new") == [f"{repo}:3-{old}"]  # rebuilt, unchanged
+    assert superseded(images, ref, prefix, "v2") == [f"{repo}:3-{old}"]  # still has a name
+    assert superseded(images, ref, None, "was") == ["was"]  # a local build: other commits' images stay
+
+
+def test_buildah_and_podman_names_get_localhost_unless_they_start_with_a_registry_host() -> None:
+    class Fake:
+        name = "podman"
+
+    podman: Any = Fake()
+    assert local_ref(podman, "team/m:3-abc") == "localhost/team/m:3-abc"
+    assert local_ref(podman, "registry:5000/m:3-abc") == "registry:5000/m:3-abc"
+    assert local_ref(podman, "ghcr.io/team/m:3") == "ghcr.io/team/m:3"
+    assert local_ref(podman, "localhost/m:3") == "localhost/m:3"
