@@ -24,7 +24,6 @@ _NUMBERS_AND_KEY = b'0123456789.eE+-[]{},: \t\r\n"instances'
 _BODY_KEYS = ("instances", "parameters")
 V2_OUTPUTS = ("probabilities", "class")  # what POST /v2/models/NAME/infer answers, in this order by default
 _KEY_END = re.compile(rb'"[ \t\r\n]*:')  # the end of every key, and of any string that holds a quote and a colon
-_QUOTE_SPACE = (b'" ', b'"\t', b'"\r', b'"\n')
 _MAX_NAMED = 5
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -82,9 +81,10 @@ def _kept_keys(doc: Any, bulk: object) -> int:
 
 def _key_ends(body: bytes) -> int:
     """Quotes followed by a colon: every key's end, plus any string that holds such a pair."""
-    if any(gap in body for gap in _QUOTE_SPACE):
-        return len(_KEY_END.findall(body))  # a space between a key and its colon somewhere
-    return body.count(b'":')
+    ends = body.count(b'":')
+    if ends != body.count(b":"):  # a colon after a space (a key written `"k" : v`) or inside a string
+        return len(_KEY_END.findall(body))
+    return ends
 
 
 def check_unique_keys(body: bytes, doc: Any, bulk: object, bulk_keys: int, hint: str = "") -> None:
