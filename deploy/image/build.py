@@ -9,6 +9,7 @@ import logging
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,7 +183,9 @@ def prune_superseded(engine: Engine, ref: str, version_prefix: str | None, previ
     return removed
 
 
-def prune_after_build(engine: Engine, report: dict[str, object], params: BuildParams, target: BuildTarget) -> list[str]:
+def prune_after_build(
+    engine: Engine, report: Mapping[str, object], params: BuildParams, target: BuildTarget
+) -> list[str]:
     """Remove what the build in ``report`` superseded, once its image passed the smoke test and the registry names
     it; never fails the build (what could not be removed is logged). A local build keeps the images of other
     commits: other bundles share its version ``local``, and no registry record moved to the new image."""

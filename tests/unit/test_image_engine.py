@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploy.image.build import BuildParams, image_tag, local_ref, superseded
-from deploy.image.engine import EngineError, detect_engine, make_engine
+from deploy.image.build import BuildParams, BuildTarget, image_tag, local_ref, prune_after_build, superseded
+from deploy.image.engine import Engine, EngineError, detect_engine, make_engine
 from deploy.image.wheelhouse import serving_pins
 
 
@@ -89,3 +92,39 @@ def test_buildah_and_podman_names_get_localhost_unless_they_start_with_a_registr
     assert local_ref(podman, "registry:5000/m:3-abc") == "registry:5000/m:3-abc"
     assert local_ref(podman, "ghcr.io/team/m:3") == "ghcr.io/team/m:3"
     assert local_ref(podman, "localhost/m:3") == "localhost/m:3"
+
+
+class RecordingEngine(Engine):
+    """buildah's command line, answered from a list of images; removals are recorded, not run."""
+
+    def __init__(self, images: list[tuple[str, list[str]]], fail: bool = False) -> None:
+        super().__init__("buildah", "buildah")
+        object.__setattr__(self, "images", images)
+        object.__setattr__(self, "calls", [])
+        object.__setattr__(self, "fail", fail)
+
+    def run(self, *args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess[str]:
+        self.calls.append(args)  # type: ignore[attr-defined]
+        if self.fail:  # type: ignore[attr-defined]
+            raise EngineError("`buildah images` failed (exit 125): storage is locked")
+        listed = [{"id": f"sha256:{i}", "names": n} for i, n in self.images]  # type: ignore[attr-defined]
+        return subprocess.CompletedProcess(args, 0, stdout=json.dumps(listed) if args[0] == "images" else "")
+
+
+def test_pruning_waits_for_a_passed_smoke_test_keeps_local_builds_apart_and_never_fails_the_build() -> None:
+    old, new = "0123456789ab", "ba9876543210"
+    images = [("new", [f"localhost/m:3-{new}"]), ("old", [f"localhost/m:3-{old}"]), ("was", [])]
+    passed = {"image_ref": f"localhost/m:3-{new}", "replaced_image_id": "was", "smoke": {"passed": True}}
+    target = BuildTarget(Path("bundle"), "m", "3", "0" * 64)
+    engine = RecordingEngine(images)
+    assert prune_after_build(engine, passed, BuildParams(), target) == [f"localhost/m:3-{old}", "was"]
+    assert ("rmi", f"localhost/m:3-{old}") in engine.calls  # type: ignore[attr-defined]  # no -f: in use stays
+    for report in ({**passed, "smoke": {"passed": False}}, {k: v for k, v in passed.items() if k != "smoke"}):
+        untested = RecordingEngine(images)
+        assert prune_after_build(untested, report, BuildParams(), target) == []
+        assert untested.calls == []  # type: ignore[attr-defined]
+    local = BuildTarget(Path("bundle"), "m", "local", "0" * 64)
+    local_images = [("new", [f"localhost/m:local-{new}"]), ("other", [f"localhost/m:local-{old}"]), ("was", [])]
+    local_report = {**passed, "image_ref": f"localhost/m:local-{new}"}
+    assert prune_after_build(RecordingEngine(local_images), local_report, BuildParams(), local) == ["was"]
+    assert prune_after_build(RecordingEngine(images, fail=True), passed, BuildParams(), target) == []
