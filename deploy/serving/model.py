@@ -70,10 +70,9 @@ class LoadedModel:
             return self.runner(batch)
         import torch
 
-        if torch.is_grad_enabled():  # the serving threads turn grad off once (set_threads); others pay the context
-            with torch.inference_mode():
-                out = self.module.forward(torch.from_numpy(batch))
-        else:
+        # inference_mode, not merely grad off: no version counters or autograd metadata on the call's tensors,
+        # about a third of a small model's call (51 -> 32 us for 17 rows here, the context's cost included)
+        with torch.inference_mode():
             out = self.module.forward(torch.from_numpy(batch))  # .forward skips nn.Module hook dispatch (~15 us)
         return np.asarray(out.numpy(), dtype=np.float32)
 
