@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+import reprlib
+from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -23,6 +24,7 @@ _BOOL_TOKENS = (b"true", b"false")
 _NUMBERS_AND_KEY = b'0123456789.eE+-[]{},: \t\r\n"instances'
 _BODY_KEYS = ("instances", "parameters")
 V2_OUTPUTS = ("probabilities", "class")  # what POST /v2/models/NAME/infer answers, in this order by default
+MAX_DEPTH = 128  # JSON nesting a body may have (the API's own shapes nest 4)
 _KEY_END = re.compile(rb'"[ \t\r\n]*:')  # the end of every key, and of any string that holds a quote and a colon
 _MAX_NAMED = 5
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -66,16 +68,24 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> None:
 
 def _kept_keys(doc: Any, bulk: object) -> int:
     """How many keys the parsed document holds (a key named twice in one object was kept once), not counting
-    inside ``bulk`` (the rows, already checked to hold nothing but numbers or flat objects of numbers)."""
-    count, stack = 0, [doc]
+    inside ``bulk`` (the rows, already checked to hold nothing but numbers or flat objects of numbers); a
+    ClientError when it nests deeper than MAX_DEPTH (orjson allows 1024 levels, Python's own parser fewer)."""
+    count, stack = 0, [(doc, 0)]
     while stack:
-        value = stack.pop()
+        value, depth = stack.pop()
         if value is bulk:
             continue
+        if depth > MAX_DEPTH:
+            raise ClientError(
+                400,
+                "nested_too_deep",
+                f"the JSON nests more than {MAX_DEPTH} levels deep; the request shapes of this API nest 4, "
+                "see /openapi.json",
+            )
         if type(value) is dict:
             count += len(value)
             value = value.values()
-        stack.extend(item for item in value if type(item) is dict or type(item) is list)
+        stack.extend((item, depth + 1) for item in value if type(item) is dict or type(item) is list)
     return count
 
 
@@ -87,7 +97,7 @@ def _key_ends(body: bytes) -> int:
     return ends
 
 
-def check_unique_keys(body: bytes, doc: Any, bulk: object, bulk_keys: int, hint: str = "") -> None:
+def check_unique_keys(body: bytes, doc: Any, bulk: object, bulk_keys: int, features: Collection[str] = ()) -> None:
     """Refuse an object that names a key twice: parsers keep the last value, so which value the client meant
     is a guess (orjson cannot tell). Only a string's contents can add to the count of key ends, so when it
     matches the keys ``doc`` kept (``bulk_keys`` of them in the validated rows ``bulk``), no key was named
@@ -95,16 +105,14 @@ def check_unique_keys(body: bytes, doc: Any, bulk: object, bulk_keys: int, hint:
     if _key_ends(body) == _kept_keys(doc, bulk) + bulk_keys:
         return
     try:
-        json.loads(body, object_pairs_hook=_unique_pairs)
+        json.loads(body, object_pairs_hook=_unique_pairs)  # MAX_DEPTH keeps it within the recursion limit
     except _DuplicateKey as exc:
         key = str(exc.args[0])
-        shown = key if len(key) <= 40 else f"{key[:40]}…"
+        hint = " (each feature once per instance)" if key in features else ""
         raise ClientError(
-            422, "duplicate_key", f"the key {shown!r} appears twice in one JSON object; name each key once{hint}"
-        ) from None
-    except RecursionError:
-        raise ClientError(
-            400, "nested_too_deep", "the JSON is nested too deeply to check; send the documented shape"
+            422,
+            "duplicate_key",
+            f"the key {_brief(key, 40)} appears twice in one JSON object; name each key once{hint}",
         ) from None
 
 
@@ -124,6 +132,24 @@ def _decode_error(body: bytes, exc: orjson.JSONDecodeError) -> ClientError:
     if rest[:9].lower().startswith(_NON_FINITE_TOKENS_LOWER):
         return ClientError(400, "non_finite", "NaN and Infinity are not allowed; send finite numbers")
     return ClientError(400, "malformed_json", f"malformed JSON: {exc}")
+
+
+class _BoundedRepr(reprlib.Repr):
+    """reprlib with shallow nesting and short strings (Python 3.11's Repr takes no keyword arguments)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother = 3, 60, 60
+
+
+_REPR = _BoundedRepr()
+
+
+def _brief(value: object, limit: int) -> str:
+    """A client's value for a message: its repr, bounded in depth and length (str() of a list nested a
+    thousand deep raises RecursionError, which would be a 500)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 def _json_type(value: object) -> str:
@@ -305,7 +331,7 @@ def parse_v1(body: bytes, names: list[str], max_batch: int) -> np.ndarray:
     instances = _instances(doc, max_batch)
     if type(instances[0]) is dict:
         matrix = to_matrix(_dict_rows(instances, names), names, body)
-        check_unique_keys(body, doc, instances, len(names) * len(instances), " (each feature once per instance)")
+        check_unique_keys(body, doc, instances, len(names) * len(instances), names)
         return matrix
     plain = only_numbers(body, quotes=2)  # one key, so nothing can be named twice
     matrix = to_matrix(instances, names, body, plain=plain)
@@ -335,13 +361,13 @@ def _v2_tensor(doc: Any) -> dict[str, Any]:
     if missing:
         raise ClientError(422, "bad_inputs", f"input tensor is missing {missing}")
     if type(tensor["datatype"]) is not str or tensor["datatype"] not in V2_DATATYPES:
-        raise ClientError(422, "bad_datatype", f"datatype {str(tensor['datatype'])[:20]!r} is not numeric; use FP32")
+        raise ClientError(422, "bad_datatype", f"datatype {_brief(tensor['datatype'], 24)} is not numeric; use FP32")
     return tensor
 
 
 def _v2_shape(shape: Any, n_features: int, max_batch: int) -> tuple[int, int]:
     if type(shape) is not list or not all(type(d) is int for d in shape) or len(shape) not in (1, 2):
-        raise ClientError(422, "bad_shape", f"shape must be [rows, {n_features}] (integers), got {str(shape)[:60]}")
+        raise ClientError(422, "bad_shape", f"shape must be [rows, {n_features}] (integers), got {_brief(shape, 60)}")
     rows, cols = (1, shape[0]) if len(shape) == 1 else (shape[0], shape[1])
     if cols != n_features:
         raise ClientError(
@@ -375,7 +401,7 @@ def _v2_integers(flat: list[Any], datatype: str) -> None:
             raise ClientError(
                 422,
                 "bad_datatype",
-                f"data[{i}] is {str(value)[:30]}, which datatype {datatype} cannot hold (integers from {info.min} to "
+                f"data[{i}] is {_brief(value, 30)}, which datatype {datatype} cannot hold (integers from {info.min} to "
                 f"{info.max}); send such integers, or say FP32",
             )
 

@@ -179,13 +179,30 @@ def test_the_same_text_in_values_is_not_a_duplicate_key() -> None:
 
 
 def test_deep_nesting_is_a_client_error_never_a_500() -> None:
-    deep = b"[" * 1010 + b"1" + b"]" * 1010  # orjson takes up to 1024 levels, Python's json fewer
-    ok = b'{"instances": [[1, 2, 3]], "parameters": {"k": ' + deep + b"}}"
-    assert parse_v1(ok, NAMES, 4).shape == (1, 3)  # nothing named twice: no second parse
-    with_quote = b'{"instances": [[1, 2, 3]], "parameters": {"k": ' + deep + b', "s": "\\":"}}'
+    def nested(levels: int) -> bytes:
+        return b"[" * levels + b"1" + b"]" * levels
+
+    assert parse_v1(b'{"instances": [[1, 2, 3]], "parameters": {"k": ' + nested(100) + b"}}", NAMES, 4).shape == (1, 3)
+    for tail in (b"}}", b', "s": "\\":"}}'):  # with or without a string that sends the body to a second parse
+        deep = b'{"instances": [[1, 2, 3]], "parameters": {"k": ' + nested(1010) + tail  # orjson takes 1024
+        with pytest.raises(ClientError) as info:
+            parse_v1(deep, NAMES, 4)
+        assert (info.value.status, info.value.code) == (400, "nested_too_deep")
+    for field in ("shape", "datatype"):  # named in the message: bounded, not str() of a list a thousand deep
+        tensor = {"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}
+        body = json.dumps({"inputs": [tensor]}).encode().replace(json.dumps(tensor[field]).encode(), nested(1000), 1)
+        with pytest.raises(ClientError) as info:
+            parse_v2(body, NAMES, 4)
+        assert info.value.status == 422 and "[[[[...]]]]" in info.value.message
+
+
+def test_the_feature_hint_is_given_only_for_a_feature_named_twice() -> None:
+    twice = b'{"instances": [{"a": 1, "b": 2, "c": 3}], "parameters": {"k": 1, "k": 2}}'
     with pytest.raises(ClientError) as info:
-        parse_v1(with_quote, NAMES, 4)  # the count differs, the second parse recurses too deep: a 400
-    assert (info.value.status, info.value.code) == (400, "nested_too_deep")
+        parse_v1(twice, NAMES, 4)
+    assert info.value.message == "the key 'k' appears twice in one JSON object; name each key once"
+    with pytest.raises(ClientError, match=r"'a' appears twice .* \(each feature once per instance\)"):
+        parse_v1(b'{"instances": [{"a": 1, "b": 2, "c": 3, "a": 4}]}', NAMES, 4)
 
 
 def test_many_missing_features_are_counted_and_the_first_named() -> None:
