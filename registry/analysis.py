@@ -140,8 +140,11 @@ def parse_metrics(text: str) -> Snapshot:
 
 
 def delta(after: Snapshot, before: Snapshot) -> Snapshot:
-    """What happened between two scrapes (a restarted server resets counters: then ``after`` is the delta)."""
-    if after.requests < before.requests:
+    """What happened between two scrapes (a restarted server resets counters: then ``after`` is the delta).
+
+    A restart shows as fewer requests, or as a class count that went down or vanished (the class series of a
+    fresh server appear only once it predicts them), even when the restarted server has served more since."""
+    if after.requests < before.requests or any(after.classes.get(c, 0.0) < n for c, n in before.classes.items()):
         return after
     return Snapshot(
         requests=after.requests - before.requests,
@@ -411,33 +414,32 @@ def _divergence_check(m: Measurement, params: CanaryParams) -> list[str]:
 
 
 def _poolable(m: Measurement) -> bool:
-    """Both slots predicted something this interval and no class counter went back (a restart's counts are not
-    this interval's)."""
+    """A passed interval in which both slots predicted (a failed one has had its say: pooling it again would
+    count its divergence twice) and no class count is negative."""
     counts = (m.canary_classes, m.stable_classes)
-    return all(sum(c.values()) > 0 and min(c.values()) >= 0 for c in counts)
+    return m.verdict == "passed" and all(sum(c.values()) > 0 and min(c.values()) >= 0 for c in counts)
 
 
 def pooled_divergence(measurements: list[Measurement], params: CanaryParams) -> list[str]:
-    """The divergence test over all intervals so far, stratified by interval: the canary's pooled class counts
-    against what stable's shares of each interval predict for as many canary predictions, and the sum of the
-    intervals' chi-square statistics (independent intervals). So a traffic mix that changes between steps, which
-    each slot samples in a different proportion, is no divergence; a canary that differs in every interval is."""
+    """The divergence test over the passed intervals so far, stratified by interval: the canary's pooled class
+    counts against what stable's shares of each interval predict for as many canary predictions, and the sum of
+    the intervals' chi-square statistics (independent intervals; one where both slots predicted a single class
+    adds its counts and no degree of freedom). So a traffic mix that changes between steps, which each slot
+    samples in a different proportion, is no divergence; a canary that differs in every interval is."""
     from scipy.special import chdtrc
 
     observed: dict[str, float] = {}
     expected: dict[str, float] = {}
     statistic, freedom, used = 0.0, 0, 0
     for m in filter(_poolable, measurements):
-        found = chi_square(m.canary_classes, m.stable_classes)
-        if found is None:
-            continue
+        found = chi_square(m.canary_classes, m.stable_classes) or (0.0, 0)
         statistic, freedom, used = statistic + found[0], freedom + found[1], used + 1
         canary_total, stable_total = sum(m.canary_classes.values()), sum(m.stable_classes.values())
         for label, n in m.canary_classes.items():
             observed[label] = observed.get(label, 0.0) + n
         for label, n in m.stable_classes.items():
             expected[label] = expected.get(label, 0.0) + canary_total * n / stable_total
-    divergence = js_divergence(observed, expected) if used >= 2 else None
+    divergence = js_divergence(observed, expected) if used >= 2 and freedom > 0 else None
     if divergence is None or divergence <= params.max_divergence:
         return []
     p_value = float(chdtrc(freedom, statistic))

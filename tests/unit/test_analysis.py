@@ -219,6 +219,33 @@ def test_intervals_a_slot_had_no_data_in_or_a_counter_went_back_are_not_pooled()
     assert analysis.measurements[-1].verdict == "passed", analysis.measurements[-1].reasons
 
 
+def test_a_failed_interval_is_not_pooled_again_and_agreeing_single_class_intervals_count() -> None:
+    analysis = Analysis(params(failure_limit=1))
+    analysis.add(
+        measure(snap(60, classes={"a": 55, "b": 5}), snap(1000, classes={"a": 500, "b": 500}), 5, analysis.params)
+    )
+    assert analysis.measurements[0].verdict == "failed"
+    analysis.add(
+        measure(snap(30, classes={"a": 15, "b": 15}), snap(600, classes={"a": 300, "b": 300}), 5, analysis.params)
+    )
+    assert analysis.measurements[1].verdict == "passed", analysis.measurements[1].reasons  # its own shares agree
+    assert analysis.aborted() is None
+    # both slots predicting only "a" is agreement: it dilutes a later, small divergence instead of being left out
+    agreeing = Analysis(params())
+    agreeing.add(measure(snap(500, classes={"a": 500}), snap(500, classes={"a": 500}), 5, agreeing.params))
+    for _ in range(2):
+        agreeing.add(
+            measure(snap(40, classes={"a": 34, "b": 6}), snap(200, classes={"a": 120, "b": 80}), 5, agreeing.params)
+        )
+    assert [m.verdict for m in agreeing.measurements] == ["passed"] * 3, agreeing.measurements[-1].reasons
+
+
+def test_a_class_series_that_vanished_is_a_restart() -> None:
+    before = Snapshot(100, classes={"a": 60, "b": 40})
+    after = Snapshot(150, classes={"a": 150})  # restarted, then served 150 requests, all predicted "a"
+    assert delta(after, before) == after
+
+
 def test_homogeneity_p_value_matches_a_known_chi_square() -> None:
     # 2x2 table [[10, 20], [20, 10]]: chi-square 6.667 on one degree of freedom, p = 0.00982
     assert homogeneity_p_value({"a": 10, "b": 20}, {"a": 20, "b": 10}) == pytest.approx(0.00982, abs=1e-5)
