@@ -174,7 +174,12 @@ def prune_superseded(engine: Engine, ref: str, version_prefix: str | None, previ
     """Remove the images ``superseded`` names (a removal that fails, say an image in use, is left and logged)."""
     removed = []
     for name in superseded(local_images(engine), ref, version_prefix, previous_id):
-        if remove_image(engine, name, force=False):
+        try:
+            gone = remove_image(engine, name, force=False)
+        except (EngineError, OSError) as exc:  # a timeout, say: the next one may still go
+            log.warning("could not remove the superseded image %s: %s", name, exc)
+            continue
+        if gone:
             removed.append(name)
         else:
             log.warning("could not remove the superseded image %s; remove it by hand once unused", name)
@@ -199,7 +204,7 @@ def prune_after_build(
     replaced = report.get("replaced_image_id")
     try:
         return prune_superseded(engine, str(report["image_ref"]), prefix, str(replaced) if replaced else None)
-    except (EngineError, ValueError, KeyError) as exc:
+    except (EngineError, OSError, ValueError, KeyError) as exc:
         log.warning("the images this build superseded were not removed: %s", exc)
         return []
 

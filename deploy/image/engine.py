@@ -198,4 +198,4 @@ def remove_image(engine: Engine, ref: str, force: bool = True) -> bool:
     ``force`` an image a container uses stays. A missing image is not an error."""
     flags = ("-f",) if force else ()
     args = ("rmi", *flags, ref) if engine.is_buildah else ("image", "rm", *flags, ref)
-    return engine.run(*args, check=False).returncode == 0
+    return engine.run(*args, timeout=300, check=False).returncode == 0

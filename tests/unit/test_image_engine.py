@@ -97,16 +97,16 @@ def test_buildah_and_podman_names_get_localhost_unless_they_start_with_a_registr
 class RecordingEngine(Engine):
     """buildah's command line, answered from a list of images; removals are recorded, not run."""
 
-    def __init__(self, images: list[tuple[str, list[str]]], fail: bool = False) -> None:
+    def __init__(self, images: list[tuple[str, list[str]]], fail: str = "") -> None:
         super().__init__("buildah", "buildah")
         object.__setattr__(self, "images", images)
         object.__setattr__(self, "calls", [])
-        object.__setattr__(self, "fail", fail)
+        object.__setattr__(self, "fail", fail)  # the subcommand that fails, as a timeout does
 
     def run(self, *args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess[str]:
         self.calls.append(args)  # type: ignore[attr-defined]
-        if self.fail:  # type: ignore[attr-defined]
-            raise EngineError("`buildah images` failed (exit 125): storage is locked")
+        if args[0] == self.fail and (args[0] == "images" or len(self.calls) == 2):  # type: ignore[attr-defined]
+            raise EngineError(f"`buildah {args[0]} ...` did not finish within {timeout:.0f} s")
         listed = [{"id": f"sha256:{i}", "names": n} for i, n in self.images]  # type: ignore[attr-defined]
         return subprocess.CompletedProcess(args, 0, stdout=json.dumps(listed) if args[0] == "images" else "")
 
@@ -127,4 +127,6 @@ def test_pruning_waits_for_a_passed_smoke_test_keeps_local_builds_apart_and_neve
     local_images = [("new", [f"localhost/m:local-{new}"]), ("other", [f"localhost/m:local-{old}"]), ("was", [])]
     local_report = {**passed, "image_ref": f"localhost/m:local-{new}"}
     assert prune_after_build(RecordingEngine(local_images), local_report, BuildParams(), local) == ["was"]
-    assert prune_after_build(RecordingEngine(images, fail=True), passed, BuildParams(), target) == []
+    assert prune_after_build(RecordingEngine(images, fail="images"), passed, BuildParams(), target) == []
+    slow = RecordingEngine(images, fail="rmi")  # the first removal times out, the next one still goes
+    assert prune_after_build(slow, passed, BuildParams(), target) == ["was"]
