@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mlrelease.params import HIGHER_IS_LAXER, LOWER_IS_LAXER
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from deploy.targets.traffic import LoadResult
     from registry.promotion import Outcome, Promoter
 
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 Verdict = Literal["passed", "failed", "inconclusive"]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+SPARSE_EXPECTED = 5.0  # Cochran's rule: below this expected count a chi-square p-value is too small
+NULL_DRAWS = 20_000  # tables simulated for a p-value then: enough to resolve p = 0.001 (20 tables beyond)
 
 
 def parse_duration(value: str | float | int) -> float:
@@ -370,27 +374,65 @@ def homogeneity_p_value(p_counts: dict[str, float], q_counts: dict[str, float]) 
     """p-value of Pearson's chi-square test that two slots' class counts come from one distribution.
 
     None when it cannot be computed (an empty slot, or a single class between them)."""
-    from scipy.special import chdtrc
-
-    found = chi_square(p_counts, q_counts)
-    return None if found is None else float(chdtrc(found[1], found[0]))
+    table = class_table(p_counts, q_counts)
+    return None if table is None else combined_p_value([table])
 
 
-def chi_square(p_counts: dict[str, float], q_counts: dict[str, float]) -> tuple[float, int] | None:
-    """Pearson's chi-square statistic of two slots' class counts, and its degrees of freedom; None when it cannot
-    be computed (an empty slot, or a single class between them). A counter reset's negative count reads as 0."""
-    p_clean, q_clean = ({k: max(v, 0.0) for k, v in c.items()} for c in (p_counts, q_counts))
-    keys = [k for k in sorted(set(p_clean) | set(q_clean)) if p_clean.get(k, 0.0) + q_clean.get(k, 0.0) > 0]
+@dataclass(frozen=True)
+class ClassTable:
+    """Two slots' predicted-class counts (the canary's row and the column totals) and their chi-square."""
+
+    canary: tuple[int, ...]
+    columns: tuple[int, ...]
+    statistic: float
+    freedom: int
+    sparse: bool  # an expected count under SPARSE_EXPECTED: the chi-square distribution would mislead
+
+
+def class_table(p_counts: dict[str, float], q_counts: dict[str, float]) -> ClassTable | None:
+    """The table of two slots' class counts; None when it cannot be tested (an empty slot, or a single class
+    between them). A counter reset's negative count reads as 0."""
+    import numpy as np
+
+    p_clean, q_clean = ({k: max(round(v), 0) for k, v in c.items()} for c in (p_counts, q_counts))
+    keys = [k for k in sorted(set(p_clean) | set(q_clean)) if p_clean.get(k, 0) + q_clean.get(k, 0) > 0]
     p_total, q_total = sum(p_clean.values()), sum(q_clean.values())
     if p_total <= 0 or q_total <= 0 or len(keys) < 2:
         return None
-    total, statistic = p_total + q_total, 0.0
-    for k in keys:
-        column = p_clean.get(k, 0.0) + q_clean.get(k, 0.0)
-        for observed, row in ((p_clean.get(k, 0.0), p_total), (q_clean.get(k, 0.0), q_total)):
-            expected = row * column / total
-            statistic += (observed - expected) ** 2 / expected
-    return statistic, len(keys) - 1
+    canary = tuple(p_clean.get(k, 0) for k in keys)
+    columns = tuple(c + q_clean.get(k, 0) for c, k in zip(canary, keys, strict=True))
+    statistic = float(_statistics(np.array([canary]), np.array(columns), p_total, q_total)[0])
+    smallest = min(p_total, q_total) * min(columns) / (p_total + q_total)
+    return ClassTable(canary, columns, statistic, len(keys) - 1, smallest < SPARSE_EXPECTED)
+
+
+def _statistics(canary: np.ndarray, columns: np.ndarray, p_total: int, q_total: int) -> np.ndarray:
+    """Pearson's statistic for each row of canary counts (one table per row), both margins fixed."""
+    total = p_total + q_total
+    expected_p, expected_q = p_total * columns / total, q_total * columns / total
+    stable = columns - canary
+    return (((canary - expected_p) ** 2 / expected_p) + ((stable - expected_q) ** 2 / expected_q)).sum(axis=1)
+
+
+def combined_p_value(tables: list[ClassTable]) -> float:
+    """p-value of the tables' summed chi-square statistic (independent intervals). Read from the chi-square
+    distribution when every expected count is at least SPARSE_EXPECTED; otherwise by simulating the tables with
+    their margins fixed (the conditional test of Fisher's exact test), since with a rare class a couple of
+    predictions would pass for a divergence several times as often as the threshold says. Seeded by the counts,
+    so a verdict repeats."""
+    import numpy as np
+    from scipy.special import chdtrc
+
+    statistic = sum(t.statistic for t in tables)
+    if not any(t.sparse for t in tables):
+        return float(chdtrc(sum(t.freedom for t in tables), statistic))
+    rng = np.random.default_rng([n for t in tables for n in (*t.canary, *t.columns)])
+    null = np.zeros(NULL_DRAWS)
+    for t in tables:
+        columns = np.array(t.columns)
+        draws = rng.multivariate_hypergeometric(columns, sum(t.canary), size=NULL_DRAWS)
+        null += _statistics(draws, columns, sum(t.canary), int(columns.sum()) - sum(t.canary))
+    return float((1 + np.count_nonzero(null >= statistic * (1 - 1e-9))) / (NULL_DRAWS + 1))
 
 
 def _divergence_check(m: Measurement, params: CanaryParams) -> list[str]:
@@ -426,23 +468,23 @@ def pooled_divergence(measurements: list[Measurement], params: CanaryParams) -> 
     the intervals' chi-square statistics (independent intervals; one where both slots predicted a single class
     adds its counts and no degree of freedom). So a traffic mix that changes between steps, which each slot
     samples in a different proportion, is no divergence; a canary that differs in every interval is."""
-    from scipy.special import chdtrc
-
     observed: dict[str, float] = {}
     expected: dict[str, float] = {}
-    statistic, freedom, used = 0.0, 0, 0
+    tables: list[ClassTable] = []
+    used = 0
     for m in filter(_poolable, measurements):
-        found = chi_square(m.canary_classes, m.stable_classes) or (0.0, 0)
-        statistic, freedom, used = statistic + found[0], freedom + found[1], used + 1
+        table = class_table(m.canary_classes, m.stable_classes)
+        tables += [table] if table is not None else []
+        used += 1
         canary_total, stable_total = sum(m.canary_classes.values()), sum(m.stable_classes.values())
         for label, n in m.canary_classes.items():
             observed[label] = observed.get(label, 0.0) + n
         for label, n in m.stable_classes.items():
             expected[label] = expected.get(label, 0.0) + canary_total * n / stable_total
-    divergence = js_divergence(observed, expected) if used >= 2 and freedom > 0 else None
+    divergence = js_divergence(observed, expected) if used >= 2 and tables else None
     if divergence is None or divergence <= params.max_divergence:
         return []
-    p_value = float(chdtrc(freedom, statistic))
+    p_value = combined_p_value(tables)
     if p_value >= params.divergence_p_value:
         return []
     shown = {k: round(v, 1) for k, v in expected.items()}

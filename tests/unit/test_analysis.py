@@ -23,6 +23,7 @@ from registry.analysis import (
     CanaryParams,
     NoAnswer,
     Snapshot,
+    class_table,
     delta,
     homogeneity_p_value,
     interval_delta,
@@ -244,6 +245,21 @@ def test_a_class_series_that_vanished_is_a_restart() -> None:
     before = Snapshot(100, classes={"a": 60, "b": 40})
     after = Snapshot(150, classes={"a": 150})  # restarted, then served 150 requests, all predicted "a"
     assert delta(after, before) == after
+
+
+def test_a_rare_class_is_tested_exactly_so_one_prediction_of_it_is_no_divergence() -> None:
+    # 20 canary predictions at a 5% weight; stable never predicted "c": the chi-square distribution puts this
+    # at p 2e-5 (one "c" against an expected 0.05), which failed about 1% of intervals of two identical models
+    canary, stable = {"a": 9, "b": 10, "c": 1}, {"a": 274, "b": 104, "d": 2}
+    table = class_table(canary, stable)
+    assert table is not None and table.sparse
+    p = homogeneity_p_value(canary, stable)
+    assert p is not None and 0.001 < p < 0.02 and p == homogeneity_p_value(canary, stable)  # seeded: repeats
+    assert measure(snap(20, classes=canary), snap(380, classes=stable), 5, params()).verdict == "passed"
+    # a canary that predicts the rare class six times in twenty is no accident
+    often = {"a": 10, "b": 4, "c": 6}
+    assert (homogeneity_p_value(often, stable) or 1) < 0.001
+    assert measure(snap(20, classes=often), snap(380, classes=stable), 5, params()).verdict == "failed"
 
 
 def test_homogeneity_p_value_matches_a_known_chi_square() -> None:
