@@ -594,7 +594,7 @@ class Analysis:
         beyond chance (``pooled_divergence``): at a small weight one interval holds too few predictions for the
         test to reject a canary that predicts differently, while the intervals together do."""
         self.measurements.append(m)
-        if m.verdict != "passed" or len(self.measurements) < 2:
+        if m.verdict != "passed":
             return
         reasons = pooled_divergence(self.measurements, self.params)
         if reasons:

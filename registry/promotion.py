@@ -642,9 +642,10 @@ class Promoter:
         if serving == version and self.target.slot_version(PROD, "stable") == version:
             out.say(f"production already serves version {version}; nothing to do")
             return out
-        passed = self.registry.tags(version).get(PASSED_TAG["canary"]) == "true"
+        tags = self.registry.tags(version)
+        passed = tags.get(PASSED_TAG["canary"]) == "true"
         if not passed and not force:
-            rolled_back = self.registry.tags(version).get(ROLLED_BACK_TAG)
+            rolled_back = tags.get(ROLLED_BACK_TAG)
             again = (
                 f"it was rolled back from production ({rolled_back}) and its canary pass withdrawn: stage it, then "
                 "`mlrelease promote canary --force --reason TEXT`"

@@ -22,7 +22,6 @@ from deploy.image.engine import (
     bare_id,
     build_image,
     detect_engine,
-    image_exists,
     inspect_image,
     local_images,
     remove_image,
@@ -209,6 +208,14 @@ def prune_after_build(
         return []
 
 
+def _image_id(engine: Engine, ref: str) -> str | None:
+    """The id of the image ``ref`` names now, or None when there is none."""
+    try:
+        return str(inspect_image(engine, ref)["id"])
+    except EngineError:
+        return None
+
+
 def build(
     target: BuildTarget,
     params: BuildParams,
@@ -227,7 +234,7 @@ def build(
     verify_bundle(target.bundle, target.artifact_sha256)
     commit = git_commit(project_root)
     ref = local_ref(engine, image_tag(params.image_name or target.model_name, target.model_version, commit))
-    replaced = str(inspect_image(engine, ref)["id"]) if image_exists(engine, ref) else None  # a rebuild's tag moves
+    replaced = _image_id(engine, ref)  # a rebuild moves the tag off it
     base = base_image or params.base_image or ensure_base(engine)
     context = context or project_root / "build" / "image-context"
     started = dt.datetime.now(dt.UTC)

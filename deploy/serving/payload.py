@@ -430,8 +430,8 @@ def _v2_outputs(doc: dict[str, Any]) -> tuple[str, ...]:
         raise ClientError(
             422,
             "unknown_output",
-            f"the model has no output {unknown[0][:40]!r}; its outputs are {list(V2_OUTPUTS)} (GET /v2/models/NAME), "
-            "or leave out 'outputs' for all of them",
+            f"the model has no output {_brief(unknown[0], 40)}; its outputs are {list(V2_OUTPUTS)} "
+            "(GET /v2/models/NAME), or leave out 'outputs' for all of them",
         )
     return names
 

@@ -27,16 +27,15 @@ def _v2_output(name: str, model: LoadedModel, probs: np.ndarray) -> dict[str, An
     return {"name": name, "shape": [len(labels)], "datatype": "BYTES", "data": labels}
 
 
-def infer_v2(model: LoadedModel, probs: np.ndarray, request: V2Request | None) -> bytes:
+def infer_v2(model: LoadedModel, probs: np.ndarray, request: V2Request) -> bytes:
     """Open Inference Protocol response: the outputs the request asked for (a probabilities tensor and a
     class-label tensor unless it named one), and its id."""
-    outputs = request.outputs if request is not None else V2_OUTPUTS
     body: dict[str, Any] = {
         "model_name": model.name,
         "model_version": model.version,
-        "outputs": [_v2_output(name, model, probs) for name in outputs],
+        "outputs": [_v2_output(name, model, probs) for name in request.outputs],
     }
-    if request is not None and request.id is not None:
+    if request.id is not None:
         body["id"] = request.id
     return orjson.dumps(body)
 
