@@ -203,7 +203,6 @@ class ModelServer:
         admin = settings.admin_token.get_secret_value().encode() if settings.admin_token else None
         self._admin_token = admin if settings.enable_admin else None
         self._reload_lock = asyncio.Lock()
-        self._cache_dir: Path | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lag: LoopLagMonitor | None = None
         self._exact: dict[str, tuple[str, tuple[str, ...], Handler]] = {
@@ -468,18 +467,22 @@ class ModelServer:
         return 200, orjson.dumps(await self.reload(source)), JSON
 
     def _load(self, source: ModelSource) -> LoadedModel:
-        """Resolve, verify, load and warm a model (runs in a thread, off the event loop)."""
-        if self._cache_dir is None:
-            self._cache_dir = Path(tempfile.mkdtemp(prefix="mlrelease-serving-"))
-        bundle = resolve(source, self._cache_dir)
-        return load_model(
-            bundle.folder,
-            version=bundle.version,
-            expected_sha256=bundle.expected_sha256,
-            max_batch=self.settings.max_batch_size,
-            source=source.describe(),
-            runtime=self.settings.runtime,
-        )
+        """Resolve, verify, load and warm a model (runs in a thread, off the event loop).
+
+        A registry version is downloaded into a scratch folder that goes once the model is in memory: nothing
+        reads the bundle after the load, and a long-lived server (or one per test) would otherwise leave a copy
+        of every version it ever loaded in the temp folder.
+        """
+        with tempfile.TemporaryDirectory(prefix="mlrelease-serving-") as scratch:
+            bundle = resolve(source, Path(scratch))
+            return load_model(
+                bundle.folder,
+                version=bundle.version,
+                expected_sha256=bundle.expected_sha256,
+                max_batch=self.settings.max_batch_size,
+                source=source.describe(),
+                runtime=self.settings.runtime,
+            )
 
     async def reload(self, source: ModelSource | None = None) -> dict[str, Any]:
         """Load, warm and check another model, then swap it in; on failure the old model keeps serving."""

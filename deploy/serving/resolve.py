@@ -23,16 +23,16 @@ class ResolvedBundle:
     expected_sha256: str | None
 
 
-def resolve(source: ModelSource, cache_dir: Path) -> ResolvedBundle:
-    """A local folder as is; a `models:/` URI downloaded and checked against its registry tag."""
+def resolve(source: ModelSource, workdir: Path) -> ResolvedBundle:
+    """A local folder as is; a `models:/` URI downloaded into ``workdir`` and checked against its registry tag."""
     if source.model_dir is not None:
         return ResolvedBundle(Path(source.model_dir), source.version or LOCAL_VERSION, None)
     if source.model_uri is None:
         raise ModelLoadError("no model source given")
-    return _from_registry(source.model_uri, source.version, cache_dir)
+    return _from_registry(source.model_uri, source.version, workdir)
 
 
-def _from_registry(uri: str, version_label: str | None, cache_dir: Path) -> ResolvedBundle:
+def _from_registry(uri: str, version_label: str | None, workdir: Path) -> ResolvedBundle:
     try:
         from mlflow.exceptions import MlflowException
 
@@ -47,7 +47,7 @@ def _from_registry(uri: str, version_label: str | None, cache_dir: Path) -> Reso
     name = uri[len("models:/") :].split("@", 1)[0].split("/", 1)[0]
     try:
         version = resolve_version(name, uri)
-        dest = cache_dir / f"{version.name}-v{version.version}"
+        dest = workdir / f"{version.name}-v{version.version}"
         folder = download_bundle(f"models:/{version.name}/{version.version}", version.name, dest)
     except IntegrityError as exc:
         raise ModelLoadError(f"refusing to serve {uri}: {exc}") from exc

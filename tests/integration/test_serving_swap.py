@@ -157,7 +157,10 @@ def test_sigterm_drains_an_in_flight_request(bundles: tuple[Path, Path], tmp_pat
         assert srv.process.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after draining
 
 
-def test_registry_uri_is_resolved_and_its_tag_checked(bundles: tuple[Path, Path], tmp_path: Path) -> None:
+def test_registry_uri_is_resolved_and_its_tag_checked(
+    bundles: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also: the download is scratch, gone once the model is in memory (or its check failed)."""
     from mlrelease.settings import Settings
     from registry.client import get_client
     from registry.register import register_bundle
@@ -167,12 +170,17 @@ def test_registry_uri_is_resolved_and_its_tag_checked(bundles: tuple[Path, Path]
     settings = Settings(**{"home": home, "MLFLOW_TRACKING_URI": None})
     version, _ = register_bundle(v1, MODEL_NAME, metrics={}, params={}, tags={}, settings=settings)
     args = ("--model-uri", f"models:/{MODEL_NAME}@candidate")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # the servers' temp folder (server_env copies the environment)
     with run_server(None, tmp_path, args=args, home=str(home)) as srv:
         ready = httpx.get(f"{srv.url}/ready").json()
         assert ready["model_version"] == str(version.version)
+        assert [p.name for p in scratch.iterdir()] == []
     get_client(settings).set_model_version_tag(MODEL_NAME, version.version, "artifact_sha256", "f" * 64)
     with (
         run_server(None, tmp_path, wait=False, args=args, home=str(home)) as srv,
         pytest.raises(TimeoutError, match="registry tag"),
     ):
         wait_ready(srv.url, srv.process, timeout=120)
+    assert [p.name for p in scratch.iterdir()] == []
