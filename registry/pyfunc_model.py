@@ -32,8 +32,10 @@ class TorchScriptClassifier(PythonModel):
             array = frame.to_numpy(dtype=np.float32)
         else:
             array = np.asarray(model_input, dtype=np.float32)
+        if not (array.flags.writeable and array.flags.c_contiguous):
+            array = np.array(array, order="C")  # torch warns on every read-only array (a frame's values can be)
         with self._torch.inference_mode():
-            return self._model(self._torch.from_numpy(np.ascontiguousarray(array))).numpy()
+            return self._model(self._torch.from_numpy(array)).numpy()
 
 
 mlflow.models.set_model(TorchScriptClassifier())
