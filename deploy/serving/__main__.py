@@ -75,6 +75,7 @@ def serve(settings: ServingSettings) -> None:
         log_level="info",
         backlog=4096,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # uvicorn reads it as seconds, float too
         server_header=False,
         proxy_headers=False,  # the rate limiter reads X-Forwarded-For itself (security.client_address), when on
     )

@@ -92,6 +92,9 @@ class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
 
+_UNSEEN = object()
+
+
 def _plain_name(name: str) -> bool:
     """A model name as the routes take it: no further path segment or verb (a trailing slash is another path)."""
     return "/" not in name and ":" not in name
@@ -204,6 +207,7 @@ class ModelServer:
         self._admin_token = admin if settings.enable_admin else None
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._routes: dict[bytes, tuple[Api, str] | None] = {}
         self._lag: LoopLagMonitor | None = None
         self._exact: dict[str, tuple[str, tuple[str, ...], Handler]] = {
             "/health": ("/health", ("GET",), self._health),
@@ -358,7 +362,21 @@ class ModelServer:
 
     def fast_route(self, path: bytes) -> tuple[Api, str] | None:
         """(api, model name) for a prediction path, else None (the request goes through ASGI, which also answers
-        the paths that only look like one, such as /v2/models/NAME/versions/N/infer)."""
+        the paths that only look like one, such as /v2/models/NAME/versions/N/infer). Short paths are remembered:
+        a server sees a handful, and a client sending ever new ones empties the memory, it does not grow it."""
+        routes = self._routes
+        route = routes.get(path, _UNSEEN)
+        if route is not _UNSEEN:
+            return route  # type: ignore[return-value]
+        route = self._fast_route(path)
+        if len(path) <= 256:
+            if len(routes) >= 256:
+                routes.clear()
+            routes[path] = route
+        return route
+
+    @staticmethod
+    def _fast_route(path: bytes) -> tuple[Api, str] | None:
         if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
             api, name = V1, path[11:-8].decode("ascii")
         elif path.startswith(b"/v2/models/") and path.endswith(b"/infer"):

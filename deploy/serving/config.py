@@ -35,6 +35,9 @@ class ServingSettings(Settings):
     loop_lag_interval_ms: float = Field(
         20.0, ge=0, le=60_000, description="how often the event-loop lag histogram samples the loop; 0 = off"
     )
+    keep_alive_s: float = Field(
+        5.0, gt=0, le=3600, description="close a keep-alive connection idle this long (uvicorn's timeout_keep_alive)"
+    )
     fast_path: bool = Field(
         True, description="answer plain prediction requests in the HTTP protocol, without an ASGI task (fastpath.py)"
     )

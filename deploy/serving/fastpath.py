@@ -14,6 +14,7 @@ same checks, the same errors and the same answers (tests/integration/test_servin
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -94,19 +95,43 @@ class _Request:
 
 
 class FastPathProtocol(CombiningHttpToolsProtocol):
-    """uvicorn's httptools protocol that answers prediction requests itself (see the module docstring)."""
+    """uvicorn's httptools protocol that answers prediction requests itself (see the module docstring).
+
+    Two more of uvicorn's per-request costs are left out. The ASGI scope is built only for a request that goes
+    through ASGI. And the keep-alive timeout has one timer per connection, not one armed after every response
+    and cancelled by the next request (a timer handle, a heap push and a cancellation per request): the timer
+    checks, when it fires, whether the connection has really been idle that long, and waits for the rest if not.
+    """
 
     fast_server: ClassVar[FastServer]
     transport: CombiningTransport  # type: ignore[assignment]  # connection_made wraps the socket's transport
     _fast: _Request | None = None  # the fast request being parsed on this connection
+    _in_message = False  # a request has begun and is not yet complete
+    _idle_since = 0.0  # loop time of the last completed response
+    _idle_timer: asyncio.TimerHandle | None = None
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
 
     def on_headers_complete(self) -> None:
         request = self._fast_candidate()
         if request is None:
+            self._build_scope()
             super().on_headers_complete()
             return
         self._fast = request
         self.cycle = request.cycle  # type: ignore[assignment]  # uvicorn only reads the attributes above
+
+    def _build_scope(self) -> None:
+        """uvicorn's scope for a request that goes through ASGI (its on_message_begin builds it; url and headers,
+        already parsed, are kept)."""
+        url, headers, expect = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()
+        self.url, self.headers, self.expect_100_continue = url, headers, expect
+        self.scope["headers"] = headers
 
     def _fast_candidate(self) -> _Request | None:
         """A fast request when this one qualifies; None sends it through ASGI."""
@@ -115,20 +140,25 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             return None  # pipelined behind a request in flight: uvicorn's queue keeps the order
         url = self.url
-        if b"?" in url or b"%" in url or b"#" in url or not url.isascii():
+        if 63 in url or 37 in url or 35 in url or not url.isascii():  # ? % # (an int is a memchr, b"?" is not)
             return None
         route = self.fast_server.fast_route(url)
         if route is None:
             return None
         length = b""
+        connection = False
         for name, value in self.headers:
             if name == b"content-length":
                 length = value
+            elif name == b"connection":
+                connection = True
             elif name in (b"transfer-encoding", b"upgrade"):
                 return None
         if not length.isdigit() or int(length) > self.fast_server.max_body_bytes:
             return None  # no length, or too large: the ASGI path names the problem (413)
-        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        # uvicorn closes every HTTP/1.0 connection; one without a Connection header is not kept alive anyway, so
+        # the version (a string built per call) is only asked for when the header could say keep-alive
+        keep_alive = self.parser.should_keep_alive() and not (connection and self.parser.get_http_version() == "1.0")
         return _Request(route, keep_alive)
 
     def on_body(self, body: bytes) -> None:
@@ -138,6 +168,7 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         request = self._fast
         if request is None:
             super().on_message_complete()
@@ -160,6 +191,9 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
             pending.attach(_when_done(self, request, pending))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         request = self._fast
         if request is not None:  # gone before its body was in: counted as the ASGI path counts it (499)
             self._fast = None  # (uvicorn's connection_lost marks its cycle, self.cycle, disconnected)
@@ -171,6 +205,35 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
             return self._fast is None  # on_message_complete handed it on; until then the body is still arriving
         return super().request_complete()
 
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the connection's one keep-alive timer (see the class docstring)."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Close the connection if nothing happened on it for the keep-alive timeout, else look again later."""
+        self._idle_timer = None
+        if self.transport.is_closing():
+            return
+        busy = self._in_message or (self.cycle is not None and not self.cycle.response_complete)
+        if busy:  # its response re-arms the timer
+            return
+        left = self._idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self._idle_timer = self.loop.call_later(left, self._idle_check)
+        else:
+            self.timeout_keep_alive_handler()
+
     def _answer(self, request: _Request, response: Response) -> None:
         """Write the response (one write), finish the request the way uvicorn does, count it."""
         cycle = request.cycle
@@ -181,20 +244,35 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
             self.fast_server.fast_record(request.route, 499, seconds)
             return
         keep_alive = cycle.keep_alive
-        out = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            out += [name, b": ", value, b"\r\n"]
-        for name, value in headers:
-            out += [name, b": ", value, b"\r\n"]
-        out.append(b"content-length: %d\r\n" % len(body))
-        if not keep_alive:
-            out.append(b"connection: close\r\n")
-        out += [b"\r\n", body]
-        self.transport.write_now(b"".join(out))
+        head = _head(self.server_state.default_headers, status, headers)
+        close = b"" if keep_alive else b"connection: close\r\n"
+        self.transport.write_now(b"%scontent-length: %d\r\n%s\r\n%s" % (head, len(body), close, body))
         self.fast_server.fast_record(request.route, status, seconds)
         if not keep_alive:
             self.transport.close()
         self.on_response_complete()
+
+
+_HEADS: dict[tuple[int, tuple[tuple[bytes, bytes], ...]], bytes] = {}
+_HEADS_FOR: list[Headers] = []  # the default headers (uvicorn's date header, a new list each second) _HEADS holds
+
+
+def _head(defaults: Headers, status: int, headers: Headers) -> bytes:
+    """Status line, the server's default headers and the response's own, up to content-length: cached, since
+    they change once a second (the date) and the responses' headers are a handful of constants."""
+    if not _HEADS_FOR or _HEADS_FOR[0] is not defaults:
+        _HEADS.clear()
+        _HEADS_FOR[:] = [defaults]
+    key = (status, tuple(headers))
+    head = _HEADS.get(key)
+    if head is None:
+        if len(_HEADS) >= 64:  # headers built per request (an error's, say) must not grow the cache
+            _HEADS.clear()
+        out = [STATUS_LINE[status]]
+        for name, value in (*defaults, *headers):
+            out += [name, b": ", value, b"\r\n"]
+        head = _HEADS[key] = b"".join(out)
+    return head
 
 
 def _when_done(protocol: FastPathProtocol, request: _Request, pending: Pending) -> Callable[[], None]:

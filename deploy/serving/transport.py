@@ -56,6 +56,10 @@ class CombiningTransport:
         if not self._transport.is_closing():
             self._transport.write(data)
 
+    def is_closing(self) -> bool:
+        """Asked once or twice per response: a method, not the __getattr__ fallback."""
+        return self._transport.is_closing()
+
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + sum(len(chunk) for chunk in self._pending)
 

@@ -35,7 +35,9 @@ def render(env: Environment, prefix: Path, generation: str, template: Path = TEM
         ]
         if backup is not None:
             lines.append(f"        server 127.0.0.1:{backup.port} backup;")
-        lines += ["        keepalive 16;", "    }"]
+        # idle upstream connections go before the server closes them (MLRELEASE_KEEP_ALIVE_S, 5 s): nginx would
+        # otherwise send a request down one the server is closing, and a POST is not retried (a 502)
+        lines += ["        keepalive 16;", "        keepalive_timeout 4s;", "    }"]
         upstreams.append("\n".join(lines))
         share = "*" if index == len(routed) - 1 else f"{weight:g}%"
         splits.append(f"        {share} mlrelease_{slot.port};")

@@ -117,3 +117,23 @@ async def _attach_after_delivery(pending: Batched, done: Any) -> None:
     pending.deliver(np.array([[0.5, 0.5]]))
     pending.attach(done)
     await asyncio.sleep(0)
+
+
+def test_prediction_routes_are_remembered_by_path_within_bounds() -> None:
+    """ModelServer.fast_route: the same answer as the parse, kept for short paths, the memory never over 256."""
+    from types import SimpleNamespace
+
+    from deploy.serving.app import V1, V2, ModelServer
+
+    server = SimpleNamespace(_routes={}, _fast_route=ModelServer._fast_route)
+    route = ModelServer.fast_route
+    assert route(server, b"/v1/models/m:predict") == (V1, "m")  # type: ignore[arg-type]
+    assert route(server, b"/v2/models/m/infer") == (V2, "m")  # type: ignore[arg-type]
+    assert route(server, b"/v2/models/m/versions/1/infer") is None  # type: ignore[arg-type]
+    assert route(server, b"/v1/models/m:predict") == (V1, "m")  # type: ignore[arg-type]  # from memory now
+    assert set(server._routes) == {b"/v1/models/m:predict", b"/v2/models/m/infer", b"/v2/models/m/versions/1/infer"}
+    for i in range(1000):
+        assert route(server, b"/v1/models/m%d:predict" % i) == (V1, f"m{i}")  # type: ignore[arg-type]
+        assert len(server._routes) <= 256
+    long = b"/v1/models/" + b"x" * 300 + b":predict"
+    assert route(server, long) == (V1, "x" * 300) and long not in server._routes  # type: ignore[arg-type]

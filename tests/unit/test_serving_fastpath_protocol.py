@@ -175,3 +175,66 @@ def test_a_pending_answer_that_fails_to_build_is_a_500_and_the_connection_keeps_
     transport = asyncio.run(scenario())
     assert transport.data.startswith(b"HTTP/1.1 500") and b"HTTP/1.1 415" in transport.data
     assert not transport.closed and server.recorded == [500, 415]
+
+
+OK = (200, b"{}", [(b"content-type", b"application/json")])
+
+
+def test_a_connection_in_use_outlives_the_keep_alive_timeout_and_closes_once_idle_that_long() -> None:
+    """One keep-alive timer per connection (not one per response): requests 0.04 s apart for 0.4 s (four 0.1-s
+    timeouts) keep the connection; left idle, it closes."""
+    server = Answers(OK)
+
+    async def scenario() -> tuple[bool, bool, Transport]:
+        protocol, transport = connect(server)
+        for _ in range(10):
+            protocol.data_received(predict())
+            await asyncio.sleep(0.04)
+        open_while_used = not transport.closed
+        await asyncio.sleep(0.05)
+        open_before_timeout = not transport.closed  # 0.05 s idle: not yet
+        await asyncio.sleep(0.25)
+        return open_while_used, open_before_timeout, transport
+
+    used, early, transport = asyncio.run(scenario())
+    assert used and early and transport.closed
+    assert transport.data.count(b"HTTP/1.1 200") == 10 and server.recorded == [200] * 10
+
+
+def test_a_request_partly_received_when_the_timer_fires_is_not_cut() -> None:
+    """Part of the next request in (its request line), past the timeout: the connection waits for the rest, as
+    uvicorn's does (the data cancels its timer)."""
+    server = Answers(OK)
+
+    async def scenario() -> tuple[bool, Transport]:
+        protocol, transport = connect(server)
+        protocol.data_received(predict())
+        await asyncio.sleep(0.05)
+        request = predict(b"{}")
+        protocol.data_received(request[:20])
+        await asyncio.sleep(0.3)
+        still_open = not transport.closed
+        protocol.data_received(request[20:])
+        await asyncio.sleep(0.02)
+        return still_open, transport
+
+    still_open, transport = asyncio.run(scenario())
+    assert still_open and transport.data.count(b"HTTP/1.1 200") == 2
+
+
+def test_an_asgi_request_longer_than_the_timeout_is_answered_and_the_idle_connection_then_closes() -> None:
+    server = Answers(OK)
+
+    async def scenario() -> tuple[bytes, bool, Transport]:
+        protocol, transport = connect(server)
+        protocol.data_received(predict())
+        await asyncio.sleep(0.05)
+        protocol.data_received(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")  # slow_app answers after 0.3 s
+        await asyncio.sleep(0.35)
+        answered, closed = transport.data, transport.closed
+        await asyncio.sleep(0.3)
+        return answered, closed, transport
+
+    answered, closed_at_answer, transport = asyncio.run(scenario())
+    assert answered.endswith(b"slow") and not closed_at_answer
+    assert transport.closed
