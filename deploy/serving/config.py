@@ -36,7 +36,12 @@ class ServingSettings(Settings):
         20.0, ge=0, le=60_000, description="how often the event-loop lag histogram samples the loop; 0 = off"
     )
     keep_alive_s: float = Field(
-        5.0, gt=0, le=3600, description="close a keep-alive connection idle this long (uvicorn's timeout_keep_alive)"
+        5.0,
+        ge=2,
+        le=3600,
+        description="close a keep-alive connection idle this long (uvicorn's timeout_keep_alive); at least 2 s, so "
+        "the loopback nginx, which drops idle upstream connections after 1 s, never sends a request down one the "
+        "server is closing",
     )
     fast_path: bool = Field(
         True, description="answer plain prediction requests in the HTTP protocol, without an ASGI task (fastpath.py)"

@@ -150,14 +150,14 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
         for name, value in self.headers:
             if name == b"content-length":
                 length = value
-            elif name == b"connection":
+            elif name == b"connection" or name == b"proxy-connection":  # llhttp reads both for keep-alive
                 connection = True
             elif name in (b"transfer-encoding", b"upgrade"):
                 return None
         if not length.isdigit() or int(length) > self.fast_server.max_body_bytes:
             return None  # no length, or too large: the ASGI path names the problem (413)
-        # uvicorn closes every HTTP/1.0 connection; one without a Connection header is not kept alive anyway, so
-        # the version (a string built per call) is only asked for when the header could say keep-alive
+        # uvicorn closes every HTTP/1.0 connection; one without a (Proxy-)Connection header is not kept alive
+        # anyway, so the version (a string built per call) is only asked for when a header could say keep-alive
         keep_alive = self.parser.should_keep_alive() and not (connection and self.parser.get_http_version() == "1.0")
         return _Request(route, keep_alive)
 

@@ -35,9 +35,9 @@ def render(env: Environment, prefix: Path, generation: str, template: Path = TEM
         ]
         if backup is not None:
             lines.append(f"        server 127.0.0.1:{backup.port} backup;")
-        # idle upstream connections go before the server closes them (MLRELEASE_KEEP_ALIVE_S, 5 s): nginx would
-        # otherwise send a request down one the server is closing, and a POST is not retried (a 502)
-        lines += ["        keepalive 16;", "        keepalive_timeout 4s;", "    }"]
+        # idle upstream connections go before the server closes them (MLRELEASE_KEEP_ALIVE_S, at least 2 s): nginx
+        # would otherwise send a request down one the server is closing, and a POST is not retried (a 502)
+        lines += ["        keepalive 16;", "        keepalive_timeout 1s;", "    }"]
         upstreams.append("\n".join(lines))
         share = "*" if index == len(routed) - 1 else f"{weight:g}%"
         splits.append(f"        {share} mlrelease_{slot.port};")

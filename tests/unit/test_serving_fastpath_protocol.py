@@ -93,9 +93,9 @@ class Later:
         return self.response
 
 
-def connect(server: Answers) -> tuple[FastPathProtocol, Transport]:
-    """A fast-path protocol on a recording transport, with a 0.1-s keep-alive timeout (call inside a loop)."""
-    config = uvicorn.Config(slow_app, http=protocol_for(server), timeout_keep_alive=0.1, lifespan="off")
+def connect(server: Answers, keep_alive: float = 0.1) -> tuple[FastPathProtocol, Transport]:
+    """A fast-path protocol on a recording transport, with a short keep-alive timeout (call inside a loop)."""
+    config = uvicorn.Config(slow_app, http=protocol_for(server), timeout_keep_alive=keep_alive, lifespan="off")
     config.load()
     protocol_class: type[FastPathProtocol] = config.http_protocol_class  # type: ignore[assignment]
     protocol = protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop())
@@ -180,25 +180,34 @@ def test_a_pending_answer_that_fails_to_build_is_a_500_and_the_connection_keeps_
 OK = (200, b"{}", [(b"content-type", b"application/json")])
 
 
+async def until(condition: Any, limit: float = 3.0) -> bool:
+    """Let the loop run until ``condition()`` holds (True) or ``limit`` seconds pass (False)."""
+    for _ in range(int(limit / 0.01)):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return bool(condition())
+
+
 def test_a_connection_in_use_outlives_the_keep_alive_timeout_and_closes_once_idle_that_long() -> None:
-    """One keep-alive timer per connection (not one per response): requests 0.04 s apart for 0.4 s (four 0.1-s
-    timeouts) keep the connection; left idle, it closes."""
+    """One keep-alive timer per connection (not one per response): requests 0.05 s apart for 0.6 s (two 0.3-s
+    timeouts) keep the connection; left idle, it closes, and not before it has been idle for a good part of the
+    timeout."""
     server = Answers(OK)
 
-    async def scenario() -> tuple[bool, bool, Transport]:
-        protocol, transport = connect(server)
-        for _ in range(10):
+    async def scenario() -> tuple[bool, bool, bool]:
+        protocol, transport = connect(server, keep_alive=0.3)
+        for _ in range(12):
             protocol.data_received(predict())
-            await asyncio.sleep(0.04)
+            await asyncio.sleep(0.05)
         open_while_used = not transport.closed
         await asyncio.sleep(0.05)
-        open_before_timeout = not transport.closed  # 0.05 s idle: not yet
-        await asyncio.sleep(0.25)
-        return open_while_used, open_before_timeout, transport
+        open_soon_after = not transport.closed  # idle 0.1 s of 0.3
+        return open_while_used, open_soon_after, await until(lambda: transport.closed)
 
-    used, early, transport = asyncio.run(scenario())
-    assert used and early and transport.closed
-    assert transport.data.count(b"HTTP/1.1 200") == 10 and server.recorded == [200] * 10
+    used, soon_after, closed = asyncio.run(scenario())
+    assert used and soon_after and closed
+    assert server.recorded == [200] * 12
 
 
 def test_a_request_partly_received_when_the_timer_fires_is_not_cut() -> None:
@@ -209,13 +218,13 @@ def test_a_request_partly_received_when_the_timer_fires_is_not_cut() -> None:
     async def scenario() -> tuple[bool, Transport]:
         protocol, transport = connect(server)
         protocol.data_received(predict())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
         request = predict(b"{}")
         protocol.data_received(request[:20])
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.4)  # four timeouts
         still_open = not transport.closed
         protocol.data_received(request[20:])
-        await asyncio.sleep(0.02)
+        await until(lambda: transport.data.count(b"HTTP/1.1 200") == 2)
         return still_open, transport
 
     still_open, transport = asyncio.run(scenario())
@@ -223,18 +232,17 @@ def test_a_request_partly_received_when_the_timer_fires_is_not_cut() -> None:
 
 
 def test_an_asgi_request_longer_than_the_timeout_is_answered_and_the_idle_connection_then_closes() -> None:
+    """slow_app answers after 0.3 s, three timeouts: the request is not cut, and the connection closes once idle."""
     server = Answers(OK)
 
-    async def scenario() -> tuple[bytes, bool, Transport]:
+    async def scenario() -> tuple[bool, bool, bool]:
         protocol, transport = connect(server)
         protocol.data_received(predict())
-        await asyncio.sleep(0.05)
-        protocol.data_received(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")  # slow_app answers after 0.3 s
-        await asyncio.sleep(0.35)
-        answered, closed = transport.data, transport.closed
-        await asyncio.sleep(0.3)
-        return answered, closed, transport
+        await asyncio.sleep(0.02)
+        protocol.data_received(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        answered = await until(lambda: transport.data.endswith(b"slow"))
+        open_at_answer = not transport.closed
+        return answered, open_at_answer, await until(lambda: transport.closed)
 
-    answered, closed_at_answer, transport = asyncio.run(scenario())
-    assert answered.endswith(b"slow") and not closed_at_answer
-    assert transport.closed
+    answered, open_at_answer, closed = asyncio.run(scenario())
+    assert answered and open_at_answer and closed

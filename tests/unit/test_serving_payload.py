@@ -215,10 +215,11 @@ def test_many_missing_features_are_counted_and_the_first_named() -> None:
 
 
 @pytest.mark.parametrize("rows", [2, 200])  # a few values are checked in Python, many by numpy
-def test_a_value_beyond_float32_is_named_in_small_and_large_batches(rows: int) -> None:
+@pytest.mark.parametrize("value", [-1e39, 1e39])
+def test_a_value_beyond_float32_is_named_in_small_and_large_batches(rows: int, value: float) -> None:
     matrix = [[1.5, -2.0, 3] for _ in range(rows)]
     assert parse_v1(json.dumps({"instances": matrix}).encode(), NAMES, max_batch=rows).shape == (rows, 3)
-    matrix[rows - 1][1] = -1e39
+    matrix[rows - 1][1] = value
     with pytest.raises(ClientError) as info:
         parse_v1(json.dumps({"instances": matrix}).encode(), NAMES, max_batch=rows)
     assert info.value.code == "non_finite" and f"instances[{rows - 1}][1] (feature 'b')" in info.value.message
