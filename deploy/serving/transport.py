@@ -115,7 +115,7 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
 
     def refuse(self, code: str, message: str) -> None:
         """A JSON 400 and a closed connection: nothing after a request the parser cannot frame can be trusted."""
-        body = orjson.dumps({"error": message, "code": code})
+        body = orjson.dumps({"error": message, "code": code, "status": 400})  # the shape of every other error
         head = [STATUS_LINE[400]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]

@@ -257,6 +257,7 @@ def test_upgrades_and_broken_framing_get_a_json_error_on_both_paths(
     assert [a[0] for a in answers] == [status, status], answers
     for _, head, body in answers:
         assert b"application/json" in head.lower() and json.loads(body)["code"].startswith(code), body
+        assert json.loads(body)["status"] == status and json.loads(body)["error"], body
     assert answers[0][2] == answers[1][2]
     for server in servers:
         assert httpx.get(server.url + "/ready", timeout=10).status_code == 200
