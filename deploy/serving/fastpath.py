@@ -207,6 +207,8 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         """uvicorn's, with the connection's one keep-alive timer (see the class docstring)."""
+        if self.refusal_due():
+            return
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return

@@ -113,8 +113,36 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         self.refuse("malformed_http", msg)
 
+    _refusal: tuple[str, str] | None = None  # a refusal held until the requests before it are answered
+
     def refuse(self, code: str, message: str) -> None:
-        """A JSON 400 and a closed connection: nothing after a request the parser cannot frame can be trusted."""
+        """A JSON 400 and a closed connection: nothing after a request the parser cannot frame can be trusted.
+
+        Requests read before the bad bytes (a valid one pipelined in front of them, say) are answered first:
+        the refusal waits, with reading paused, until the last of them has its response."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if self._refusal is None:
+                self._refusal = (code, message)
+                self.transport.pause_reading()
+            return
+        self._write_refusal(code, message)
+
+    def refusal_due(self) -> bool:
+        """Called as a response completes: write a held refusal once no request is left to answer (True)."""
+        if self._refusal is None or self.pipeline or self.transport.is_closing():
+            return False
+        code, message = self._refusal
+        self._refusal = None
+        self.server_state.total_requests += 1
+        self._write_refusal(code, message)
+        return True
+
+    def on_response_complete(self) -> None:
+        if not self.refusal_due():
+            super().on_response_complete()
+
+    def _write_refusal(self, code: str, message: str) -> None:
         body = orjson.dumps({"error": message, "code": code, "status": 400})  # the shape of every other error
         head = [STATUS_LINE[400]]
         for name, value in self.server_state.default_headers:

@@ -263,6 +263,31 @@ def test_upgrades_and_broken_framing_get_a_json_error_on_both_paths(
         assert httpx.get(server.url + "/ready", timeout=10).status_code == 200
 
 
+@pytest.mark.parametrize("bad", ["garbage", "two content lengths", "websocket"])
+def test_requests_pipelined_before_bad_bytes_are_answered_before_the_refusal_on_both_paths(
+    servers: tuple[Server, Server], bad: str
+) -> None:
+    """A prediction and a metadata request, then bytes the parser cannot frame, in one write: both answers come
+    first, then the JSON 400, then the server closes (the refusal used to cut the answers still owed)."""
+    _, _, _, body = cases()[0]
+    metadata = f"GET /v1/models/{MODEL_NAME} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\n\r\n".encode()
+    tail = {
+        "garbage": b"\x00\x01 not HTTP at all\r\n\r\n",
+        "two content lengths": _request(PREDICT, body, f"Content-Length: {len(body) + 1}\r\n"),
+        "websocket": _request(PREDICT, body, "Connection: Upgrade\r\nUpgrade: websocket\r\n"),
+    }[bad]
+    for server in servers:
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(_request(PREDICT, body) + metadata + tail)
+            answers = _read_responses(sock, 4)
+            assert [status for status, _, _ in answers] == [200, 200, 400], (server.url, answers)
+            assert b"predictions" in answers[0][2] and json.loads(answers[2][2])["status"] == 400
+            sock.settimeout(5)
+            assert sock.recv(1) == b""  # closed after the refusal
+        assert httpx.get(server.url + "/ready", timeout=10).status_code == 200
+
+
 def test_a_client_that_half_closes_after_its_request_gets_the_answer_on_both_paths(
     servers: tuple[Server, Server],
 ) -> None:
