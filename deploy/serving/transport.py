@@ -89,6 +89,8 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
+        if self._refusal is not None:
+            return  # refused: nothing after the bad bytes is parsed (after an upgrade, httptools would go on)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -118,10 +120,11 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
     def refuse(self, code: str, message: str) -> None:
         """A JSON 400 and a closed connection: nothing after a request the parser cannot frame can be trusted.
 
-        Requests read before the bad bytes (a valid one pipelined in front of them, say) are answered first:
-        the refusal waits, with reading paused, until the last of them has its response."""
+        Requests read whole before the bad bytes (a valid one pipelined in front of them, say) are answered first:
+        the refusal waits, with reading paused, until the last of them has its response. When the bad bytes are
+        inside the request in flight (a broken chunked body), it goes at once: that request can never complete."""
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
+        if cycle is not None and not cycle.response_complete and self.request_complete():
             if self._refusal is None:
                 self._refusal = (code, message)
                 self.transport.pause_reading()

@@ -246,3 +246,34 @@ def test_an_asgi_request_longer_than_the_timeout_is_answered_and_the_idle_connec
 
     answered, open_at_answer, closed = asyncio.run(scenario())
     assert answered and open_at_answer and closed
+
+
+def test_a_broken_chunked_body_is_refused_at_once_not_held_behind_itself() -> None:
+    """The bad bytes are inside the request in flight, which can never complete: the 400 goes now and the
+    connection closes (holding it for that request would leave the connection and its task waiting forever)."""
+    server = Answers(OK)
+
+    async def scenario() -> tuple[bool, Transport]:
+        protocol, transport = connect(server, keep_alive=5)
+        protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        return await until(lambda: transport.closed, limit=1.0), transport
+
+    closed, transport = asyncio.run(scenario())
+    assert closed and transport.data.startswith(b"HTTP/1.1 400") and b'"malformed_http"' in transport.data
+
+
+def test_nothing_after_a_refused_upgrade_is_served_while_the_requests_before_it_are_answered() -> None:
+    """A request ahead of the upgrade is answered, then the 400; a request sent after the upgrade is never read."""
+    server = Answers(OK)
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+    async def scenario() -> tuple[bool, Transport]:
+        protocol, transport = connect(server, keep_alive=5)
+        protocol.data_received(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n" + upgrade)  # slow_app: 0.3 s
+        await asyncio.sleep(0.05)
+        protocol.data_received(predict())
+        return await until(lambda: transport.closed), transport
+
+    closed, transport = asyncio.run(scenario())
+    assert closed and transport.data.count(b"HTTP/1.1 200") == 1 and transport.data.endswith(b'"status":400}')
+    assert b"slow" in transport.data and server.recorded == []  # the prediction after the upgrade never ran
