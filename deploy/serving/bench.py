@@ -42,7 +42,9 @@ from mlrelease.net import free_port, stop_process
 log = logging.getLogger("deploy.serving.bench")
 
 CONNECTIONS = 64
-GENERATOR_BOUND_BUSY = 0.9  # a server using less of its core than this at its "peak" was waiting for wrk
+GENERATOR_BOUND_BUSY = 0.9  # a server using less of its core than this at its "peak" was waiting for wrk ...
+STEAL_WORTH_NAMING = 0.02  # ... or, on a VM, for the host: the report names steal time above this share
+SERVER_CPU = 0  # servers run on this CPU, wrk on the next (pinned)
 SATURATED_SHORTFALL = 0.03  # a paced point that achieves less than 97% of its target rate ran saturated
 STEADINESS_SECONDS = 3.0  # the core probe's run, before and after the latency points
 UNSTEADY_SHARE = 0.01  # an ideal server at 80% load would be past the p99 target after more windows than this
@@ -177,6 +179,27 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def core_times(cpu: int) -> tuple[int, int] | None:
+    """(steal, total) clock ticks of one CPU from /proc/stat: the time a hypervisor gave to another guest counts
+    as steal; None where the file or the CPU is missing."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(f"cpu{cpu} "):
+            fields = [int(v) for v in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
+            return (fields[7] if len(fields) > 7 else 0), sum(fields)
+    return None
+
+
+def stolen_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Share of a CPU's time the host took between two core_times readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of the process tree, counting once what its processes share with the largest one.
 
@@ -210,7 +233,7 @@ def started(candidate: Candidate, logs: Path) -> Iterator[tuple[str, int]]:
     log_path = logs / f"{candidate.key}.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            pinned(0, candidate.command(port)),
+            pinned(SERVER_CPU, candidate.command(port)),
             env=candidate.env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -241,7 +264,7 @@ def started(candidate: Candidate, logs: Path) -> Iterator[tuple[str, int]]:
 
 def saturate(candidate: Candidate, url: str, pid: int, duration: float) -> dict[str, Any]:
     """One closed-loop run at saturation, with the server's CPU seconds per request."""
-    cpu_before = cpu_seconds(pid)
+    cpu_before, core_before = cpu_seconds(pid), core_times(SERVER_CPU)
     peak = wrk(url, candidate.path, candidate.body, duration, None)
     cpu = cpu_seconds(pid) - cpu_before
     return {
@@ -249,6 +272,7 @@ def saturate(candidate: Candidate, url: str, pid: int, duration: float) -> dict[
         "peak_p99_ms": peak["p99_ms"],
         "errors": peak["errors"],
         "cpu_ms_per_request": 1000 * cpu / max(peak["requests"], 1),
+        "core_stolen_share": stolen_share(core_before, core_times(SERVER_CPU)),
     }
 
 
@@ -368,7 +392,7 @@ def measure_all(
             if runtime is not None:
                 results[c.key]["runtime"] = runtime
         if probe:
-            steadiness["before_latency_points"] = core_steadiness(0, STEADINESS_SECONDS)
+            steadiness["before_latency_points"] = core_steadiness(SERVER_CPU, STEADINESS_SECONDS)
         for c in found:
             url, pid = running[c.key]
             result = results[c.key]
@@ -377,7 +401,7 @@ def measure_all(
             result["rss_mb"] = rss_mb(pid)
             log.info("%s: %.0f req/s peak, p99 at 80%% %.2f ms", c.label, result["peak_rps"], result["at_80"]["p99_ms"])
         if probe:
-            steadiness["after_latency_points"] = core_steadiness(0, STEADINESS_SECONDS)
+            steadiness["after_latency_points"] = core_steadiness(SERVER_CPU, STEADINESS_SECONDS)
     return results, steadiness
 
 
@@ -631,7 +655,15 @@ def markdown(report: dict[str, Any]) -> str:
             )
     for item in report["servers"].values():
         busy = item["peak_rps"] * item["cpu_ms_per_request"] / 1000  # share of its one core the server used
-        if busy < GENERATOR_BOUND_BUSY:
+        stolen = item.get("core_stolen_share")
+        if busy >= GENERATOR_BOUND_BUSY:
+            continue
+        if stolen is not None and stolen >= STEAL_WORTH_NAMING:
+            lines.append(
+                f"- {item['label']}: busy {busy:.0%} of its core at its peak, while the host took {stolen:.0%} of "
+                "that core (steal): the host or wrk, not the server, set it"
+            )
+        else:
             lines.append(f"- {item['label']}: busy {busy:.0%} of its core at its peak: wrk, not the server, set it")
     numpy_row = report["servers"].get("mlrelease_numpy")
     if numpy_row is not None and fell_back(numpy_row):
@@ -716,6 +748,9 @@ def run_summary(report: dict[str, Any]) -> dict[str, Any]:
             k: [lag["share_over_10ms"] for lag in pair] for k, pair in lags.items() if all(pair)
         },
         "saturated_points": [f"{k} at {p}" for k, v in servers.items() for p in (50, 80) if v[f"at_{p}"]["saturated"]],
+        "servers_core_stolen_share_at_peak": {
+            k: round(v["core_stolen_share"], 3) for k, v in servers.items() if v.get("core_stolen_share") is not None
+        },
         "ratios": {k: round(v, 3) for k, v in report["ratios"].items()},
         "p99_target_met_on_this_core_by": report["targets"]["p99_ms_at_80"]["met_on_this_core_by"],
         "reference_labels": {

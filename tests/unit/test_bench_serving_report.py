@@ -57,6 +57,11 @@ def test_targets_pass_and_fail_on_the_measured_values() -> None:
     assert "- bare fast: busy 60% of its core at its peak: wrk, not the server, set it" in markdown(
         {"servers": servers, **summary, "setup": "s"}
     )
+    servers["bare_fast"]["core_stolen_share"] = 0.3  # the hypervisor gave 30% of the core to another guest
+    assert (
+        "- bare fast: busy 60% of its core at its peak, while the host took 30% of that core (steal): the host or "
+        "wrk, not the server, set it" in markdown({"servers": servers, **summary, "setup": "s"})
+    )
     servers["mlrelease"]["at_80"]["cpu_ms_per_request"] = 0.25  # 1.5x the peak's 0.1667 ms
     assert "| 0.167 / 0.250 (1.50x) | 450 |" in markdown({"servers": servers, **summary, "setup": "s"})
 
@@ -255,3 +260,14 @@ def test_the_memory_of_a_process_tree_counts_what_parent_and_child_share_once(tm
             p.kill()
         proc.kill()
         proc.wait()
+
+
+def test_steal_is_read_per_cpu_from_proc_stat() -> None:
+    """core_times reads a real CPU's ticks (steal and total); stolen_share is their ratio over an interval."""
+    from deploy.serving.bench import core_times, stolen_share
+
+    before = core_times(0)
+    assert before is not None and 0 <= before[0] <= before[1]
+    assert stolen_share((10, 1000), (40, 1100)) == pytest.approx(0.3)
+    assert stolen_share(None, before) is None and stolen_share(before, before) is None
+    assert core_times(10_000) is None  # no such CPU
