@@ -128,7 +128,7 @@ def wrk(url: str, path: str, body: bytes, duration: float, rate: float | None) -
     try:
         proc = subprocess.run(
             pinned(
-                1,
+                SERVER_CPU + 1,
                 [
                     "wrk",
                     "-t1",

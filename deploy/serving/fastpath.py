@@ -21,13 +21,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-from deploy.serving.transport import CombiningHttpToolsProtocol, CombiningTransport
+from deploy.serving.transport import CombiningHttpToolsProtocol, CombiningTransport, Headers, response_head
 
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[bytes, bytes]]
 Response = tuple[int, bytes, Headers]
 INTERNAL_ERROR: Response = (
     500,
@@ -246,35 +244,13 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
             self.fast_server.fast_record(request.route, 499, seconds)
             return
         keep_alive = cycle.keep_alive
-        head = _head(self.server_state.default_headers, status, headers)
+        head = response_head(self.server_state.default_headers, status, headers)
         close = b"" if keep_alive else b"connection: close\r\n"
         self.transport.write_now(b"%scontent-length: %d\r\n%s\r\n%s" % (head, len(body), close, body))
         self.fast_server.fast_record(request.route, status, seconds)
         if not keep_alive:
             self.transport.close()
         self.on_response_complete()
-
-
-_HEADS: dict[tuple[int, tuple[tuple[bytes, bytes], ...]], bytes] = {}
-_HEADS_FOR: list[Headers] = []  # the default headers (uvicorn's date header, a new list each second) _HEADS holds
-
-
-def _head(defaults: Headers, status: int, headers: Headers) -> bytes:
-    """Status line, the server's default headers and the response's own, up to content-length: cached, since
-    they change once a second (the date) and the responses' headers are a handful of constants."""
-    if not _HEADS_FOR or _HEADS_FOR[0] is not defaults:
-        _HEADS.clear()
-        _HEADS_FOR[:] = [defaults]
-    key = (status, tuple(headers))
-    head = _HEADS.get(key)
-    if head is None:
-        if len(_HEADS) >= 64:  # headers built per request (an error's, say) must not grow the cache
-            _HEADS.clear()
-        out = [STATUS_LINE[status]]
-        for name, value in (*defaults, *headers):
-            out += [name, b": ", value, b"\r\n"]
-        head = _HEADS[key] = b"".join(out)
-    return head
 
 
 def _when_done(protocol: FastPathProtocol, request: _Request, pending: Pending) -> Callable[[], None]:

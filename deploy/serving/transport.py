@@ -15,10 +15,34 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+Headers = list[tuple[bytes, bytes]]
+_JSON: Headers = [(b"content-type", b"application/json")]
 UPGRADE_REFUSED = (
     "this server speaks plain HTTP/1.1 and switches to no other protocol (a request with Upgrade, e.g. WebSocket or "
     "h2c from `curl --http2`, or CONNECT): send it without the Upgrade header (curl: --http1.1)"
 )
+
+
+_HEADS: dict[tuple[int, tuple[tuple[bytes, bytes], ...]], bytes] = {}
+_HEADS_FOR: list[Headers] = []  # the default headers (uvicorn's date header, a new list each second) _HEADS holds
+
+
+def response_head(defaults: Headers, status: int, headers: Headers) -> bytes:
+    """Status line, the server's default headers and the response's own, up to content-length: cached, since
+    they change once a second (the date) and the responses' headers are a handful of constants."""
+    if not _HEADS_FOR or _HEADS_FOR[0] is not defaults:
+        _HEADS.clear()
+        _HEADS_FOR[:] = [defaults]
+    key = (status, tuple(headers))
+    head = _HEADS.get(key)
+    if head is None:
+        if len(_HEADS) >= 64:  # headers built per request (an error's, say) must not grow the cache
+            _HEADS.clear()
+        out = [STATUS_LINE[status]]
+        for name, value in (*defaults, *headers):
+            out += [name, b": ", value, b"\r\n"]
+        head = _HEADS[key] = b"".join(out)
+    return head
 
 
 class CombiningTransport:
@@ -147,12 +171,8 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
 
     def _write_refusal(self, code: str, message: str) -> None:
         body = orjson.dumps({"error": message, "code": code, "status": 400})  # the shape of every other error
-        head = [STATUS_LINE[400]]
-        for name, value in self.server_state.default_headers:
-            head += [name, b": ", value, b"\r\n"]
-        head += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(), b"\r\n"]
-        head += [b"connection: close\r\n\r\n", body]
-        self.transport.write(b"".join(head))
+        head = response_head(self.server_state.default_headers, 400, _JSON)
+        self.transport.write(b"%scontent-length: %d\r\nconnection: close\r\n\r\n%s" % (head, len(body), body))
         self.transport.close()
 
     def on_headers_complete(self) -> None:
