@@ -114,3 +114,30 @@ def test_a_cost_matched_plain_server_spends_the_cpu_it_is_told_per_request(flag:
         assert spent >= 0.2, f"{spent:.3f} s of CPU for 40 requests at 10 ms each ({flag})"
     finally:
         stop_process(process, timeout=5)
+
+
+def test_measure_all_runs_peaks_and_latency_points_in_rounds_against_a_real_server(tmp_path: object) -> None:
+    """Two interleaved rounds on the plain server (wrk, real sockets): each paced point keeps its median round and
+    lists every round's p99; the errors of every round are counted."""
+    from pathlib import Path
+
+    from deploy.serving.bench import Candidate, base_env, measure_all
+
+    py = sys.executable
+    plain = Candidate(
+        "bare_plain",
+        "plain",
+        "/v1/models/m:predict",
+        orjson.dumps(BODY),
+        lambda p: [py, "-m", "deploy.serving.bare", "--plain", "--port", str(p)],
+        base_env(),
+        "/",
+    )
+    results, steadiness = measure_all([plain], 1, Path(str(tmp_path)), rounds=2, probe=False)
+    row = results["bare_plain"]
+    assert steadiness == {} and len(row["peak_rps_rounds"]) == 2 and row["errors"] == 0 and row["rss_mb"] > 0
+    for share in (0.5, 0.8):
+        point = row[f"at_{int(share * 100)}"]
+        assert len(point["p99_ms_rounds"]) == 2 and point["p99_ms"] == max(point["p99_ms_rounds"])
+        assert point["target_rps"] == share * row["peak_rps"] and point["requests"] > 0
+        assert 0 <= point["saturated_rounds"] <= 2

@@ -175,6 +175,40 @@ def test_the_median_round_carries_every_rounds_errors() -> None:
     assert median_round(rounds[:2])["peak_rps"] == 900.0  # an even count keeps the lower one
 
 
+def test_the_latency_points_keep_the_round_of_median_p99_with_every_rounds_figures() -> None:
+    from deploy.serving.bench import median_points
+
+    def point(p99: float, saturated: bool, errors: int = 0) -> dict[str, Any]:
+        return {"p99_ms": p99, "p50_ms": p99 / 4, "rps": 800.0, "saturated": saturated, "errors": errors}
+
+    rounds = [
+        {"at_50": point(2.0, False), "at_80": point(11.2, True, errors=3)},
+        {"at_50": point(1.0, False), "at_80": point(5.0, False)},
+        {"at_50": point(3.0, False, errors=1), "at_80": point(6.1, False)},
+    ]
+    kept = median_points(rounds)
+    assert (kept["at_80"]["p99_ms"], kept["at_80"]["p50_ms"], kept["at_80"]["saturated"]) == (6.1, 6.1 / 4, False)
+    assert kept["at_80"]["p99_ms_rounds"] == [11.2, 5.0, 6.1] and kept["at_80"]["saturated_rounds"] == 1
+    assert (kept["at_80"]["errors"], kept["at_50"]["errors"], kept["at_50"]["p99_ms"]) == (3, 1, 2.0)
+    assert median_points(rounds[:2])["at_80"]["p99_ms"] == 11.2  # an even count keeps the worse one
+    assert median_points(rounds[1:2])["at_80"]["p99_ms_rounds"] == [5.0]
+
+
+def test_the_table_shows_each_rounds_p99_and_how_many_rounds_ran_saturated() -> None:
+    servers = {
+        "bare_asgi": _server("bare", 10_000, 5.0, 8_000),
+        "mlrelease": _server("ours", 6_000, 6.1, 4_800),
+        "mlrelease_numpy": _server("numpy", 6_000, 12.0, 4_000),
+    }
+    servers["mlrelease"]["at_80"].update(p99_ms_rounds=[11.2, 5.0, 6.1], saturated_rounds=1)
+    servers["mlrelease_numpy"]["at_80"].update(p99_ms_rounds=[12.0, 30.0, 9.0], saturated_rounds=2)
+    summary = summarize(servers)
+    table = markdown({"servers": servers, **summary, "setup": "s"})
+    assert "| 6.10 (p50 1.00; rounds 11.2 / 5.0 / 6.1) |" in table
+    assert "(saturated there): ours at 80% (1 of 3 rounds, not the kept one), numpy at 80% (2 of 3 rounds)" in table
+    assert summary["targets"]["p99_ms_at_80"]["value"] == 6.1 and summary["targets"]["p99_ms_at_80"]["pass"]
+
+
 def test_the_numpy_ratio_only_when_the_numpy_runner_answered() -> None:
     servers = {
         "bare_asgi": _server("bare", 10_000, 5.0, 8_000),
@@ -217,6 +251,11 @@ def test_the_runs_file_summarises_each_run_and_keeps_the_earlier_sets(tmp_path: 
     assert summary["loop_lag_share_over_10ms_at_50_80"] == {"mlrelease": [0.01, 0.03]}
     assert summary["saturated_points"] == ["mlrelease at 80"] and summary["ratios"]["of_bare_asgi_ceiling"] == 0.6
     assert summary["cpu_ms_per_request_peak_vs_at_80"]["bare_asgi"] == [0.1, 0.15, 1.5]
+    assert summary["p99_ms_at_80_rounds"] == {} and summary["saturated_rounds_at_80"] == {}  # a report without rounds
+    servers["mlrelease"]["at_80"].update(p99_ms_rounds=[12.0, 30.04, 9.0], saturated_rounds=2)
+    rounds = run_summary(report)
+    assert rounds["p99_ms_at_80_rounds"] == {"mlrelease": [12.0, 30.04, 9.0]}
+    assert rounds["saturated_rounds_at_80"] == {"mlrelease": 2}
     path = tmp_path / "bench_serving_runs.json"
     write_runs(path, [summary], "first set")
     write_runs(path, [summary, summary], "second set")
