@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -371,11 +372,12 @@ def measure_all(
     found: list[Candidate], duration: float, logs: Path, rounds: int, probe: bool = True
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """All servers up at once (idle ones cost nothing); saturation runs and then latency points interleaved in
-    rounds, the median round of each kept.
+    rounds; each server's peak, and each of its paced points, keeps its own median round.
 
-    Interleaving spreads bursts of other work on a shared machine over every candidate alike; the median
-    (the worse one for an even count) neither rewards a lucky round nor punishes an unlucky one. The servers'
-    core is probed for steadiness just before and just after the latency points (-> results, steadiness).
+    Interleaving spreads bursts of other work on a shared machine over every candidate alike; for an odd count
+    the median neither rewards a lucky round nor punishes an unlucky one (for an even count it keeps the worse of
+    the middle two). The servers' core is probed for steadiness just before and just after all rounds of latency
+    points, a few seconds at each end of them (-> results, steadiness).
     """
     results: dict[str, dict[str, Any]] = {}
     steadiness: dict[str, Any] = {}
@@ -417,7 +419,7 @@ def paced_rounds(
     for c in found:
         result = results[c.key]
         result.update(median_points(points[c.key]))
-        result["errors"] += result["at_50"]["errors"] + result["at_80"]["errors"]
+        result["errors"] += sum(point["errors"] for share in ("at_50", "at_80") for point in result[share]["rounds"])
         result["rss_mb"] = rss_mb(running[c.key][1])
         log.info("%s: %.0f req/s peak, p99 at 80%% %.2f ms", c.label, result["peak_rps"], result["at_80"]["p99_ms"])
 
@@ -428,27 +430,38 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         **ordered[(len(ordered) - 1) // 2],
         "peak_rps_rounds": [run["peak_rps"] for run in rounds],
+        "cpu_ms_per_request_rounds": [run["cpu_ms_per_request"] for run in rounds],
         "errors": sum(run["errors"] for run in rounds),  # an error in any round shows, not only the median one's
     }
 
 
 def median_points(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each paced point's round of median p99 (the higher one for an even count), as the peak is the median round.
+    """Each paced point's round of median p99 (for an even count the higher, i.e. worse, one), chosen point by
+    point, as the peak is its median round: one noisy spell of the shared machine then decides no verdict alone.
 
-    One noisy spell of the shared machine then decides no verdict alone; every round's p99, how many rounds ran
-    saturated and every round's errors are kept with it.
+    The kept round's figures stay as they were measured (its own errors too); every round, whole, is under
+    ``rounds`` (the row's error count sums them all).
     """
     kept: dict[str, Any] = {}
     for share in ("at_50", "at_80"):
         runs = [one[share] for one in rounds]
         ordered = sorted(runs, key=lambda point: float(point["p99_ms"]))
-        kept[share] = {
-            **ordered[len(ordered) // 2],
-            "p99_ms_rounds": [point["p99_ms"] for point in runs],
-            "saturated_rounds": sum(bool(point["saturated"]) for point in runs),
-            "errors": sum(point["errors"] for point in runs),
-        }
+        kept[share] = {**ordered[len(ordered) // 2], "rounds": runs}
     return kept
+
+
+def point_rounds(point: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every round of a paced point (the point alone when it was measured once, as in older reports)."""
+    rounds: list[dict[str, Any]] = point.get("rounds") or [point]
+    return rounds
+
+
+def round_ratio(top: list[float], bottom: list[float], kept: float) -> float:
+    """The median of per-round ratios of two servers measured in the same interleaved rounds (each pair shared a
+    stretch of the machine's noise); ``kept`` (the ratio of their kept rounds) when the rounds do not pair up."""
+    if not top or len(top) != len(bottom):
+        return kept
+    return statistics.median(a / b for a, b in zip(top, bottom, strict=True))
 
 
 def cost_matched(results: dict[str, dict[str, Any]], ours: Candidate) -> list[Candidate]:
@@ -614,9 +627,15 @@ def summarize(results: dict[str, dict[str, Any]], steadiness: dict[str, Any] | N
     for key in ("bare_work_matched", "bare_cpu_matched"):
         if key in results and again is not None:
             matched, name = results[key], key.removeprefix("bare_")
-            ratios[f"{name}_cpu_vs_ours_at_peak"] = matched["cpu_ms_per_request"] / again["cpu_ms_per_request"]
-            ratios[f"{name}_cpu_vs_ours_at_80"] = (
-                matched["at_80"]["cpu_ms_per_request"] / again["at_80"]["cpu_ms_per_request"]
+            ratios[f"{name}_cpu_vs_ours_at_peak"] = round_ratio(
+                matched.get("cpu_ms_per_request_rounds", []),
+                again.get("cpu_ms_per_request_rounds", []),
+                matched["cpu_ms_per_request"] / again["cpu_ms_per_request"],
+            )
+            ratios[f"{name}_cpu_vs_ours_at_80"] = round_ratio(
+                [point["cpu_ms_per_request"] for point in point_rounds(matched["at_80"])],
+                [point["cpu_ms_per_request"] for point in point_rounds(again["at_80"])],
+                matched["at_80"]["cpu_ms_per_request"] / again["at_80"]["cpu_ms_per_request"],
             )
     if "bare_fast" in results:
         ratios["of_bare_same_fast_path"] = ours["peak_rps"] / results["bare_fast"]["peak_rps"]
@@ -638,6 +657,7 @@ def summarize(results: dict[str, dict[str, Any]], steadiness: dict[str, Any] | N
         for key, (value, limit, op) in checks.items()
     }
     targets["p99_ms_at_80"]["met_on_this_core_by"] = met_by_model_less(results)
+    targets["p99_ms_at_80"]["rounds"] = [point["p99_ms"] for point in point_rounds(ours["at_80"])]
     if not steadiness:
         return {"ratios": ratios, "targets": targets}
     probes = [probe for probe in steadiness.values() if "error" not in probe]
@@ -662,51 +682,74 @@ def met_by_model_less(results: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def each_round(point: dict[str, Any]) -> str:
-    """``; rounds 5.0 / 11.2 / 6.1`` for a point measured in rounds (the kept one is their median); else nothing."""
-    rounds = point.get("p99_ms_rounds", [])
-    return "; rounds " + " / ".join(f"{p99:.1f}" for p99 in rounds) if len(rounds) > 1 else ""
+    """``rounds 11.20 / 5.00 / 6.10`` for a point measured in rounds (the kept one is their median); else empty."""
+    rounds = point_rounds(point)
+    return "rounds " + " / ".join(f"{one['p99_ms']:.2f}" for one in rounds) if len(rounds) > 1 else ""
 
 
-def saturated_point(label: str, share: int, point: dict[str, Any]) -> str:
-    """The point named if its kept round, or any round, ran saturated (with how many rounds); else empty."""
-    rounds = len(point.get("p99_ms_rounds", []))
-    many = point.get("saturated_rounds", int(bool(point.get("saturated"))))
+def saturated_point(label: str, share: int, point: dict[str, Any], percent: str = "%") -> str:
+    """The point named if any of its rounds ran saturated (with how many, and whether the kept one did); else empty."""
+    rounds = point_rounds(point)
+    many = sum(bool(one["saturated"]) for one in rounds)
     if not many:
         return ""
-    kept = "" if point.get("saturated") else ", not the kept one"
-    return f"{label} at {share}%" + (f" ({many} of {rounds} rounds{kept})" if rounds > 1 else "")
+    kept = "" if point["saturated"] else ", not the kept one"
+    return f"{label} at {share}{percent}" + (f" ({many} of {len(rounds)} rounds{kept})" if len(rounds) > 1 else "")
 
 
-def markdown(report: dict[str, Any]) -> str:
-    lines = [
-        "| server | peak req/s | p50 / p99 at 50% (ms) | p99 at 80% (ms) | 80% point req/s achieved / target "
-        "| CPU ms/req at peak / at 80% | RSS MB | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    saturated: list[str] = []
-    for item in report["servers"].values():
-        a50, a80 = item["at_50"], item["at_80"]
-        peak_cpu, paced_cpu = item["cpu_ms_per_request"], a80.get("cpu_ms_per_request")
-        cpu = f"{peak_cpu:.3f}" + (f" / {paced_cpu:.3f} ({paced_cpu / peak_cpu:.2f}x)" if paced_cpu else "")
+def lag_over_rounds(point: dict[str, Any]) -> dict[str, float] | None:
+    """The loop-lag samples of every round of a point taken together; None where a round has no lag reading."""
+    lags = [one.get("loop_lag") for one in point_rounds(point)]
+    if not all(lags):
+        return None
+    samples = sum(lag["samples"] for lag in lags if lag)
+    late = sum(lag["samples"] * lag["share_over_10ms"] for lag in lags if lag)
+    return {"samples": samples, "share_over_10ms": late / samples if samples else 0.0}
+
+
+def server_row(item: dict[str, Any]) -> str:
+    """One server's table row: peak, the paced points (each round's p99 where measured in rounds), CPU, memory."""
+    a50, a80 = item["at_50"], item["at_80"]
+    peak_cpu, paced_cpu = item["cpu_ms_per_request"], a80.get("cpu_ms_per_request")
+    cpu = f"{peak_cpu:.3f}" + (f" / {paced_cpu:.3f} ({paced_cpu / peak_cpu:.2f}x)" if paced_cpu else "")
+    at_50 = f"{a50['p50_ms']:.2f} / {a50['p99_ms']:.2f}" + (f" ({each_round(a50)})" if each_round(a50) else "")
+    at_80 = f"{a80['p99_ms']:.2f} (p50 {a80['p50_ms']:.2f}" + (f"; {each_round(a80)})" if each_round(a80) else ")")
+    return (
+        f"| {item['label']} | {item['peak_rps']:,.0f} | {at_50} | {at_80} | "
+        f"{a80['rps']:,.0f} / {a80['target_rps']:,.0f} | {cpu} | {item['rss_mb']:.0f} | {item['errors']} |"
+    )
+
+
+def point_notes(servers: dict[str, dict[str, Any]]) -> list[str]:
+    """Under the table: which figures are the kept rounds', saturated points, event-loop lag over all rounds."""
+    lines: list[str] = []
+    rounds = max(len(point_rounds(item["at_80"])) for item in servers.values())
+    if rounds > 1:
         lines.append(
-            f"| {item['label']} | {item['peak_rps']:,.0f} | {a50['p50_ms']:.2f} / {a50['p99_ms']:.2f} | "
-            f"{a80['p99_ms']:.2f} (p50 {a80['p50_ms']:.2f}{each_round(a80)}) | "
-            f"{a80['rps']:,.0f} / {a80['target_rps']:,.0f} | {cpu} | {item['rss_mb']:.0f} | {item['errors']} |"
+            f"- each paced point (p50, p99, req/s achieved, CPU at 80%) is its round of median p99 of {rounds} "
+            "interleaved rounds; every round's p99 is in brackets, every round whole in the JSON"
         )
-        saturated += [saturated_point(item["label"], share, item[f"at_{share}"]) for share in (50, 80)]
-    saturated = [named for named in saturated if named]
-    lines.append("")
-    if saturated:
-        lines.append(f"- paced points over 3% short of their target rate (saturated there): {', '.join(saturated)}")
-    for item in report["servers"].values():
-        if "loop_lag" in item["at_80"] and "loop_lag" in item["at_50"]:
-            lags = [item[f"at_{share}"]["loop_lag"] for share in (50, 80)]
+    saturated = [
+        saturated_point(item["label"], share, item[f"at_{share}"]) for item in servers.values() for share in (50, 80)
+    ]
+    if any(saturated):
+        named = ", ".join(point for point in saturated if point)
+        lines.append(f"- paced points over 3% short of their target rate (saturated there): {named}")
+    for item in servers.values():
+        lags = [lag_over_rounds(item[f"at_{share}"]) for share in (50, 80)]
+        if lags[0] is not None and lags[1] is not None:
             lines.append(
                 f"- {item['label']}: its event-loop timer ran 10 ms or more late in {lags[0]['share_over_10ms']:.1%} "
                 f"of {lags[0]['samples']:.0f} samples at 50%, {lags[1]['share_over_10ms']:.1%} of "
-                f"{lags[1]['samples']:.0f} at 80%"
+                f"{lags[1]['samples']:.0f} at 80%" + (f" (all {rounds} rounds)" if rounds > 1 else "")
             )
-    for item in report["servers"].values():
+    return lines
+
+
+def peak_notes(servers: dict[str, dict[str, Any]]) -> list[str]:
+    """Servers busy under 90% of their core at their peak: wrk or, with steal time, the host set that peak."""
+    lines: list[str] = []
+    for item in servers.values():
         busy = item["peak_rps"] * item["cpu_ms_per_request"] / 1000  # share of its one core the server used
         stolen = item.get("core_stolen_share")
         if busy >= GENERATOR_BOUND_BUSY:
@@ -718,19 +761,42 @@ def markdown(report: dict[str, Any]) -> str:
             )
         else:
             lines.append(f"- {item['label']}: busy {busy:.0%} of its core at its peak: wrk, not the server, set it")
-    numpy_row = report["servers"].get("mlrelease_numpy")
-    if numpy_row is not None and fell_back(numpy_row):
-        answered = numpy_row["runtime"]
-        lines.append(f"- {numpy_row['label']}: answered by {answered} (no checked lowering), no numpy ratio")
-    for key, value in report["ratios"].items():
-        lines.append(f"- {key}: {value:.2f}")
+    return lines
+
+
+def verdicts(report: dict[str, Any]) -> list[str]:
+    """Ratios, then each target's value and verdict (a p99 measured in rounds with every round's value)."""
+    lines = [f"- {key}: {value:.2f}" for key, value in report["ratios"].items()]
     for key, check in report["targets"].items():
         verdict = "PASS" if check["pass"] else "FAIL"
         if not check["pass"] and check.get("met_on_this_core_by"):
             verdict += f" (met on the same core by: {', '.join(check['met_on_this_core_by'])})"
         elif not check["pass"] and check.get("core_unsteady"):
             verdict += " (the servers' core was unsteady: see the probe below)"
-        lines.append(f"- target {key} {check['target']}: {check['value']:.2f} -> {verdict}")
+        rounds = check.get("rounds", [])
+        spread = (
+            f" (median of {len(rounds)} rounds: {' / '.join(f'{v:.2f}' for v in rounds)})" if len(rounds) > 1 else ""
+        )
+        lines.append(f"- target {key} {check['target']}: {check['value']:.2f}{spread} -> {verdict}")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    servers = report["servers"]
+    lines = [
+        "| server | peak req/s | p50 / p99 at 50% (ms) | p99 at 80% (ms) | 80% point req/s achieved / target "
+        "| CPU ms/req at peak / at 80% | RSS MB | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *(server_row(item) for item in servers.values()),
+        "",
+        *point_notes(servers),
+        *peak_notes(servers),
+    ]
+    numpy_row = servers.get("mlrelease_numpy")
+    if numpy_row is not None and fell_back(numpy_row):
+        answered = numpy_row["runtime"]
+        lines.append(f"- {numpy_row['label']}: answered by {answered} (no checked lowering), no numpy ratio")
+    lines += verdicts(report)
     for when, probe in report.get("steadiness", {}).items():
         said = f"probe failed: {probe['error']}" if "error" in probe else describe(probe)
         lines.append(f"- servers' core (CPU 0), {when.replace('_', ' ')}: {said}")
@@ -785,8 +851,9 @@ def run(model_dir: Path, out: Path, duration: float, skip_mlflow: bool, rounds: 
 def run_summary(report: dict[str, Any]) -> dict[str, Any]:
     """One run's figures for the runs file (reports/bench_serving_runs.json): the spread the README quotes."""
     servers = report["servers"]
-    lags = {k: [v[f"at_{p}"].get("loop_lag") for p in (50, 80)] for k, v in servers.items()}
+    lags = {k: [lag_over_rounds(v[f"at_{p}"]) for p in (50, 80)] for k, v in servers.items()}
     return {
+        "paced_rounds": max(len(point_rounds(v["at_80"])) for v in servers.values()),
         "peak_rps": {k: round(v["peak_rps"]) for k, v in servers.items()},
         "p99_ms_at_50": {k: round(v["at_50"]["p99_ms"], 2) for k, v in servers.items()},
         "p99_ms_at_80": {k: round(v["at_80"]["p99_ms"], 2) for k, v in servers.items()},
@@ -799,16 +866,16 @@ def run_summary(report: dict[str, Any]) -> dict[str, Any]:
             for k, v in servers.items()
         },
         "loop_lag_share_over_10ms_at_50_80": {
-            k: [lag["share_over_10ms"] for lag in pair] for k, pair in lags.items() if all(pair)
+            k: [lag["share_over_10ms"] for lag in pair if lag] for k, pair in lags.items() if all(pair)
         },
-        "saturated_points": [f"{k} at {p}" for k, v in servers.items() for p in (50, 80) if v[f"at_{p}"]["saturated"]],
-        "p99_ms_at_80_rounds": {
-            k: [round(p99, 2) for p99 in v["at_80"]["p99_ms_rounds"]]
+        "saturated_points": [
+            named
             for k, v in servers.items()
-            if "p99_ms_rounds" in v["at_80"]
-        },
-        "saturated_rounds_at_80": {
-            k: v["at_80"]["saturated_rounds"] for k, v in servers.items() if "saturated_rounds" in v["at_80"]
+            for p in (50, 80)
+            if (named := saturated_point(k, p, v[f"at_{p}"], percent=""))
+        ],
+        "p99_ms_at_80_rounds": {
+            k: [round(one["p99_ms"], 2) for one in point_rounds(v["at_80"])] for k, v in servers.items()
         },
         "servers_core_stolen_share_at_peak": {
             k: round(v["core_stolen_share"], 3) for k, v in servers.items() if v.get("core_stolen_share") is not None
