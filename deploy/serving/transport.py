@@ -130,7 +130,7 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete and self.request_complete():
             cycle.keep_alive = False
             return True
-        return None
+        return True if self._refusal is not None else None  # answers, then the 400, are still owed
 
     def request_complete(self) -> bool:
         """Whether the request in flight has been read to its end (its body is complete)."""
@@ -146,14 +146,21 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
 
         Requests read whole before the bad bytes (a valid one pipelined in front of them, say) are answered first:
         the refusal waits, with reading paused, until the last of them has its response. When the bad bytes are
-        inside the request in flight (a broken chunked body), it goes at once: that request can never complete."""
+        inside a request (a broken chunked body), that request can never complete: if it is queued behind requests
+        still being answered, it leaves the queue and the 400 is its answer, after theirs; if it is the one
+        running, nothing is owed before it and the 400 goes at once."""
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete and self.request_complete():
-            if self._refusal is None:
-                self._refusal = (code, message)
-                self.transport.pause_reading()
+        if cycle is None or cycle.response_complete:
+            self._write_refusal(code, message)
             return
-        self._write_refusal(code, message)
+        if not self.request_complete():
+            if not self.pipeline or self.pipeline[0][0] is not cycle:
+                self._write_refusal(code, message)
+                return
+            self.pipeline.popleft()  # uvicorn queued it (appendleft) behind a request in flight: it never runs
+        if self._refusal is None:
+            self._refusal = (code, message)
+            self.transport.pause_reading()
 
     def refusal_due(self) -> bool:
         """Called as a response completes: write a held refusal once no request is left to answer (True)."""

@@ -262,6 +262,48 @@ def test_a_broken_chunked_body_is_refused_at_once_not_held_behind_itself() -> No
     assert closed and transport.data.startswith(b"HTTP/1.1 400") and b'"malformed_http"' in transport.data
 
 
+BROKEN_CHUNKED = b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+
+
+def test_a_broken_chunked_request_queued_behind_an_asgi_request_is_answered_400_after_it() -> None:
+    """The broken request leaves uvicorn's queue (it can never complete) and the 400 is its answer, written once
+    the request in front of it has its own; before, the 400 went at once and that answer was lost."""
+    server = Answers(OK)
+
+    async def scenario() -> tuple[bool, Transport]:
+        protocol, transport = connect(server, keep_alive=5)
+        protocol.data_received(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n" + BROKEN_CHUNKED)  # slow_app: 0.3 s
+        await asyncio.sleep(0.05)
+        assert transport.data == b"" and not protocol.pipeline
+        return await until(lambda: transport.closed), transport
+
+    closed, transport = asyncio.run(scenario())
+    assert closed and transport.data.count(b"\r\n\r\n") == 2 and b"slow" in transport.data
+    assert transport.data.index(b"slow") < transport.data.index(b"HTTP/1.1 400")
+    assert transport.data.endswith(b'"status":400}')
+
+
+def test_a_broken_chunked_request_behind_a_fast_prediction_waits_for_it_even_after_the_client_half_closes() -> None:
+    """A prediction waiting for its batch, a broken request pipelined behind it, then the client's EOF: the
+    prediction's answer, then the 400, and the connection closes."""
+    later = Later(OK)
+    server = Answers(later)
+
+    async def scenario() -> tuple[bool, bool, Transport]:
+        protocol, transport = connect(server, keep_alive=5)
+        protocol.data_received(predict() + BROKEN_CHUNKED)
+        kept_open = protocol.eof_received() is True
+        await asyncio.sleep(0.02)
+        held = transport.data == b"" and not transport.closed
+        later.ready()
+        return kept_open, held, transport
+
+    kept_open, held, transport = asyncio.run(scenario())
+    assert kept_open and held and transport.closed and server.recorded == [200]
+    assert transport.data.startswith(b"HTTP/1.1 200") and transport.data.endswith(b'"status":400}')
+    assert transport.data.count(b"\r\n\r\n") == 2  # two responses
+
+
 def test_nothing_after_a_refused_upgrade_is_served_while_the_requests_before_it_are_answered() -> None:
     """A request ahead of the upgrade is answered, then the 400; a request sent after the upgrade is never read."""
     server = Answers(OK)
