@@ -81,7 +81,7 @@ def test_registered_model_loads_without_unpickling(built_workspace: Workspace, r
     model = mlflow.pyfunc.load_model(registration["model_uri"])
     card = json.loads((bundle / "model_card.json").read_text())
     frame = pd.DataFrame(np.full((2, 30), 10.0), columns=card["feature_names"])
-    direct = torch.jit.load(str(bundle / "model.pt"))(torch.from_numpy(frame.to_numpy(np.float32))).numpy()
+    direct = torch.jit.load(str(bundle / "model.pt"))(torch.from_numpy(frame.to_numpy(np.float32, copy=True))).numpy()
     assert np.allclose(model.predict(frame), direct)
 
 

@@ -30,7 +30,9 @@ CONTRACT = load_contract(REPO / "schemas" / "breast_cancer.yaml")
 
 
 def _split(frame) -> Split:
-    return Split(frame[CONTRACT.feature_names].to_numpy(np.float32), frame["target"].to_numpy(np.int64))
+    return Split(
+        frame[CONTRACT.feature_names].to_numpy(np.float32, copy=True), frame["target"].to_numpy(np.int64, copy=True)
+    )
 
 
 @pytest.fixture(scope="module")
