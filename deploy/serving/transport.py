@@ -99,6 +99,9 @@ class CombiningTransport:
         return getattr(self._transport, name)
 
 
+CLOSE_ONLY = ("", "")  # held in place of a refusal where no answer is owed: the connection just closes
+
+
 class CombiningHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol over a :class:`CombiningTransport` (pass as ``uvicorn.Config(http=...)``).
 
@@ -124,13 +127,22 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio keeps the socket open on True
         """A client that half-closes once its request is sent (shutdown(SHUT_WR), `nc -N`) still gets the answer:
-        the write side stays open while one is owed, and the connection closes after it. With a request still
-        incomplete, nothing more can come: close, and the request ends as a disconnect."""
+        the write side stays open while one is owed, and the connection closes after it (after a held refusal,
+        the answers owed and then the 400). A request cut short by the half-close can never complete: queued
+        behind requests in flight, it leaves the queue and they are answered first; else it ends as a disconnect."""
+        if self._refusal is not None:
+            return True
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete and self.request_complete():
+        if cycle is None or cycle.response_complete:
+            return None
+        if self.request_complete():
             cycle.keep_alive = False
             return True
-        return True if self._refusal is not None else None  # answers, then the 400, are still owed
+        if self._queued(cycle):
+            self.pipeline.popleft()
+            self._hold(CLOSE_ONLY)
+            return True
+        return None
 
     def request_complete(self) -> bool:
         """Whether the request in flight has been read to its end (its body is complete)."""
@@ -145,31 +157,47 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
         """A JSON 400 and a closed connection: nothing after a request the parser cannot frame can be trusted.
 
         Requests read whole before the bad bytes (a valid one pipelined in front of them, say) are answered first:
-        the refusal waits, with reading paused, until the last of them has its response. When the bad bytes are
-        inside a request (a broken chunked body), that request can never complete: if it is queued behind requests
-        still being answered, it leaves the queue and the 400 is its answer, after theirs; if it is the one
-        running, nothing is owed before it and the 400 goes at once."""
+        the refusal is held until the last of them has its response (nothing read meanwhile is parsed). When the
+        bad bytes are inside a request (a broken chunked body), that request can never complete: queued behind
+        requests still being answered, it leaves the queue and the 400 is its answer, after theirs; running, it
+        gets the 400 at once, unless it was answered before its body was read (a 415, say): then the connection
+        closes once that answer is out, with no second one."""
         cycle = self.cycle
-        if cycle is None or cycle.response_complete:
-            self._write_refusal(code, message)
-            return
-        if not self.request_complete():
-            if not self.pipeline or self.pipeline[0][0] is not cycle:
+        if cycle is not None and not self.request_complete():  # the bad bytes are inside this request
+            if cycle.response_complete:
+                self.transport.close()
+                return
+            if getattr(cycle, "response_started", False):  # (a fast request answers only once its body is in)
+                self._hold(CLOSE_ONLY)
+                return
+            if not self._queued(cycle):
                 self._write_refusal(code, message)
                 return
-            self.pipeline.popleft()  # uvicorn queued it (appendleft) behind a request in flight: it never runs
+            self.pipeline.popleft()
+        elif cycle is None or cycle.response_complete:
+            self._write_refusal(code, message)
+            return
+        self._hold((code, message))
+
+    def _queued(self, cycle: Any) -> bool:
+        """Whether ``cycle`` waits in uvicorn's queue (newest first: appendleft) behind a request in flight."""
+        return bool(self.pipeline) and self.pipeline[0][0] is cycle
+
+    def _hold(self, refusal: tuple[str, str]) -> None:
         if self._refusal is None:
-            self._refusal = (code, message)
+            self._refusal = refusal
             self.transport.pause_reading()
 
     def refusal_due(self) -> bool:
         """Called as a response completes: write a held refusal once no request is left to answer (True)."""
         if self._refusal is None or self.pipeline or self.transport.is_closing():
             return False
-        code, message = self._refusal
-        self._refusal = None
+        refusal, self._refusal = self._refusal, None
+        if refusal is CLOSE_ONLY:
+            self.transport.close()
+            return True
         self.server_state.total_requests += 1
-        self._write_refusal(code, message)
+        self._write_refusal(*refusal)
         return True
 
     def on_response_complete(self) -> None:

@@ -268,8 +268,9 @@ def test_requests_pipelined_before_bad_bytes_are_answered_before_the_refusal_on_
     servers: tuple[Server, Server], bad: str
 ) -> None:
     """A prediction and a metadata request, then bytes the parser cannot frame, in one write: both answers come
-    first, then the JSON 400, then the server closes (the refusal used to cut the answers still owed; after a
-    request with a broken chunked body, until 2026-11-30 too)."""
+    first, then the JSON 400, then the server closes, also when the client half-closes after its write (the
+    refusal used to cut the answers still owed; after a request with a broken chunked body, until 2026-11-30
+    too, and a half-close then dropped the 400)."""
     _, _, _, body = cases()[0]
     metadata = f"GET /v1/models/{MODEL_NAME} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\n\r\n".encode()
     tail = {
@@ -285,6 +286,7 @@ def test_requests_pipelined_before_bad_bytes_are_answered_before_the_refusal_on_
         port = int(server.url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(_request(PREDICT, body) + metadata + tail)
+            sock.shutdown(socket.SHUT_WR)  # a client done sending (`nc -N`) is owed the same answers
             answers = _read_responses(sock, 4)
             assert [status for status, _, _ in answers] == [200, 200, 400], (server.url, answers)
             assert b"predictions" in answers[0][2] and json.loads(answers[2][2])["status"] == 400

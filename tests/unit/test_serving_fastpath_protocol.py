@@ -66,8 +66,20 @@ class Answers:
         self.recorded.append(status)
 
 
+STARTED: list[str] = []
+
+
 async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The ASGI side: answers after 0.3 s, longer than the test's keep-alive timeout."""
+    """The ASGI side: answers after 0.3 s, longer than the test's keep-alive timeout; ``/body`` reads its body
+    first (which resumes reading), ``/early`` answers at once without reading it (as a 415 would). Every path
+    it starts on is recorded in ``STARTED``."""
+    STARTED.append(scope["path"])
+    if scope["path"] == "/early":
+        await send({"type": "http.response.start", "status": 415, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"early"})
+        return
+    if scope["path"] == "/body":
+        await receive()
     await asyncio.sleep(0.3)
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
     await send({"type": "http.response.body", "body": b"slow"})
@@ -283,25 +295,61 @@ def test_a_broken_chunked_request_queued_behind_an_asgi_request_is_answered_400_
     assert transport.data.endswith(b'"status":400}')
 
 
-def test_a_broken_chunked_request_behind_a_fast_prediction_waits_for_it_even_after_the_client_half_closes() -> None:
-    """A prediction waiting for its batch, a broken request pipelined behind it, then the client's EOF: the
-    prediction's answer, then the 400, and the connection closes."""
+def test_a_broken_chunked_request_behind_a_fast_prediction_and_an_asgi_request_is_answered_last() -> None:
+    """A prediction waiting for its batch, then a request through ASGI, then a broken one, all queued in one read:
+    the prediction's answer, the ASGI answer, the 400, then the connection closes (the broken request, newest in
+    uvicorn's queue, is the one that leaves it)."""
     later = Later(OK)
     server = Answers(later)
+    STARTED.clear()
 
-    async def scenario() -> tuple[bool, bool, Transport]:
+    async def scenario() -> tuple[bool, Transport]:
         protocol, transport = connect(server, keep_alive=5)
-        protocol.data_received(predict() + BROKEN_CHUNKED)
-        kept_open = protocol.eof_received() is True
+        protocol.data_received(predict() + b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n" + BROKEN_CHUNKED)
         await asyncio.sleep(0.02)
         held = transport.data == b"" and not transport.closed
         later.ready()
-        return kept_open, held, transport
+        return held and await until(lambda: transport.closed), transport
 
-    kept_open, held, transport = asyncio.run(scenario())
-    assert kept_open and held and transport.closed and server.recorded == [200]
+    held_then_closed, transport = asyncio.run(scenario())
+    assert held_then_closed and server.recorded == [200] and transport.data.count(b"\r\n\r\n") == 3
     assert transport.data.startswith(b"HTTP/1.1 200") and transport.data.endswith(b'"status":400}')
-    assert transport.data.count(b"\r\n\r\n") == 2  # two responses
+    assert transport.data.index(b"{}") < transport.data.index(b"slow") < transport.data.index(b"HTTP/1.1 400")
+    assert STARTED == ["/slow"]  # the broken request never reached the application
+
+
+def test_a_request_cut_short_by_a_half_close_behind_one_in_flight_costs_that_one_nothing() -> None:
+    """A request that reads its body (resuming reading), a truncated one queued behind it, then the client's EOF:
+    the first is answered and the connection closes; the truncated one gets nothing (it ended as a disconnect)."""
+    server = Answers(OK)
+    truncated = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc"
+
+    async def scenario() -> tuple[bool | None, bool, Transport]:
+        protocol, transport = connect(server, keep_alive=5)
+        protocol.data_received(b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}" + truncated)
+        await asyncio.sleep(0.02)
+        kept_open = protocol.eof_received()
+        return kept_open, await until(lambda: transport.closed), transport
+
+    kept_open, closed, transport = asyncio.run(scenario())
+    assert kept_open is True and closed and transport.data.startswith(b"HTTP/1.1 200")
+    assert transport.data.endswith(b"slow") and transport.data.count(b"HTTP/1.1 ") == 1
+
+
+def test_a_broken_body_after_its_request_was_answered_early_gets_no_second_answer() -> None:
+    """Answered (415) before its body was read, then the body turns out broken: the connection closes, without a
+    400 that the client would take for the answer to a request it never sent."""
+    server = Answers(OK)
+
+    async def scenario() -> Transport:
+        protocol, transport = connect(server, keep_alive=5)
+        protocol.data_received(b"POST /early HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await until(lambda: transport.data.endswith(b"early"))
+        protocol.data_received(b"zz\r\n")
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert transport.closed and transport.data.startswith(b"HTTP/1.1 415") and transport.data.endswith(b"early")
 
 
 def test_nothing_after_a_refused_upgrade_is_served_while_the_requests_before_it_are_answered() -> None:
