@@ -168,7 +168,8 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.close()
                 return
             if getattr(cycle, "response_started", False):  # (a fast request answers only once its body is in)
-                self._hold(CLOSE_ONLY)
+                self._hold(CLOSE_ONLY)  # its response may wait for a body that never comes: close in any case
+                self.loop.call_later(self.timeout_keep_alive, self._close_if_held)
                 return
             if not self._queued(cycle):
                 self._write_refusal(code, message)
@@ -188,15 +189,19 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
             self._refusal = refusal
             self.transport.pause_reading()
 
+    def _close_if_held(self) -> None:
+        if self._refusal is CLOSE_ONLY and not self.transport.is_closing():
+            self.transport.close()
+
     def refusal_due(self) -> bool:
         """Called as a response completes: write a held refusal once no request is left to answer (True)."""
         if self._refusal is None or self.pipeline or self.transport.is_closing():
             return False
         refusal, self._refusal = self._refusal, None
+        self.server_state.total_requests += 1  # the response that just completed (uvicorn's count, skipped)
         if refusal is CLOSE_ONLY:
             self.transport.close()
             return True
-        self.server_state.total_requests += 1
         self._write_refusal(*refusal)
         return True
 
@@ -220,5 +225,9 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self.parser.should_upgrade():
-            super().on_message_complete()
+        if self.parser.should_upgrade():
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete:  # answered before its body was read (a 413 or 415):
+            cycle.more_body = False  # uvicorn leaves it "incomplete", and bytes after it would pass for its body
+        super().on_message_complete()

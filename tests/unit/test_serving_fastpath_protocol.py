@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
@@ -71,9 +72,14 @@ STARTED: list[str] = []
 
 async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The ASGI side: answers after 0.3 s, longer than the test's keep-alive timeout; ``/body`` reads its body
-    first (which resumes reading), ``/early`` answers at once without reading it (as a 415 would). Every path
-    it starts on is recorded in ``STARTED``."""
+    first (which resumes reading), ``/early`` answers at once without reading it (as a 415 would), ``/echo``
+    starts its answer, then waits for the body. Every path it starts on is recorded in ``STARTED``."""
     STARTED.append(scope["path"])
+    if scope["path"] == "/echo":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+        await receive()
+        await send({"type": "http.response.body", "body": b"echo"})
+        return
     if scope["path"] == "/early":
         await send({"type": "http.response.start", "status": 415, "headers": [(b"content-length", b"5")]})
         await send({"type": "http.response.body", "body": b"early"})
@@ -324,32 +330,80 @@ def test_a_request_cut_short_by_a_half_close_behind_one_in_flight_costs_that_one
     server = Answers(OK)
     truncated = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc"
 
-    async def scenario() -> tuple[bool | None, bool, Transport]:
+    async def scenario() -> tuple[bool | None, bool, Transport, int]:
         protocol, transport = connect(server, keep_alive=5)
         protocol.data_received(b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}" + truncated)
         await asyncio.sleep(0.02)
         kept_open = protocol.eof_received()
-        return kept_open, await until(lambda: transport.closed), transport
+        closed = await until(lambda: transport.closed)
+        return kept_open, closed, transport, protocol.server_state.total_requests
 
-    kept_open, closed, transport = asyncio.run(scenario())
+    kept_open, closed, transport, counted = asyncio.run(scenario())
     assert kept_open is True and closed and transport.data.startswith(b"HTTP/1.1 200")
     assert transport.data.endswith(b"slow") and transport.data.count(b"HTTP/1.1 ") == 1
+    assert counted == 1  # the answer written is counted, as uvicorn counts responses
 
 
-def test_a_broken_body_after_its_request_was_answered_early_gets_no_second_answer() -> None:
-    """Answered (415) before its body was read, then the body turns out broken: the connection closes, without a
-    400 that the client would take for the answer to a request it never sent."""
+def test_a_half_close_while_a_refusal_is_held_still_gets_the_answers_then_the_400() -> None:
+    """A prediction, an ASGI request and garbage in one read, then the client's EOF (reading resumes between the
+    answers): both answers, then the JSON 400, then the close."""
+    later = Later(OK)
+    server = Answers(later)
+
+    async def scenario() -> tuple[bool | None, Transport]:
+        protocol, transport = connect(server, keep_alive=5)
+        protocol.data_received(predict() + b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n\x00\x01 not HTTP\r\n\r\n")
+        kept_open = protocol.eof_received()
+        later.ready()
+        await until(lambda: transport.closed)
+        return kept_open, transport
+
+    kept_open, transport = asyncio.run(scenario())
+    assert kept_open is True and transport.closed and transport.data.count(b"\r\n\r\n") == 3
+    assert transport.data.index(b"slow") < transport.data.index(b"HTTP/1.1 400")
+    assert transport.data.endswith(b'"status":400}')
+
+
+@pytest.mark.parametrize(
+    ("framing", "then", "refused"),
+    [
+        ("Transfer-Encoding: chunked", b"zz\r\n", False),  # its own body broken: no second answer
+        ("Content-Length: 2", b"{}\x00\x01 not HTTP\r\n\r\n", True),  # its body whole, then garbage: the 400
+    ],
+)
+def test_bytes_after_a_request_answered_before_its_body_was_read(framing: str, then: bytes, refused: bool) -> None:
+    """Answered (415) before its body was read. A body that turns out broken closes the connection with no 400,
+    which the client would take for the answer to a request it never sent; garbage after a whole body is a new
+    request's, refused with the JSON 400 like any other (not taken for the rest of that body)."""
     server = Answers(OK)
 
     async def scenario() -> Transport:
         protocol, transport = connect(server, keep_alive=5)
-        protocol.data_received(b"POST /early HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        protocol.data_received(b"POST /early HTTP/1.1\r\nHost: t\r\n%s\r\n\r\n" % framing.encode())
         await until(lambda: transport.data.endswith(b"early"))
-        protocol.data_received(b"zz\r\n")
+        protocol.data_received(then)
         return transport
 
     transport = asyncio.run(scenario())
-    assert transport.closed and transport.data.startswith(b"HTTP/1.1 415") and transport.data.endswith(b"early")
+    assert transport.closed and transport.data.startswith(b"HTTP/1.1 415")
+    assert transport.data.endswith(b'"status":400}' if refused else b"early")
+
+
+def test_a_broken_body_under_an_answer_that_waits_for_it_closes_the_connection_in_bounded_time() -> None:
+    """An application that started its answer and waits for the body, which turns out broken: no 400 inside that
+    answer, and the connection does not stay open waiting for a body that cannot come (closed by the keep-alive
+    timeout at the latest)."""
+    server = Answers(OK)
+
+    async def scenario() -> tuple[bool, Transport]:
+        protocol, transport = connect(server, keep_alive=0.1)
+        protocol.data_received(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await asyncio.sleep(0.02)
+        protocol.data_received(b"zz\r\n")
+        return await until(lambda: transport.closed, limit=1.0), transport
+
+    closed, transport = asyncio.run(scenario())
+    assert closed and transport.data.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 400" not in transport.data
 
 
 def test_nothing_after_a_refused_upgrade_is_served_while_the_requests_before_it_are_answered() -> None:
