@@ -161,7 +161,8 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
         bad bytes are inside a request (a broken chunked body), that request can never complete: queued behind
         requests still being answered, it leaves the queue and the 400 is its answer, after theirs; running, it
         gets the 400 at once, unless it was answered before its body was read (a 415, say): then the connection
-        closes once that answer is out, with no second one."""
+        closes once that answer is out, with no second one (at the latest after the keep-alive timeout, should
+        the application wait for the body that cannot come)."""
         cycle = self.cycle
         if cycle is not None and not self.request_complete():  # the bad bytes are inside this request
             if cycle.response_complete:
@@ -230,4 +231,9 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle.response_complete:  # answered before its body was read (a 413 or 415):
             cycle.more_body = False  # uvicorn leaves it "incomplete", and bytes after it would pass for its body
+            # its answer armed no keep-alive timer that still runs (the body's bytes cancelled uvicorn's; the fast
+            # path's fired while the message was in progress): arm one now, or the idle connection stays open
+            if self.timeout_keep_alive_task is None:
+                handler = self.timeout_keep_alive_handler
+                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, handler)
         super().on_message_complete()

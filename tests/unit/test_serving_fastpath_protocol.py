@@ -389,6 +389,22 @@ def test_bytes_after_a_request_answered_before_its_body_was_read(framing: str, t
     assert transport.data.endswith(b'"status":400}' if refused else b"early")
 
 
+def test_a_connection_whose_answer_came_before_its_body_still_closes_once_idle() -> None:
+    """Answered (415) before its body was read, the body arriving after the keep-alive timer looked (and found the
+    message in progress): once the body is in and the client is idle, the connection closes, as any idle one."""
+    server = Answers(OK)
+
+    async def scenario() -> bool:
+        protocol, transport = connect(server, keep_alive=0.1)
+        protocol.data_received(b"POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n")
+        await until(lambda: transport.data.endswith(b"early"))
+        await asyncio.sleep(0.25)  # the timer fired while the body was still owed
+        protocol.data_received(b"{}")
+        return await until(lambda: transport.closed, limit=1.0)
+
+    assert asyncio.run(scenario())
+
+
 def test_a_broken_body_under_an_answer_that_waits_for_it_closes_the_connection_in_bounded_time() -> None:
     """An application that started its answer and waits for the body, which turns out broken: no 400 inside that
     answer, and the connection does not stay open waiting for a body that cannot come (closed by the keep-alive
