@@ -202,6 +202,20 @@ def stolen_share(before: tuple[int, int] | None, after: tuple[int, int] | None) 
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
+def both_cores() -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """core_times of the servers' core and of wrk's, read together."""
+    return core_times(SERVER_CPU), core_times(SERVER_CPU + 1)
+
+
+def steal_during(before: tuple[tuple[int, int] | None, tuple[int, int] | None]) -> dict[str, float | None]:
+    """The share of the servers' core and of wrk's that the host took since ``before`` (both_cores())."""
+    after = both_cores()
+    return {
+        "core_stolen_share": stolen_share(before[0], after[0]),
+        "wrk_core_stolen_share": stolen_share(before[1], after[1]),
+    }
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of the process tree, counting once what its processes share with the largest one.
 
@@ -266,7 +280,7 @@ def started(candidate: Candidate, logs: Path) -> Iterator[tuple[str, int]]:
 
 def saturate(candidate: Candidate, url: str, pid: int, duration: float) -> dict[str, Any]:
     """One closed-loop run at saturation, with the server's CPU seconds per request."""
-    cpu_before, core_before = cpu_seconds(pid), core_times(SERVER_CPU)
+    cpu_before, cores_before = cpu_seconds(pid), both_cores()
     peak = wrk(url, candidate.path, candidate.body, duration, None)
     cpu = cpu_seconds(pid) - cpu_before
     return {
@@ -274,7 +288,7 @@ def saturate(candidate: Candidate, url: str, pid: int, duration: float) -> dict[
         "peak_p99_ms": peak["p99_ms"],
         "errors": peak["errors"],
         "cpu_ms_per_request": 1000 * cpu / max(peak["requests"], 1),
-        "core_stolen_share": stolen_share(core_before, core_times(SERVER_CPU)),
+        **steal_during(cores_before),
     }
 
 
@@ -282,12 +296,14 @@ def latency_points(candidate: Candidate, url: str, pid: int, peak_rps: float, du
     """p50/p99 at 50% and 80% of the server's own peak, wrk paced to a fixed rate, with the server's CPU per request.
 
     The CPU per request is there because paced requests cost more than saturated ones (fewer ready sockets per loop
-    wake-up, smaller batches): a point whose cost exceeds 1/share of the peak's runs saturated.
+    wake-up, smaller batches): a point whose cost exceeds 1/share of the peak's runs saturated. The steal time of
+    both cores is there because a host that takes wrk's core delays the requests (wrk's latency counts from each
+    request's scheduled time) as surely as one that takes the server's.
     """
     points: dict[str, Any] = {}
     for share in (0.5, 0.8):
         target = share * peak_rps
-        cpu_before, lag_before = cpu_seconds(pid), loop_lag(url)
+        cpu_before, lag_before, cores_before = cpu_seconds(pid), loop_lag(url), both_cores()
         paced = wrk(url, candidate.path, candidate.body, duration, target)
         cpu_ms = 1000 * (cpu_seconds(pid) - cpu_before) / max(paced["requests"], 1)
         saturated = paced["rps"] < (1 - SATURATED_SHORTFALL) * target
@@ -296,6 +312,7 @@ def latency_points(candidate: Candidate, url: str, pid: int, peak_rps: float, du
             "saturated": saturated,
             **paced,
             "cpu_ms_per_request": cpu_ms,
+            **steal_during(cores_before),
         }
         if lag_before is not None and (lag_after := loop_lag(url)) is not None:
             point["loop_lag"] = lag_during(lag_before, lag_after)
@@ -735,6 +752,9 @@ def point_notes(servers: dict[str, dict[str, Any]]) -> list[str]:
     if any(saturated):
         named = ", ".join(point for point in saturated if point)
         lines.append(f"- paced points over 3% short of their target rate (saturated there): {named}")
+    steal = paced_steal(servers)
+    if steal:
+        lines.append(f"- the host's share (steal) during the paced points at 80%, over all servers and rounds: {steal}")
     for item in servers.values():
         lags = [lag_over_rounds(item[f"at_{share}"]) for share in (50, 80)]
         if lags[0] is not None and lags[1] is not None:
@@ -746,6 +766,27 @@ def point_notes(servers: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def paced_steal(servers: dict[str, dict[str, Any]]) -> str:
+    """``servers' core 0-12%, wrk's core 3-48%`` over every round of every 80% point that read them; else empty."""
+    said = []
+    for key, core in (("core_stolen_share", "servers' core"), ("wrk_core_stolen_share", "wrk's core")):
+        shares = [
+            one[key] for item in servers.values() for one in point_rounds(item["at_80"]) if one.get(key) is not None
+        ]
+        if shares:
+            said.append(f"{core} {min(shares):.0%}-{max(shares):.0%}")
+    return ", ".join(said)
+
+
+def steal_rounds(point: dict[str, Any]) -> list[list[float]] | None:
+    """[servers' core, wrk's core] steal shares of every round of a paced point; None where a round lacks one."""
+    keys = ("core_stolen_share", "wrk_core_stolen_share")
+    rounds = point_rounds(point)
+    if any(one.get(key) is None for one in rounds for key in keys):
+        return None
+    return [[round(one[key], 3) for key in keys] for one in rounds]
+
+
 def peak_notes(servers: dict[str, dict[str, Any]]) -> list[str]:
     """Servers busy under 90% of their core at their peak: wrk or, with steal time, the host set that peak."""
     lines: list[str] = []
@@ -755,9 +796,11 @@ def peak_notes(servers: dict[str, dict[str, Any]]) -> list[str]:
         if busy >= GENERATOR_BOUND_BUSY:
             continue
         if stolen is not None and stolen >= STEAL_WORTH_NAMING:
+            of_wrk = item.get("wrk_core_stolen_share")
+            also = f" and {of_wrk:.0%} of wrk's" if of_wrk is not None else ""
             lines.append(
                 f"- {item['label']}: busy {busy:.0%} of its core at its peak, while the host took {stolen:.0%} of "
-                "that core (steal): the host or wrk, not the server, set it"
+                f"that core{also} (steal): the host or wrk, not the server, set it"
             )
         else:
             lines.append(f"- {item['label']}: busy {busy:.0%} of its core at its peak: wrk, not the server, set it")
@@ -876,6 +919,14 @@ def run_summary(report: dict[str, Any]) -> dict[str, Any]:
         ],
         "p99_ms_at_80_rounds": {
             k: [round(one["p99_ms"], 2) for one in point_rounds(v["at_80"])] for k, v in servers.items()
+        },
+        "wrk_core_stolen_share_at_peak": {
+            k: round(v["wrk_core_stolen_share"], 3)
+            for k, v in servers.items()
+            if v.get("wrk_core_stolen_share") is not None
+        },
+        "cores_stolen_share_at_80_servers_wrk": {
+            k: steal for k, v in servers.items() if (steal := steal_rounds(v["at_80"])) is not None
         },
         "servers_core_stolen_share_at_peak": {
             k: round(v["core_stolen_share"], 3) for k, v in servers.items() if v.get("core_stolen_share") is not None

@@ -142,4 +142,6 @@ def test_measure_all_runs_peaks_and_latency_points_in_rounds_against_a_real_serv
         assert len(p99s) == 2 and point["p99_ms"] == max(p99s)
         assert {k: v for k, v in point.items() if k != "rounds"} in point["rounds"]
         assert all(one["target_rps"] == share * row["peak_rps"] and one["requests"] > 0 for one in point["rounds"])
+        assert all(0 <= one["wrk_core_stolen_share"] <= 1 for one in point["rounds"])  # both cores read
+        assert all(0 <= one["core_stolen_share"] <= 1 for one in point["rounds"])
     assert row["peak_rps"] == min(row["peak_rps_rounds"]) and len(row["cpu_ms_per_request_rounds"]) == 2

@@ -62,6 +62,10 @@ def test_targets_pass_and_fail_on_the_measured_values() -> None:
         "- bare fast: busy 60% of its core at its peak, while the host took 30% of that core (steal): the host or "
         "wrk, not the server, set it" in markdown({"servers": servers, **summary, "setup": "s"})
     )
+    servers["bare_fast"]["wrk_core_stolen_share"] = 0.45  # and 45% of wrk's
+    assert "the host took 30% of that core and 45% of wrk's (steal)" in markdown(
+        {"servers": servers, **summary, "setup": "s"}
+    )
     servers["mlrelease"]["at_80"]["cpu_ms_per_request"] = 0.25  # 1.5x the peak's 0.1667 ms
     assert "| 0.167 / 0.250 (1.50x) | 450 |" in markdown({"servers": servers, **summary, "setup": "s"})
 
@@ -255,6 +259,13 @@ def test_the_table_shows_each_rounds_p99_and_how_many_rounds_ran_saturated() -> 
     assert "is its round of median p99 of 3 interleaved rounds" in table
     assert "(saturated there): ours at 80% (1 of 3 rounds, not the kept one), numpy at 80% (2 of 3 rounds)" in table
     assert "late in 25.0% of 300 samples at 50%, 25.0% of 300 at 80% (all 3 rounds)" in table
+    assert "steal" not in table  # no readings, no line
+    for one, (ours, of_wrk) in zip(servers["mlrelease"]["at_80"]["rounds"], ((0.0, 0.48), (0.12, 0.03), (0.05, 0.1))):
+        one.update(core_stolen_share=ours, wrk_core_stolen_share=of_wrk)
+    table = markdown({"servers": servers, **summary, "setup": "s"})
+    assert "during the paced points at 80%, over all servers and rounds: servers' core 0%-12%, wrk's core 3%-48%" in (
+        table
+    )
     assert "target p99_ms_at_80 <= 10: 6.10 (median of 3 rounds: 11.20 / 5.00 / 6.10) -> PASS" in table
 
 
@@ -309,6 +320,13 @@ def test_the_runs_file_summarises_each_run_and_keeps_the_earlier_sets(tmp_path: 
     assert rounds["p99_ms_at_80_rounds"]["mlrelease"] == [12.0, 30.04, 9.0] and rounds["paced_rounds"] == 3
     assert rounds["saturated_points"] == ["mlrelease at 80 (2 of 3 rounds)"]
     assert rounds["loop_lag_share_over_10ms_at_50_80"]["mlrelease"] == [0.01, pytest.approx(0.02)]
+    assert rounds["cores_stolen_share_at_80_servers_wrk"] == {} and rounds["wrk_core_stolen_share_at_peak"] == {}
+    for one in ours_80["rounds"]:
+        one.update(core_stolen_share=0.1234, wrk_core_stolen_share=0.5)
+    servers["mlrelease"]["wrk_core_stolen_share"] = 0.25
+    rounds = run_summary(report)
+    assert rounds["cores_stolen_share_at_80_servers_wrk"] == {"mlrelease": [[0.123, 0.5]] * 3}
+    assert rounds["wrk_core_stolen_share_at_peak"] == {"mlrelease": 0.25}
     path = tmp_path / "bench_serving_runs.json"
     write_runs(path, [summary], "first set")
     write_runs(path, [summary, summary], "second set")
