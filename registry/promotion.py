@@ -956,7 +956,31 @@ def _cold_start(p: Promoter, goal: str, slot: str, out: Outcome) -> None:
     try:
         p.target.deploy(PROD, slot, bundle, goal)
     except DeploymentError as exc:  # no traffic moved: end this rollback (a PromotionError clears its journal)
+        if replaced is not None and replaced != goal:
+            try:
+                _forget_stopped_canary(p, replaced, goal)
+            except Exception:  # never in place of the error the on-call engineer needs to read
+                log.exception("removing the alias of the stopped canary (version %s) failed", replaced)
         raise PromotionError(_cold_start_failed(p, goal, exc, replaced)) from exc
+
+
+def _forget_stopped_canary(p: Promoter, version: str, goal: str) -> None:
+    """The canary stopped for a cold start that failed: its alias goes too (no alias names a canary that nothing
+    serves, as after a rollback that succeeds), and the audit log says why it stopped."""
+    p.registry.delete_alias("canary")
+    p.note(
+        AuditRecord(
+            "rollback",
+            PROD,
+            p.by,
+            to_version=p.target.slot_version(PROD, "stable"),
+            from_version=version,
+            alias="canary",
+            weights={"stable": 100},
+            outcome="canary stopped",
+            reason=f"its slot was taken to start version {goal} for a rollback, which could not start",
+        )
+    )
 
 
 def _cold_start_failed(p: Promoter, goal: str, exc: DeploymentError, replaced: str | None) -> str:
@@ -968,7 +992,8 @@ def _cold_start_failed(p: Promoter, goal: str, exc: DeploymentError, replaced: s
     else:
         then = f"run scripts/rollback.sh again to retry version {goal}"
     stopped = (
-        f" The canary of version {replaced}, waiting at weight 0, was stopped to make room for it."
+        f" The canary of version {replaced}, waiting at weight 0, was stopped to make room for it, and its alias"
+        " removed."
         if replaced is not None and replaced != goal
         else ""
     )

@@ -31,6 +31,7 @@ from tests.release_helpers import (
     FAST_RELEASE,
     REPO,
     alias,
+    audit_actions,
     cli,
     env_for,
     make_variant,
@@ -543,13 +544,19 @@ def test_a_cold_rollback_keeps_the_warm_previous_version_warm_whether_it_starts_
     """The version to go back to is not warm. When its server does not come up in time, production stays where it
     is, the rollback ends (it used to stay journaled, so every later rollback retried the same version and every
     `--to` and promotion was refused) and the warm previous version is still warm (it used to be stopped to make
-    room). When it starts, it takes all traffic and the warm previous version is still there too."""
+    room). A canary that passed and waits at weight 0 is stopped to make room, and its alias goes with it (it used
+    to stay, naming a canary nothing served). When it starts, it takes all traffic and the warm previous version is
+    still there too."""
     import yaml
 
     home, name = incident.home, incident.name
     p, a = production_with_warm_previous(incident, tmp_path)
     b = register(make_variant(incident.bundle, tmp_path / "version-b", "same"), home, name, "incident-b")
     promote_over(incident, b, a)  # b serves, a is warm, p is cold
+    c = register(make_variant(incident.bundle, tmp_path / "version-c", "same"), home, name, "incident-c")
+    registry(home).set_registered_model_alias(name, "staging", c)
+    ok(cli(home, "promote", "canary"))  # c passes and waits at weight 0 in the canary slot
+    assert target(home).slot_version(PROD, "canary") == c and alias(home, name, "canary") == c
     rows = sample_rows(incident.bundle, 8)
     warm = target(home).slot(PROD, "previous")
     assert warm is not None and warm.version == a
@@ -563,6 +570,10 @@ def test_a_cold_rollback_keeps_the_warm_previous_version_warm_whether_it_starts_
     assert failed.returncode == 1, show(failed)
     assert f"version {p} could not be started, so no traffic moved: production stays on version {b}" in said, said
     assert f"version {a} is still warm: run scripts/rollback.sh --to {a}" in said, said
+    assert f"The canary of version {c}, waiting at weight 0, was stopped to make room for it, and its alias" in said
+    assert alias(home, name, "canary") is None and target(home).slot_version(PROD, "canary") is None
+    stopped = [r for r in audit_actions(home) if r.get("outcome") == "canary stopped"]
+    assert stopped and stopped[-1]["from_version"] == c and f"start version {p}" in stopped[-1]["reason"], stopped
     assert incident.state().operation is None
     assert_all_on(incident, b, rows, said)
     assert target(home).slot(PROD, "previous") == warm and pid_alive(warm.pid)
