@@ -906,19 +906,7 @@ def _clear_canary(p: Promoter, version: str | None, reason: str, out: Outcome) -
         return
     stable = p.target.slot_version(PROD, "stable")
     p.drop_canary(version, out)
-    p.note(
-        AuditRecord(
-            "rollback",
-            PROD,
-            p.by,
-            to_version=stable,
-            from_version=version,
-            alias="canary",
-            weights={"stable": 100},
-            outcome="canary stopped",
-            reason=reason,
-        )
-    )
+    _note_canary_stopped(p, version, reason)
     out.say(f"canary of version {version} stopped: all production traffic on version {stable}")
 
 
@@ -956,18 +944,25 @@ def _cold_start(p: Promoter, goal: str, slot: str, out: Outcome) -> None:
     try:
         p.target.deploy(PROD, slot, bundle, goal)
     except DeploymentError as exc:  # no traffic moved: end this rollback (a PromotionError clears its journal)
-        if replaced is not None and replaced != goal:
-            try:
-                _forget_stopped_canary(p, replaced, goal)
-            except Exception:  # never in place of the error the on-call engineer needs to read
-                log.exception("removing the alias of the stopped canary (version %s) failed", replaced)
-        raise PromotionError(_cold_start_failed(p, goal, exc, replaced)) from exc
+        stopped = replaced if replaced is not None and replaced != goal else None
+        forgot = stopped is not None and _forget_stopped_canary(p, stopped, goal)
+        raise PromotionError(_cold_start_failed(p, goal, exc, stopped, forgot)) from exc
 
 
-def _forget_stopped_canary(p: Promoter, version: str, goal: str) -> None:
+def _forget_stopped_canary(p: Promoter, version: str, goal: str) -> bool:
     """The canary stopped for a cold start that failed: its alias goes too (no alias names a canary that nothing
-    serves, as after a rollback that succeeds), and the audit log says why it stopped."""
-    p.registry.delete_alias("canary")
+    serves, as after a rollback that succeeds), and the audit log says why it stopped. False if that failed."""
+    try:
+        p.registry.delete_alias("canary")
+        _note_canary_stopped(p, version, f"its slot was taken to start version {goal} for a rollback, which failed")
+    except Exception:  # never in place of the error the on-call engineer needs to read
+        log.exception("removing the alias of the stopped canary (version %s) failed", version)
+        return False
+    return True
+
+
+def _note_canary_stopped(p: Promoter, version: str, reason: str) -> None:
+    """The audit record of a canary stopped by a rollback: all production traffic on stable, and why."""
     p.note(
         AuditRecord(
             "rollback",
@@ -978,28 +973,27 @@ def _forget_stopped_canary(p: Promoter, version: str, goal: str) -> None:
             alias="canary",
             weights={"stable": 100},
             outcome="canary stopped",
-            reason=f"its slot was taken to start version {goal} for a rollback, which could not start",
+            reason=reason,
         )
     )
 
 
-def _cold_start_failed(p: Promoter, goal: str, exc: DeploymentError, replaced: str | None) -> str:
-    """What an on-call engineer reads when the version to roll back to cannot start: nothing moved, and what next."""
+def _cold_start_failed(p: Promoter, goal: str, exc: DeploymentError, stopped: str | None, alias_removed: bool) -> str:
+    """What an on-call engineer reads when the version to roll back to cannot start: nothing moved, and what next
+    (``stopped``: the waiting canary's version, stopped to make room)."""
     serving = p.target.slot_version(PROD, "stable")
     warm = p.target.slot_version(PROD, "previous")
     if warm is not None and warm not in (serving, goal) and wait_identity(p.target, PROD, "previous", 1.0):
         then = f"version {warm} is still warm: run scripts/rollback.sh --to {warm} to move to it in about a second"
     else:
         then = f"run scripts/rollback.sh again to retry version {goal}"
-    stopped = (
-        f" The canary of version {replaced}, waiting at weight 0, was stopped to make room for it, and its alias"
-        " removed."
-        if replaced is not None and replaced != goal
-        else ""
-    )
+    canary = ""
+    if stopped is not None:
+        alias = "and its alias removed" if alias_removed else "but its alias could not be removed (see the log)"
+        canary = f" The canary of version {stopped}, waiting at weight 0, was stopped to make room for it, {alias}."
     return (
         f"version {goal} could not be started, so no traffic moved: production stays on version {serving}. "
-        f"{exc}.{stopped} Next: {then}, or with --to another version"
+        f"{exc}.{canary} Next: {then}, or with --to another version"
     )
 
 

@@ -47,6 +47,7 @@ CONNECTIONS = 64
 GENERATOR_BOUND_BUSY = 0.9  # a server using less of its core than this at its "peak" was waiting for wrk ...
 STEAL_WORTH_NAMING = 0.02  # ... or, on a VM, for the host: the report names steal time above this share
 SERVER_CPU = 0  # servers run on this CPU, wrk on the next (pinned)
+STEAL_KEYS = {"core_stolen_share": "servers' core", "wrk_core_stolen_share": "wrk's core"}  # steal_during's keys
 SATURATED_SHORTFALL = 0.03  # a paced point that achieves less than 97% of its target rate ran saturated
 STEADINESS_SECONDS = 3.0  # the core probe's run, before and after the latency points
 UNSTEADY_SHARE = 0.01  # an ideal server at 80% load would be past the p99 target after more windows than this
@@ -210,10 +211,7 @@ def both_cores() -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
 def steal_during(before: tuple[tuple[int, int] | None, tuple[int, int] | None]) -> dict[str, float | None]:
     """The share of the servers' core and of wrk's that the host took since ``before`` (both_cores())."""
     after = both_cores()
-    return {
-        "core_stolen_share": stolen_share(before[0], after[0]),
-        "wrk_core_stolen_share": stolen_share(before[1], after[1]),
-    }
+    return {key: stolen_share(then, now) for key, then, now in zip(STEAL_KEYS, before, after, strict=True)}
 
 
 def rss_mb(pid: int) -> float:
@@ -241,7 +239,7 @@ def rss_mb(pid: int) -> float:
 
 @contextlib.contextmanager
 def started(candidate: Candidate, logs: Path) -> Iterator[tuple[str, int]]:
-    """Start the candidate pinned to CPU 0, wait until it answers the payload; always stop it."""
+    """Start the candidate pinned to SERVER_CPU, wait until it answers the payload; always stop it."""
     import httpx
 
     port = free_port()
@@ -729,8 +727,9 @@ def server_row(item: dict[str, Any]) -> str:
     a50, a80 = item["at_50"], item["at_80"]
     peak_cpu, paced_cpu = item["cpu_ms_per_request"], a80.get("cpu_ms_per_request")
     cpu = f"{peak_cpu:.3f}" + (f" / {paced_cpu:.3f} ({paced_cpu / peak_cpu:.2f}x)" if paced_cpu else "")
-    at_50 = f"{a50['p50_ms']:.2f} / {a50['p99_ms']:.2f}" + (f" ({each_round(a50)})" if each_round(a50) else "")
-    at_80 = f"{a80['p99_ms']:.2f} (p50 {a80['p50_ms']:.2f}" + (f"; {each_round(a80)})" if each_round(a80) else ")")
+    rounds_50, rounds_80 = each_round(a50), each_round(a80)
+    at_50 = f"{a50['p50_ms']:.2f} / {a50['p99_ms']:.2f}" + (f" ({rounds_50})" if rounds_50 else "")
+    at_80 = f"{a80['p99_ms']:.2f} (p50 {a80['p50_ms']:.2f}" + (f"; {rounds_80})" if rounds_80 else ")")
     return (
         f"| {item['label']} | {item['peak_rps']:,.0f} | {at_50} | {at_80} | "
         f"{a80['rps']:,.0f} / {a80['target_rps']:,.0f} | {cpu} | {item['rss_mb']:.0f} | {item['errors']} |"
@@ -740,7 +739,7 @@ def server_row(item: dict[str, Any]) -> str:
 def point_notes(servers: dict[str, dict[str, Any]]) -> list[str]:
     """Under the table: which figures are the kept rounds', saturated points, event-loop lag over all rounds."""
     lines: list[str] = []
-    rounds = max(len(point_rounds(item["at_80"])) for item in servers.values())
+    rounds = paced_round_count(servers)
     if rounds > 1:
         lines.append(
             f"- each paced point (p50, p99, req/s achieved, CPU at 80%) is its round of median p99 of {rounds} "
@@ -766,10 +765,15 @@ def point_notes(servers: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def paced_round_count(servers: dict[str, dict[str, Any]]) -> int:
+    """How many rounds the paced points ran in (1 in reports from before the rounds)."""
+    return max(len(point_rounds(item["at_80"])) for item in servers.values())
+
+
 def paced_steal(servers: dict[str, dict[str, Any]]) -> str:
     """``servers' core 0-12%, wrk's core 3-48%`` over every round of every 80% point that read them; else empty."""
     said = []
-    for key, core in (("core_stolen_share", "servers' core"), ("wrk_core_stolen_share", "wrk's core")):
+    for key, core in STEAL_KEYS.items():
         shares = [
             one[key] for item in servers.values() for one in point_rounds(item["at_80"]) if one.get(key) is not None
         ]
@@ -780,11 +784,10 @@ def paced_steal(servers: dict[str, dict[str, Any]]) -> str:
 
 def steal_rounds(point: dict[str, Any]) -> list[list[float]] | None:
     """[servers' core, wrk's core] steal shares of every round of a paced point; None where a round lacks one."""
-    keys = ("core_stolen_share", "wrk_core_stolen_share")
     rounds = point_rounds(point)
-    if any(one.get(key) is None for one in rounds for key in keys):
+    if any(one.get(key) is None for one in rounds for key in STEAL_KEYS):
         return None
-    return [[round(one[key], 3) for key in keys] for one in rounds]
+    return [[round(one[key], 3) for key in STEAL_KEYS] for one in rounds]
 
 
 def peak_notes(servers: dict[str, dict[str, Any]]) -> list[str]:
@@ -842,7 +845,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += verdicts(report)
     for when, probe in report.get("steadiness", {}).items():
         said = f"probe failed: {probe['error']}" if "error" in probe else describe(probe)
-        lines.append(f"- servers' core (CPU 0), {when.replace('_', ' ')}: {said}")
+        lines.append(f"- servers' core (CPU {SERVER_CPU}), {when.replace('_', ' ')}: {said}")
     lines.append(f"\n{report['setup']}\n")
     return "\n".join(lines)
 
@@ -869,7 +872,8 @@ def run(model_dir: Path, out: Path, duration: float, skip_mlflow: bool, rounds: 
         "setup": (
             f"Same model ({model_dir}), same instance ({features} features; rows for the mlrelease and bare servers, "
             f"named `inputs` records for MLflow, whose signature is column-based), wrk 1 thread x {CONNECTIONS} "
-            f"connections for {duration:g} s per point on CPU 1, servers on CPU 0; saturation runs interleaved, "
+            f"connections for {duration:g} s per point on CPU {SERVER_CPU + 1}, servers on CPU {SERVER_CPU}; "
+            "saturation runs interleaved, "
             f"median of {rounds}; latency points paced by a Lua scheduler at 50%/80% of each server's own peak, "
             f"interleaved, the round of median p99 of {rounds} kept. "
             f"1-minute load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} (shared machine)."
@@ -896,7 +900,7 @@ def run_summary(report: dict[str, Any]) -> dict[str, Any]:
     servers = report["servers"]
     lags = {k: [lag_over_rounds(v[f"at_{p}"]) for p in (50, 80)] for k, v in servers.items()}
     return {
-        "paced_rounds": max(len(point_rounds(v["at_80"])) for v in servers.values()),
+        "paced_rounds": paced_round_count(servers),
         "peak_rps": {k: round(v["peak_rps"]) for k, v in servers.items()},
         "p99_ms_at_50": {k: round(v["at_50"]["p99_ms"], 2) for k, v in servers.items()},
         "p99_ms_at_80": {k: round(v["at_80"]["p99_ms"], 2) for k, v in servers.items()},
