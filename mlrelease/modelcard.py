@@ -90,14 +90,26 @@ class IntegrityError(RuntimeError):
     """The artifact's bytes do not match the sha256 its card or registry entry promises."""
 
 
+def _check_sha256(path: Path, actual: str, card: ModelCard, expected_sha256: str | None) -> None:
+    if actual != card.sha256:
+        raise IntegrityError(f"{path}: sha256 {actual} does not match model card {card.sha256}")
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise IntegrityError(f"{path}: sha256 {actual} does not match the registry tag {expected_sha256}")
+
+
 def verify_bundle(folder: Path, expected_sha256: str | None = None) -> ModelCard:
     """Check model.pt against its card (and against the registry's sha256 when given); return the card."""
     card = ModelCard.read(folder)
-    actual = sha256_file(folder / card.artifact)
-    if actual != card.sha256:
-        raise IntegrityError(f"{folder / card.artifact}: sha256 {actual} does not match model card {card.sha256}")
-    if expected_sha256 is not None and actual != expected_sha256:
-        raise IntegrityError(
-            f"{folder / card.artifact}: sha256 {actual} does not match the registry tag {expected_sha256}"
-        )
+    path = folder / card.artifact
+    _check_sha256(path, sha256_file(path), card, expected_sha256)
     return card
+
+
+def read_verified_artifact(folder: Path, expected_sha256: str | None = None) -> tuple[ModelCard, bytes]:
+    """The card and model.pt's bytes, checked as ``verify_bundle`` checks them: a loader given these bytes loads
+    exactly what was hashed, even if the folder is rewritten meanwhile (a reload while files are copied in)."""
+    card = ModelCard.read(folder)
+    path = folder / card.artifact
+    data = path.read_bytes()
+    _check_sha256(path, hashlib.sha256(data).hexdigest(), card, expected_sha256)
+    return card, data

@@ -15,7 +15,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PLACEHOLDER_SECRETS = frozenset(
     {"changethis", "changeme", "change-me", "secret", "password", "token", "admin", "example", "xxx", "todo"}
 )
+# Words that mark a value copied from an example, found anywhere in it ("your-admin-token-here"); each is long
+# enough that a random token (secrets.token_urlsafe) practically never contains one.
+PLACEHOLDER_MARKERS: tuple[str, ...] = ("changethis", "changeme", "change-me", "change_me", "placeholder", "example")
+PLACEHOLDER_MARKERS += ("your-", "your_", "-here", "_here", "replaceme", "replace-me", "replace_me", "dummy")
 MIN_SECRET_LENGTH = 16
+MIN_DISTINCT_CHARACTERS = 5  # "xxxxxxxxxxxxxxxx" or "abababab..." is long enough but no secret
 
 
 def check_secret(name: str, value: SecretStr | None) -> SecretStr | None:
@@ -27,12 +32,25 @@ def check_secret(name: str, value: SecretStr | None) -> SecretStr | None:
         # a trailing newline from a secret file: HTTP clients refuse the header and quote it, key included, in
         # their error, which would reach logs and the audit trail
         raise ValueError(f"{name} contains whitespace or control characters (a trailing newline?); strip it")
-    if raw.strip().lower() in PLACEHOLDER_SECRETS or len(raw) < MIN_SECRET_LENGTH:
+    if looks_like_placeholder(raw):
         raise ValueError(
-            f"{name} is a placeholder or shorter than {MIN_SECRET_LENGTH} characters; "
-            "set a real random value, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            f"{name} is a placeholder, shorter than {MIN_SECRET_LENGTH} characters or made of fewer than "
+            f"{MIN_DISTINCT_CHARACTERS} distinct characters; set a real random value, e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
         )
     return value
+
+
+def looks_like_placeholder(raw: str) -> bool:
+    """True for a value no one should use as a secret: too short, a known placeholder, an example's wording
+    ("your-api-key-here"), or too few distinct characters."""
+    lowered = raw.strip().lower()
+    return (
+        len(raw) < MIN_SECRET_LENGTH
+        or lowered in PLACEHOLDER_SECRETS
+        or any(marker in lowered for marker in PLACEHOLDER_MARKERS)
+        or len(set(raw)) < MIN_DISTINCT_CHARACTERS
+    )
 
 
 class Settings(BaseSettings):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -74,7 +75,7 @@ def serve(settings: ServingSettings) -> None:
         access_log=False,
         log_level="info",
         backlog=4096,
-        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_s),  # int(0.5) = 0: no drain at all
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # uvicorn reads it as seconds, float too
         server_header=False,
         proxy_headers=False,  # the rate limiter reads X-Forwarded-For itself (security.client_address), when on

@@ -31,14 +31,37 @@ class Sink(Protocol):
 Waiter = asyncio.Future[np.ndarray] | Sink
 
 
+class RowErrors(Exception):
+    """Raised by a predict function whose batch ran but some of whose rows have no valid answer: ``out`` is the
+    whole batch's output, ``bad`` marks the rows, ``error(rows)`` is the exception for a part, given the indices
+    of its bad rows within it. Only the parts holding bad rows fail, and nothing runs twice. ``answered``, if
+    given, is called with the mask of the rows whose parts did get their answers (for counting them)."""
+
+    def __init__(
+        self,
+        out: np.ndarray,
+        bad: np.ndarray,
+        error: Callable[[np.ndarray], BaseException],
+        answered: Callable[[np.ndarray], None] | None = None,
+    ) -> None:
+        super().__init__(f"{int(bad.sum())} of {len(bad)} rows have no valid answer")
+        self.out = out
+        self.bad = bad
+        self.error = error
+        self.answered = answered
+
+
 def run_batch(predict: Predict, parts: list[np.ndarray]) -> list[Outcome]:
-    """Run all parts as one batch; if that fails, run each alone so one bad part cannot fail the others.
+    """Run all parts as one batch; if that fails, run each alone so one bad part cannot fail the others (unless
+    the call names its bad rows with RowErrors: then only their parts fail, from the same call).
 
     Results are views into the one output array (slices, no copies).
     """
     try:
         batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
         out = predict(batch)
+    except RowErrors as failed:
+        return _split_rows(parts, failed)
     except Exception:
         if len(parts) == 1:
             raise
@@ -54,9 +77,27 @@ def run_batch(predict: Predict, parts: list[np.ndarray]) -> list[Outcome]:
     return results
 
 
+def _split_rows(parts: list[np.ndarray], failed: RowErrors) -> list[Outcome]:
+    """Each part's slice of the output, or its error when any of its rows is marked bad."""
+    results: list[Outcome] = []
+    answered = np.zeros(len(failed.bad), dtype=bool)
+    start = 0
+    for part in parts:
+        stop = start + len(part)
+        bad = np.flatnonzero(failed.bad[start:stop])
+        results.append(failed.error(bad) if len(bad) else failed.out[start:stop])
+        answered[start:stop] = not len(bad)
+        start = stop
+    if failed.answered is not None and answered.any():
+        failed.answered(answered)
+    return results
+
+
 def _run_one(predict: Predict, part: np.ndarray) -> Outcome:
     try:
         return predict(part)
+    except RowErrors as failed:
+        return _split_rows([part], failed)[0]
     except Exception as exc:
         return exc
 

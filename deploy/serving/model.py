@@ -6,6 +6,7 @@ model finishes on it.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from mlrelease.modelcard import (
     IntegrityError,
     ModelCard,
     ReferenceStats,
-    verify_bundle,
+    read_verified_artifact,
 )
 
 log = logging.getLogger(__name__)
@@ -200,13 +201,13 @@ def load_model(
 
     folder = bundle_folder(path)
     try:
-        card = verify_bundle(folder, expected_sha256)
+        card, artifact = read_verified_artifact(folder, expected_sha256)
     except IntegrityError as exc:
         raise ModelLoadError(f"refusing to serve: {exc}") from exc
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{folder}: cannot read the model card: {exc}") from exc
+        raise ModelLoadError(f"{folder}: cannot read the bundle: {exc}") from exc
     try:
-        module = torch.jit.load(str(folder / card.artifact), map_location="cpu")
+        module = torch.jit.load(io.BytesIO(artifact), map_location="cpu")  # the bytes hashed, not a second read
     except (RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(f"{folder / card.artifact}: torch.jit.load failed: {exc}") from exc
     module = frozen(module.eval())

@@ -238,7 +238,7 @@ def _paths(model: LoadedModel | None, settings: ServingSettings) -> dict[str, An
             "post": op(
                 "Hot-swap the model (admin token)",
                 _json(ref["Status"], "Swapped"),
-                (400, 401, 409, 413, 415, 422),
+                (400, 401, 409, 413, 415, 422, 429),
                 "ReloadRequest",
                 security=[{"bearer": []}],
             )

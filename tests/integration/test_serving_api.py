@@ -174,6 +174,31 @@ def test_bad_input_gets_a_named_4xx_and_the_server_stays_ready(
     assert httpx.get(f"{server.url}/ready").status_code == 200
 
 
+def test_values_the_model_overflows_on_get_a_422_and_spare_the_requests_batched_with_them(server: Server) -> None:
+    """1e37 is a finite float32, but over a feature's training scale it overflows inside the model: the answer was
+    a 200 with null probabilities and a made-up class. Requests coalesced into the same batch still get theirs."""
+    import asyncio
+
+    x, _, _ = breast_cancer()
+    far = [1e37] * x.shape[1]
+    bad = {"instances": [x[0].tolist(), far]}
+    answer = httpx.post(server.url + PREDICT, json=bad, timeout=10)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["code"] == "non_finite_output" and answer.json()["error"].startswith("row 1 of the request")
+    v2 = {"inputs": [{"name": "input", "shape": [1, len(far)], "datatype": "FP32", "data": far}]}
+    v2_answer = httpx.post(f"{server.url}/v2/models/{MODEL_NAME}/infer", json=v2, timeout=10)
+    assert v2_answer.status_code == 422 and v2_answer.json()["code"] == "non_finite_output", v2_answer.text
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            bodies = [{"instances": [row]} for row in x[:15].tolist()] + [bad]
+            return await asyncio.gather(*(client.post(server.url + PREDICT, json=b) for b in bodies * 4))
+
+    statuses = [r.status_code for r in asyncio.run(together())]
+    assert statuses == ([200] * 15 + [422]) * 4
+    assert httpx.get(f"{server.url}/ready").status_code == 200
+
+
 def test_routing_errors(server: Server) -> None:
     assert post(server, "/v1/models/other:predict", '{"instances": [' + ROW + "]}").status_code == 404
     wrong_method = httpx.get(server.url + PREDICT)
@@ -198,7 +223,7 @@ def test_metrics_cover_requests_batches_classes_model_and_drift(server: Server) 
     assert 'mlrelease_requests_total{route="/v1/models/{name}:predict",status="200"}' in text
     assert 'mlrelease_request_duration_seconds_bucket{le="0.01",route="/v1/models/{name}:predict"}' in text
     assert "mlrelease_batch_size_bucket" in text
-    assert re.search(r'mlrelease_predictions_total{class="(malignant|benign)",model_version="7"} [1-8]', text)
+    assert re.search(r'mlrelease_predictions_total{class="(malignant|benign)",model_version="7"} [1-9]', text)
     assert f'mlrelease_model_info{{name="{MODEL_NAME}",sha256=' in text
     assert 'mlrelease_feature_drift_psi{feature="mean radius"}' in text
     lag = re.search(r"^mlrelease_event_loop_lag_seconds_count (\S+)$", text, re.MULTILINE)
@@ -243,24 +268,27 @@ def test_the_benchmark_reads_which_runtime_answers(server: Server) -> None:
 
 
 def test_api_key_and_rate_limit(bundle: Path, tmp_path: Path) -> None:
-    with run_server(bundle, tmp_path, api_key=API_KEY, rate_limit_per_second="0.01", rate_limit_burst="3") as srv:
+    settings = {"api_key": API_KEY, "rate_limit_per_second": "0.01", "rate_limit_burst": "4"}
+    with run_server(bundle, tmp_path, enable_admin="true", admin_token=ADMIN_TOKEN, **settings) as srv:
         body = '{"instances": [' + ROW + "]}"
-        assert post(srv, PREDICT, body).status_code == 401
         auth = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
-        assert httpx.post(srv.url + PREDICT, content=body, headers=auth).status_code == 200
         wrong = {**auth, "Authorization": "Bearer " + "x" * len(API_KEY)}
-        assert httpx.post(srv.url + PREDICT, content=body, headers=wrong).status_code == 401
         statuses = [
+            post(srv, PREDICT, body).status_code,
+            httpx.post(srv.url + PREDICT, content=body, headers=auth).status_code,
+            httpx.post(srv.url + PREDICT, content=body, headers=wrong).status_code,
             httpx.post(
-                srv.url + PREDICT,
-                content=body,
-                headers={"Content-Type": "application/json", "X-API-Key": API_KEY},
-            ).status_code
-            for _ in range(3)
+                srv.url + PREDICT, content=body, headers={"Content-Type": "application/json", "X-API-Key": API_KEY}
+            ).status_code,
+            httpx.post(srv.url + PREDICT, content=body, headers=auth).status_code,
         ]
-        assert statuses == [200, 200, 429]
+        assert statuses == [401, 200, 401, 200, 429]  # requests without the key used up the burst as well
         limited = httpx.post(srv.url + PREDICT, content=body, headers=auth)
         assert limited.json()["code"] == "rate_limited" and int(limited.headers["retry-after"]) >= 1
+        # the limit comes before any credential check: guessing a key or the admin token is limited too
+        assert httpx.post(srv.url + PREDICT, content=body, headers=wrong).status_code == 429
+        guess = {"Authorization": "Bearer " + "y" * len(ADMIN_TOKEN)}
+        assert httpx.post(f"{srv.url}/admin/reload", json={}, headers=guess).status_code == 429
         # behind the loopback nginx (a trusted proxy) X-Forwarded-For names the client: another bucket
         proxied = {**auth, "X-Forwarded-For": "203.0.113.9"}
         assert httpx.post(srv.url + PREDICT, content=body, headers=proxied).status_code == 200

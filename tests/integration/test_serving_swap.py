@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import shutil
 import signal
 import socket
 import threading
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -87,6 +90,32 @@ def test_admin_swap_under_load_fails_no_request(bundles: tuple[Path, Path], tmp_
         assert {v for _, v in load.outcomes} == {"1", "2"}
         assert load.outcomes[-1][1] == "2"
         assert httpx.get(f"{srv.url}/ready").json()["model_version"] == "2"
+
+
+def test_a_swapped_out_model_is_freed_once_it_has_retired(bundles: tuple[Path, Path]) -> None:
+    """Each install freezes the heap (gc.freeze); a retired model must not stay there: one model more per swap."""
+    from deploy.serving.app import ModelServer
+    from deploy.serving.config import ModelSource, ServingSettings
+
+    v1, v2 = bundles
+
+    async def swap_twice() -> tuple[weakref.ref[object], weakref.ref[object]]:
+        server = ModelServer(ServingSettings(model_dir=v1, loop_lag_interval_ms=0))
+        await server.reload(ModelSource(model_dir=v1, version="1"))
+        assert server.current is not None
+        first, batcher = weakref.ref(server.current.model), weakref.ref(server.current.batcher)
+        for folder, version in ((v2, "2"), (v1, "3")):
+            await server.reload(ModelSource(model_dir=folder, version=version))
+            await asyncio.gather(*server._tasks)
+        assert server.current is not None and server.current.model.version == "3"
+        await server.shutdown()
+        return first, batcher
+
+    try:
+        first, batcher = asyncio.run(swap_twice())
+        assert first() is None and batcher() is None
+    finally:
+        gc.unfreeze()
 
 
 def test_failed_or_unauthorized_reload_keeps_the_old_model(bundles: tuple[Path, Path], tmp_path: Path) -> None:

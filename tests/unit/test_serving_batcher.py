@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from deploy.serving.batcher import MicroBatcher, run_batch
+from deploy.serving.batcher import MicroBatcher, RowErrors, run_batch
 
 
 def test_concurrent_requests_are_coalesced_and_answered_in_order() -> None:
@@ -80,6 +80,41 @@ def test_a_failing_part_does_not_fail_the_others() -> None:
     np.testing.assert_array_equal(outcomes[2], np.ones((2, 1)))
     with pytest.raises(ValueError):
         run_batch(predict, [-np.ones((1, 1))])
+
+
+def test_rows_without_an_answer_fail_only_their_parts_and_nothing_runs_twice() -> None:
+    calls: list[int] = []
+    counted: list[list[bool]] = []
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        bad = (batch < 0).any(axis=1)
+        if bad.any():
+            raise RowErrors(batch, bad, lambda rows: ValueError(f"rows {rows.tolist()}"), counted_rows)
+        return batch
+
+    def counted_rows(answered: np.ndarray) -> None:
+        counted.append(answered.tolist())
+
+    parts = [np.ones((1, 1)), np.array([[2.0], [-1.0], [3.0], [-4.0]]), np.full((2, 1), 5.0)]
+    outcomes = run_batch(predict, parts)
+    assert calls == [7]  # the batch ran once: its good parts are answered from that call
+    assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "rows [1, 3]"  # numbered within the part
+    np.testing.assert_array_equal(outcomes[0], parts[0])
+    np.testing.assert_array_equal(outcomes[2], parts[2])
+    assert counted == [[True, False, False, False, False, True, True]]  # the failed request's good rows are not
+    alone = run_batch(predict, [parts[1]])
+    assert len(alone) == 1 and isinstance(alone[0], ValueError) and str(alone[0]) == "rows [1, 3]"
+    assert len(counted) == 1  # nothing answered, nothing counted
+
+    def flaky(batch: np.ndarray) -> np.ndarray:  # the whole batch fails: each part runs alone, rows still named
+        if len(batch) > 4:
+            raise RuntimeError("batch failed")
+        return predict(batch)
+
+    again = run_batch(flaky, parts)
+    assert isinstance(again[1], ValueError) and str(again[1]) == "rows [1, 3]"
+    np.testing.assert_array_equal(again[2], parts[2])
 
 
 class RecordingSink:

@@ -93,6 +93,9 @@ def test_secrets_are_read_from_bearer_or_api_key_header() -> None:
 
 
 def test_secrets_with_whitespace_or_placeholders_are_refused() -> None:
+    import random
+    import string
+
     import pytest
     from pydantic import SecretStr, ValidationError
 
@@ -106,9 +109,18 @@ def test_secrets_with_whitespace_or_placeholders_are_refused() -> None:
         (good + "\x00", "control"),
         ("changeme", "placeholder"),
         ("short", "placeholder"),
+        ("your-admin-token-here", "placeholder"),  # long enough, but an example's wording
+        ("CHANGEME-0123456789abcdef", "placeholder"),
+        ("x" * 32, "distinct characters"),
+        ("abab" * 8, "distinct characters"),
     ]:
         with pytest.raises(ValueError, match=why):
             check_secret("api_key", SecretStr(bad))
+    draw = random.Random(0)  # random tokens are not taken for placeholders (hex has only 16 characters to draw)
+    for alphabet in (string.ascii_letters + string.digits + "-_", string.hexdigits[:16]):
+        for _ in range(2000):
+            token = "".join(draw.choice(alphabet) for _ in range(16))
+            assert check_secret("api_key", SecretStr(token)) == SecretStr(token), token
     with pytest.raises(ValidationError, match="whitespace"):
         Settings(api_key=good + "\n")
     assert Settings(api_key=good).prediction_headers() == {"Authorization": f"Bearer {good}"}
