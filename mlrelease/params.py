@@ -95,15 +95,15 @@ class ParamsError(ConfigFileError):
     """params.yaml is missing, not YAML, or does not match the expected shape."""
 
 
-def run_stage(name: str, main: Callable[[], int]) -> int:
+def run_stage(name: str, main: Callable[[], int], config_exit: int = 1) -> int:
     """A DVC stage's entry point: a mistake in a configuration file ends in one line naming the file and the bad
-    keys, not a traceback (the stage writes nothing)."""
+    keys, not a traceback (the stage writes nothing), and exits ``config_exit`` (a gate keeps 1 for its verdict)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return main()
     except ConfigFileError as exc:
         sys.stderr.write(f"{name}: {exc}\nFix that file, then `dvc repro`.\n")
-        return 1
+        return config_exit
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

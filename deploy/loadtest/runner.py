@@ -52,6 +52,15 @@ class LoadtestParams(BaseModel):
     slo: SLO = Field(default_factory=lambda: SLO.model_validate({}))
 
 
+LOCUST_GRACE_S = 120  # start-up, spawn and the final report, beyond the test's own duration
+
+
+def _tail(output: str | bytes | None, size: int = 1500) -> str:
+    """The end of a child's captured output, for an error message."""
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+    return text[-size:] or "(no output)"
+
+
 class LoadtestError(RuntimeError):
     """The load test could not run (server not ready, Locust failed); distinct from a breached SLO."""
 
@@ -192,9 +201,14 @@ def run_loadtest(
         prefix = Path(tmp) / "locust"
         command = locust_command(url, params, prefix, out_html)
         log.info("loadtest: %d users for %d s against %s", params.users, params.duration_s, url)
-        proc = subprocess.run(
-            command, env=env, capture_output=True, text=True, check=False, timeout=params.duration_s + 120
-        )
+        limit = params.duration_s + LOCUST_GRACE_S
+        try:
+            proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=limit)
+        except subprocess.TimeoutExpired as exc:
+            raise LoadtestError(
+                f"locust was still running {limit} s after a {params.duration_s} s test and was stopped; "
+                f"check that {url} answers, then rerun: {_tail(exc.stderr)}"
+            ) from exc
         stats_csv = Path(f"{prefix}_stats.csv")
         if not stats_csv.is_file():
             raise LoadtestError(f"locust exited {proc.returncode} without statistics: {proc.stderr[-2000:]}")

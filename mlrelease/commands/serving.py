@@ -37,17 +37,18 @@ def _loadtest(
     out: Path = typer.Option(Path("reports/loadtest.json"), help="JSON report"),
     html: Path = typer.Option(Path("reports/loadtest.html"), help="Locust HTML report"),
 ) -> None:
-    """Headless Locust against URL with the SLO gates of params.yaml; exits 1 naming each breached SLO."""
+    """Headless Locust against URL with the SLO gates of params.yaml; exits 1 naming each breached SLO, 2 when the
+    test could not run (a params.yaml mistake, a server that does not answer, Locust failing)."""
     from rich.console import Console
     from rich.table import Table
 
     from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest
-    from mlrelease.params import load_params, section
+    from mlrelease.params import ConfigFileError, load_params, section
     from mlrelease.settings import get_settings
 
-    params = load_params(params_file)
     console = Console()
     try:
+        params = load_params(params_file)
         report = run_loadtest(
             url,
             section(params, "loadtest", LoadtestParams),
@@ -57,7 +58,7 @@ def _loadtest(
             html,
             get_settings().prediction_headers(),
         )
-    except LoadtestError as exc:
+    except (LoadtestError, ConfigFileError) as exc:
         console.print(f"[red]loadtest could not run:[/red] {exc}")
         raise typer.Exit(2) from exc
     table = Table("metric", "value", title=f"loadtest {url}")

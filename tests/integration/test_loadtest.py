@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,10 +40,13 @@ def test_stage_serves_the_bundle_runs_locust_and_stops_the_server(
         shared_bundle(tmp_path_factory, seed=0),
         slo={"p95_ms": 2000, "p99_ms": 3000, "max_error_rate": 0.0, "min_rps": 5},
     )
+    # an operator's settings for production servers must not reach the gate's own server: a model URI as well as
+    # the stage's --model-dir would stop it starting, a per-client rate limit would answer the test with 429s
+    operator = server_env(model_uri="models:/other-model@production", rate_limit_per_second="0.5")
     proc = subprocess.run(
         [sys.executable, "-m", "deploy.loadtest.stage"],
         cwd=root,
-        env=server_env(),
+        env=operator,
         capture_output=True,
         text=True,
         timeout=240,
@@ -92,4 +100,75 @@ def test_stage_fails_fast_when_the_model_cannot_load(tmp_path_factory: pytest.Te
     )
     assert proc.returncode == 2
     assert "failed to load its model" in proc.stderr and "sha256" in proc.stderr
+    assert not (root / "reports" / "loadtest.json").exists()
+    assert "Finished server process" in (root / ".mlrelease" / "loadtest-server.log").read_text()
+
+
+def processes_with(fragment: str) -> list[int]:
+    """Pids whose command line contains ``fragment``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and fragment in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_to_the_stage_stops_the_server_and_locust(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A cancelled CI job or `kill` sends SIGTERM mid-test: the stage must leave no server on its port, no Locust."""
+    root = workspace(tmp_path, shared_bundle(tmp_path_factory, seed=0), duration_s=120)
+    server_log = root / ".mlrelease" / "loadtest-server.log"
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "deploy.loadtest.stage"],
+        cwd=root,
+        env=server_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pids: list[int] = []
+    try:
+        for _ in range(1200):
+            text = server_log.read_text() if server_log.exists() else ""
+            server = re.search(r"Started server process \[(\d+)\]", text)
+            port = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", text)
+            locust = processes_with(f"--host http://127.0.0.1:{port.group(1)}") if port else []
+            if server and locust:
+                pids = [int(server.group(1)), *locust]
+                break
+            time.sleep(0.05)
+        assert pids, "the stage's server or Locust did not start"
+        stage.send_signal(signal.SIGTERM)
+        _, stderr = stage.communicate(timeout=60)
+        assert stage.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+        assert "Finished server process" in server_log.read_text()
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        stage.kill()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_params_mistake_is_could_not_run_not_a_breach(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """Exit 1 is the gate's verdict (an SLO breached); a typo in params.yaml is exit 2, named in one line."""
+    root = workspace(tmp_path, shared_bundle(tmp_path_factory, seed=0), userz=4)
+    stage = subprocess.run(
+        [sys.executable, "-m", "deploy.loadtest.stage"], cwd=root, env=server_env(), capture_output=True, text=True
+    )
+    assert stage.returncode == 2 and "loadtest.userz" in stage.stderr, stage.stderr[-2000:]
+    cli = subprocess.run(
+        [str(Path(sys.executable).with_name("mlrelease")), "loadtest", "--url", "http://127.0.0.1:9"],
+        cwd=root,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 2 and "loadtest.userz" in cli.stdout and "Traceback" not in cli.stderr, cli.stdout
     assert not (root / "reports" / "loadtest.json").exists()
