@@ -14,6 +14,8 @@ from registry.fast_rollback import fast_goal
 from registry.promotion import PromotionParams, previous_version
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from registry.promotion import Promoter
 
 
@@ -60,22 +62,22 @@ def test_fast_rollback_applies_only_to_a_warm_previous_version() -> None:
     assert fast_goal(_production({"stable": 95, "canary": 5}), "1") == ("2", "1")
 
 
-@pytest.mark.parametrize(
-    ("state", "to", "reason"),
+@pytest.mark.parametrize(  # states are built when the test runs: a rollback window counted from collection time
+    ("state", "to", "reason"),  # would expire before a long suite got to this test
     [
-        (DeployState(), None, "no warm previous"),
-        (_production({"stable": 100}), "7", "--to 7 is not the warm previous version"),
-        (_production({"stable": 100}, expires_in=-1), None, "expired"),
-        (_production({"previous": 100}), None, "already on the previous version"),
+        (DeployState, None, "no warm previous"),
+        (lambda: _production({"stable": 100}), "7", "--to 7 is not the warm previous version"),
+        (lambda: _production({"stable": 100}, expires_in=-1), None, "expired"),
+        (lambda: _production({"previous": 100}), None, "already on the previous version"),
         (
-            _production({"stable": 100}).model_copy(
+            lambda: _production({"stable": 100}).model_copy(
                 update={"operation": Operation(command="promote canary", version="3", pid=9, by="x")}
             ),
             None,
             "interrupted `promote canary`",
         ),
         (  # a cold rollback to 2 kept 1 warm: running the script again must not move production once more
-            _production({"stable": 100}).model_copy(
+            lambda: _production({"stable": 100}).model_copy(
                 update={"last_rollback": RollbackMark(from_version="3", to_version="2", at=time.time())}
             ),
             None,
@@ -84,9 +86,9 @@ def test_fast_rollback_applies_only_to_a_warm_previous_version() -> None:
     ],
 )
 def test_fast_rollback_hands_everything_else_to_the_full_command(
-    state: DeployState, to: str | None, reason: str
+    state: Callable[[], DeployState], to: str | None, reason: str
 ) -> None:
-    found = fast_goal(state, to)
+    found = fast_goal(state(), to)
     assert isinstance(found, str) and reason in found
 
 
