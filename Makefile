@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/mlrelease demo
 
 test: setup
-	$(BIN)/pytest -n 2 --dist loadgroup -q
+	$(BIN)/pytest -n 2 --dist loadgroup -q --durations=15
 
 test-unit: setup
 	$(BIN)/pytest -q tests/unit
