@@ -12,13 +12,27 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PLACEHOLDER_SECRETS = frozenset(
-    {"changethis", "changeme", "change-me", "secret", "password", "token", "admin", "example", "xxx", "todo"}
-)
 # Words that mark a value copied from an example, found anywhere in it ("your-admin-token-here"); each is long
-# enough that a random token (secrets.token_urlsafe) practically never contains one.
-PLACEHOLDER_MARKERS: tuple[str, ...] = ("changethis", "changeme", "change-me", "change_me", "placeholder", "example")
-PLACEHOLDER_MARKERS += ("your-", "your_", "-here", "_here", "replaceme", "replace-me", "replace_me", "dummy")
+# enough that a random token (secrets.token_urlsafe) practically never contains one. Bare placeholders ("secret",
+# "changeme", "xxx") are all shorter than MIN_SECRET_LENGTH.
+PLACEHOLDER_MARKERS = frozenset(
+    [
+        "changethis",
+        "changeme",
+        "change-me",
+        "change_me",
+        "placeholder",
+        "example",
+        "your-",
+        "your_",
+        "-here",
+        "_here",
+        "replaceme",
+        "replace-me",
+        "replace_me",
+        "dummy",
+    ]
+)
 MIN_SECRET_LENGTH = 16
 MIN_DISTINCT_CHARACTERS = 5  # "xxxxxxxxxxxxxxxx" or "abababab..." is long enough but no secret
 
@@ -44,10 +58,9 @@ def check_secret(name: str, value: SecretStr | None) -> SecretStr | None:
 def looks_like_placeholder(raw: str) -> bool:
     """True for a value no one should use as a secret: too short, a known placeholder, an example's wording
     ("your-api-key-here"), or too few distinct characters."""
-    lowered = raw.strip().lower()
+    lowered = raw.lower()
     return (
         len(raw) < MIN_SECRET_LENGTH
-        or lowered in PLACEHOLDER_SECRETS
         or any(marker in lowered for marker in PLACEHOLDER_MARKERS)
         or len(set(raw)) < MIN_DISTINCT_CHARACTERS
     )

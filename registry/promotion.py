@@ -904,9 +904,8 @@ def _clear_canary(p: Promoter, version: str | None, reason: str, out: Outcome) -
     undid a dead one; make sure no traffic, process or alias is left, and record who stopped it and why."""
     if version is None:
         return
-    stable = p.target.slot_version(PROD, "stable")
     p.drop_canary(version, out)
-    _note_canary_stopped(p, version, reason)
+    stable = _note_canary_stopped(p, version, reason)
     out.say(f"canary of version {version} stopped: all production traffic on version {stable}")
 
 
@@ -961,14 +960,16 @@ def _forget_stopped_canary(p: Promoter, version: str, goal: str) -> bool:
     return True
 
 
-def _note_canary_stopped(p: Promoter, version: str, reason: str) -> None:
-    """The audit record of a canary stopped by a rollback: all production traffic on stable, and why."""
+def _note_canary_stopped(p: Promoter, version: str, reason: str) -> str | None:
+    """The audit record of a canary stopped by a rollback: all production traffic on stable, and why; returns the
+    stable version it names."""
+    stable = p.target.slot_version(PROD, "stable")
     p.note(
         AuditRecord(
             "rollback",
             PROD,
             p.by,
-            to_version=p.target.slot_version(PROD, "stable"),
+            to_version=stable,
             from_version=version,
             alias="canary",
             weights={"stable": 100},
@@ -976,6 +977,7 @@ def _note_canary_stopped(p: Promoter, version: str, reason: str) -> None:
             reason=reason,
         )
     )
+    return stable
 
 
 def _cold_start_failed(p: Promoter, goal: str, exc: DeploymentError, stopped: str | None, alias_removed: bool) -> str:
