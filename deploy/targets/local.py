@@ -29,6 +29,14 @@ from mlrelease.net import free_port
 
 log = logging.getLogger(__name__)
 
+# A slot serves the bundle on its command line: a model source in the operator's environment (a documented
+# serving setting) would make every slot refuse to start ("set either model_dir or model_uri, not both").
+SLOT_DROPPED = ("MLRELEASE_MODEL_URI", "MLRELEASE_MODEL_DIR")
+# Staging exists for the release gates, whose load test comes from one client (127.0.0.1): a per-client rate
+# limit meant for production would turn the gate's own load into 429s, reported as an error-rate breach.
+STAGING_ENV = "staging"
+STAGING_OVERRIDES = {"MLRELEASE_RATE_LIMIT_PER_SECOND": "0"}
+
 TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "nginx.conf.tmpl"
 NGINX_BIN = "/usr/sbin/nginx"
 SERVER_MARKER = "deploy.serving"
@@ -169,7 +177,10 @@ class LocalTarget(DeploymentTarget):
             str(version),
         ]
         log.info("starting %s/%s version %s on port %d (log %s)", environment, slot, version, port, log_path)
-        return spawn_detached(cmd, log_path, {"MLRELEASE_MODEL_VERSION": str(version)})
+        extra = {"MLRELEASE_MODEL_VERSION": str(version)}
+        if environment == STAGING_ENV:
+            extra.update(STAGING_OVERRIDES)
+        return spawn_detached(cmd, log_path, extra, dropped=SLOT_DROPPED)
 
     def _wait_ready(self, slot: Slot, process: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + self.ready_timeout_s

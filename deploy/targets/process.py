@@ -12,18 +12,21 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 JOB_TRACKING_VARS = ("RUNNER_TRACKING_ID",)
 
 
-def detached_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment for a long-lived child, without a CI job's process-tracking marker."""
+def detached_env(extra_env: dict[str, str] | None = None, dropped: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment for a long-lived child, without a CI job's process-tracking marker (nor the
+    variables named in ``dropped``)."""
     env = {**os.environ, **(extra_env or {})}
-    for name in JOB_TRACKING_VARS:
+    for name in (*JOB_TRACKING_VARS, *dropped):
         env.pop(name, None)
     return env
 
 
-def spawn_detached(cmd: list[str], log_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn_detached(
+    cmd: list[str], log_path: Path, extra_env: dict[str, str] | None = None, dropped: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     """Start ``cmd`` from the repository in a session of its own (a Ctrl-C of the caller does not reach it), with
     the repository importable and stdout and stderr appended to ``log_path``."""
-    env = detached_env(extra_env)
+    env = detached_env(extra_env, dropped)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     with log_path.open("ab") as out:
         return subprocess.Popen(

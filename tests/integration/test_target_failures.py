@@ -175,3 +175,31 @@ def test_down_stops_every_server_and_router_and_asks_before_production(tmp_path:
         assert "nothing is running" in cli(tmp_path, "down").stdout
     finally:
         target.stop_all()
+
+
+def test_slots_ignore_the_operators_model_source_and_staging_takes_no_rate_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model URI exported for `python -m deploy.serving` made every slot refuse to start (a slot serves its bundle),
+    and a per-client rate limit meant for production made staging answer the gate's load test with 429s."""
+    import httpx
+
+    from deploy.targets.traffic import predict_path, sample_rows
+
+    monkeypatch.setenv("MLRELEASE_MODEL_URI", "models:/someone-elses@production")
+    monkeypatch.setenv("MLRELEASE_RATE_LIMIT_PER_SECOND", "1")
+    monkeypatch.setenv("MLRELEASE_RATE_LIMIT_BURST", "2")
+    target = LocalTarget(tmp_path / "state", routed=(), ready_timeout_s=60, drain_timeout_s=2)
+    bundle = make_bundle(tmp_path / "bundle", epochs=2)
+    body = {"instances": sample_rows(bundle, 1)}
+    path = predict_path(ModelCard.read(bundle).name)
+    try:
+        codes = {}
+        for environment in ("staging", "production"):
+            url = target.deploy(environment, "stable", bundle, "1")
+            with httpx.Client(timeout=10) as client:
+                codes[environment] = [client.post(url + path, json=body).status_code for _ in range(8)]
+        assert codes["staging"] == [200] * 8, codes  # the gate's environment: no per-client limit
+        assert 429 in codes["production"] and codes["production"][:2] == [200, 200], codes  # the operator's limit
+    finally:
+        target.stop_all()
