@@ -127,11 +127,21 @@ class Nginx:
         pid = self.pid()
         old_workers = workers_of(pid) if pid else []
         if pid is None:
-            subprocess.run(self._cmd(), check=True, capture_output=True, timeout=30, env=detached_env())
+            self._start()
         else:
             os.kill(pid, signal.SIGHUP)
         self._wait_generation(env.entry_port, generation, old_workers)
         atomic_write(stamp, fingerprint)
+
+    def _start(self) -> None:
+        """Start the nginx master (it daemonizes); a failure names nginx's own words (a port taken, say)."""
+        try:
+            result = subprocess.run(self._cmd(), capture_output=True, text=True, timeout=30, env=detached_env())
+        except subprocess.TimeoutExpired as exc:
+            raise DeploymentError(f"nginx did not start within 30 s (see {self.prefix / 'error.log'})") from exc
+        if result.returncode != 0:
+            said = (result.stderr or result.stdout).strip() or f"exit {result.returncode}"
+            raise DeploymentError(f"nginx could not start: {said} (see {self.prefix / 'error.log'})")
 
     def _check(self, conf: Path) -> None:
         cmd = [self.binary, "-t", "-q", "-p", str(self.prefix), "-c", str(conf), "-e", str(self.prefix / "error.log")]

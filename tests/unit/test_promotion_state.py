@@ -175,6 +175,24 @@ def test_an_interrupted_reload_is_redone_by_the_next_apply(
 
 @pytest.mark.integration
 @pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx is installed by make setup")
+def test_nginx_that_cannot_start_is_a_deployment_error_naming_why(tmp_path: Path, backends: dict[str, int]) -> None:
+    """A router whose entry port is taken used to end the command with a CalledProcessError traceback (an on-call's
+    rollback included, when its nginx had died), without nginx's own words."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        nginx = Nginx(tmp_path / "nginx")
+        try:
+            with pytest.raises(DeploymentError, match="nginx could not start: .*Address already in use"):
+                nginx.apply(_env(backends, {"stable": 100}, taken.getsockname()[1]))
+        finally:
+            nginx.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx is installed by make setup")
 def test_a_canary_that_drops_requests_is_seen_only_by_its_share(
     tmp_path: Path, servers: dict[str, http.server.ThreadingHTTPServer], backends: dict[str, int]
 ) -> None:
