@@ -22,13 +22,14 @@ def production_metrics(
     from mlrelease.modelcard import MODEL_FILE, IntegrityError, ModelCard
     from pipelines.common import predict_proba
     from pipelines.evaluate import classification_metrics
+    from registry.client import is_not_found
     from registry.register import download_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
             bundle = download_bundle(f"models:/{model_name}@production", model_name, Path(tmp))
         except MlflowException as exc:
-            if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
+            if is_not_found(exc):
                 return None, f"no production version of {model_name!r} in the registry; nothing to compare"
             raise RuntimeError(
                 f"cannot read the production version of {model_name!r} from the registry "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from mlrelease.settings import Settings, get_settings
@@ -12,6 +14,40 @@ if TYPE_CHECKING:
 
 ALIASES = ("candidate", "staging", "canary", "production")
 _MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+# what the registry answers for a model, version or alias it does not have (sqlite: an unset alias is
+# INVALID_PARAMETER_VALUE, a missing model RESOURCE_DOES_NOT_EXIST; a REST server passes the same codes on)
+NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
+
+
+# An incident's registry calls give up in seconds: MLflow's defaults (7 retries, backoff factor 2, 120 s timeout)
+# spend about four minutes on a server that refuses connections, and longer on one that never answers.
+BRIEF_REQUESTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
+
+
+@contextlib.contextmanager
+def brief_requests() -> Iterator[None]:
+    """MLflow REST calls inside give up within seconds (read by MLflow per request); the environment comes back
+    after. For the rollback, which moves traffic whether or not the registry answers."""
+    saved = {key: os.environ.get(key) for key in BRIEF_REQUESTS}
+    os.environ.update(BRIEF_REQUESTS)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def is_not_found(exc: Exception) -> bool:
+    """True when an MlflowException says the thing asked for does not exist; False for an unreachable server, a
+    refused login or a locked database, which must reach the user as what they are."""
+    return getattr(exc, "error_code", None) in NOT_FOUND_CODES
 
 
 def configure_mlflow(settings: Settings | None = None) -> str:

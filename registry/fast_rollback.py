@@ -128,35 +128,55 @@ def main(argv: list[str] | None = None) -> int:
     global _switched
     args = _args(argv)
     switched: FastSwitch | None = None
+    state_dir: Path | None = None
     if args is not None and not (args.dry_run or args.help):
-        from mlrelease.settings import get_settings
-        from registry.audit import resolve_actor
-
-        result = switch(
-            get_settings().state_dir,
-            args.to,
-            resolve_actor(args.by),
-            args.reason or "incident rollback",
-            process_started(),
-        )
-        if isinstance(result, FastSwitch):
-            switched = _switched = result
+        try:
+            state_dir, switched = _fast(args)
+        except Exception as exc:  # a shortcut only: the full command runs next and says what is wrong
+            skipped = f"rollback: the fast path was skipped ({type(exc).__name__}); the full command follows"
+            print(skipped, file=sys.stderr)
+        _switched = switched
     from mlrelease.commands.release import rollback_main as full
 
     try:
         full(argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if code and switched is not None:
-            print(
-                f"rollback: production traffic was moved to version {switched.to_version} "
-                f"{switched.seconds_since_command:.2f} s after the command started; the steps after it failed as "
-                "shown above. Fix that, then run scripts/rollback.sh again to finish (other commands wait for it; "
-                "`mlrelease status` shows where traffic is now).",
-                file=sys.stderr,
-            )
+        if code and switched is not None and state_dir is not None:
+            print(_after_failure(switched, state_dir), file=sys.stderr)
         return code
     return 0
+
+
+def _fast(args: argparse.Namespace) -> tuple[Path, FastSwitch | None]:
+    """The fast switch for these options: the state folder, and the switch when it moved traffic."""
+    from mlrelease.settings import get_settings
+    from registry.audit import resolve_actor
+
+    state_dir = get_settings().state_dir
+    result = switch(state_dir, args.to, resolve_actor(args.by), args.reason or "incident rollback", process_started())
+    return state_dir, result if isinstance(result, FastSwitch) else None
+
+
+def _after_failure(switched: FastSwitch, state_dir: Path) -> str:
+    """What the on-call reads under the full command's error: traffic did move, and whether a re-run is needed
+    (only while the rollback is still journaled; one that finished but failed its check needs investigating)."""
+    from deploy.targets.state import StateStore
+
+    moved = (
+        f"rollback: production traffic was moved to version {switched.to_version} "
+        f"{switched.seconds_since_command:.2f} s after the command started"
+    )
+    try:
+        pending = StateStore(state_dir).load().operation
+    except Exception:  # unreadable: say what is sure
+        pending = None
+    if pending is not None and pending.command == "rollback":
+        return (
+            f"{moved}; the steps after it failed as shown above. Fix that, then run scripts/rollback.sh again to "
+            "finish (other commands wait for it; `mlrelease status` shows where traffic is now)."
+        )
+    return f"{moved}, and the rollback's steps are done; the error above came after them (`mlrelease status`)."
 
 
 _switched: FastSwitch | None = None  # set by main() in this process, read by the full command that follows

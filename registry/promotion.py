@@ -42,6 +42,7 @@ NEW_SLOT_OF = {
     "promote production": (PROD, "canary"),
 }
 PASSED_TAG = {"staging": "mlrelease.staging_passed", "canary": "mlrelease.canary_passed"}
+PASSED_AGAINST_TAG = "mlrelease.canary_passed_against"  # the stable version the canary was compared with
 ROLLED_BACK_TAG = "mlrelease.rolled_back"  # set on the version a rollback moved production away from
 
 
@@ -51,6 +52,11 @@ class PromotionError(RuntimeError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class RegistryBehind(RuntimeError):
+    """Traffic moved but the registry did not follow: not a PromotionError, so the journal stays and the next run
+    finishes the bookkeeping."""
 
 
 class PromotionParams(BaseModel):
@@ -102,11 +108,17 @@ class Registry:
         return self._client
 
     def alias(self, alias: str) -> str | None:
+        """The version ``alias`` names, or None when it is unset; any other registry error propagates (an
+        unreachable registry is not "no version has this alias")."""
         from mlflow.exceptions import MlflowException
+
+        from registry.client import is_not_found
 
         try:
             return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
-        except MlflowException:
+        except MlflowException as exc:
+            if not is_not_found(exc):
+                raise
             return None
 
     def set_alias(self, alias: str, version: str) -> None:
@@ -127,11 +139,13 @@ class Registry:
         before anything is journaled, so a typo never leaves an operation to recover)."""
         from mlflow.exceptions import MlflowException
 
+        from registry.client import is_not_found
+
         try:
             self.client.get_model_version(self.model_name, version)
             return version
         except MlflowException as exc:
-            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            if not is_not_found(exc):
                 raise
         found = self.client.search_model_versions(f"name='{self.model_name}'")
         known = ", ".join(str(v) for v in sorted(int(m.version) for m in found)) or "none"
@@ -259,6 +273,10 @@ class Promoter:
             self._finish_interrupted_production(op, out)  # the switch was done: finish it, do not report it undone
             self._journal(None)
             return None
+        if op.command == "promote staging" and self._staging_switched(op):
+            self._finish_interrupted_staging(op, out)  # its gates passed and its slot is stable: finish it
+            self._journal(None)
+            return None
         self._production_back_on_stable(out)
         if op.command == "promote staging":
             self._staging_back_on_stable(out)
@@ -337,6 +355,19 @@ class Promoter:
         self._finish_production(op.version, previous, passed, reason)
         out.say(f"production: version {op.version} serves 100% of traffic; its alias and history are now set")
 
+    def _staging_switched(self, op: Operation) -> bool:
+        """`promote staging` died after its gates passed and its new slot became stable, before the alias: staging
+        serves the new version, so reporting it undone would leave the alias on a version nothing serves."""
+        return self.target.slot_version(STAGING, "stable") == op.version and self.registry.alias(STAGING) != op.version
+
+    def _finish_interrupted_staging(self, op: Operation, out: Outcome) -> None:
+        """The alias, tag and audit record the interrupted `promote staging` would have written."""
+        self.registry.set_alias(STAGING, op.version)
+        self.registry.set_tag(op.version, PASSED_TAG["staging"], "true")
+        reason = f"finished by recovery: `promote staging` by {op.by} (pid {op.pid}) died after its gates and switch"
+        self.note(AuditRecord("promote", STAGING, self.by, to_version=op.version, alias=STAGING, reason=reason))
+        out.say(f"staging: version {op.version} serves staging (its gates had passed); alias staging -> {op.version}")
+
     # ----- helpers --------------------------------------------------------------------------------------------
     def _unstaged_candidate(self, staged: str) -> str:
         """A hint when a newer candidate than ``staged`` waits: it reaches canary only through staging."""
@@ -397,7 +428,7 @@ class Promoter:
         """Deploy to staging, run the smoke test and the load-test gate, then move the ``staging`` alias."""
         out = Outcome()
         self.refuse_while_running("promote staging")
-        version = self.require_version(version, "candidate", "register one first (`mlrelease pipeline`)")
+        version = self.require_version(version, "candidate", "register one first (`mlrelease run`)")
         if (
             self.registry.alias(STAGING) == version
             and self.target.slot_version(STAGING, "stable") == version
@@ -409,6 +440,7 @@ class Promoter:
             out.say(f"would deploy version {version} to staging, run smoke + load gates, set alias staging")
             return out
         with self.operation("promote staging", version, out):
+            self.stop_if_aborted()  # a rollback waiting for the lock goes first: staging can wait, an incident not
             bundle = self.bundle(version)
             url = self.target.deploy(STAGING, "pending", bundle, version)
             evidence = self._staging_gates(version, url, bundle)
@@ -435,6 +467,7 @@ class Promoter:
     def _staging_gates(self, version: str, url: str, bundle: Path) -> dict[str, Any]:
         """Smoke test then load gate; on failure stop the new slot, record why, keep staging as it was."""
         try:
+            self.stop_if_aborted()
             evidence: dict[str, Any] = {
                 "smoke": smoke_test(url, bundle, self.params.smoke_rows, self.settings.prediction_headers())
             }
@@ -472,6 +505,7 @@ class Promoter:
                     out,
                     out.with_suffix(".html"),
                     self.settings.prediction_headers(),
+                    stop=self.stop_if_aborted,  # a rollback waiting for the lock does not wait out the test
                 )
             except LoadtestError as exc:
                 raise PromotionError(f"load-test gate could not run: {exc}") from exc
@@ -515,7 +549,8 @@ class Promoter:
             out.say(f"version {version} already serves production; nothing to do{self._unstaged_candidate(version)}")
             return out
         tags = self.registry.tags(version)
-        if tags.get(PASSED_TAG["canary"]) == "true" and self.registry.alias("canary") == version:
+        fresh = tags.get(PASSED_TAG["canary"]) == "true" and not _stale_pass(tags, stable)
+        if fresh and self.registry.alias("canary") == version:
             out.say(f"version {version} already passed canary; next: `mlrelease promote production`")
             return out
         if ROLLED_BACK_TAG in tags and not (force and reason and reason.strip()):
@@ -566,6 +601,7 @@ class Promoter:
             )
         self.target.set_weights(PROD, {"stable": 100})
         self.registry.set_tag(version, PASSED_TAG["canary"], "true")
+        self.registry.set_tag(version, PASSED_AGAINST_TAG, str(stable))
         self.registry.set_tag(version, "mlrelease.canary_report", str(analysis["report"]))
         self.note(
             AuditRecord(
@@ -644,6 +680,13 @@ class Promoter:
             return out
         tags = self.registry.tags(version)
         passed = tags.get(PASSED_TAG["canary"]) == "true"
+        stale = _stale_pass(tags, self.target.slot_version(PROD, "stable"))
+        if stale and not force:
+            raise PromotionError(
+                f"version {version} passed its canary against {stale}: run `mlrelease promote canary` again "
+                "(it needs the staging alias), or pass --force --reason TEXT",
+                exit_code=2,
+            )
         if not passed and not force:
             rolled_back = tags.get(ROLLED_BACK_TAG)
             again = (
@@ -710,8 +753,12 @@ class Promoter:
 
     # ----- rollback --------------------------------------------------------------------------------------------
     def rollback(self, to: str | None, reason: str | None) -> Outcome:
-        """Incident path: no analysis; all production traffic back on the previous (or given) version."""
-        return run_rollback(self, to, reason or "incident rollback")
+        """Incident path: no analysis; all production traffic back on the previous (or given) version. Registry
+        calls give up within seconds: traffic moves whether or not the registry answers."""
+        from registry.client import brief_requests
+
+        with brief_requests():
+            return run_rollback(self, to, reason or "incident rollback")
 
 
 def smoke_test(url: str, bundle_dir: Path, rows: int = 8, headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -831,8 +878,8 @@ def _rollback_plan(
 def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
     """Move production back without analysis; idempotent, resumable after a crash; verifies afterwards."""
     out = Outcome()
-    before = p.target.slot_version(PROD, "stable")
-    if _recover_dead_promotion(p, out) and to is None and p.target.slot_version(PROD, "stable") != before:
+    before = _serving_version(p)
+    if _recover_dead_promotion(p, out) and to is None and _serving_version(p) != before:
         out.say("undoing the interrupted promotion put production back on its previous version: nothing more to do")
         return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
     canary = active_canary(p)
@@ -867,23 +914,44 @@ def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
                     exit_code=2,
                 )
             reason = pending.reason if pending is not None and pending.reason else reason
+            resumed = pending if pending is not None and pending.pid != os.getpid() else None
             p._journal(
                 Operation(
                     command="rollback",
                     version=decided[1],
                     pid=os.getpid(),
-                    by=p.by,
+                    by=resumed.by if resumed is not None else p.by,  # who started it, however many runs finish it
+                    started_at=resumed.started_at if resumed is not None else time.time(),
                     from_version=decided[0],
                     reason=reason,
                 )
             )
-            return _switch_back(p, decided[0], decided[1], reason, out)
+            return _switch_back(p, decided[0], decided[1], reason, out, resumed)
     except PromotionLocked:
         locked_out = True  # the request stays: the promotion holding the lock stops at its next check
         raise
     finally:
         if not locked_out:
             abort.unlink(missing_ok=True)
+
+
+def _stale_pass(tags: dict[str, str], serving: str | None) -> str | None:
+    """What a canary pass was measured against when production has changed since (a rollback, a forced release):
+    a pass compares the version with one stable version and says nothing about another. None when it still holds
+    (or predates the tag)."""
+    against = tags.get(PASSED_AGAINST_TAG)
+    if tags.get(PASSED_TAG["canary"]) != "true" or against is None or serving is None or against == serving:
+        return None
+    return f"version {against}, but production now serves version {serving}"
+
+
+def _serving_version(p: Promoter) -> str | None:
+    """The version holding most of production's traffic (stable's when no weights are written): the one an incident
+    is about. A `promote production` killed after its switch serves the new version from the canary slot while the
+    stable slot still holds the old one, so the stable slot alone does not say what was serving."""
+    weights = p.target.weights(PROD)
+    slot = max(weights, key=lambda name: weights[name]) if weights else "stable"
+    return p.target.slot_version(PROD, slot)
 
 
 def _recover_dead_promotion(p: Promoter, out: Outcome) -> bool:
@@ -999,8 +1067,11 @@ def _cold_start_failed(p: Promoter, goal: str, exc: DeploymentError, stopped: st
     )
 
 
-def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) -> Outcome:
-    """Every step checks the state first, so a re-run after a crash at any point finishes the same rollback."""
+def _switch_back(
+    p: Promoter, bad: str, goal: str, reason: str, out: Outcome, resumed: Operation | None = None
+) -> Outcome:
+    """Every step checks the state first, so a re-run after a crash at any point finishes the same rollback.
+    ``resumed``: the journal of an earlier run that started it (its actor and time go on the audit record)."""
     started = time.monotonic()
     was_warm, slot = _route_to(p, goal, out)
     switch_s = time.monotonic() - started
@@ -1024,31 +1095,53 @@ def _switch_back(p: Promoter, bad: str, goal: str, reason: str, out: Outcome) ->
         state.production_history.append(goal)
     p.journal.save(state)
     verify_production(p, goal, out)
-    p.registry.set_alias(PROD, goal)
-    canary_alias = p.registry.delete_alias("canary")
-    p.registry.set_tag(bad, ROLLED_BACK_TAG, reason[:500])
-    p.registry.set_tag(bad, PASSED_TAG["canary"], "false")  # back to production only through a new canary
+    try:
+        p.registry.set_alias(PROD, goal)
+        canary_alias = p.registry.delete_alias("canary")
+        p.registry.set_tag(bad, ROLLED_BACK_TAG, reason[:500])
+        p.registry.set_tag(bad, PASSED_TAG["canary"], "false")  # back to production only through a new canary
+    except Exception as exc:
+        if not type(exc).__module__.startswith("mlflow"):
+            raise
+        raise RegistryBehind(
+            f"production traffic is on version {goal}, verified; but the registry could not be updated ({exc}), "
+            f"so the production alias, the rolled_back tag on version {bad} and the history entry are still to "
+            "do. Run scripts/rollback.sh again once MLFLOW_TRACKING_URI answers: it finishes only these steps "
+            "(other commands wait for it)"
+        ) from exc
     p.note(
         AuditRecord(
             "rollback",
             PROD,
-            p.by,
+            resumed.by if resumed is not None else p.by,  # the traffic moved on their command
             to_version=goal,
             from_version=bad,
             alias=PROD,
             weights={"stable": 100},
             reason=reason,
-            evidence={
-                "switch_seconds": round(switch_s, 4),
-                "warm": was_warm,
-                "fast_path": fast is not None,
-                "seconds_since_command": round(since_command, 3),
-            },
+            evidence=_rollback_evidence(p, resumed, switch_s, was_warm, fast is not None, since_command),
+            at=resumed.started_at if resumed is not None else time.time(),
         )
     )
     removed = f"; alias canary (version {canary_alias}) removed" if canary_alias is not None else ""
     out.say(f"alias production -> {goal}{removed}; version {bad} stopped and tagged rolled_back")
     return out
+
+
+def _rollback_evidence(
+    p: Promoter, resumed: Operation | None, switch_s: float, warm: bool, fast: bool, since_command: float
+) -> dict[str, Any]:
+    """The rollback record's evidence; a rollback finished by a later run says so and by whom (its timings are
+    that run's, not those of the run that started it)."""
+    evidence: dict[str, Any] = {
+        "switch_seconds": round(switch_s, 4),
+        "warm": warm,
+        "fast_path": fast,
+        "seconds_since_command": round(since_command, 3),
+    }
+    if resumed is not None:
+        evidence.update(finished_by=p.by, finished_at=round(time.time(), 3), started_by_pid=resumed.pid)
+    return evidence
 
 
 def verify_production(p: Promoter, version: str, out: Outcome) -> Outcome:

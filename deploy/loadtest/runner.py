@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,29 @@ def breaches(stats: dict[str, float], slo: SLO) -> list[str]:
     return found
 
 
+def run_stoppable(
+    command: list[str], env: dict[str, str], limit: float, stop: Callable[[], None] | None
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` with output captured and a time limit (TimeoutExpired past it), calling ``stop`` every
+    0.1 s meanwhile; the process is killed and waited for whenever this raises."""
+    deadline = time.monotonic() + limit
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            while True:
+                try:
+                    stdout, stderr = proc.communicate(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+                    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        raise
+                    if stop is not None:
+                        stop()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+
+
 def run_loadtest(
     url: str,
     params: LoadtestParams,
@@ -175,10 +199,13 @@ def run_loadtest(
     out_json: Path,
     out_html: Path,
     headers: dict[str, str] | None = None,
+    stop: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run Locust headless against ``url`` and write the JSON and HTML reports; return the JSON document.
 
     ``headers`` go on every request (the API key when the server requires one: ``Settings.prediction_headers``).
+    ``stop`` is called several times a second while Locust runs; whatever it raises stops Locust and propagates
+    (a promotion's check for a rollback's abort request).
     """
     if not test_csv.is_file():
         raise LoadtestError(f"{test_csv}: test split not found (run the prepare stage first)")
@@ -203,7 +230,7 @@ def run_loadtest(
         log.info("loadtest: %d users for %d s against %s", params.users, params.duration_s, url)
         limit = params.duration_s + LOCUST_GRACE_S
         try:
-            proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False, timeout=limit)
+            proc = run_stoppable(command, env, limit, stop)
         except subprocess.TimeoutExpired as exc:
             raise LoadtestError(
                 f"locust was still running {limit} s after a {params.duration_s} s test and was stopped; "

@@ -537,6 +537,23 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     assert_all_on(incident, a, rows, said)
     assert incident.state().operation is None
 
+    # `promote production` of C killed after its switch, before its renames: C serves 100% from the canary slot.
+    # The on-call's rollback undoes C and stops there; it used to go on to P, stopping the healthy A and tagging
+    # it rolled back while C kept its canary pass.
+    c_bundle = make_variant(incident.bundle, tmp_path / "version-c", "same")
+    c = register(c_bundle, home, name, "incident-c")
+    t = target(home)
+    t.deploy(PROD, "canary", c_bundle, c)
+    t.set_weights(PROD, {"canary": 100.0})
+    assert set(answered_by(t.entry_url(PROD) or "", name, rows)) == {c}
+    journal_killed(incident, "promote production", c)
+    rolled, _ = rollback(home, "--reason", "test: the new version misbehaves")
+    said = " ".join(rolled.stdout.split())
+    assert rolled.returncode == 0 and "nothing more to do" in said, show(rolled)
+    assert_all_on(incident, a, rows, said)
+    assert t.slot_version(PROD, "previous") == p, said
+    assert "mlrelease.rolled_back" not in registry(home).get_model_version(name, a).tags, said
+
 
 def test_a_cold_rollback_keeps_the_warm_previous_version_warm_whether_it_starts_or_not(
     incident: Incident, tmp_path: Path
@@ -591,6 +608,13 @@ def test_a_cold_rollback_keeps_the_warm_previous_version_warm_whether_it_starts_
 
     said = " ".join(ok(cli(home, "rollback", "--to", a, "--reason", "test: back to the warm one")).split())
     assert "warm switch" in said, said
+    assert_all_on(incident, a, rows, said)
+
+    # c passed its canary against b; production has moved on since: that pass no longer lets c in without --force
+    stale = cli(home, "promote", "production", "--version", c)
+    said = " ".join(stale.stderr.split())
+    assert stale.returncode == 2, show(stale)
+    assert f"passed its canary against version {b}, but production now serves version {a}" in said, said
     assert_all_on(incident, a, rows, said)
 
 

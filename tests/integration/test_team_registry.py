@@ -23,10 +23,22 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deploy.targets.traffic import predict_path, sample_rows
 from mlrelease.modelcard import ModelCard
 from mlrelease.net import free_port
 from mlrelease.settings import Settings
-from tests.release_helpers import BIN, FAST_RELEASE, REPO, cli, env_for, make_variant, ok, stop_everything
+from tests.release_helpers import (
+    BIN,
+    FAST_RELEASE,
+    REPO,
+    audit_actions,
+    cli,
+    env_for,
+    make_variant,
+    ok,
+    stop_everything,
+    target,
+)
 from tests.workspace import Workspace
 
 
@@ -199,16 +211,25 @@ def test_a_release_against_a_team_server_on_postgresql(
         ok(cli(home, "promote", "staging", **team))
         ok(cli(home, "promote", "production", "--version", v2, "--force", "--reason", "no canary in this test", **team))
 
-        rollback = subprocess.run(
-            [str(REPO / "scripts" / "rollback.sh"), "--reason", "team registry drill"],
-            cwd=home,
-            env=env_for(home, **team),
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        # the registry is the incident (nothing answers on its port): traffic still moves and is verified, and the
+        # command ends within seconds saying what is left (MLflow's own retries used to hold it for minutes)
+        down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+        started = time.monotonic()
+        rollback = _rollback_sh(home, down, "team registry drill")
+        took = time.monotonic() - started
+        said = " ".join((rollback.stdout + rollback.stderr).split())
+        assert rollback.returncode == 1 and "production traffic is on version 1, verified" in said, said
+        assert "Run scripts/rollback.sh again once MLFLOW_TRACKING_URI answers" in said, said
+        assert took < 60, f"{took:.0f} s with the registry down: {said}"
+        entry = target(home).entry_url("production")
+        assert entry is not None
+        answer = httpx.post(entry + predict_path(name), json={"instances": sample_rows(home / "models", 1)})
+        assert answer.json()["model_version"] == "1", answer.text
+
+        rollback = _rollback_sh(home, team)  # the registry is back: the same rollback is finished
         assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+        record = [r for r in audit_actions(home) if r["action"] == "rollback"][-1]
+        assert record["to_version"] == "1" and "finished_by" in record["evidence"], record  # who started it, who ended
 
         aliases = postgres.sql(
             f"select alias || '=' || version from registered_model_aliases where name = '{name}' order by alias"
@@ -220,6 +241,18 @@ def test_a_release_against_a_team_server_on_postgresql(
         assert "team registry drill" in history and "first release" in history
     finally:
         stop_everything(home)
+
+
+def _rollback_sh(home: Path, env: dict[str, str], reason: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / "scripts" / "rollback.sh"), *(["--reason", reason] if reason else [])],
+        cwd=home,
+        env=env_for(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
 
 
 def _dvc(workspace: Workspace, team: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

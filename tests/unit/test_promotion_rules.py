@@ -218,3 +218,69 @@ def test_a_rollback_that_only_stops_a_canary_says_so(tmp_path: Path) -> None:
     out = Outcome()
     assert _rollback_goal(promoter, None, out) == ("2", None)
     assert out.lines == ["already rolled back from version 3 to 2; nothing to do"]
+
+
+def test_rollback_sh_with_a_bad_setting_names_it_without_a_traceback(tmp_path: Path) -> None:
+    """The fast path read the settings outside any error handling: a bad MLRELEASE_* variable gave a traceback."""
+    import os
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "rollback.sh"
+    env = {**os.environ, "MLRELEASE_HOME": str(tmp_path), "MLRELEASE_RATE_LIMIT_BURST": "0"}
+    run = subprocess.run([str(script), "--reason", "t"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "rollback failed" in run.stderr and "rate_limit_burst" in run.stderr, run.stderr
+
+
+def test_after_a_fast_switch_a_rerun_is_asked_for_only_while_the_rollback_is_unfinished(tmp_path: Path) -> None:
+    """A rollback that finished its steps but failed its final check still said "run scripts/rollback.sh again to
+    finish", which then only answered "nothing to do"."""
+    from deploy.targets.state import StateStore
+    from registry.fast_rollback import FastSwitch, _after_failure
+
+    moved = FastSwitch("2", "1", 0.4, 0.01)
+    store = StateStore(tmp_path)
+    store.save(DeployState(operation=Operation(command="rollback", version="1", pid=1, by="t", from_version="2")))
+    assert "run scripts/rollback.sh again to finish" in _after_failure(moved, tmp_path)
+    store.save(DeployState())
+    said = _after_failure(moved, tmp_path)
+    assert "again" not in said and "steps are done" in said and "version 1" in said, said
+
+
+def test_an_interrupted_staging_promotion_past_its_switch_is_finished_not_reported_undone(tmp_path: Path) -> None:
+    """Killed after its gates passed and its slot became stable, before the alias: recovery used to record the
+    promotion "undone" while staging went on serving the new version and the alias named the old one (which the
+    next `promote canary` then took)."""
+    from registry.promotion import STAGING, Outcome
+
+    promoter = _promoter(tmp_path)
+    client = promoter.registry.client
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source=(tmp_path / "bundle").as_uri())
+    client.set_registered_model_alias("m", STAGING, "1")
+    state = promoter.journal.load()
+    staging = state.env(STAGING)
+    staging.slots["stable"] = Slot(version="2", port=1, pid=2**22 + 7, model_name="m", bundle_dir="/b2")
+    staging.weights = {"stable": 100}
+    state.operation = Operation(command="promote staging", version="2", pid=2**22 + 9, by="ci")
+    promoter.journal.save(state)
+    out = Outcome()
+    assert promoter.recover(out) is None
+    assert promoter.journal.load().operation is None
+    assert promoter.registry.alias(STAGING) == "2" and promoter.registry.tags("2")["mlrelease.staging_passed"] == "true"
+    records = promoter.audit.records()
+    assert [(r["action"], r["outcome"], r["to_version"]) for r in records] == [("promote", "done", "2")], records
+    assert "finished by recovery" in records[-1]["reason"] and any("alias staging -> 2" in x for x in out.lines)
+
+
+def test_a_canary_pass_holds_only_against_the_stable_version_it_was_measured_with() -> None:
+    """A pass against version 2 said nothing once a rollback or a forced release put version 1 or 4 in production,
+    yet `promote production --version V` took it without --force."""
+    from registry.promotion import PASSED_AGAINST_TAG, PASSED_TAG, _stale_pass
+
+    passed = {PASSED_TAG["canary"]: "true", PASSED_AGAINST_TAG: "2"}
+    assert _stale_pass(passed, "2") is None
+    assert _stale_pass(passed, "1") == "version 2, but production now serves version 1"
+    assert _stale_pass({PASSED_TAG["canary"]: "true"}, "1") is None  # a pass recorded before the tag existed
+    assert _stale_pass({**passed, PASSED_TAG["canary"]: "false"}, "1") is None  # no pass: another message

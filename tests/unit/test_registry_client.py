@@ -17,3 +17,26 @@ def test_configuring_mlflow_does_not_leak_into_the_environment(tmp_path: Path, m
     configure_mlflow(Settings(home=tmp_path / "a"))
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
     assert str(tmp_path / "b") in Settings(home=tmp_path / "b").tracking_uri
+
+
+def test_an_unset_alias_is_none_but_an_unreachable_registry_is_an_error(tmp_path: Path, monkeypatch) -> None:
+    """`promote staging` with the registry down said "no version has alias `candidate` ... register one first":
+    every registry error read as an unset alias. Only "not found" is None now; the rest reaches the user."""
+    import pytest
+    from mlflow.exceptions import MlflowException
+
+    from mlrelease.net import free_port
+    from mlrelease.settings import Settings
+    from registry.promotion import Registry
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    local = Registry("no-such-model", Settings(home=tmp_path / "local"))
+    assert local.alias("candidate") is None  # no such model
+    local.client.create_registered_model("no-such-model")
+    assert local.alias("candidate") is None  # the model, but no such alias
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    down = Registry("m", Settings(home=tmp_path / "down", mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(MlflowException):
+        down.alias("candidate")
