@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -28,12 +29,17 @@ BRIEF_REQUESTS = {
 }
 
 
+OUTER_ENV_VAR = "MLRELEASE_OUTER_MLFLOW_HTTP"  # the values brief_requests replaced, for long-lived children
+
+
 @contextlib.contextmanager
 def brief_requests() -> Iterator[None]:
     """MLflow REST calls inside give up within seconds (read by MLflow per request); the environment comes back
     after. For the rollback, which moves traffic whether or not the registry answers."""
-    saved = {key: os.environ.get(key) for key in BRIEF_REQUESTS}
+    saved = {key: os.environ.get(key) for key in (*BRIEF_REQUESTS, OUTER_ENV_VAR)}
     os.environ.update(BRIEF_REQUESTS)
+    # a server or router started meanwhile gets the environment from before (deploy/targets/process.py)
+    os.environ[OUTER_ENV_VAR] = json.dumps({key: saved[key] for key in BRIEF_REQUESTS})
     try:
         yield
     finally:

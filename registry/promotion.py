@@ -287,8 +287,8 @@ class Promoter:
             if self.target.slot_version(env, slot) is not None and self.target.weights(env).get(slot, 0) == 0:
                 self.target.stop(env, slot)
                 out.say(f"stopped {env}/{slot}")
-        if op.command == "promote canary" and self.registry.alias("canary") == op.version:
-            self.registry.delete_alias("canary")
+        if op.command == "promote canary":
+            self._drop_canary_alias_of(op.version, out)
         self.note(
             AuditRecord(
                 "recover",
@@ -355,10 +355,31 @@ class Promoter:
         self._finish_production(op.version, previous, passed, reason)
         out.say(f"production: version {op.version} serves 100% of traffic; its alias and history are now set")
 
+    def _drop_canary_alias_of(self, version: str, out: Outcome) -> None:
+        """The canary alias of an undone `promote canary`, if it names that version. A registry that does not
+        answer leaves it (said, not raised): recovery must not stop an incident's rollback over bookkeeping."""
+        try:
+            if self.registry.alias("canary") == version:
+                self.registry.delete_alias("canary")
+        except Exception as exc:
+            if not type(exc).__module__.startswith("mlflow"):
+                raise
+            out.say(
+                f"the canary alias could not be checked (the registry did not answer: {exc}); it may name {version}"
+            )
+
     def _staging_switched(self, op: Operation) -> bool:
-        """`promote staging` died after its gates passed and its new slot became stable, before the alias: staging
-        serves the new version, so reporting it undone would leave the alias on a version nothing serves."""
-        return self.target.slot_version(STAGING, "stable") == op.version and self.registry.alias(STAGING) != op.version
+        """`promote staging` died after its gates passed and its new slot became stable (renamed: no pending slot
+        left), before the alias: staging serves the new version, so reporting it undone would leave the alias on a
+        version nothing serves. A registry that does not answer says no: recovery then undoes as before."""
+        if self.target.slot_version(STAGING, "stable") != op.version or self.target.slot(STAGING, "pending"):
+            return False
+        try:
+            return self.registry.alias(STAGING) != op.version
+        except Exception as exc:
+            if not type(exc).__module__.startswith("mlflow"):
+                raise
+            return False
 
     def _finish_interrupted_staging(self, op: Operation, out: Outcome) -> None:
         """The alias, tag and audit record the interrupted `promote staging` would have written."""
@@ -679,8 +700,9 @@ class Promoter:
             out.say(f"production already serves version {version}; nothing to do")
             return out
         tags = self.registry.tags(version)
-        passed = tags.get(PASSED_TAG["canary"]) == "true"
-        stale = _stale_pass(tags, self.target.slot_version(PROD, "stable"))
+        serving_now = self.target.slot_version(PROD, "stable")
+        stale = None if serving_now == version else _stale_pass(tags, serving_now)
+        passed = tags.get(PASSED_TAG["canary"]) == "true" and stale is None  # a forced skip is audited as forced
         if stale and not force:
             raise PromotionError(
                 f"version {version} passed its canary against {stale}: run `mlrelease promote canary` again "
@@ -879,9 +901,11 @@ def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
     """Move production back without analysis; idempotent, resumable after a crash; verifies afterwards."""
     out = Outcome()
     before = _serving_version(p)
-    if _recover_dead_promotion(p, out) and to is None and _serving_version(p) != before:
+    if _recover_dead_promotion(p, out) and to is None and (after := _serving_version(p)) != before:
         out.say("undoing the interrupted promotion put production back on its previous version: nothing more to do")
-        return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
+        if before is not None and after is not None:
+            _withdraw_undone(p, before, after, reason, out)
+        return verify_production(p, after or "", out)
     canary = active_canary(p)
     plan = _rollback_plan(p, to, out, p.journal.load().operation, canary)
     if plan is None and canary is None:
@@ -945,6 +969,38 @@ def _stale_pass(tags: dict[str, str], serving: str | None) -> str | None:
     return f"version {against}, but production now serves version {serving}"
 
 
+def _withdraw_undone(p: Promoter, version: str, stable: str, reason: str, out: Outcome) -> None:
+    """The version an incident's rollback found serving from an interrupted promotion, undone by recovery: tagged
+    rolled back, its canary pass and alias withdrawn, as for any version a rollback moves production away from
+    (else the next `promote production` would put it back), and the rollback recorded with the on-call's reason."""
+    try:
+        if p.registry.alias("canary") == version:
+            p.registry.delete_alias("canary")
+        p.registry.set_tag(version, ROLLED_BACK_TAG, reason[:500])
+        p.registry.set_tag(version, PASSED_TAG["canary"], "false")
+        out.say(f"version {version} tagged rolled_back, its canary pass withdrawn")
+    except Exception as exc:
+        if not type(exc).__module__.startswith("mlflow"):
+            raise
+        out.exit_code = 1
+        out.say(
+            f"NOT DONE: the registry did not answer ({exc}), so version {version} keeps its canary pass and is not "
+            "tagged rolled back: do not `mlrelease promote production` it; canary it again once the registry answers"
+        )
+    p.note(
+        AuditRecord(
+            "rollback",
+            PROD,
+            p.by,
+            to_version=stable,
+            from_version=version,
+            weights={"stable": 100},
+            reason=reason,
+            evidence={"undid": "an interrupted `promote production` that served it"},
+        )
+    )
+
+
 def _serving_version(p: Promoter) -> str | None:
     """The version holding most of production's traffic (stable's when no weights are written): the one an incident
     is about. A `promote production` killed after its switch serves the new version from the canary slot while the
@@ -1005,7 +1061,17 @@ def _cold_start(p: Promoter, goal: str, slot: str, out: Outcome) -> None:
             "cannot be started in its place; run scripts/rollback.sh without --to first"
         )
     out.say(f"version {goal} is not warm: starting it (slower than the warm path)")
-    bundle = p.bundle(goal)  # fetched and verified before anything is stopped
+    try:
+        bundle = p.bundle(goal)  # fetched and verified before anything is stopped
+    except Exception as exc:  # a PromotionError ends the rollback unjournaled: nothing moved, nothing to finish
+        if not type(exc).__module__.startswith("mlflow"):
+            raise
+        raise PromotionError(
+            f"version {goal} is not warm and its bundle could not be fetched from the registry ({exc}), so no "
+            f"traffic moved: production stays on version {p.target.slot_version(PROD, 'stable')}. Next: run "
+            "scripts/rollback.sh again once the registry answers, or --to a version that is warm "
+            "(`mlrelease status`)"
+        ) from exc
     replaced = p.target.slot_version(PROD, slot) if slot == "canary" else None
     p.target.stop(PROD, slot)
     try:
@@ -1103,11 +1169,17 @@ def _switch_back(
     except Exception as exc:
         if not type(exc).__module__.startswith("mlflow"):
             raise
+        checked = "verified" if out.exit_code == 0 else "but NOT verified (see above)"
         raise RegistryBehind(
-            f"production traffic is on version {goal}, verified; but the registry could not be updated ({exc}), "
-            f"so the production alias, the rolled_back tag on version {bad} and the history entry are still to "
-            "do. Run scripts/rollback.sh again once MLFLOW_TRACKING_URI answers: it finishes only these steps "
-            "(other commands wait for it)"
+            "\n".join(
+                [
+                    *out.lines,
+                    f"production traffic is on version {goal}, {checked}; the registry could not be updated "
+                    f"({exc}), so the production alias, the rolled_back tag on version {bad} and the history entry "
+                    "are still to do. Run scripts/rollback.sh again once the registry answers: it finishes only "
+                    "these steps (other commands wait for it)",
+                ]
+            )
         ) from exc
     p.note(
         AuditRecord(
@@ -1140,7 +1212,7 @@ def _rollback_evidence(
         "seconds_since_command": round(since_command, 3),
     }
     if resumed is not None:
-        evidence.update(finished_by=p.by, finished_at=round(time.time(), 3), started_by_pid=resumed.pid)
+        evidence.update(finished_by=p.by, finished_at=round(time.time(), 3), previous_run_pid=resumed.pid)
     return evidence
 
 

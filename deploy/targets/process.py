@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -10,6 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # A GitHub Actions runner kills, when a job ends, every process whose environment carries its RUNNER_TRACKING_ID:
 # deployments a promote or rollback job starts on a self-hosted runner must outlive that job.
 JOB_TRACKING_VARS = ("RUNNER_TRACKING_ID",)
+OUTER_ENV_VAR = "MLRELEASE_OUTER_MLFLOW_HTTP"  # set by registry.client.brief_requests (deploy must not import it)
 
 
 def detached_env(extra_env: dict[str, str] | None = None, dropped: tuple[str, ...] = ()) -> dict[str, str]:
@@ -18,6 +20,20 @@ def detached_env(extra_env: dict[str, str] | None = None, dropped: tuple[str, ..
     env = {**os.environ, **(extra_env or {})}
     for name in (*JOB_TRACKING_VARS, *dropped):
         env.pop(name, None)
+    return without_brief_requests(env)
+
+
+def without_brief_requests(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the MLflow request settings from before registry.client.brief_requests (a rollback's short
+    registry timeouts are for the rollback, not for the servers it starts, which outlive it)."""
+    outer = env.pop(OUTER_ENV_VAR, None)
+    if outer is None:
+        return env
+    for key, value in json.loads(outer).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 

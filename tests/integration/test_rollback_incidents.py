@@ -542,6 +542,9 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     # it rolled back while C kept its canary pass.
     c_bundle = make_variant(incident.bundle, tmp_path / "version-c", "same")
     c = register(c_bundle, home, name, "incident-c")
+    client = registry(home)
+    client.set_registered_model_alias(name, "canary", c)  # as its passed canary left it
+    client.set_model_version_tag(name, c, "mlrelease.canary_passed", "true")
     t = target(home)
     t.deploy(PROD, "canary", c_bundle, c)
     t.set_weights(PROD, {"canary": 100.0})
@@ -550,9 +553,15 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     rolled, _ = rollback(home, "--reason", "test: the new version misbehaves")
     said = " ".join(rolled.stdout.split())
     assert rolled.returncode == 0 and "nothing more to do" in said, show(rolled)
-    assert_all_on(incident, a, rows, said)
+    assert_all_on(incident, a, rows, said)  # the canary alias included: gone
     assert t.slot_version(PROD, "previous") == p, said
-    assert "mlrelease.rolled_back" not in registry(home).get_model_version(name, a).tags, said
+    assert "mlrelease.rolled_back" not in client.get_model_version(name, a).tags, said
+    tags = client.get_model_version(name, c).tags  # and c cannot go back to production on its old pass
+    assert tags.get("mlrelease.canary_passed") == "false" and "misbehaves" in tags.get("mlrelease.rolled_back", ""), (
+        tags
+    )
+    back = [r for r in history_rows(home) if r["action"] == "rollback"]
+    assert back and (back[-1]["from"], back[-1]["to"]) == (c, a) and "misbehaves" in back[-1]["reason"], back
 
 
 def test_a_cold_rollback_keeps_the_warm_previous_version_warm_whether_it_starts_or_not(

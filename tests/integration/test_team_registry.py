@@ -218,8 +218,10 @@ def test_a_release_against_a_team_server_on_postgresql(
         rollback = _rollback_sh(home, down, "team registry drill")
         took = time.monotonic() - started
         said = " ".join((rollback.stdout + rollback.stderr).split())
-        assert rollback.returncode == 1 and "production traffic is on version 1, verified" in said, said
-        assert "Run scripts/rollback.sh again once MLFLOW_TRACKING_URI answers" in said, said
+        assert rollback.returncode == 1 and "production traffic is on version 1, verified;" in said, said
+        assert (
+            "Run scripts/rollback.sh again once the registry answers" in said and "traffic: 100% on version 1" in said
+        ), said
         assert took < 60, f"{took:.0f} s with the registry down: {said}"
         entry = target(home).entry_url("production")
         assert entry is not None

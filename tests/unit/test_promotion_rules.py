@@ -265,6 +265,15 @@ def test_an_interrupted_staging_promotion_past_its_switch_is_finished_not_report
     staging.weights = {"stable": 100}
     state.operation = Operation(command="promote staging", version="2", pid=2**22 + 9, by="ci")
     promoter.journal.save(state)
+    died_early = state.model_copy(deep=True)  # the same run killed earlier: its new slot still pending
+    died_early.env(STAGING).slots["pending"] = Slot(version="2", port=3, pid=2**22 + 8, model_name="m", bundle_dir="/b")
+    promoter.journal.save(died_early)
+    assert promoter.recover(Outcome()) is None
+    assert promoter.registry.alias(STAGING) == "1" and promoter.audit.records()[-1]["outcome"] == "undone"
+    assert "pending" not in promoter.journal.load().env(STAGING).slots
+    promoter.audit.path.unlink()
+
+    promoter.journal.save(state)
     out = Outcome()
     assert promoter.recover(out) is None
     assert promoter.journal.load().operation is None
@@ -284,3 +293,36 @@ def test_a_canary_pass_holds_only_against_the_stable_version_it_was_measured_wit
     assert _stale_pass(passed, "1") == "version 2, but production now serves version 1"
     assert _stale_pass({PASSED_TAG["canary"]: "true"}, "1") is None  # a pass recorded before the tag existed
     assert _stale_pass({**passed, PASSED_TAG["canary"]: "false"}, "1") is None  # no pass: another message
+
+
+def test_a_cold_rollback_with_the_registry_down_ends_unjournaled_with_nothing_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No warm version and no registry: fetching the bundle failed after the rollback was journaled, so it stayed
+    journaled and every later command (a `--to` a warm version included) was refused until the registry came back."""
+    from deploy.targets.local import LocalTarget
+    from mlrelease.net import free_port
+    from mlrelease.settings import Settings
+    from registry.analysis import CanaryParams
+    from registry.promotion import Promoter, PromotionError, Registry
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = Settings(home=tmp_path, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
+    target = LocalTarget(settings.state_dir)
+    stable = Slot(version="2", port=1, pid=2**22 + 3, model_name="m", bundle_dir="/b2")
+    env = Environment(slots={"stable": stable}, weights={"stable": 100})
+    target.store.save(DeployState(environments={"production": env}, production_history=["1", "2"]))
+    promoter = Promoter(
+        settings=settings,
+        model_name="m",
+        canary_params=CanaryParams(),
+        params=PromotionParams(),
+        target=target,
+        registry=Registry("m", settings),
+        by="tester",
+    )
+    with pytest.raises(PromotionError, match="bundle could not be fetched from the registry.*no traffic moved"):
+        promoter.rollback(None, "test")
+    after = target.store.load()
+    assert after.operation is None
+    assert after.env("production").slots == {"stable": stable} and after.env("production").weights == {"stable": 100}

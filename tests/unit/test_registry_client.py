@@ -40,3 +40,21 @@ def test_an_unset_alias_is_none_but_an_unreachable_registry_is_an_error(tmp_path
     down = Registry("m", Settings(home=tmp_path / "down", mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(MlflowException):
         down.alias("candidate")
+
+
+def test_brief_registry_requests_stay_in_the_rollback(monkeypatch) -> None:
+    """The rollback's short MLflow timeouts went on to every server and router it started, which outlive it."""
+    import os
+
+    from deploy.targets.process import detached_env
+    from registry.client import BRIEF_REQUESTS, brief_requests
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    with brief_requests():
+        assert all(os.environ[key] == value for key, value in BRIEF_REQUESTS.items())
+        child = detached_env()
+        assert child["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300" and "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in child
+        assert not any(key.startswith("MLRELEASE_OUTER") for key in child)
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300" and "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert not any(key.startswith("MLRELEASE_OUTER") for key in os.environ)
