@@ -92,14 +92,15 @@ def test_fast_rollback_hands_everything_else_to_the_full_command(
     assert isinstance(found, str) and reason in found
 
 
-def _promoter(home: Path) -> Promoter:
-    """A promoter on an empty local deployment state and an unused registry under ``home``."""
+def _promoter(home: Path, tracking_uri: str | None = None) -> Promoter:
+    """A promoter on an empty local deployment state and an unused registry under ``home`` (or at
+    ``tracking_uri``)."""
     from deploy.targets.local import LocalTarget
     from mlrelease.settings import Settings
     from registry.analysis import CanaryParams
     from registry.promotion import Promoter, Registry
 
-    settings = Settings(home=home)
+    settings = Settings(home=home, mlflow_tracking_uri=tracking_uri)
     return Promoter(
         settings=settings,
         model_name="m",
@@ -302,25 +303,15 @@ def test_a_cold_rollback_with_the_registry_down_ends_unjournaled_with_nothing_mo
     journaled and every later command (a `--to` a warm version included) was refused until the registry came back."""
     from deploy.targets.local import LocalTarget
     from mlrelease.net import free_port
-    from mlrelease.settings import Settings
-    from registry.analysis import CanaryParams
-    from registry.promotion import Promoter, PromotionError, Registry
+    from registry.promotion import PromotionError
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    settings = Settings(home=tmp_path, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
-    target = LocalTarget(settings.state_dir)
+    promoter = _promoter(tmp_path, f"http://127.0.0.1:{free_port()}")
+    target = promoter.target
+    assert isinstance(target, LocalTarget)
     stable = Slot(version="2", port=1, pid=2**22 + 3, model_name="m", bundle_dir="/b2")
     env = Environment(slots={"stable": stable}, weights={"stable": 100})
     target.store.save(DeployState(environments={"production": env}, production_history=["1", "2"]))
-    promoter = Promoter(
-        settings=settings,
-        model_name="m",
-        canary_params=CanaryParams(),
-        params=PromotionParams(),
-        target=target,
-        registry=Registry("m", settings),
-        by="tester",
-    )
     with pytest.raises(PromotionError, match="bundle could not be fetched from the registry.*no traffic moved"):
         promoter.rollback(None, "test")
     after = target.store.load()
