@@ -270,8 +270,8 @@ class Promoter:
             return None
         out.say(f"recovering from an interrupted `{op.command}` of version {op.version} (pid {op.pid})")
         if op.command == "promote production" and self.target.slot_version(PROD, "stable") == op.version:
-            self._finish_interrupted_production(op, out)  # the switch was done: finish it, do not report it undone
-            self._journal(None)
+            self._finish_interrupted_production(op, out, tolerate_registry=resume_rollback)
+            self._journal(None)  # the switch was done: finished, not reported undone
             return None
         if op.command == "promote staging" and self._staging_switched(op):
             self._finish_interrupted_staging(op, out)  # its gates passed and its slot is stable: finish it
@@ -345,14 +345,25 @@ class Promoter:
                 f"Next: check {self.state_dir / 'logs'} and `mlrelease status`, then {then}"
             )
 
-    def _finish_interrupted_production(self, op: Operation, out: Outcome) -> None:
+    def _finish_interrupted_production(self, op: Operation, out: Outcome, tolerate_registry: bool = False) -> None:
         """`promote production` died after its switch: all traffic on the new stable, then its alias, history
-        and audit record, as the command would have written them."""
+        and audit record, as the command would have written them. ``tolerate_registry``: for a rollback, which
+        moves production away from it next, a registry that does not answer leaves that bookkeeping undone
+        (said) instead of stopping the rollback before it moves any traffic."""
         self._route_all(PROD, "stable", out)  # a no-op when the switch already routed everything there
-        passed = self.registry.tags(op.version).get(PASSED_TAG["canary"]) == "true"
-        previous = self.target.slot_version(PROD, "previous")
-        reason = f"finished by recovery: `promote production` by {op.by} (pid {op.pid}) died after its switch"
-        self._finish_production(op.version, previous, passed, reason)
+        try:
+            passed = self.registry.tags(op.version).get(PASSED_TAG["canary"]) == "true"
+            previous = self.target.slot_version(PROD, "previous")
+            reason = f"finished by recovery: `promote production` by {op.by} (pid {op.pid}) died after its switch"
+            self._finish_production(op.version, previous, passed, reason)
+        except Exception as exc:
+            if not (tolerate_registry and type(exc).__module__.startswith("mlflow")):
+                raise
+            out.say(
+                f"production: version {op.version} serves 100% of traffic, switched by a `promote production` that "
+                f"died; its alias could not be set (the registry did not answer: {exc}); the rollback goes on"
+            )
+            return
         out.say(f"production: version {op.version} serves 100% of traffic; its alias and history are now set")
 
     def _drop_canary_alias_of(self, version: str, out: Outcome) -> None:

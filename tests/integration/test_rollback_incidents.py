@@ -26,6 +26,7 @@ from deploy.targets.local import is_our_server, pid_alive
 from deploy.targets.state import DeployState, Operation
 from deploy.targets.traffic import LoadDriver, LoadResult, predict_path, sample_rows
 from mlrelease.modelcard import ModelCard
+from mlrelease.net import free_port
 from tests.release_helpers import (
     BIN,
     FAST_RELEASE,
@@ -58,13 +59,15 @@ LOAD = {"rps": 40, "concurrency": 4}
 # ----- helpers ------------------------------------------------------------------------------------------------------
 
 
-def rollback(home: Path, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], float]:
+def rollback(
+    home: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run scripts/rollback.sh (from an unrelated cwd, as an operator would); return the result and its seconds."""
     started = time.monotonic()
     proc = subprocess.run(
         [str(ROLLBACK), *args],
         cwd=home.parent,
-        env=env_for(home),
+        env=env_for(home, **(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -562,6 +565,19 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     )
     back = [r for r in history_rows(home) if r["action"] == "rollback"]
     assert back and (back[-1]["from"], back[-1]["to"]) == (c, a) and "misbehaves" in back[-1]["reason"], back
+
+    # `promote production` of A killed after its switch (as at the start), and the registry down: recovery cannot
+    # write A's alias, but the rollback still moves production to the warm P, then says what is left
+    history = target(home).store.load().production_history
+    journal_killed(incident, "promote production", a, production_history=history[:-1])
+    down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    rolled, _ = rollback(home, "--reason", "test: registry down too", env=down)
+    said = " ".join((rolled.stdout + rolled.stderr).split())
+    assert rolled.returncode == 1 and "its alias could not be set" in said, show(rolled)
+    assert "production traffic is on version " + p in said, said
+    assert set(answered_by(t.entry_url(PROD) or "", name, rows)) == {p}, said
+    finished, _ = rollback(home)  # the registry is back: the same rollback is finished
+    assert_all_on(incident, p, rows, show(finished))
 
 
 def test_a_cold_rollback_keeps_the_warm_previous_version_warm_whether_it_starts_or_not(
