@@ -39,7 +39,8 @@ def brief_requests() -> Iterator[None]:
     saved = {key: os.environ.get(key) for key in (*BRIEF_REQUESTS, OUTER_ENV_VAR)}
     os.environ.update(BRIEF_REQUESTS)
     # a server or router started meanwhile gets the environment from before (deploy/targets/process.py)
-    os.environ[OUTER_ENV_VAR] = json.dumps({key: saved[key] for key in BRIEF_REQUESTS})
+    if saved[OUTER_ENV_VAR] is None:  # nested: the outermost values stay the ones children get
+        os.environ[OUTER_ENV_VAR] = json.dumps({key: saved[key] for key in BRIEF_REQUESTS})
     try:
         yield
     finally:

@@ -390,13 +390,27 @@ class Promoter:
         except Exception as exc:
             if not type(exc).__module__.startswith("mlflow"):
                 raise
-            return False
+            return True  # switched all the same: finishing says what the registry could not take
 
     def _finish_interrupted_staging(self, op: Operation, out: Outcome) -> None:
-        """The alias, tag and audit record the interrupted `promote staging` would have written."""
-        self.registry.set_alias(STAGING, op.version)
-        self.registry.set_tag(op.version, PASSED_TAG["staging"], "true")
+        """The alias, tag and audit record the interrupted `promote staging` would have written; a registry that
+        does not answer leaves the alias (said, with what to run), never an "undone" record for a done switch."""
         reason = f"finished by recovery: `promote staging` by {op.by} (pid {op.pid}) died after its gates and switch"
+        try:
+            self.registry.set_alias(STAGING, op.version)
+            self.registry.set_tag(op.version, PASSED_TAG["staging"], "true")
+        except Exception as exc:
+            if not type(exc).__module__.startswith("mlflow"):
+                raise
+            self.note(
+                AuditRecord("promote", STAGING, self.by, to_version=op.version, reason=reason, outcome="alias not set")
+            )
+            out.say(
+                f"staging: version {op.version} serves staging (its gates had passed), but its alias could not be "
+                f"set (the registry did not answer: {exc}); once it answers: `mlrelease promote staging --version "
+                f"{op.version}`"
+            )
+            return
         self.note(AuditRecord("promote", STAGING, self.by, to_version=op.version, alias=STAGING, reason=reason))
         out.say(f"staging: version {op.version} serves staging (its gates had passed); alias staging -> {op.version}")
 
@@ -742,6 +756,9 @@ class Promoter:
 
     def _switch_production(self, version: str, passed: bool, reason: str | None, out: Outcome) -> None:
         previous = self.target.slot_version(PROD, "stable")
+        if previous == version and self.registry.alias(PROD) == version:  # recovery just finished this very release
+            out.say(f"production already serves version {version}; nothing more to do")
+            return
         if previous != version:
             if self.target.slot_version(PROD, "canary") != version:
                 self.target.deploy(PROD, "canary", self.bundle(version), version)
@@ -912,11 +929,12 @@ def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
     """Move production back without analysis; idempotent, resumable after a crash; verifies afterwards."""
     out = Outcome()
     before = _serving_version(p)
-    if _recover_dead_promotion(p, out) and to is None and (after := _serving_version(p)) != before:
-        out.say("undoing the interrupted promotion put production back on its previous version: nothing more to do")
-        if before is not None and after is not None:
-            _withdraw_undone(p, before, after, reason, out)
-        return verify_production(p, after or "", out)
+    after = _serving_version(p) if _recover_dead_promotion(p, out) else before
+    if before is not None and after is not None and after != before and to != before:
+        _withdraw_undone(p, before, after, reason, out)
+        if to in (None, after):
+            out.say("undoing the interrupted promotion put production back on its previous version: nothing more to do")
+            return verify_production(p, after, out)
     canary = active_canary(p)
     plan = _rollback_plan(p, to, out, p.journal.load().operation, canary)
     if plan is None and canary is None:
@@ -983,7 +1001,12 @@ def _stale_pass(tags: dict[str, str], serving: str | None) -> str | None:
 def _withdraw_undone(p: Promoter, version: str, stable: str, reason: str, out: Outcome) -> None:
     """The version an incident's rollback found serving from an interrupted promotion, undone by recovery: tagged
     rolled back, its canary pass and alias withdrawn, as for any version a rollback moves production away from
-    (else the next `promote production` would put it back), and the rollback recorded with the on-call's reason."""
+    (else the next `promote production` would put it back), the rollback marked (a second run then says "already
+    rolled back" instead of moving on to an older version) and recorded with the on-call's reason."""
+    state = p.journal.load()
+    state.last_rollback = RollbackMark(from_version=version, to_version=stable, at=time.time())
+    p.journal.save(state)
+    outcome = "done"
     try:
         if p.registry.alias("canary") == version:
             p.registry.delete_alias("canary")
@@ -994,6 +1017,7 @@ def _withdraw_undone(p: Promoter, version: str, stable: str, reason: str, out: O
         if not type(exc).__module__.startswith("mlflow"):
             raise
         out.exit_code = 1
+        outcome = "registry not updated"
         out.say(
             f"NOT DONE: the registry did not answer ({exc}), so version {version} keeps its canary pass and is not "
             "tagged rolled back: do not `mlrelease promote production` it; canary it again once the registry answers"
@@ -1007,6 +1031,7 @@ def _withdraw_undone(p: Promoter, version: str, stable: str, reason: str, out: O
             from_version=version,
             weights={"stable": 100},
             reason=reason,
+            outcome=outcome,
             evidence={"undid": "an interrupted `promote production` that served it"},
         )
     )
@@ -1075,8 +1100,17 @@ def _cold_start(p: Promoter, goal: str, slot: str, out: Outcome) -> None:
     try:
         bundle = p.bundle(goal)  # fetched and verified before anything is stopped
     except Exception as exc:  # a PromotionError ends the rollback unjournaled: nothing moved, nothing to finish
-        if not type(exc).__module__.startswith("mlflow"):
+        from registry.client import is_not_found
+
+        if not type(exc).__module__.startswith(("mlflow", "requests")):
             raise
+        serving = p.target.slot_version(PROD, "stable")
+        if is_not_found(exc):
+            raise PromotionError(
+                f"version {goal} is not warm and not in the registry ({exc}), so no traffic moved: production stays on "
+                f"version {serving}. Next: scripts/rollback.sh --to a registered version",
+                exit_code=2,
+            ) from exc
         raise PromotionError(
             f"version {goal} is not warm and its bundle could not be fetched from the registry ({exc}), so no "
             f"traffic moved: production stays on version {p.target.slot_version(PROD, 'stable')}. Next: run "

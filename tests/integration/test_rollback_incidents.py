@@ -565,11 +565,16 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     )
     back = [r for r in history_rows(home) if r["action"] == "rollback"]
     assert back and (back[-1]["from"], back[-1]["to"]) == (c, a) and "misbehaves" in back[-1]["reason"], back
+    again, _ = rollback(home)  # a second run is harmless: it used to go on from A to P (and tag A rolled back)
+    assert again.returncode == 0 and f"already rolled back from version {c} to {a}" in again.stdout, show(again)
+    assert_all_on(incident, a, rows, show(again))
 
     # `promote production` of A killed after its switch (as at the start), and the registry down: recovery cannot
     # write A's alias, but the rollback still moves production to the warm P, then says what is left
+    # (without the mark of the rollback above, which names A: this simulated promotion switches to the version
+    # already serving, a real one to another version, which no mark names)
     history = target(home).store.load().production_history
-    journal_killed(incident, "promote production", a, production_history=history[:-1])
+    journal_killed(incident, "promote production", a, production_history=history[:-1], last_rollback=None)
     down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     rolled, _ = rollback(home, "--reason", "test: registry down too", env=down)
     said = " ".join((rolled.stdout + rolled.stderr).split())

@@ -266,7 +266,8 @@ def test_an_interrupted_staging_promotion_past_its_switch_is_finished_not_report
     staging.weights = {"stable": 100}
     state.operation = Operation(command="promote staging", version="2", pid=2**22 + 9, by="ci")
     promoter.journal.save(state)
-    died_early = state.model_copy(deep=True)  # the same run killed earlier: its new slot still pending
+    died_early = state.model_copy(deep=True)  # a re-run of 2 (an earlier recovery made its slot stable without the
+    # alias: "promote it again") killed after deploying its new slot, still pending: undone, not finished
     died_early.env(STAGING).slots["pending"] = Slot(version="2", port=3, pid=2**22 + 8, model_name="m", bundle_dir="/b")
     promoter.journal.save(died_early)
     assert promoter.recover(Outcome()) is None
@@ -317,3 +318,27 @@ def test_a_cold_rollback_with_the_registry_down_ends_unjournaled_with_nothing_mo
     after = target.store.load()
     assert after.operation is None
     assert after.env("production").slots == {"stable": stable} and after.env("production").weights == {"stable": 100}
+
+
+def test_a_done_staging_switch_with_the_registry_down_is_not_recorded_undone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stable already the new version, no pending slot: the switch is done whatever the registry says; with it
+    down, recovery says the alias is left and what to run, and records no "undone"."""
+    from mlrelease.net import free_port
+    from registry.client import brief_requests
+    from registry.promotion import STAGING, Outcome
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    promoter = _promoter(tmp_path, f"http://127.0.0.1:{free_port()}")
+    state = promoter.journal.load()
+    state.env(STAGING).slots["stable"] = Slot(version="2", port=1, pid=2**22 + 7, model_name="m", bundle_dir="/b2")
+    state.env(STAGING).weights = {"stable": 100}
+    state.operation = Operation(command="promote staging", version="2", pid=2**22 + 9, by="ci")
+    promoter.journal.save(state)
+    out = Outcome()
+    with brief_requests():
+        assert promoter.recover(out) is None
+    assert promoter.journal.load().operation is None
+    assert [r["outcome"] for r in promoter.audit.records()] == ["alias not set"]
+    assert any("mlrelease promote staging --version 2" in line for line in out.lines), out.lines

@@ -58,3 +58,15 @@ def test_brief_registry_requests_stay_in_the_rollback(monkeypatch) -> None:
         assert not any(key.startswith("MLRELEASE_OUTER") for key in child)
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300" and "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     assert not any(key.startswith("MLRELEASE_OUTER") for key in os.environ)
+
+
+def test_nested_brief_requests_keep_the_outermost_values_for_children(monkeypatch) -> None:
+    import os
+
+    from deploy.targets.process import detached_env
+    from registry.client import brief_requests
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
+    with brief_requests(), brief_requests():
+        assert detached_env()["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
