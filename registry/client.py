@@ -51,6 +51,12 @@ def brief_requests() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def is_registry_error(exc: BaseException) -> bool:
+    """An error raised by MLflow (the registry refused, could not be reached, or does not have the thing), told by
+    its module so that callers need not import mlflow (about a second) to catch it."""
+    return type(exc).__module__.startswith("mlflow")
+
+
 def is_not_found(exc: Exception) -> bool:
     """True when an MlflowException says the thing asked for does not exist; False for an unreachable server, a
     refused login or a locked database, which must reach the user as what they are."""

@@ -28,6 +28,7 @@ from mlrelease.modelcard import ModelCard, verify_bundle
 from mlrelease.settings import Settings
 from registry.analysis import CanaryParams, parse_duration
 from registry.audit import AuditLog, AuditRecord, record
+from registry.client import brief_requests, get_client, is_not_found, is_registry_error
 from registry.fast_rollback import process_started, switched_to
 from registry.locking import PromotionLocked, promotion_lock
 
@@ -102,8 +103,6 @@ class Registry:
     def client(self) -> Any:
         """One MlflowClient per command (creating one opens and checks the registry database)."""
         if self._client is None:
-            from registry.client import get_client
-
             self._client = get_client(self.settings)
         return self._client
 
@@ -111,8 +110,6 @@ class Registry:
         """The version ``alias`` names, or None when it is unset; any other registry error propagates (an
         unreachable registry is not "no version has this alias")."""
         from mlflow.exceptions import MlflowException
-
-        from registry.client import is_not_found
 
         try:
             return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
@@ -124,10 +121,10 @@ class Registry:
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, alias, version)
 
-    def delete_alias(self, alias: str) -> str | None:
-        """Remove the alias if it is set; return the version it pointed at."""
+    def delete_alias(self, alias: str, only: str | None = None) -> str | None:
+        """Remove the alias if it is set (and, given ``only``, names that version); return the version it named."""
         version = self.alias(alias)
-        if version is not None:
+        if version is not None and only in (None, version):
             self.client.delete_registered_model_alias(self.model_name, alias)
         return version
 
@@ -138,8 +135,6 @@ class Registry:
         """``version`` when the registry has it; else a PromotionError naming the versions it does have (checked
         before anything is journaled, so a typo never leaves an operation to recover)."""
         from mlflow.exceptions import MlflowException
-
-        from registry.client import is_not_found
 
         try:
             self.client.get_model_version(self.model_name, version)
@@ -357,7 +352,7 @@ class Promoter:
             reason = f"finished by recovery: `promote production` by {op.by} (pid {op.pid}) died after its switch"
             self._finish_production(op.version, previous, passed, reason)
         except Exception as exc:
-            if not (tolerate_registry and type(exc).__module__.startswith("mlflow")):
+            if not (tolerate_registry and is_registry_error(exc)):
                 raise
             out.say(
                 f"production: version {op.version} serves 100% of traffic, switched by a `promote production` that "
@@ -370,10 +365,9 @@ class Promoter:
         """The canary alias of an undone `promote canary`, if it names that version. A registry that does not
         answer leaves it (said, not raised): recovery must not stop an incident's rollback over bookkeeping."""
         try:
-            if self.registry.alias("canary") == version:
-                self.registry.delete_alias("canary")
+            self.registry.delete_alias("canary", only=version)
         except Exception as exc:
-            if not type(exc).__module__.startswith("mlflow"):
+            if not is_registry_error(exc):
                 raise
             out.say(
                 f"the canary alias could not be checked (the registry did not answer: {exc}); it may name {version}"
@@ -388,7 +382,7 @@ class Promoter:
         try:
             return self.registry.alias(STAGING) != op.version
         except Exception as exc:
-            if not type(exc).__module__.startswith("mlflow"):
+            if not is_registry_error(exc):
                 raise
             return True  # switched all the same: finishing says what the registry could not take
 
@@ -400,7 +394,7 @@ class Promoter:
             self.registry.set_alias(STAGING, op.version)
             self.registry.set_tag(op.version, PASSED_TAG["staging"], "true")
         except Exception as exc:
-            if not type(exc).__module__.startswith("mlflow"):
+            if not is_registry_error(exc):
                 raise
             self.note(
                 AuditRecord("promote", STAGING, self.by, to_version=op.version, reason=reason, outcome="alias not set")
@@ -805,8 +799,6 @@ class Promoter:
     def rollback(self, to: str | None, reason: str | None) -> Outcome:
         """Incident path: no analysis; all production traffic back on the previous (or given) version. Registry
         calls give up within seconds: traffic moves whether or not the registry answers."""
-        from registry.client import brief_requests
-
         with brief_requests():
             return run_rollback(self, to, reason or "incident rollback")
 
@@ -1008,13 +1000,12 @@ def _withdraw_undone(p: Promoter, version: str, stable: str, reason: str, out: O
     p.journal.save(state)
     outcome = "done"
     try:
-        if p.registry.alias("canary") == version:
-            p.registry.delete_alias("canary")
+        p.registry.delete_alias("canary", only=version)
         p.registry.set_tag(version, ROLLED_BACK_TAG, reason[:500])
         p.registry.set_tag(version, PASSED_TAG["canary"], "false")
         out.say(f"version {version} tagged rolled_back, its canary pass withdrawn")
     except Exception as exc:
-        if not type(exc).__module__.startswith("mlflow"):
+        if not is_registry_error(exc):
             raise
         out.exit_code = 1
         outcome = "registry not updated"
@@ -1022,19 +1013,8 @@ def _withdraw_undone(p: Promoter, version: str, stable: str, reason: str, out: O
             f"NOT DONE: the registry did not answer ({exc}), so version {version} keeps its canary pass and is not "
             "tagged rolled back: do not `mlrelease promote production` it; canary it again once the registry answers"
         )
-    p.note(
-        AuditRecord(
-            "rollback",
-            PROD,
-            p.by,
-            to_version=stable,
-            from_version=version,
-            weights={"stable": 100},
-            reason=reason,
-            outcome=outcome,
-            evidence={"undid": "an interrupted `promote production` that served it"},
-        )
-    )
+    undid = {"undid": "an interrupted `promote production` that served it"}
+    _note_rollback(p, version, stable, reason, outcome=outcome, evidence=undid)
 
 
 def _serving_version(p: Promoter) -> str | None:
@@ -1100,9 +1080,7 @@ def _cold_start(p: Promoter, goal: str, slot: str, out: Outcome) -> None:
     try:
         bundle = p.bundle(goal)  # fetched and verified before anything is stopped
     except Exception as exc:  # a PromotionError ends the rollback unjournaled: nothing moved, nothing to finish
-        from registry.client import is_not_found
-
-        if not type(exc).__module__.startswith(("mlflow", "requests")):
+        if not (is_registry_error(exc) or type(exc).__module__.startswith("requests")):  # requests: artifact proxy
             raise
         serving = p.target.slot_version(PROD, "stable")
         if is_not_found(exc):
@@ -1113,7 +1091,7 @@ def _cold_start(p: Promoter, goal: str, slot: str, out: Outcome) -> None:
             ) from exc
         raise PromotionError(
             f"version {goal} is not warm and its bundle could not be fetched from the registry ({exc}), so no "
-            f"traffic moved: production stays on version {p.target.slot_version(PROD, 'stable')}. Next: run "
+            f"traffic moved: production stays on version {serving}. Next: run "
             "scripts/rollback.sh again once the registry answers, or --to a version that is warm "
             "(`mlrelease status`)"
         ) from exc
@@ -1143,20 +1121,17 @@ def _note_canary_stopped(p: Promoter, version: str, reason: str) -> str | None:
     """The audit record of a canary stopped by a rollback: all production traffic on stable, and why; returns the
     stable version it names."""
     stable = p.target.slot_version(PROD, "stable")
-    p.note(
-        AuditRecord(
-            "rollback",
-            PROD,
-            p.by,
-            to_version=stable,
-            from_version=version,
-            alias="canary",
-            weights={"stable": 100},
-            outcome="canary stopped",
-            reason=reason,
-        )
-    )
+    _note_rollback(p, version, stable, reason, alias="canary", outcome="canary stopped")
     return stable
+
+
+def _note_rollback(p: Promoter, away: str, to: str | None, reason: str, by: str | None = None, **fields: Any) -> None:
+    """The audit record of production moved off ``away`` to ``to`` by a rollback, all traffic on stable (``by``:
+    who started it, when not this run)."""
+    record = AuditRecord(
+        "rollback", PROD, by or p.by, to_version=to, from_version=away, weights={"stable": 100}, reason=reason, **fields
+    )
+    p.note(record)
 
 
 def _cold_start_failed(p: Promoter, goal: str, exc: DeploymentError, stopped: str | None, alias_removed: bool) -> str:
@@ -1212,7 +1187,7 @@ def _switch_back(
         p.registry.set_tag(bad, ROLLED_BACK_TAG, reason[:500])
         p.registry.set_tag(bad, PASSED_TAG["canary"], "false")  # back to production only through a new canary
     except Exception as exc:
-        if not type(exc).__module__.startswith("mlflow"):
+        if not is_registry_error(exc):
             raise
         checked = "verified" if out.exit_code == 0 else "but NOT verified (see above)"
         raise RegistryBehind(
@@ -1226,19 +1201,15 @@ def _switch_back(
                 ]
             )
         ) from exc
-    p.note(
-        AuditRecord(
-            "rollback",
-            PROD,
-            resumed.by if resumed is not None else p.by,  # the traffic moved on their command
-            to_version=goal,
-            from_version=bad,
-            alias=PROD,
-            weights={"stable": 100},
-            reason=reason,
-            evidence=_rollback_evidence(p, resumed, switch_s, was_warm, fast is not None, since_command),
-            at=resumed.started_at if resumed is not None else time.time(),
-        )
+    _note_rollback(
+        p,
+        bad,
+        goal,
+        reason,
+        by=resumed.by if resumed is not None else None,  # the traffic moved on their command
+        alias=PROD,
+        evidence=_rollback_evidence(p, resumed, switch_s, was_warm, fast is not None, since_command),
+        at=resumed.started_at if resumed is not None else time.time(),
     )
     removed = f"; alias canary (version {canary_alias}) removed" if canary_alias is not None else ""
     out.say(f"alias production -> {goal}{removed}; version {bad} stopped and tagged rolled_back")

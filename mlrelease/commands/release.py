@@ -106,7 +106,9 @@ def run_guarded(action: str, call: Callable[[], None]) -> None:
         err.print(f"[red]{action} failed: {exc}[/red]", highlight=False)
         raise typer.Exit(1) from exc
     except Exception as exc:
-        if not type(exc).__module__.startswith("mlflow"):  # matched by module: importing mlflow costs ~1 s
+        from registry.client import is_registry_error
+
+        if not is_registry_error(exc):
             raise
         err.print(
             f"[red]{action} failed: the registry refused or could not be reached: {exc}. "
