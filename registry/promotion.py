@@ -217,10 +217,12 @@ class Promoter:
         """
         with promotion_lock(self.state_dir, command, self.by, wait_s=wait_s):
             interrupted = self.recover(out, resume_rollback=command == "rollback")
-            for line in self.target.reconcile() if reconcile else []:
-                out.say(f"reconciled: {line}")
-            if command not in UNJOURNALED:
+            if command != "rollback":
                 self._clear_stale_abort()
+            with self.interruptible(command != "rollback"):  # restarting a dead slot can take its ready timeout
+                for line in self.target.reconcile() if reconcile else []:
+                    out.say(f"reconciled: {line}")
+            if command not in UNJOURNALED:
                 self._journal(Operation(command=command, version=version, pid=os.getpid(), by=self.by))
             try:
                 yield interrupted
@@ -229,6 +231,20 @@ class Promoter:
                 raise
             # any other error keeps the journal, so the next command's recover() puts traffic back on stable
             self._journal(None)
+
+    @contextmanager
+    def interruptible(self, enabled: bool = True) -> Iterator[None]:
+        """While the target waits for a server to become ready, a rollback's abort request stops the wait and this
+        command (PromotionError), so the rollback gets the lock within seconds, not after a whole ready timeout.
+        Never for a rollback itself, nor for the clean-up of a failed step (it must run to the end)."""
+        if not enabled:
+            yield
+            return
+        self.target.interrupt = self.stop_if_aborted
+        try:
+            yield
+        finally:
+            self.target.interrupt = None
 
     def _clear_stale_abort(self) -> None:
         """An abort request older than a rollback's lock wait was left by a rollback that gave up waiting: it
@@ -482,7 +498,8 @@ class Promoter:
         with self.operation("promote staging", version, out):
             self.stop_if_aborted()  # a rollback waiting for the lock goes first: staging can wait, an incident not
             bundle = self.bundle(version)
-            url = self.target.deploy(STAGING, "pending", bundle, version)
+            with self.interruptible():
+                url = self.target.deploy(STAGING, "pending", bundle, version)
             evidence = self._staging_gates(version, url, bundle)
             previous = self.target.slot_version(STAGING, "stable")
             self.target.set_weights(STAGING, {"pending": 100})  # staging has no router: this only records it
@@ -615,7 +632,8 @@ class Promoter:
         from registry.analysis import run_analysis
 
         bundle = self.bundle(version)
-        self.target.deploy(PROD, "canary", bundle, version)
+        with self.interruptible():
+            self.target.deploy(PROD, "canary", bundle, version)
         self.registry.set_alias("canary", version)
         self.note(
             AuditRecord(
@@ -755,7 +773,9 @@ class Promoter:
             return
         if previous != version:
             if self.target.slot_version(PROD, "canary") != version:
-                self.target.deploy(PROD, "canary", self.bundle(version), version)
+                bundle = self.bundle(version)
+                with self.interruptible():
+                    self.target.deploy(PROD, "canary", bundle, version)
             if previous is None:
                 self.target.rename(PROD, "canary", "stable")
                 self.target.set_weights(PROD, {"stable": 100})
@@ -920,13 +940,10 @@ def _rollback_plan(
 def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
     """Move production back without analysis; idempotent, resumable after a crash; verifies afterwards."""
     out = Outcome()
-    before = _serving_version(p)
-    after = _serving_version(p) if _recover_dead_promotion(p, out) else before
-    if before is not None and after is not None and after != before and to != before:
-        _withdraw_undone(p, before, after, reason, out)
-        if to in (None, after):
-            out.say("undoing the interrupted promotion put production back on its previous version: nothing more to do")
-            return verify_production(p, after, out)
+    restored = _recover_dead_promotion(p, to, reason, out)
+    if restored is not None and to in (None, restored):
+        out.say("undoing the interrupted promotion put production back on its previous version: nothing more to do")
+        return verify_production(p, restored, out)
     canary = active_canary(p)
     plan = _rollback_plan(p, to, out, p.journal.load().operation, canary)
     if plan is None and canary is None:
@@ -1026,17 +1043,34 @@ def _serving_version(p: Promoter) -> str | None:
     return p.target.slot_version(PROD, slot)
 
 
-def _recover_dead_promotion(p: Promoter, out: Outcome) -> bool:
+def _recover_dead_promotion(p: Promoter, to: str | None, reason: str, out: Outcome) -> str | None:
     """A promotion killed mid-way (its journal is there, its process is not) is undone under the lock before the
-    rollback plans: its half-done state (no stable slot, say) is no base for a plan. True when one was undone."""
+    rollback plans: its half-done state (no stable slot, say) is no base for a plan. When undoing it took traffic
+    off the version that served, that version is withdrawn under the same lock (so a rollback started meanwhile
+    finds it withdrawn, not a version to withdraw again); returns the version production is back on then."""
     from deploy.targets.local import pid_alive
 
     op = p.journal.load().operation
-    if op is None or op.command == "rollback" or pid_alive(op.pid) or p.dry_run:
-        return False
+    if op is None or op.command == "rollback" or pid_alive(op.pid):
+        return None
+    if p.dry_run:
+        out.say(
+            f"would first recover the interrupted `{op.command}` of version {op.version} (pid {op.pid} is gone); "
+            "the real run plans again after that, and stops there if it takes production off the version serving "
+            "now. This preview is from the state before it:"
+        )
+        return None
+    before = _serving_version(p)
     with p.operation("rollback", op.version, out, wait_s=p.params.rollback_lock_wait, reconcile=False):
-        pass  # entering recovers it (traffic back on stable, its slots stopped, the journal cleared)
-    return True
+        after = _serving_version(p)  # entering recovered it (traffic back on stable, its slots stopped)
+        if before is None or after is None or after == before or to == before:
+            return None
+        mark = p.journal.load().last_rollback
+        if mark is not None and (mark.from_version, mark.to_version) == (before, after):
+            out.say(f"another rollback run already undid version {before}'s interrupted promotion")
+        else:
+            _withdraw_undone(p, before, after, reason, out)
+    return after
 
 
 def _clear_canary(p: Promoter, version: str | None, reason: str, out: Outcome) -> None:

@@ -8,7 +8,7 @@ of the environment's traffic to each slot. Promotion code never knows which kind
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -49,6 +49,9 @@ class DeploymentTarget(ABC):
     """Deploy a bundle into a slot, set traffic weights, report status, stop a slot."""
 
     name: str = "abstract"
+    #: Called while the target waits for a server to become ready; it raises to stop the wait (a promotion whose
+    #: lock an incident's rollback asked for). None: wait out the ready timeout.
+    interrupt: Callable[[], None] | None = None
 
     @abstractmethod
     def deploy(self, environment: str, slot: str, bundle_dir: Path, version: str) -> str:

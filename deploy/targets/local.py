@@ -146,8 +146,8 @@ class LocalTarget(DeploymentTarget):
         self.store.save(state)  # record the pid at once: a crash from here on leaves no orphan untracked
         try:
             self._wait_ready(env.slots[slot], process)
-        except DeploymentError:
-            self._forget(environment, slot)  # a server that never became ready is stopped and dropped
+        except BaseException:  # not ready in time, or the wait interrupted: a server that never became ready
+            self._forget(environment, slot)  # is stopped and dropped
             raise
         return env.slots[slot].url
 
@@ -185,6 +185,8 @@ class LocalTarget(DeploymentTarget):
     def _wait_ready(self, slot: Slot, process: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
+            if self.interrupt is not None:
+                self.interrupt()
             status, problem = identity_problem(slot)
             if problem is None:
                 return

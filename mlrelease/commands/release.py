@@ -305,6 +305,9 @@ def register(app: typer.Typer) -> None:
         entry = target.entry_url("production")
         if entry:
             console.print(f"production entry point: {entry}")
+        running = in_progress(target.state_dir)
+        if running:
+            console.print(running, highlight=False, soft_wrap=True)
         down = [r for r in rows if r.weight > 0 and not r.healthy]
         for r in down:
             console.print(
@@ -326,12 +329,39 @@ def register(app: typer.Typer) -> None:
         """The audit trail: every alias and traffic change, who, when, from which version to which, why."""
         from registry.audit import AuditLog
 
-        records = AuditLog(project_settings().state_dir).records()[-limit:]
+        state_dir = project_settings().state_dir
+        records = AuditLog(state_dir).records()[-limit:]
         if as_json:
             for r in records:
                 typer.echo(json.dumps(r, sort_keys=True, default=str))
             return
         print_history(records, evidence)
+        running = in_progress(state_dir)
+        if running:
+            typer.echo(running)
+
+
+def in_progress(state_dir: Path) -> str | None:
+    """The journaled operation in a line, None when there is none. An operation's audit record is written when it
+    ends, so a rollback under way (or interrupted) shows here, with what finishes it, and nowhere else."""
+    from datetime import UTC, datetime
+
+    from deploy.targets.local import pid_alive
+    from deploy.targets.state import StateStore
+
+    op = StateStore(state_dir).load().operation
+    if op is None:
+        return None
+    since = datetime.fromtimestamp(op.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    moving = f" from version {op.from_version}" if op.from_version else ""
+    if pid_alive(op.pid):
+        where = f"running (pid {op.pid})"
+    elif op.command == "rollback":
+        where = f"interrupted (pid {op.pid} is gone): run scripts/rollback.sh to finish it"
+    else:
+        where = f"interrupted (pid {op.pid} is gone): the next command (`mlrelease reconcile`) undoes it"
+    reason = f" ({op.reason})" if op.reason else ""
+    return f"in progress: `{op.command}` to version {op.version}{moving} by {op.by} since {since} UTC{reason}, {where}"
 
 
 def print_history(records: list[dict[str, Any]], evidence: bool) -> None:

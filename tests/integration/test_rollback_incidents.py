@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from deploy.targets.state import DeployState, Operation
 from deploy.targets.traffic import LoadDriver, LoadResult, predict_path, sample_rows
 from mlrelease.modelcard import ModelCard
 from mlrelease.net import free_port
+from registry.locking import promotion_lock
 from tests.release_helpers import (
     BIN,
     FAST_RELEASE,
@@ -329,6 +331,39 @@ def test_rollback_takes_over_from_a_running_canary(incident: Incident, tmp_path:
     assert history.index(aborted[-1]) < history.index(back[-1]), "the canary is undone before the rollback"
 
 
+def test_rollback_does_not_wait_for_a_canary_server_that_is_still_starting(incident: Incident, tmp_path: Path) -> None:
+    """A canary still waiting for its new server (up to the ready timeout, two minutes here) gives up the lock
+    when a rollback asks: the rollback used to give up first, after its lock wait (15 s), and change nothing."""
+    home = incident.home
+    p, a, c = with_staged_version(incident, tmp_path)
+    t = target(home)
+    log = tmp_path / "canary.out"
+    canary = incident.popen([str(BIN / "mlrelease"), "promote", "canary"], log)
+    slot = None
+    deadline = time.monotonic() + 120
+    while slot is None and time.monotonic() < deadline:  # the server is recorded the moment it is spawned
+        assert canary.poll() is None, f"the canary exited before starting its server:\n{log.read_text()}"
+        slot = t.slot(PROD, "canary")
+        time.sleep(0.02)
+    assert slot is not None and slot.version == c, log.read_text()
+    os.kill(slot.pid, signal.SIGSTOP)  # frozen while it imports: it never answers /ready
+    incident.state()
+    try:
+        assert t.slot_problem(PROD, "canary") is not None, "the canary's server was already ready"
+        rolled, took = rollback(home, "--reason", "test: canary still starting")
+        canary_code = canary.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(slot.pid, signal.SIGCONT)  # it handles the SIGTERM it was sent
+    context = f"rollback ({took:.1f} s): {show(rolled)}\ncanary: exit {canary_code}\n{log.read_text()}"
+    print(context)
+    assert rolled.returncode == 0, context
+    assert canary_code != 0 and "aborted" in log.read_text().lower(), context
+    assert_all_on(incident, p, sample_rows(incident.bundle, 8), context)
+    assert wait_gone(slot.pid, 20), f"the canary server (pid {slot.pid}) still runs\n{context}"
+    assert t.store.load().operation is None, context
+
+
 # ----- 1b. mistakes, and a canary when production has nowhere to go back to ------------------------------------------
 def test_rollback_refuses_typos_and_stops_a_canary_with_no_previous_version(incident: Incident, tmp_path: Path) -> None:
     home, name = incident.home, incident.name
@@ -553,9 +588,26 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     t.set_weights(PROD, {"canary": 100.0})
     assert set(answered_by(t.entry_url(PROD) or "", name, rows)) == {c}
     journal_killed(incident, "promote production", c)
-    rolled, _ = rollback(home, "--reason", "test: the new version misbehaves")
-    said = " ".join(rolled.stdout.split())
-    assert rolled.returncode == 0 and "nothing more to do" in said, show(rolled)
+    preview, _ = rollback(home, "--dry-run")  # names the recovery first: it may be all the real run does
+    said = " ".join(preview.stdout.split())
+    assert preview.returncode == 0 and f"would first recover the interrupted `promote production` of version {c}" in (
+        said
+    ), show(preview)
+    assert target(home).store.load().operation is not None and t.weights(PROD) == {"canary": 100.0}, said
+    # two on-calls at once, both finding the dead promotion before either has the lock: one undoes it and withdraws
+    # version C, the other finds that done (both used to withdraw it and record it)
+    with ThreadPoolExecutor(2) as pool:
+        with promotion_lock(t.state_dir, "test: both rollbacks queue", "test"):
+            started = [pool.submit(rollback, home, "--reason", "test: the new version misbehaves") for _ in range(2)]
+            time.sleep(8)
+        runs = [run.result()[0] for run in started]
+    said = " ".join(" ".join(r.stdout.split()) for r in runs)
+    ended = [
+        r.returncode == 0
+        and ("nothing more to do" in r.stdout or f"already rolled back from version {c} to {a}" in r.stdout)
+        for r in runs
+    ]
+    assert all(ended) and "nothing more to do" in said, [show(r) for r in runs]
     assert_all_on(incident, a, rows, said)  # the canary alias included: gone
     assert t.slot_version(PROD, "previous") == p, said
     assert "mlrelease.rolled_back" not in client.get_model_version(name, a).tags, said
@@ -563,8 +615,8 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     assert tags.get("mlrelease.canary_passed") == "false" and "misbehaves" in tags.get("mlrelease.rolled_back", ""), (
         tags
     )
-    back = [r for r in history_rows(home) if r["action"] == "rollback"]
-    assert back and (back[-1]["from"], back[-1]["to"]) == (c, a) and "misbehaves" in back[-1]["reason"], back
+    back = [r for r in history_rows(home) if r["action"] == "rollback" and r["from"] == c]
+    assert len(back) == 1 and back[0]["to"] == a and "misbehaves" in back[0]["reason"], back
     again, _ = rollback(home)  # a second run is harmless: it used to go on from A to P (and tag A rolled back)
     assert again.returncode == 0 and f"already rolled back from version {c} to {a}" in again.stdout, show(again)
     assert_all_on(incident, a, rows, show(again))

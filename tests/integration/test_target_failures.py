@@ -42,6 +42,42 @@ def test_failed_deploy_leaves_no_process_and_no_slot(tmp_path: Path) -> None:
     assert not any(pid_alive(p) for p in _server_pids(logs[0]))
 
 
+class _Interrupted(RuntimeError):
+    """What the test's interrupt raises (a promotion raises PromotionError)."""
+
+
+def test_an_interrupted_wait_stops_and_forgets_the_new_server(tmp_path: Path) -> None:
+    """A rollback asking for the lock interrupts a deploy's wait for /ready at once, not after the ready timeout,
+    and the half-started server is stopped and dropped like one that never became ready."""
+    target = LocalTarget(tmp_path / "state", routed=(), ready_timeout_s=120, drain_timeout_s=2)
+    bundle = make_bundle(tmp_path / "bundle", epochs=2)
+    calls = []
+
+    def interrupt() -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 3:  # the server is spawned and recorded, not yet ready (it is still importing torch)
+            raise _Interrupted("a rollback asked for the lock")
+
+    target.interrupt = interrupt
+    started = time.monotonic()
+    try:
+        with pytest.raises(_Interrupted):
+            target.deploy("staging", "pending", bundle, "5")
+    finally:
+        target.interrupt = None
+        if "pending" in target.store.load().env("staging").slots:  # the wait was not interrupted
+            target.stop_all()
+    assert time.monotonic() - started < 30, "the wait stopped at the interrupt, not at the ready timeout"
+    assert "pending" not in target.store.load().env("staging").slots
+    logs = list((tmp_path / "state" / "logs").glob("staging-pending-v5-*.log"))
+    assert logs
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(pid_alive(p) for p in _server_pids(logs[0])):
+        time.sleep(0.1)
+    assert not any(pid_alive(p) for p in _server_pids(logs[0])), "the half-started server is stopped"
+    assert target.reconcile() == []
+
+
 def _server_pids(log: Path) -> list[int]:
     import psutil
 

@@ -64,6 +64,13 @@ def test_production_needs_reviewers_environment() -> None:
     assert "scripts/rollback.sh" in WORKFLOWS[2].read_text()
 
 
+def test_the_rollback_can_have_a_runner_of_its_own() -> None:
+    """A runner takes one job at a time: the rollback must not queue behind a canary job on the same runner."""
+    runs_on = _load(WORKFLOWS[2])["jobs"]["rollback"]["runs-on"]
+    assert runs_on == "${{ vars.ROLLBACK_RUNNER_LABEL || 'self-hosted' }}"
+    assert "ROLLBACK_RUNNER_LABEL" in (REPO / "README.md").read_text()
+
+
 def test_actionlint_is_clean() -> None:
     result = subprocess.run(
         [_tool("actionlint"), *map(str, WORKFLOWS)], capture_output=True, text=True, cwd=REPO, timeout=120
