@@ -206,7 +206,13 @@ class Promoter:
     # ----- journal, lock and crash recovery --------------------------------------------------------------------
     @contextmanager
     def operation(
-        self, command: str, version: str, out: Outcome, wait_s: float = 0.0, reconcile: bool = True
+        self,
+        command: str,
+        version: str,
+        out: Outcome,
+        wait_s: float = 0.0,
+        reconcile: bool = True,
+        reason: str | None = None,
     ) -> Iterator[Operation | None]:
         """Hold the lock, recover a crashed predecessor, journal this operation, clear it when done.
 
@@ -223,7 +229,7 @@ class Promoter:
                 for line in self.target.reconcile() if reconcile else []:
                     out.say(f"reconciled: {line}")
             if command not in UNJOURNALED:
-                self._journal(Operation(command=command, version=version, pid=os.getpid(), by=self.by))
+                self._journal(Operation(command=command, version=version, pid=os.getpid(), by=self.by, reason=reason))
             try:
                 yield interrupted
             except PromotionError:
@@ -363,10 +369,14 @@ class Promoter:
         (said) instead of stopping the rollback before it moves any traffic."""
         self._route_all(PROD, "stable", out)  # a no-op when the switch already routed everything there
         try:
-            passed = self.registry.tags(op.version).get(PASSED_TAG["canary"]) == "true"
+            tags = self.registry.tags(op.version)
             previous = self.target.slot_version(PROD, "previous")
+            # as the command judged it: a pass measured against another stable than the one replaced was forced
+            passed = tags.get(PASSED_TAG["canary"]) == "true" and _stale_pass(tags, previous) is None
             reason = f"finished by recovery: `promote production` by {op.by} (pid {op.pid}) died after its switch"
-            self._finish_production(op.version, previous, passed, reason)
+            self._finish_production(
+                op.version, previous, passed, f"{reason}; its reason: {op.reason}" if op.reason else reason
+            )
         except Exception as exc:
             if not (tolerate_registry and is_registry_error(exc)):
                 raise
@@ -762,7 +772,7 @@ class Promoter:
             kept = f"version {previous} kept warm {self.params.rollback_window:g} s" if previous else "a first release"
             out.say(f"would switch production stable to version {version} ({kept})")
             return out
-        with self.operation("promote production", version, out):
+        with self.operation("promote production", version, out, reason=reason):  # recovery audits it with it
             self._switch_production(version, passed, reason, out)
         return out
 

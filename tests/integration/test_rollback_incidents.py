@@ -531,13 +531,15 @@ def test_rollback_killed_midway_is_finished_by_the_next_run(incident: Incident, 
 
 
 # ----- 3. recovery of a promotion that died -------------------------------------------------------------------------
-def journal_killed(incident: Incident, command: str, version: str, **state_changes: object) -> None:
+def journal_killed(
+    incident: Incident, command: str, version: str, reason: str | None = None, **state_changes: object
+) -> None:
     """The state a promotion leaves when it is killed: its journal entry (its pid gone) plus ``state_changes``."""
     store = target(incident.home).store
     state = store.load()
     for key, value in state_changes.items():
         setattr(state, key, value)
-    state.operation = Operation(command=command, version=version, pid=2**22 + 11, by="killed-in-test")
+    state.operation = Operation(command=command, version=version, pid=2**22 + 11, by="killed-in-test", reason=reason)
     store.save(state)
 
 
@@ -551,7 +553,11 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     rows = sample_rows(incident.bundle, 8)
     history = target(home).store.load().production_history
     assert history[-1] == a
-    journal_killed(incident, "promote production", a, production_history=history[:-1])
+    # A had passed a canary against another stable than P: the killed command was forced (--force --reason), and
+    # recovery records it so, with its reason (it used to record a plain "done")
+    for key, value in {"mlrelease.canary_passed": "true", "mlrelease.canary_passed_against": "99"}.items():
+        registry(home).set_model_version_tag(name, a, key, value)
+    journal_killed(incident, "promote production", a, "hotfix over a stale pass", production_history=history[:-1])
     registry(home).set_registered_model_alias(name, PROD, p)
     said = " ".join(ok(cli(home, "reconcile")).split())
     assert f"production: version {a} serves 100% of traffic" in said, said
@@ -560,6 +566,8 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     assert state.production_history[-1:] == [a] and state.operation is None
     finished = [r for r in history_rows(home) if r["action"] == "promote" and r["to"] == a]
     assert "finished by recovery" in finished[-1]["reason"], finished
+    assert "hotfixoverastalepass" in "".join(finished[-1]["reason"].split()), finished  # a folded cell: no spaces
+    assert finished[-1]["outcome"] == "forced", finished
 
     journal_killed(incident, "promote canary", p)
     stable = target(home).slot(PROD, "stable")
