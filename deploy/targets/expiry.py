@@ -4,7 +4,8 @@ command runs by then.
 The local target starts one detached watcher per slot given an expiry (``python -m deploy.targets.expiry``). It
 sleeps until the slot's ``expires_at``, takes the promotion lock (so it never races a promotion or a rollback),
 and stops the slot only if it is still the same process, still expired and still without traffic. A rollback
-that took the slot over, a newer promotion that replaced it, or a removed state folder simply ends the watcher.
+that took the slot over, a newer promotion that replaced it, or a removed state folder simply ends the watcher; so
+does an interrupted rollback left in the journal (it may be on its way to this very slot).
 """
 
 from __future__ import annotations
@@ -68,10 +69,28 @@ def expire_once(state_dir: Path, environment: str, slot: str, pid: int) -> str |
                 return "nothing to do: the slot was taken over, replaced or removed"
             if left > 0:
                 return None
+            pending = _interrupted_rollback(state_dir)
+            if pending is not None:
+                return pending
             LocalTarget(state_dir).stop(environment, slot)
             return f"stopped {environment}/{slot} (pid {pid}): its rollback window ended"
     except PromotionLocked:
         return None  # a promotion is running: try again after it
+
+
+def _interrupted_rollback(state_dir: Path) -> str | None:
+    """A rollback journaled and not finished (this watcher holds the lock, so its process died) may be on its way
+    to this warm version: stopping it would make the re-run start that version cold. Said, and left to the incident:
+    once the rollback is finished, the next command's reconcile stops the slot if it is still expired."""
+    from deploy.targets.state import StateStore
+
+    op = StateStore(state_dir).load().operation
+    if op is None or op.command != "rollback":
+        return None
+    return (
+        f"kept: an interrupted rollback to version {op.version} is journaled (scripts/rollback.sh finishes it; "
+        "the next command's reconcile stops this slot afterwards if its window is over)"
+    )
 
 
 def watch(state_dir: Path, environment: str, slot: str, pid: int) -> str:
