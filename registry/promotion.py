@@ -213,6 +213,7 @@ class Promoter:
         wait_s: float = 0.0,
         reconcile: bool = True,
         reason: str | None = None,
+        from_version: str | None = None,
     ) -> Iterator[Operation | None]:
         """Hold the lock, recover a crashed predecessor, journal this operation, clear it when done.
 
@@ -229,7 +230,16 @@ class Promoter:
                 for line in self.target.reconcile() if reconcile else []:
                     out.say(f"reconciled: {line}")
             if command not in UNJOURNALED:
-                self._journal(Operation(command=command, version=version, pid=os.getpid(), by=self.by, reason=reason))
+                self._journal(
+                    Operation(
+                        command=command,
+                        version=version,
+                        pid=os.getpid(),
+                        by=self.by,
+                        reason=reason,
+                        from_version=from_version,
+                    )
+                )
             try:
                 yield interrupted
             except PromotionError:
@@ -246,11 +256,11 @@ class Promoter:
         if not enabled:
             yield
             return
-        self.target.interrupt = self.stop_if_aborted
+        outer, self.target.interrupt = self.target.interrupt, self.stop_if_aborted
         try:
             yield
         finally:
-            self.target.interrupt = None
+            self.target.interrupt = outer
 
     def _clear_stale_abort(self) -> None:
         """An abort request older than a rollback's lock wait was left by a rollback that gave up waiting: it
@@ -370,7 +380,8 @@ class Promoter:
         self._route_all(PROD, "stable", out)  # a no-op when the switch already routed everything there
         try:
             tags = self.registry.tags(op.version)
-            previous = self.target.slot_version(PROD, "previous")
+            # the version it replaced, as journaled (the warm previous slot may have expired since)
+            previous = op.from_version or self.target.slot_version(PROD, "previous")
             # as the command judged it: a pass measured against another stable than the one replaced was forced
             passed = tags.get(PASSED_TAG["canary"]) == "true" and _stale_pass(tags, previous) is None
             reason = f"finished by recovery: `promote production` by {op.by} (pid {op.pid}) died after its switch"
@@ -480,7 +491,9 @@ class Promoter:
     def stop_if_aborted(self) -> None:
         """Raise when a rollback asked the running promotion to stop (its abort request file is there)."""
         if (self.state_dir / ABORT_FILE).exists():
-            raise PromotionError("aborted: a rollback was requested during the promotion")
+            raise PromotionError(
+                "aborted: a rollback (scripts/rollback.sh) asked for the lock; run this command again once it is done"
+            )
 
     def sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when a rollback asks this promotion to abort."""
@@ -642,8 +655,12 @@ class Promoter:
         from registry.analysis import run_analysis
 
         bundle = self.bundle(version)
-        with self.interruptible():
-            self.target.deploy(PROD, "canary", bundle, version)
+        try:
+            with self.interruptible():
+                self.target.deploy(PROD, "canary", bundle, version)
+        except PromotionError as exc:  # a rollback took over before the canary got any traffic: say who stopped it
+            self._note_canary_rollback(version, stable, f"{exc} (its server was still starting; it took no traffic)")
+            raise
         self.registry.set_alias("canary", version)
         self.note(
             AuditRecord(
@@ -708,6 +725,12 @@ class Promoter:
             raise DeploymentError(
                 f"canary of version {version} failed ({reason}) and could not be dropped: {exc}"
             ) from exc
+        self._note_canary_rollback(version, stable, reason, evidence)
+
+    def _note_canary_rollback(
+        self, version: str, stable: str, reason: str, evidence: dict[str, Any] | None = None
+    ) -> None:
+        """The audit record of a canary stopped, all traffic on stable."""
         self.note(
             AuditRecord(
                 "canary-rollback",
@@ -719,7 +742,7 @@ class Promoter:
                 weights={"stable": 100},
                 outcome="rolled back",
                 reason=reason,
-                evidence=evidence,
+                evidence=evidence or {},
             )
         )
 
@@ -772,7 +795,8 @@ class Promoter:
             kept = f"version {previous} kept warm {self.params.rollback_window:g} s" if previous else "a first release"
             out.say(f"would switch production stable to version {version} ({kept})")
             return out
-        with self.operation("promote production", version, out, reason=reason):  # recovery audits it with it
+        # journaled with its reason and the version it replaces: recovery audits it as this command would have
+        with self.operation("promote production", version, out, reason=reason, from_version=serving_now):
             self._switch_production(version, passed, reason, out)
         return out
 
@@ -950,7 +974,57 @@ def _rollback_plan(
 def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
     """Move production back without analysis; idempotent, resumable after a crash; verifies afterwards."""
     out = Outcome()
-    restored = _recover_dead_promotion(p, to, reason, out)
+    if p.dry_run:
+        return _preview_rollback(p, to, out)
+    abort = AbortRequest(p.state_dir / ABORT_FILE)
+    try:
+        return _rollback(p, to, reason, out, abort)
+    except PromotionLocked:
+        abort.made = False  # the request stays: the promotion holding the lock stops at its next check
+        raise
+    finally:
+        abort.withdraw()
+
+
+@dataclass
+class AbortRequest:
+    """A rollback's request that the promotion holding the lock stop (a file that promotion checks): made only
+    while this rollback waits for the lock, so a rollback with nothing to do never stops a promotion, and only
+    ever withdrawn by the rollback that made it (another rollback may be waiting on the same request)."""
+
+    path: Path
+    made: bool = False
+
+    def make(self) -> None:
+        if self.path.parent.is_dir():  # no state folder: nothing runs
+            self.path.touch()
+            self.made = True
+
+    def withdraw(self) -> None:
+        if self.made:
+            self.path.unlink(missing_ok=True)
+            self.made = False
+
+
+def _preview_rollback(p: Promoter, to: str | None, out: Outcome) -> Outcome:
+    """What ``run_rollback`` would do, changing nothing."""
+    if _preview_recovery(p, to, out):
+        return out
+    canary = active_canary(p)
+    plan = _rollback_plan(p, to, out, p.journal.load().operation, canary)
+    if plan is None and canary is None:
+        return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
+    out.say(
+        f"would move all production traffic from version {plan[0]} to {plan[1]}, canary weight 0"
+        if plan is not None
+        else f"would stop the canary of version {canary}; production stays on its stable version"
+    )
+    return out
+
+
+def _rollback(p: Promoter, to: str | None, reason: str, out: Outcome, abort: AbortRequest) -> Outcome:
+    """The rollback itself, its abort request made: recover a dead promotion, plan, then switch under the lock."""
+    restored = _recover_dead_promotion(p, to, reason, out, abort)
     if restored is not None and to in (None, restored):
         out.say("undoing the interrupted promotion put production back on its previous version: nothing more to do")
         return verify_production(p, restored, out)
@@ -958,53 +1032,37 @@ def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
     plan = _rollback_plan(p, to, out, p.journal.load().operation, canary)
     if plan is None and canary is None:
         return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
-    if p.dry_run:
-        out.say(
-            f"would move all production traffic from version {plan[0]} to {plan[1]}, canary weight 0"
-            if plan is not None
-            else f"would stop the canary of version {canary}; production stays on its stable version"
-        )
-        return out
-    abort = p.state_dir / ABORT_FILE
-    abort.touch()  # a running canary sees this and stops, releasing the lock
-    locked_out = False
-    try:
-        goal = plan[1] if plan is not None else str(canary)
-        with p.operation("rollback", goal, out, wait_s=p.params.rollback_lock_wait, reconcile=False) as pending:
-            abort.unlink(missing_ok=True)
-            decided = _rollback_plan(p, to, Outcome(), pending, canary)  # decide again under the lock, then journal
-            if decided is None:
-                _clear_canary(p, canary, reason, out)
-                return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
-            if decided != plan and pending is None:
-                raise PromotionError(
-                    "production changed while this rollback waited for the lock (it planned "
-                    f"{' -> '.join(plan) if plan else 'to stop the canary'}, now it would move "
-                    f"{decided[0]} -> {decided[1]}); "
-                    "nothing was changed. Check `mlrelease status`, then run scripts/rollback.sh "
-                    "again, or with --to VERSION",
-                    exit_code=2,
-                )
-            reason = pending.reason if pending is not None and pending.reason else reason
-            resumed = pending if pending is not None and pending.pid != os.getpid() else None
-            p._journal(
-                Operation(
-                    command="rollback",
-                    version=decided[1],
-                    pid=os.getpid(),
-                    by=resumed.by if resumed is not None else p.by,  # who started it, however many runs finish it
-                    started_at=resumed.started_at if resumed is not None else time.time(),
-                    from_version=decided[0],
-                    reason=reason,
-                )
+    goal = plan[1] if plan is not None else str(canary)
+    abort.make()
+    with p.operation("rollback", goal, out, wait_s=p.params.rollback_lock_wait, reconcile=False) as pending:
+        abort.withdraw()
+        decided = _rollback_plan(p, to, Outcome(), pending, canary)  # decide again under the lock, then journal
+        if decided is None:
+            _clear_canary(p, canary, reason, out)
+            return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
+        if decided != plan and pending is None:
+            raise PromotionError(
+                "production changed while this rollback waited for the lock (it planned "
+                f"{' -> '.join(plan) if plan else 'to stop the canary'}, now it would move "
+                f"{decided[0]} -> {decided[1]}); "
+                "nothing was changed. Check `mlrelease status`, then run scripts/rollback.sh "
+                "again, or with --to VERSION",
+                exit_code=2,
             )
-            return _switch_back(p, decided[0], decided[1], reason, out, resumed)
-    except PromotionLocked:
-        locked_out = True  # the request stays: the promotion holding the lock stops at its next check
-        raise
-    finally:
-        if not locked_out:
-            abort.unlink(missing_ok=True)
+        reason = pending.reason if pending is not None and pending.reason else reason
+        resumed = pending if pending is not None and pending.pid != os.getpid() else None
+        p._journal(
+            Operation(
+                command="rollback",
+                version=decided[1],
+                pid=os.getpid(),
+                by=resumed.by if resumed is not None else p.by,  # who started it, however many runs finish it
+                started_at=resumed.started_at if resumed is not None else time.time(),
+                from_version=decided[0],
+                reason=reason,
+            )
+        )
+        return _switch_back(p, decided[0], decided[1], reason, out, resumed)
 
 
 def _stale_pass(tags: dict[str, str], serving: str | None) -> str | None:
@@ -1053,34 +1111,56 @@ def _serving_version(p: Promoter) -> str | None:
     return p.target.slot_version(PROD, slot)
 
 
-def _recover_dead_promotion(p: Promoter, to: str | None, reason: str, out: Outcome) -> str | None:
-    """A promotion killed mid-way (its journal is there, its process is not) is undone under the lock before the
-    rollback plans: its half-done state (no stable slot, say) is no base for a plan. When undoing it took traffic
-    off the version that served, that version is withdrawn under the same lock (so a rollback started meanwhile
-    finds it withdrawn, not a version to withdraw again); returns the version production is back on then."""
+def _dead_promotion(p: Promoter) -> Operation | None:
+    """The journaled promotion whose process is gone (killed mid-way), else None."""
     from deploy.targets.local import pid_alive
 
     op = p.journal.load().operation
-    if op is None or op.command == "rollback" or pid_alive(op.pid):
+    return None if op is None or op.command == "rollback" or pid_alive(op.pid) else op
+
+
+def _recover_dead_promotion(p: Promoter, to: str | None, reason: str, out: Outcome, abort: AbortRequest) -> str | None:
+    """A promotion killed mid-way is undone under the lock before the rollback plans: its half-done state (no
+    stable slot, say) is no base for a plan. When undoing it took traffic off the version that served, that version
+    is withdrawn under the same lock. Returns the version production is back on then, else None (also when another
+    run recovered it meanwhile: this one then plans from what that run left, and finds it rolled back)."""
+    op = _dead_promotion(p)
+    if op is None:
         return None
-    if p.dry_run:
-        out.say(
-            f"would first recover the interrupted `{op.command}` of version {op.version} (pid {op.pid} is gone); "
-            "the real run plans again after that, and stops there if it takes production off the version serving "
-            "now. This preview is from the state before it:"
-        )
-        return None
-    before = _serving_version(p)
-    with p.operation("rollback", op.version, out, wait_s=p.params.rollback_lock_wait, reconcile=False):
-        after = _serving_version(p)  # entering recovered it (traffic back on stable, its slots stopped)
+    abort.make()  # another command may have recovered it and hold the lock now
+    with promotion_lock(p.state_dir, "rollback", p.by, wait_s=p.params.rollback_lock_wait):
+        abort.withdraw()
+        if p.journal.load().operation != op:
+            return None
+        before = _serving_version(p)
+        p.recover(out, resume_rollback=True)  # traffic back on stable (or the switch finished), journal cleared
+        after = _serving_version(p)
         if before is None or after is None or after == before or to == before:
             return None
-        mark = p.journal.load().last_rollback
-        if mark is not None and (mark.from_version, mark.to_version) == (before, after):
-            out.say(f"another rollback run already undid version {before}'s interrupted promotion")
-        else:
-            _withdraw_undone(p, before, after, reason, out)
+        _withdraw_undone(p, before, after, reason, out)
     return after
+
+
+def _preview_recovery(p: Promoter, to: str | None, out: Outcome) -> bool:
+    """A dry run with a dead promotion journaled: say what recovering it first would do. True when the real run
+    stops there (the preview is complete); False when production stays on the version serving now, so the plan
+    from the current state holds."""
+    op = _dead_promotion(p)
+    if op is None:
+        return False
+    out.say(f"would first recover the interrupted `{op.command}` of version {op.version} (pid {op.pid} is gone)")
+    serving = _serving_version(p)
+    back_on = p.target.slot_version(PROD, "stable") or p.target.slot_version(PROD, "previous")
+    if serving is None or back_on is None or serving == back_on:
+        return False
+    withdrawn = "" if to == serving else f" and withdraw version {serving} as rolled back"
+    out.say(f"undoing it would put production back on version {back_on}{withdrawn}")
+    out.say(
+        "nothing more to do after that"
+        if to in (None, back_on)
+        else f"then would move all production traffic from version {back_on} to {to}"
+    )
+    return True
 
 
 def _clear_canary(p: Promoter, version: str | None, reason: str, out: Outcome) -> None:
@@ -1098,6 +1178,8 @@ def _route_to(p: Promoter, goal: str, out: Outcome) -> tuple[bool, str]:
     weights = p.target.weights(PROD)
     where = next((s for s in ("stable", "previous", "canary") if p.target.slot_version(PROD, s) == goal), None)
     ready = where is not None and wait_identity(p.target, PROD, where, 1.0)
+    if where is not None and not ready and p.target.starting(PROD, where):  # a restart under way (an interrupted
+        ready = wait_identity(p.target, PROD, where, p.params.ready_timeout)  # reconcile): sooner than a cold start
     if where is not None and not ready and weights.get(where, 0) > 0:
         p.revive(PROD, where, out, then="run scripts/rollback.sh again")  # it holds traffic: never replaced
         ready = True

@@ -92,6 +92,11 @@ class DeploymentTarget(ABC):
     def slot_problem(self, environment: str, slot: str) -> str | None:
         """None when the slot is ready and provably serves its recorded version and bundle; else what is wrong."""
 
+    def starting(self, environment: str, slot: str) -> bool:
+        """True while the slot's server runs but does not answer as itself yet (a restart under way): waiting for it
+        is sooner than starting another. A target that cannot tell says False."""
+        return False
+
     @abstractmethod
     def slot_version(self, environment: str, slot: str) -> str | None:
         """The version running in the slot, None when it is empty."""

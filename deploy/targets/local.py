@@ -202,6 +202,12 @@ class LocalTarget(DeploymentTarget):
             f"on {slot.url}/ready; see {self._log_hint(slot)}"
         )
 
+    def starting(self, environment: str, slot: str) -> bool:
+        found = self.store.load().env(environment).slots.get(slot)
+        if found is None or not pid_alive(found.pid) or not is_our_server(found.pid, found.port):
+            return False
+        return identity_problem(found)[1] is not None
+
     def _log_hint(self, slot: Slot) -> str:
         return str(self.state_dir / "logs" / f"*-v{slot.version}-{slot.port}.log")
 
@@ -398,9 +404,9 @@ class LocalTarget(DeploymentTarget):
             update={"pid": process.pid, "started_at": time.time()}
         )
         self.store.save(state)
+        if slot.expires_at is not None:  # the old watcher followed the old pid and has ended; started before the
+            self._watch_expiry(environment, slot_name, process.pid)  # wait, which a rollback may interrupt
         self._wait_ready(state.env(environment).slots[slot_name], process)
-        if slot.expires_at is not None:  # the old watcher followed the old pid and has ended
-            self._watch_expiry(environment, slot_name, process.pid)
 
     def stop_all(self) -> None:
         """Stop every slot and every router (tests and `make clean`)."""

@@ -359,7 +359,10 @@ def in_progress(state_dir: Path) -> str | None:
     elif op.command == "rollback":
         where = f"interrupted (pid {op.pid} is gone): run scripts/rollback.sh to finish it"
     else:
-        where = f"interrupted (pid {op.pid} is gone): the next command (`mlrelease reconcile`) undoes it"
+        where = (
+            f"interrupted (pid {op.pid} is gone): the next command recovers it (undone, or finished if its switch "
+            "was done): `mlrelease reconcile`, or scripts/rollback.sh in an incident"
+        )
     reason = f" ({op.reason})" if op.reason else ""
     return f"in progress: `{op.command}` to version {op.version}{moving} by {op.by} since {since} UTC{reason}, {where}"
 

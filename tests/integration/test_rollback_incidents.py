@@ -362,6 +362,8 @@ def test_rollback_does_not_wait_for_a_canary_server_that_is_still_starting(incid
     assert_all_on(incident, p, sample_rows(incident.bundle, 8), context)
     assert wait_gone(slot.pid, 20), f"the canary server (pid {slot.pid}) still runs\n{context}"
     assert t.store.load().operation is None, context
+    stopped = [r for r in history_rows(home) if r["action"] == "canary-rollback" and r["from"] == c]
+    assert stopped and "stillstarting" in "".join(stopped[-1]["reason"].split()), stopped  # who stopped it, why
 
 
 # ----- 1b. mistakes, and a canary when production has nowhere to go back to ------------------------------------------
@@ -543,6 +545,43 @@ def journal_killed(
     store.save(state)
 
 
+def killed_switch_to(incident: Incident, version: str, bundle: Path, rows: list[list[float]]) -> None:
+    """`promote production` of a version that passed its canary, killed after its switch and before its renames:
+    the version serves 100% from the canary slot while the stable slot still holds the one it replaces."""
+    home, name = incident.home, incident.name
+    client = registry(home)
+    client.set_registered_model_alias(name, "canary", version)  # as its passed canary left it
+    client.set_model_version_tag(name, version, "mlrelease.canary_passed", "true")
+    t = target(home)
+    t.deploy(PROD, "canary", bundle, version)
+    t.set_weights(PROD, {"canary": 100.0})
+    assert set(answered_by(t.entry_url(PROD) or "", name, rows)) == {version}
+    journal_killed(incident, "promote production", version)
+    incident.state()
+
+
+def assert_withdrawn(incident: Incident, version: str, to: str, records: int) -> None:
+    """``version`` tagged rolled back, its canary pass withdrawn, and that many rollback records away from it."""
+    tags = registry(incident.home).get_model_version(incident.name, version).tags
+    assert tags.get("mlrelease.canary_passed") == "false" and "misbehaves" in tags.get("mlrelease.rolled_back", ""), (
+        tags
+    )
+    back = [r for r in history_rows(incident.home) if r["action"] == "rollback" and r["from"] == version]
+    assert len(back) == records and {r["to"] for r in back} == {to}, back
+    assert all("misbehaves" in "".join(r["reason"].split()) for r in back), back
+
+
+def patient_params(tmp_path: Path) -> str:
+    """The repository's params.yaml with a minute's lock wait for rollbacks (queued on purpose in a test)."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["promotion"]["rollback_lock_wait"] = "60s"
+    path = tmp_path / "params-patient.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
 def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(incident: Incident, tmp_path: Path) -> None:
     """`promote production` killed after its switch, before its alias and history: the next command finishes it
     (it used to write it down as undone, the alias on the old version). Then a `promote canary` that died with
@@ -589,45 +628,42 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     c_bundle = make_variant(incident.bundle, tmp_path / "version-c", "same")
     c = register(c_bundle, home, name, "incident-c")
     client = registry(home)
-    client.set_registered_model_alias(name, "canary", c)  # as its passed canary left it
-    client.set_model_version_tag(name, c, "mlrelease.canary_passed", "true")
     t = target(home)
-    t.deploy(PROD, "canary", c_bundle, c)
-    t.set_weights(PROD, {"canary": 100.0})
-    assert set(answered_by(t.entry_url(PROD) or "", name, rows)) == {c}
-    journal_killed(incident, "promote production", c)
-    preview, _ = rollback(home, "--dry-run")  # names the recovery first: it may be all the real run does
+    reason = "test: the new version misbehaves"
+    killed_switch_to(incident, c, c_bundle, rows)
+    preview, _ = rollback(home, "--dry-run")  # names the recovery first, and that the real run stops after it
     said = " ".join(preview.stdout.split())
     assert preview.returncode == 0 and f"would first recover the interrupted `promote production` of version {c}" in (
         said
     ), show(preview)
+    assert f"put production back on version {a} and withdraw version {c}" in said, said
+    assert "nothing more to do after that" in said and "would move" not in said, said
     assert target(home).store.load().operation is not None and t.weights(PROD) == {"canary": 100.0}, said
     # two on-calls at once, both finding the dead promotion before either has the lock: one undoes it and withdraws
     # version C, the other finds that done (both used to withdraw it and record it)
+    patient = patient_params(tmp_path)
     with ThreadPoolExecutor(2) as pool:
         with promotion_lock(t.state_dir, "test: both rollbacks queue", "test"):
-            started = [pool.submit(rollback, home, "--reason", "test: the new version misbehaves") for _ in range(2)]
-            time.sleep(8)
-        runs = [run.result()[0] for run in started]
+            started = [pool.submit(rollback, home, "--reason", reason, "--params", patient) for _ in range(2)]
+            time.sleep(8)  # each reads the journal within seconds, then waits for the lock (60 s)
+        runs = sorted((run.result()[0] for run in started), key=lambda r: "nothing more to do" not in r.stdout)
     said = " ".join(" ".join(r.stdout.split()) for r in runs)
-    ended = [
-        r.returncode == 0
-        and ("nothing more to do" in r.stdout or f"already rolled back from version {c} to {a}" in r.stdout)
-        for r in runs
-    ]
-    assert all(ended) and "nothing more to do" in said, [show(r) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], [show(r) for r in runs]
+    assert "nothing more to do" in runs[0].stdout, said
+    assert f"already rolled back from version {c} to {a}" in runs[1].stdout, said
     assert_all_on(incident, a, rows, said)  # the canary alias included: gone
     assert t.slot_version(PROD, "previous") == p, said
     assert "mlrelease.rolled_back" not in client.get_model_version(name, a).tags, said
-    tags = client.get_model_version(name, c).tags  # and c cannot go back to production on its old pass
-    assert tags.get("mlrelease.canary_passed") == "false" and "misbehaves" in tags.get("mlrelease.rolled_back", ""), (
-        tags
-    )
-    back = [r for r in history_rows(home) if r["action"] == "rollback" and r["from"] == c]
-    assert len(back) == 1 and back[0]["to"] == a and "misbehaves" in back[0]["reason"], back
+    assert_withdrawn(incident, c, a, records=1)
     again, _ = rollback(home)  # a second run is harmless: it used to go on from A to P (and tag A rolled back)
     assert again.returncode == 0 and f"already rolled back from version {c} to {a}" in again.stdout, show(again)
     assert_all_on(incident, a, rows, show(again))
+    # C canaried again and its switch killed again: the mark of the first time is no reason to skip withdrawing it
+    killed_switch_to(incident, c, c_bundle, rows)
+    rolled, _ = rollback(home, "--reason", reason)
+    assert rolled.returncode == 0 and "nothing more to do" in rolled.stdout, show(rolled)
+    assert_all_on(incident, a, rows, show(rolled))
+    assert_withdrawn(incident, c, a, records=2)
 
     # `promote production` of A killed after its switch (as at the start), and the registry down: recovery cannot
     # write A's alias, but the rollback still moves production to the warm P, then says what is left

@@ -51,10 +51,10 @@ def test_an_interrupted_wait_stops_and_forgets_the_new_server(tmp_path: Path) ->
     and the half-started server is stopped and dropped like one that never became ready."""
     target = LocalTarget(tmp_path / "state", routed=(), ready_timeout_s=120, drain_timeout_s=2)
     bundle = make_bundle(tmp_path / "bundle", epochs=2)
-    calls = []
+    calls: list[bool] = []
 
     def interrupt() -> None:
-        calls.append(time.monotonic())
+        calls.append(target.starting("staging", "pending"))  # its server runs, not ready yet: worth waiting for
         if len(calls) == 3:  # the server is spawned and recorded, not yet ready (it is still importing torch)
             raise _Interrupted("a rollback asked for the lock")
 
@@ -68,6 +68,8 @@ def test_an_interrupted_wait_stops_and_forgets_the_new_server(tmp_path: Path) ->
         if "pending" in target.store.load().env("staging").slots:  # the wait was not interrupted
             target.stop_all()
     assert time.monotonic() - started < 30, "the wait stopped at the interrupt, not at the ready timeout"
+    assert calls == [True, True, True]
+    assert not target.starting("staging", "pending")  # forgotten
     assert "pending" not in target.store.load().env("staging").slots
     logs = list((tmp_path / "state" / "logs").glob("staging-pending-v5-*.log"))
     assert logs

@@ -342,3 +342,20 @@ def test_a_done_staging_switch_with_the_registry_down_is_not_recorded_undone(
     assert promoter.journal.load().operation is None
     assert [r["outcome"] for r in promoter.audit.records()] == ["alias not set"]
     assert any("mlrelease promote staging --version 2" in line for line in out.lines), out.lines
+
+
+def test_a_rollback_withdraws_only_its_own_abort_request(tmp_path: Path) -> None:
+    """A rollback with nothing to do used to be free to remove the request another rollback, still waiting for the
+    lock, had made; and it must make none when it never waits (a promotion would stop for nothing)."""
+    from registry.promotion import ABORT_FILE, AbortRequest
+
+    theirs = tmp_path / ABORT_FILE
+    theirs.touch()  # another rollback waits for the lock
+    mine = AbortRequest(theirs)
+    mine.withdraw()
+    assert theirs.exists()
+    mine.make()
+    mine.withdraw()
+    assert not theirs.exists() and not mine.made
+    AbortRequest(tmp_path / "missing" / ABORT_FILE).make()  # no state folder: nothing runs, nothing to ask
+    assert not (tmp_path / "missing").exists()
