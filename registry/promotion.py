@@ -796,7 +796,8 @@ class Promoter:
             out.say(f"would switch production stable to version {version} ({kept})")
             return out
         # journaled with its reason and the version it replaces: recovery audits it as this command would have
-        with self.operation("promote production", version, out, reason=reason, from_version=serving_now):
+        replaces = None if serving_now == version else serving_now  # same version: recovery only finishes it
+        with self.operation("promote production", version, out, reason=reason, from_version=replaces):
             self._switch_production(version, passed, reason, out)
         return out
 
@@ -989,8 +990,9 @@ def run_rollback(p: Promoter, to: str | None, reason: str) -> Outcome:
 @dataclass
 class AbortRequest:
     """A rollback's request that the promotion holding the lock stop (a file that promotion checks): made only
-    while this rollback waits for the lock, so a rollback with nothing to do never stops a promotion, and only
-    ever withdrawn by the rollback that made it (another rollback may be waiting on the same request)."""
+    just before this rollback waits for the lock, so a rollback with nothing to do never stops a promotion nor
+    removes another's request. Withdrawn once it holds the lock (a rollback waiting on the same request then waits
+    behind a rollback, which never checks it) or when it ends; kept when it gave up waiting."""
 
     path: Path
     made: bool = False
@@ -1122,23 +1124,32 @@ def _dead_promotion(p: Promoter) -> Operation | None:
 def _recover_dead_promotion(p: Promoter, to: str | None, reason: str, out: Outcome, abort: AbortRequest) -> str | None:
     """A promotion killed mid-way is undone under the lock before the rollback plans: its half-done state (no
     stable slot, say) is no base for a plan. When undoing it took traffic off the version that served, that version
-    is withdrawn under the same lock. Returns the version production is back on then, else None (also when another
-    run recovered it meanwhile: this one then plans from what that run left, and finds it rolled back)."""
+    is withdrawn under the same lock. Returns the version production is back on then, else None. Another command may
+    recover it while this one waits: a rollback run has then withdrawn the version too (this one finds it rolled
+    back), any other command has not, and this one withdraws it."""
     op = _dead_promotion(p)
     if op is None:
         return None
+    before = _serving_version(p)  # read again under the lock when nobody recovered it meanwhile
     abort.make()  # another command may have recovered it and hold the lock now
     with promotion_lock(p.state_dir, "rollback", p.by, wait_s=p.params.rollback_lock_wait):
         abort.withdraw()
-        if p.journal.load().operation != op:
-            return None
-        before = _serving_version(p)
-        p.recover(out, resume_rollback=True)  # traffic back on stable (or the switch finished), journal cleared
+        state = p.journal.load()
+        if state.operation == op:
+            before = _serving_version(p)
+            p.recover(out, resume_rollback=True)  # traffic back on stable (or the switch finished), journal cleared
+        elif state.operation is not None or _withdrawn_since(state.last_rollback, before, op):
+            return None  # a rollback is journaled (the main path finishes it), or one already withdrew the version
         after = _serving_version(p)
         if before is None or after is None or after == before or to == before:
             return None
         _withdraw_undone(p, before, after, reason, out)
     return after
+
+
+def _withdrawn_since(mark: RollbackMark | None, version: str | None, op: Operation) -> bool:
+    """A rollback withdrew ``version`` after ``op`` started (so, from the very promotion ``op`` journaled)."""
+    return mark is not None and mark.from_version == version and mark.at >= op.started_at
 
 
 def _preview_recovery(p: Promoter, to: str | None, out: Outcome) -> bool:
@@ -1178,8 +1189,11 @@ def _route_to(p: Promoter, goal: str, out: Outcome) -> tuple[bool, str]:
     weights = p.target.weights(PROD)
     where = next((s for s in ("stable", "previous", "canary") if p.target.slot_version(PROD, s) == goal), None)
     ready = where is not None and wait_identity(p.target, PROD, where, 1.0)
-    if where is not None and not ready and p.target.starting(PROD, where):  # a restart under way (an interrupted
-        ready = wait_identity(p.target, PROD, where, p.params.ready_timeout)  # reconcile): sooner than a cold start
+    if where is not None and not ready:  # a restart under way (an interrupted reconcile): sooner than a cold start
+        deadline = time.monotonic() + p.params.ready_timeout
+        while p.target.starting(PROD, where) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ready = wait_identity(p.target, PROD, where, 1.0)
     if where is not None and not ready and weights.get(where, 0) > 0:
         p.revive(PROD, where, out, then="run scripts/rollback.sh again")  # it holds traffic: never replaced
         ready = True

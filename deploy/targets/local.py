@@ -203,10 +203,14 @@ class LocalTarget(DeploymentTarget):
         )
 
     def starting(self, environment: str, slot: str) -> bool:
+        """Its server runs, was started within the ready timeout and does not answer /ready yet (or answers 503:
+        still loading). A server that answers otherwise, or for longer, is not starting: it is broken."""
         found = self.store.load().env(environment).slots.get(slot)
-        if found is None or not pid_alive(found.pid) or not is_our_server(found.pid, found.port):
+        if found is None or time.time() - found.started_at > self.ready_timeout_s:
             return False
-        return identity_problem(found)[1] is not None
+        if not pid_alive(found.pid) or not is_our_server(found.pid, found.port):
+            return False
+        return identity_problem(found)[0] in (0, 503)
 
     def _log_hint(self, slot: Slot) -> str:
         return str(self.state_dir / "logs" / f"*-v{slot.version}-{slot.port}.log")

@@ -664,6 +664,24 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     assert rolled.returncode == 0 and "nothing more to do" in rolled.stdout, show(rolled)
     assert_all_on(incident, a, rows, show(rolled))
     assert_withdrawn(incident, c, a, records=2)
+    # and once more, recovered meanwhile by another command (a CI retry, a reconcile) while the rollback waits for
+    # the lock: that recovery withdraws nothing, so the rollback does (it used to plan from there and move on to P)
+    killed_switch_to(incident, c, c_bundle, rows)
+    recover = (
+        "from pathlib import Path; from mlrelease.commands.release import build_promoter; "
+        "from registry.promotion import Outcome; "
+        "build_promoter(Path('params.yaml'), 'ci-retry', False).recover(Outcome())"
+    )
+    with ThreadPoolExecutor(1) as pool:
+        with promotion_lock(t.state_dir, "test: another command recovers it", "test"):
+            waiting = pool.submit(rollback, home, "--reason", reason, "--params", patient)
+            time.sleep(6)  # the rollback has read the journal and waits for the lock
+            subprocess.run([str(BIN / "python"), "-c", recover], cwd=home, env=env_for(home), check=True, timeout=120)
+            assert target(home).store.load().operation is None and t.weights(PROD) == {"stable": 100.0}
+        rolled = waiting.result()[0]
+    assert rolled.returncode == 0 and "nothing more to do" in rolled.stdout, show(rolled)
+    assert_all_on(incident, a, rows, show(rolled))
+    assert_withdrawn(incident, c, a, records=3)
 
     # `promote production` of A killed after its switch (as at the start), and the registry down: recovery cannot
     # write A's alias, but the rollback still moves production to the warm P, then says what is left
