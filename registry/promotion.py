@@ -1012,7 +1012,7 @@ def _preview_rollback(p: Promoter, to: str | None, out: Outcome) -> Outcome:
     """What ``run_rollback`` would do, changing nothing."""
     if _preview_recovery(p, to, out):
         return out
-    canary = active_canary(p)
+    canary = None if _dead_promotion(p) is not None else active_canary(p)  # recovery stops a dead one's canary
     plan = _rollback_plan(p, to, out, p.journal.load().operation, canary)
     if plan is None and canary is None:
         return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)

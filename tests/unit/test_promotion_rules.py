@@ -359,3 +359,23 @@ def test_a_rollback_withdraws_only_its_own_abort_request(tmp_path: Path) -> None
     assert not theirs.exists() and not mine.made
     AbortRequest(tmp_path / "missing" / ABORT_FILE).make()  # no state folder: nothing runs, nothing to ask
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_dry_run_previews_a_dead_canary_as_the_real_run_will_find_it(tmp_path: Path) -> None:
+    """Recovery stops a dead canary before the rollback plans: with no previous production version the real run
+    then has nothing to go back to. The dry run said "would stop the canary" instead."""
+    from registry.promotion import Outcome, PromotionError, _preview_rollback
+
+    promoter = _promoter(tmp_path)
+    slots = {
+        "stable": Slot(version="2", port=1, pid=1, model_name="m", bundle_dir="/b2"),
+        "canary": Slot(version="3", port=2, pid=2, model_name="m", bundle_dir="/b3"),
+    }
+    state = DeployState(environments={"production": Environment(slots=slots, weights={"stable": 95, "canary": 5})})
+    state.operation = Operation(command="promote canary", version="3", pid=2**22 + 3, by="ci")
+    promoter.journal.save(state)
+    out = Outcome()
+    with pytest.raises(PromotionError, match="no previous production version"):
+        _preview_rollback(promoter, None, out)
+    assert out.lines == ["would first recover the interrupted `promote canary` of version 3 (pid 4194307 is gone)"]
+    assert promoter.journal.load().operation is not None  # a dry run changes nothing
