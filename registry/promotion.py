@@ -248,6 +248,11 @@ class Promoter:
             # any other error keeps the journal, so the next command's recover() puts traffic back on stable
             self._journal(None)
 
+    def deploy_new(self, env: str, slot: str, bundle: Path, version: str) -> str:
+        """Start the command's new version in ``slot``; a rollback asking for the lock stops the wait for it."""
+        with self.interruptible():
+            return self.target.deploy(env, slot, bundle, version)
+
     @contextmanager
     def interruptible(self, enabled: bool = True) -> Iterator[None]:
         """While the target waits for a server to become ready, a rollback's abort request stops the wait and this
@@ -521,8 +526,7 @@ class Promoter:
         with self.operation("promote staging", version, out):
             self.stop_if_aborted()  # a rollback waiting for the lock goes first: staging can wait, an incident not
             bundle = self.bundle(version)
-            with self.interruptible():
-                url = self.target.deploy(STAGING, "pending", bundle, version)
+            url = self.deploy_new(STAGING, "pending", bundle, version)
             evidence = self._staging_gates(version, url, bundle)
             previous = self.target.slot_version(STAGING, "stable")
             self.target.set_weights(STAGING, {"pending": 100})  # staging has no router: this only records it
@@ -656,8 +660,7 @@ class Promoter:
 
         bundle = self.bundle(version)
         try:
-            with self.interruptible():
-                self.target.deploy(PROD, "canary", bundle, version)
+            self.deploy_new(PROD, "canary", bundle, version)
         except PromotionError as exc:  # a rollback took over before the canary got any traffic: say who stopped it
             self._note_canary_rollback(version, stable, f"{exc} (its server was still starting; it took no traffic)")
             raise
@@ -808,9 +811,7 @@ class Promoter:
             return
         if previous != version:
             if self.target.slot_version(PROD, "canary") != version:
-                bundle = self.bundle(version)
-                with self.interruptible():
-                    self.target.deploy(PROD, "canary", bundle, version)
+                self.deploy_new(PROD, "canary", self.bundle(version), version)
             if previous is None:
                 self.target.rename(PROD, "canary", "stable")
                 self.target.set_weights(PROD, {"stable": 100})
@@ -1010,9 +1011,10 @@ class AbortRequest:
 
 def _preview_rollback(p: Promoter, to: str | None, out: Outcome) -> Outcome:
     """What ``run_rollback`` would do, changing nothing."""
-    if _preview_recovery(p, to, out):
+    dead = _dead_promotion(p)
+    if dead is not None and _preview_recovery(p, dead, to, out):
         return out
-    canary = None if _dead_promotion(p) is not None else active_canary(p)  # recovery stops a dead one's canary
+    canary = None if dead is not None else active_canary(p)  # recovery stops a dead promotion's canary
     plan = _rollback_plan(p, to, out, p.journal.load().operation, canary)
     if plan is None and canary is None:
         return verify_production(p, str(p.target.slot_version(PROD, "stable")), out)
@@ -1152,13 +1154,10 @@ def _withdrawn_since(mark: RollbackMark | None, version: str | None, op: Operati
     return mark is not None and mark.from_version == version and mark.at >= op.started_at
 
 
-def _preview_recovery(p: Promoter, to: str | None, out: Outcome) -> bool:
+def _preview_recovery(p: Promoter, op: Operation, to: str | None, out: Outcome) -> bool:
     """A dry run with a dead promotion journaled: say what recovering it first would do. True when the real run
     stops there (the preview is complete); False when production stays on the version serving now, so the plan
     from the current state holds."""
-    op = _dead_promotion(p)
-    if op is None:
-        return False
     out.say(f"would first recover the interrupted `{op.command}` of version {op.version} (pid {op.pid} is gone)")
     serving = _serving_version(p)
     back_on = p.target.slot_version(PROD, "stable") or p.target.slot_version(PROD, "previous")
@@ -1189,8 +1188,8 @@ def _route_to(p: Promoter, goal: str, out: Outcome) -> tuple[bool, str]:
     weights = p.target.weights(PROD)
     where = next((s for s in ("stable", "previous", "canary") if p.target.slot_version(PROD, s) == goal), None)
     ready = where is not None and wait_identity(p.target, PROD, where, 1.0)
-    if where is not None and not ready:  # a restart under way (an interrupted reconcile): sooner than a cold start
-        deadline = time.monotonic() + p.params.ready_timeout
+    if where is not None and not ready and p.target.starting(PROD, where):  # a restart under way (an interrupted
+        deadline = time.monotonic() + p.params.ready_timeout  # reconcile): sooner than a cold start
         while p.target.starting(PROD, where) and time.monotonic() < deadline:
             time.sleep(0.1)
         ready = wait_identity(p.target, PROD, where, 1.0)
