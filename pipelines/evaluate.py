@@ -17,7 +17,7 @@ import torch
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
-from mlrelease.params import GateParams, Params, load_params, run_stage
+from mlrelease.core.params import GateParams, Params, load_params, run_stage
 from pipelines.common import Split, load_checkpoint, predict_proba, read_split, write_json
 from pipelines.gates import Gate, at_least, gates_payload
 from pipelines.schema import DataContract, load_contract

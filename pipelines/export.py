@@ -2,7 +2,7 @@
 
 Proof: parity with the eager model on the whole test split and edge inputs, a reload in a fresh process with
 `torch.jit.load`, and CPU latency gates at batch 1. Writes the bundle: model.pt, model_card.json and the
-reference statistics, per the contract in mlrelease/modelcard.py.
+reference statistics, per the contract in mlrelease/core/modelcard.py.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlrelease.modelcard import CARD_FILE, MODEL_FILE, REFERENCE_FILE, ModelCard, Standardization, sha256_file
-from mlrelease.params import ExportParams, load_params, run_stage
+from mlrelease.core.modelcard import CARD_FILE, MODEL_FILE, REFERENCE_FILE, ModelCard, Standardization, sha256_file
+from mlrelease.core.params import ExportParams, load_params, run_stage
 from pipelines.common import load_checkpoint, predict_proba, read_numeric, read_split, write_json
 from pipelines.evaluate import EDGE_SCALE, edge_inputs
 from pipelines.gates import Gate, at_most, gates_payload

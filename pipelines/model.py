@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlrelease.params import ModelParams
+from mlrelease.core.params import ModelParams
 
 
 class TabularClassifier(nn.Module):

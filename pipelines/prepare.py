@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from mlrelease.params import DataParams, load_params, run_stage
+from mlrelease.core.params import DataParams, load_params, run_stage
 from pipelines.data import DataSourceError, load_source
 from pipelines.schema import DataContract, SchemaFileError, load_contract
 from pipelines.validate import (

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from mlrelease.params import Params, load_params, run_stage
+from mlrelease.core.params import Params, load_params, run_stage
 from pipelines.common import read_numeric, write_json
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def flat_params(params: Params) -> dict[str, Any]:
 def registry_problem(exc: Exception, run_id: str) -> str:
     """What went wrong with the registry, and what to do. The common case by name: the training run is on another
     server (MLFLOW_TRACKING_URI changed after `train` ran, which DVC cannot see), so the version would lose it."""
-    from mlrelease.settings import get_settings
+    from mlrelease.core.settings import get_settings
 
     uri = get_settings().tracking_uri
     if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" and run_id in str(exc):
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     """DVC entry point: check gates, register (or reuse) the version, write reports/registration.json."""
     from mlflow.exceptions import MlflowException
 
-    from mlrelease.modelcard import IntegrityError
+    from mlrelease.core.modelcard import IntegrityError
     from registry.register import register_bundle
 
     parser = argparse.ArgumentParser(description=__doc__)

@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mlrelease.params import HIGHER_IS_LAXER, LOWER_IS_LAXER, ConfigFileError
+from mlrelease.core.params import HIGHER_IS_LAXER, LOWER_IS_LAXER, ConfigFileError
 
 MAX_EXAMPLES = 5
 

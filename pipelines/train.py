@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlrelease.params import Params, load_params, run_stage
+from mlrelease.core.params import Params, load_params, run_stage
 from pipelines.common import Split, read_split, save_checkpoint, seed_everything, write_json
 from pipelines.model import TabularClassifier, build_model
 from pipelines.schema import load_contract

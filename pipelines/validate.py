@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlrelease.modelcard import FeatureReference, ReferenceStats
+from mlrelease.core.modelcard import FeatureReference, ReferenceStats
 from pipelines.data import DataSourceError, load_source
 from pipelines.schema import MAX_EXAMPLES, DataContract, load_contract, to_pandera
 
@@ -171,7 +171,7 @@ def write_report(results: list[ValidationResult], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """DVC entry point: validate the prepared splits, write the report and the reference statistics."""
-    from mlrelease.params import load_params
+    from mlrelease.core.params import load_params
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--splits", type=Path, required=True)
@@ -195,6 +195,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from mlrelease.params import run_stage
+    from mlrelease.core.params import run_stage
 
     sys.exit(run_stage("validate", main))

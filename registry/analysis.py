@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mlrelease.params import HIGHER_IS_LAXER, LOWER_IS_LAXER
+from mlrelease.core.params import HIGHER_IS_LAXER, LOWER_IS_LAXER
 
 if TYPE_CHECKING:
     import numpy as np

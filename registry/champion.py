@@ -19,7 +19,7 @@ def production_metrics(
     import torch
     from mlflow.exceptions import MlflowException
 
-    from mlrelease.modelcard import MODEL_FILE, IntegrityError, ModelCard
+    from mlrelease.core.modelcard import MODEL_FILE, IntegrityError, ModelCard
     from pipelines.common import predict_proba
     from pipelines.evaluate import classification_metrics
     from registry.client import is_not_found

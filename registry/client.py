@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from mlrelease.settings import Settings, get_settings
+from mlrelease.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -84,7 +84,7 @@ def switch(state_dir: Path, to: str | None, by: str, reason: str, started: float
     from deploy.targets.base import DeploymentError
     from deploy.targets.local import LocalTarget
     from deploy.targets.state import Operation
-    from registry.locking import PromotionLocked, promotion_lock
+    from mlrelease.core.locking import PromotionLocked, promotion_lock
 
     target = LocalTarget(state_dir)
     try:
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fast(args: argparse.Namespace) -> tuple[Path, FastSwitch | None]:
     """The fast switch for these options: the state folder, and the switch when it moved traffic."""
-    from mlrelease.settings import get_settings
+    from mlrelease.core.settings import get_settings
     from registry.audit import resolve_actor
 
     state_dir = get_settings().state_dir

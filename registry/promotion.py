@@ -24,13 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from deploy.targets.base import DeploymentError, DeploymentTarget
 from deploy.targets.state import DeployState, Operation, RollbackMark, StateStore
-from mlrelease.modelcard import ModelCard, verify_bundle
-from mlrelease.settings import Settings
+from mlrelease.core.locking import PromotionLocked, promotion_lock
+from mlrelease.core.modelcard import ModelCard, verify_bundle
+from mlrelease.core.settings import Settings
 from registry.analysis import CanaryParams, parse_duration
 from registry.audit import AuditLog, AuditRecord, record
 from registry.client import brief_requests, get_client, is_not_found, is_registry_error
 from registry.fast_rollback import process_started, switched_to
-from registry.locking import PromotionLocked, promotion_lock
 
 log = logging.getLogger(__name__)
 PROD, STAGING = "production", "staging"
@@ -460,7 +460,7 @@ class Promoter:
 
     def bundle(self, version: str) -> Path:
         """Fetch and verify the bundle; a sha256 mismatch stops here, before any process or traffic."""
-        from mlrelease.modelcard import IntegrityError
+        from mlrelease.core.modelcard import IntegrityError
 
         try:
             return self.registry.bundle(version, self.state_dir / "bundles")

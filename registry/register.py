@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlrelease.modelcard import (
+from mlrelease.core.modelcard import (
     CARD_FILE,
     MODEL_FILE,
     REFERENCE_FILE,
@@ -21,7 +21,7 @@ from mlrelease.modelcard import (
     ModelCard,
     verify_bundle,
 )
-from mlrelease.settings import Settings
+from mlrelease.core.settings import Settings
 from registry.client import configure_mlflow, ensure_experiment, get_client
 
 if TYPE_CHECKING:

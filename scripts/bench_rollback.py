@@ -41,7 +41,7 @@ def setup(home: Path, bundle: Path, model_name: str) -> tuple[str, str]:
 def one_run(home: Path, bundle: Path, model_name: str, good: str, bad: str, rps: float) -> dict[str, Any]:
     """Promote ``bad`` over a warm ``good``, then roll back while the load generator runs."""
     from deploy.targets.local import LocalTarget
-    from mlrelease.settings import Settings
+    from mlrelease.core.settings import Settings
 
     proc = cli(home, "promote", "production", "--version", bad, "--force", "--reason", "bench: to roll back")
     if proc.returncode != 0:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rps", type=float, default=100.0)
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench_rollback.json")
     args = parser.parse_args(argv)
-    from mlrelease.modelcard import verify_bundle
+    from mlrelease.core.modelcard import verify_bundle
 
     model_name = verify_bundle(args.bundle).name
     with tempfile.TemporaryDirectory(prefix="bench-rollback-") as tmp:

@@ -40,7 +40,7 @@ def make_variant(bundle: Path, dest: Path, kind: str, reps: int = 40) -> Path:
     """Write a bundle whose model wraps ``bundle``'s model with the given behaviour."""
     import torch
 
-    from mlrelease.modelcard import MODEL_FILE, REFERENCE_FILE, ModelCard, ReferenceStats, sha256_file
+    from mlrelease.core.modelcard import MODEL_FILE, REFERENCE_FILE, ModelCard, ReferenceStats, sha256_file
 
     card = ModelCard.read(bundle)
     stats = ReferenceStats.model_validate_json((bundle / REFERENCE_FILE).read_text())
@@ -81,7 +81,7 @@ def make_variant(bundle: Path, dest: Path, kind: str, reps: int = 40) -> Path:
 
 def register(bundle: Path, home: Path, model_name: str, kind: str) -> str:
     """Register a bundle in the workspace's registry; return the new version number."""
-    from mlrelease.settings import Settings
+    from mlrelease.core.settings import Settings
     from registry.register import register_bundle
 
     version, _ = register_bundle(
@@ -119,7 +119,7 @@ def cli(home: Path, *args: str, timeout: float = 300, **extra: str) -> subproces
 def stop_everything(home: Path) -> None:
     """Stop every server and nginx a test started in this workspace."""
     from deploy.targets.local import LocalTarget
-    from mlrelease.settings import Settings
+    from mlrelease.core.settings import Settings
 
     LocalTarget(Settings(home=home).state_dir).stop_all()
 
@@ -129,7 +129,7 @@ def show(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def audit_actions(home: Path) -> list[dict[str, Any]]:
-    from mlrelease.settings import Settings
+    from mlrelease.core.settings import Settings
     from registry.audit import AuditLog
 
     return AuditLog(Settings(home=home).state_dir).records()
@@ -137,7 +137,7 @@ def audit_actions(home: Path) -> list[dict[str, Any]]:
 
 def registry(home: Path) -> Any:
     """An MlflowClient on the workspace's registry."""
-    from mlrelease.settings import Settings
+    from mlrelease.core.settings import Settings
     from registry.client import get_client
 
     return get_client(Settings(home=home))
@@ -156,7 +156,7 @@ def alias(home: Path, name: str, which: str) -> str | None:
 def target(home: Path) -> LocalTarget:
     """The workspace's local deployment target."""
     from deploy.targets.local import LocalTarget
-    from mlrelease.settings import Settings
+    from mlrelease.core.settings import Settings
 
     return LocalTarget(Settings(home=home).state_dir)
 
@@ -171,7 +171,7 @@ def make_contract_variant(bundle: Path, dest: Path) -> Path:
     """A bundle that takes one more feature than ``bundle`` (ignored), so the current clients' rows get a 422."""
     import torch
 
-    from mlrelease.modelcard import MODEL_FILE, REFERENCE_FILE, ModelCard, ReferenceStats, sha256_file
+    from mlrelease.core.modelcard import MODEL_FILE, REFERENCE_FILE, ModelCard, ReferenceStats, sha256_file
 
     card = ModelCard.read(bundle)
     stats = ReferenceStats.model_validate_json((bundle / REFERENCE_FILE).read_text())

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from mlrelease.net import free_port, stop_process
+from mlrelease.core.net import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "breast-cancer-classifier"
@@ -36,7 +36,7 @@ def make_bundle(
     """Train a small TabularClassifier on breast cancer, export it frozen, write card and reference stats."""
     import torch
 
-    from mlrelease.modelcard import MODEL_FILE, ModelCard, Standardization, sha256_file
+    from mlrelease.core.modelcard import MODEL_FILE, ModelCard, Standardization, sha256_file
     from pipelines.model import TabularClassifier
 
     x, y, names = breast_cancer()
@@ -68,7 +68,7 @@ def make_bundle(
 
 
 def write_reference(dest: Path, x: np.ndarray, names: list[str], bins: int = 10) -> None:
-    from mlrelease.modelcard import REFERENCE_FILE, FeatureReference, ReferenceStats
+    from mlrelease.core.modelcard import REFERENCE_FILE, FeatureReference, ReferenceStats
 
     features = {}
     for j, feature in enumerate(names):

@@ -50,7 +50,7 @@ class Workspace:
         return self.run(str(BIN / "dvc"), *args, check=check)
 
     def settings(self) -> Any:
-        from mlrelease.settings import Settings
+        from mlrelease.core.settings import Settings
 
         return Settings(home=self.root)
 

@@ -26,9 +26,9 @@ from deploy.image.engine import (
     local_images,
     remove_image,
 )
-from mlrelease.modelcard import CARD_FILE, MODEL_FILE, REFERENCE_FILE, verify_bundle
-from mlrelease.params import HIGHER_IS_LAXER
-from mlrelease.settings import Settings
+from mlrelease.core.modelcard import CARD_FILE, MODEL_FILE, REFERENCE_FILE, verify_bundle
+from mlrelease.core.params import HIGHER_IS_LAXER
+from mlrelease.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

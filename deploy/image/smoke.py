@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.image.engine import Engine, inspect_image
-from mlrelease.modelcard import MODEL_FILE, REFERENCE_FILE, ModelCard, ReferenceStats
-from mlrelease.net import free_port, stop_process
+from mlrelease.core.modelcard import MODEL_FILE, REFERENCE_FILE, ModelCard, ReferenceStats
+from mlrelease.core.net import free_port, stop_process
 
 log = logging.getLogger(__name__)
 

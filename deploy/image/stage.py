@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mlrelease.settings import Settings
+    from mlrelease.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def load_build_params(params_path: Path) -> tuple[object, str]:
     """(BuildParams, model name) from params.yaml."""
     from deploy.image.build import BuildParams
-    from mlrelease.params import load_params, section
+    from mlrelease.core.params import load_params, section
 
     params = load_params(params_path)
     return section(params, "build", BuildParams), params.model.name
@@ -33,7 +33,7 @@ def load_build_params(params_path: Path) -> tuple[object, str]:
 def load_scan_params(params_path: Path) -> object:
     """ScanParams from params.yaml."""
     from deploy.image.scan import ScanParams
-    from mlrelease.params import load_params, section
+    from mlrelease.core.params import load_params, section
 
     return section(load_params(params_path), "scan", ScanParams)
 

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlrelease.net import safe_for_secrets
-from mlrelease.params import HIGHER_IS_LAXER, LOWER_IS_LAXER
+from mlrelease.core.net import safe_for_secrets
+from mlrelease.core.params import HIGHER_IS_LAXER, LOWER_IS_LAXER
 
 log = logging.getLogger(__name__)
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -268,7 +268,7 @@ def write_gate_rows(bundle: Path, test_csv: Path, target: str, sampled: int, out
     from the version's own reference statistics (the smoke test's and the canary's traffic).
     """
     from deploy.targets.traffic import sample_rows
-    from mlrelease.modelcard import ModelCard
+    from mlrelease.core.modelcard import ModelCard
 
     names = ModelCard.read(bundle).feature_names
     rows: list[list[str]] | list[list[float]] | None = _split_rows(test_csv, names)

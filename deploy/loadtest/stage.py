@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest, wait_ready
-from mlrelease.net import free_port, stop_process
-from mlrelease.params import Params, load_params, run_stage, section
-from mlrelease.settings import get_settings
+from mlrelease.core.net import free_port, stop_process
+from mlrelease.core.params import Params, load_params, run_stage, section
+from mlrelease.core.settings import get_settings
 
 log = logging.getLogger("deploy.loadtest.stage")
 

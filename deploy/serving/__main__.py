@@ -1,6 +1,6 @@
 """``python -m deploy.serving --model-dir DIR | --model-uri models:/NAME@ALIAS [--host H] [--port P]``.
 
-Other settings come from MLRELEASE_* environment variables (mlrelease.settings.Settings). Exits 2 without
+Other settings come from MLRELEASE_* environment variables (mlrelease.core.settings.Settings). Exits 2 without
 starting when the configuration is unsafe or unusable (admin on without a real token, too many threads, ...).
 """
 

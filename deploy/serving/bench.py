@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.serving.steadiness import describe
-from mlrelease.net import free_port, stop_process
+from mlrelease.core.net import free_port, stop_process
 
 log = logging.getLogger("deploy.serving.bench")
 
@@ -519,7 +519,7 @@ def _plain_with(key: str, flag: str, microseconds: float, label: str, ours: Cand
 
 def payload(model_dir: Path) -> tuple[list[float], str]:
     """One instance: the training mean of every feature (from the card); and the model name."""
-    from mlrelease.modelcard import ModelCard
+    from mlrelease.core.modelcard import ModelCard
 
     card = ModelCard.read(model_dir)
     return [round(v, 4) for v in card.preprocessing.mean], card.name
@@ -534,8 +534,8 @@ def base_env() -> dict[str, str]:
 
 def register_for_mlflow(model_dir: Path, home: Path) -> tuple[str, dict[str, str]]:
     """Log the same bundle as an MLflow pyfunc (registry.register) in a throwaway registry -> URI, env."""
-    from mlrelease.modelcard import ModelCard
-    from mlrelease.settings import Settings
+    from mlrelease.core.modelcard import ModelCard
+    from mlrelease.core.settings import Settings
     from registry.register import register_bundle
 
     private: dict[str, Any] = {"home": home, "MLFLOW_TRACKING_URI": None}  # a throwaway sqlite registry
@@ -548,7 +548,7 @@ def register_for_mlflow(model_dir: Path, home: Path) -> tuple[str, dict[str, str
 
 
 def candidates(model_dir: Path, work: Path, skip_mlflow: bool) -> list[Candidate]:
-    from mlrelease.modelcard import ModelCard
+    from mlrelease.core.modelcard import ModelCard
 
     row, name = payload(model_dir)
     v1 = json.dumps({"instances": [row]}, separators=(",", ":")).encode()

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mlrelease.settings import Settings
+from mlrelease.core.settings import Settings
 
 
 class ServingSettings(Settings):

@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from mlrelease.modelcard import ReferenceStats
+from mlrelease.core.modelcard import ReferenceStats
 
 PSI_EPSILON = 1e-4
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mlrelease.modelcard import (
+from mlrelease.core.modelcard import (
     CARD_FILE,
     REFERENCE_FILE,
     IntegrityError,

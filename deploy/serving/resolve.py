@@ -42,7 +42,7 @@ def _from_registry(uri: str, version_label: str | None, workdir: Path) -> Resolv
             f"{uri}: resolving registry URIs needs mlflow ({exc}); in the serving image pass "
             "--model-dir with the bundle baked into the image"
         ) from exc
-    from mlrelease.modelcard import IntegrityError
+    from mlrelease.core.modelcard import IntegrityError
 
     name = uri[len("models:/") :].split("@", 1)[0].split("/", 1)[0]
     try:

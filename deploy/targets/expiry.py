@@ -60,7 +60,7 @@ def due_in(state_dir: Path, environment: str, slot: str, pid: int) -> float | No
 def expire_once(state_dir: Path, environment: str, slot: str, pid: int) -> str | None:
     """Under the lock: stop the slot if it is due; return what happened, or None to keep waiting."""
     from deploy.targets.local import LocalTarget
-    from registry.locking import PromotionLocked, promotion_lock
+    from mlrelease.core.locking import PromotionLocked, promotion_lock
 
     try:
         with promotion_lock(state_dir, f"expire {environment}/{slot}", "rollback-window", wait_s=LOCK_RETRY_S):

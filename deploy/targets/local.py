@@ -24,8 +24,8 @@ from pathlib import Path
 from deploy.targets.base import DeploymentError, DeploymentTarget, SlotStatus
 from deploy.targets.process import REPO_ROOT, spawn_detached
 from deploy.targets.state import DeployState, Slot, StateStore, atomic_write
-from mlrelease.modelcard import IntegrityError, ModelCard, verify_bundle
-from mlrelease.net import free_port
+from mlrelease.core.modelcard import IntegrityError, ModelCard, verify_bundle
+from mlrelease.core.net import free_port
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlrelease.modelcard import REFERENCE_FILE, ModelCard, ReferenceStats
+from mlrelease.core.modelcard import REFERENCE_FILE, ModelCard, ReferenceStats
 
 
 def sample_rows(bundle_dir: Path, n: int, seed: int = 0) -> list[list[float]]:

@@ -136,8 +136,8 @@ def compare(base: str, markdown: bool, accept: bool) -> None:
     """Body of `mlrelease compare`."""
     import yaml
 
-    from mlrelease.compare import compare_with, table
-    from mlrelease.compare import markdown as comparison_markdown
+    from pipelines.compare import compare_with, table
+    from pipelines.compare import markdown as comparison_markdown
 
     head = _load_json(REPORTS / "metrics.json")
     if not head:
@@ -281,7 +281,7 @@ def require_file(file: Path) -> None:
 
 def validate_data(file: Path, schema: Path | None, report: Path | None) -> None:
     """Body of `mlrelease validate-data`."""
-    from mlrelease.params import load_params
+    from mlrelease.core.params import load_params
     from pipelines.schema import load_contract
     from pipelines.validate import format_results, validate_file, write_report
 

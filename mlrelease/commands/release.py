@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
-    from mlrelease.params import Params
-    from mlrelease.settings import Settings
+    from mlrelease.core.params import Params
+    from mlrelease.core.settings import Settings
     from registry.promotion import Outcome, Promoter
 
 
@@ -34,8 +34,8 @@ DRY = typer.Option(False, "--dry-run", help="Say what would happen; change nothi
 def build_promoter(params_path: Path, by: str | None, dry_run: bool, loadtest: bool = False) -> Promoter:
     """Wire settings, params, the local target, the registry and the actor into a Promoter."""
     from deploy.targets.local import LocalTarget
-    from mlrelease.params import load_params, section
-    from mlrelease.settings import get_settings
+    from mlrelease.core.params import load_params, section
+    from mlrelease.core.settings import get_settings
     from registry.analysis import CanaryParams
     from registry.audit import resolve_actor
     from registry.promotion import Promoter, PromotionParams, Registry
@@ -66,7 +66,7 @@ def build_promoter(params_path: Path, by: str | None, dry_run: bool, loadtest: b
 def _loadtest_params(params: Params) -> object:
     """The serving engineer's load-test section (imported only for the staging gate: it pulls in httpx)."""
     from deploy.loadtest.runner import LoadtestParams
-    from mlrelease.params import section
+    from mlrelease.core.params import section
 
     return section(params, "loadtest", LoadtestParams)
 
@@ -87,8 +87,8 @@ def run_guarded(action: str, call: Callable[[], None]) -> None:
     from rich.console import Console
 
     from deploy.targets.base import DeploymentError
-    from mlrelease.params import ParamsError
-    from registry.locking import PromotionLocked
+    from mlrelease.core.locking import PromotionLocked
+    from mlrelease.core.params import ParamsError
     from registry.promotion import PromotionError
 
     err = Console(stderr=True, soft_wrap=True)  # no hard line breaks: paths and ids stay copyable
@@ -130,7 +130,7 @@ def _steps(text: str | None) -> list[float] | None:
 def project_settings() -> Settings:
     """Settings of a workspace that is one (a params.yaml or deployment state is there): status and history read
     its state, and run from elsewhere they would report an empty one as if nothing were deployed."""
-    from mlrelease.settings import get_settings
+    from mlrelease.core.settings import get_settings
 
     settings = get_settings()
     if not (settings.home / "params.yaml").is_file() and not settings.state_dir.is_dir():
@@ -148,8 +148,8 @@ def stop_everything(state_dir: Path, yes: bool, by: str | None) -> None:
     promotion (nothing is left to recover) and record who did it. An unfinished rollback is refused: stopping it
     would leave the version it was taking production away from as the one to serve again."""
     from deploy.targets.local import LocalTarget
+    from mlrelease.core.locking import promotion_lock
     from registry.audit import AuditLog, AuditRecord, resolve_actor
-    from registry.locking import promotion_lock
 
     target = LocalTarget(state_dir)
     actor = resolve_actor(by)

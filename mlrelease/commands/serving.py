@@ -43,8 +43,8 @@ def _loadtest(
     from rich.table import Table
 
     from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest
-    from mlrelease.params import ConfigFileError, load_params, section
-    from mlrelease.settings import get_settings
+    from mlrelease.core.params import ConfigFileError, load_params, section
+    from mlrelease.core.settings import get_settings
 
     console = Console()
     try:

@@ -16,7 +16,7 @@ import httpx
 import orjson
 import pytest
 
-from mlrelease.net import free_port, stop_process
+from mlrelease.core.net import free_port, stop_process
 
 pytestmark = [pytest.mark.integration]
 MODES = {"asgi": [], "fast": ["--fast"], "plain": ["--plain"]}

@@ -26,7 +26,7 @@ from deploy.image.engine import Engine, detect_engine, inspect_image, local_imag
 from deploy.image.gate import image_checks, verdict
 from deploy.image.scan import ScanParams
 from deploy.image.smoke import SmokeError, reference_inputs, smoke_test
-from mlrelease.modelcard import ModelCard, sha256_file
+from mlrelease.core.modelcard import ModelCard, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.image, pytest.mark.slow, pytest.mark.xdist_group("image")]

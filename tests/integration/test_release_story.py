@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from deploy.targets.traffic import LoadDriver, predict_path, sample_rows
-from mlrelease.modelcard import ModelCard, sha256_file
+from mlrelease.core.modelcard import ModelCard, sha256_file
 from tests.release_helpers import (
     BIN,
     FAST_RELEASE,

@@ -26,9 +26,9 @@ import pytest
 from deploy.targets.local import is_our_server, pid_alive
 from deploy.targets.state import DeployState, Operation
 from deploy.targets.traffic import LoadDriver, LoadResult, predict_path, sample_rows
-from mlrelease.modelcard import ModelCard
-from mlrelease.net import free_port
-from registry.locking import promotion_lock
+from mlrelease.core.locking import promotion_lock
+from mlrelease.core.modelcard import ModelCard
+from mlrelease.core.net import free_port
 from tests.release_helpers import (
     BIN,
     FAST_RELEASE,

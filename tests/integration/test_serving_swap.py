@@ -190,7 +190,7 @@ def test_registry_uri_is_resolved_and_its_tag_checked(
     bundles: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Also: the download is scratch, gone once the model is in memory (or its check failed)."""
-    from mlrelease.settings import Settings
+    from mlrelease.core.settings import Settings
     from registry.client import get_client
     from registry.register import register_bundle
 

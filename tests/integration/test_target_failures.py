@@ -10,7 +10,7 @@ import pytest
 from deploy.targets.base import DeploymentError
 from deploy.targets.local import LocalTarget, pid_alive
 from deploy.targets.state import Operation
-from mlrelease.modelcard import MODEL_FILE, ModelCard, sha256_file
+from mlrelease.core.modelcard import MODEL_FILE, ModelCard, sha256_file
 from tests.serving_helpers import make_bundle
 
 pytestmark = pytest.mark.integration
@@ -141,7 +141,7 @@ def test_a_production_promotion_killed_between_its_renames_is_undone(tmp_path: P
     """Killed after `stable` became `previous` but before the new version became `stable`: recovery puts the old
     version back as stable with all traffic (a rollback must always find a stable slot)."""
     from deploy.targets.state import Operation
-    from mlrelease.settings import Settings
+    from mlrelease.core.settings import Settings
     from registry.analysis import CanaryParams
     from registry.promotion import Outcome, Promoter, PromotionParams, Registry
 
@@ -178,7 +178,7 @@ def test_down_stops_every_server_and_router_and_asks_before_production(tmp_path:
     import shutil
 
     from deploy.targets.router import Nginx
-    from mlrelease.settings import Settings
+    from mlrelease.core.settings import Settings
     from tests.release_helpers import REPO, audit_actions, cli, show
 
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")

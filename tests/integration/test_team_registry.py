@@ -24,9 +24,9 @@ import httpx
 import pytest
 
 from deploy.targets.traffic import predict_path, sample_rows
-from mlrelease.modelcard import ModelCard
-from mlrelease.net import free_port
-from mlrelease.settings import Settings
+from mlrelease.core.modelcard import ModelCard
+from mlrelease.core.net import free_port
+from mlrelease.core.settings import Settings
 from tests.release_helpers import (
     BIN,
     FAST_RELEASE,

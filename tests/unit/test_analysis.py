@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from pydantic import ValidationError
 
 from deploy.targets.traffic import LoadDriver, LoadResult
-from mlrelease.settings import Settings
+from mlrelease.core.settings import Settings
 from registry.analysis import (
     Analysis,
     CanaryParams,

@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mlrelease.cli import app
-from mlrelease.compare import (
+from pipelines.compare import (
     compare_metrics,
     compare_with,
     interface_changes,

@@ -21,7 +21,7 @@ def test_short_evidence_names_nested_values_without_printing_them() -> None:
 
 def test_history_json_gives_every_record_in_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlrelease.cli import app
-    from mlrelease.settings import get_settings
+    from mlrelease.core.settings import get_settings
 
     monkeypatch.setenv("MLRELEASE_HOME", str(tmp_path))
     get_settings.cache_clear()
@@ -50,7 +50,7 @@ def test_history_and_status_show_a_rollback_under_way_before_its_record_exists(
 
     from deploy.targets.state import Operation, StateStore
     from mlrelease.cli import app
-    from mlrelease.settings import get_settings
+    from mlrelease.core.settings import get_settings
 
     monkeypatch.setenv("MLRELEASE_HOME", str(tmp_path))
     get_settings.cache_clear()

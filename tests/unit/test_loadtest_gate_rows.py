@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deploy.loadtest.runner import write_gate_rows
-from mlrelease.modelcard import ModelCard
+from mlrelease.core.modelcard import ModelCard
 from tests.serving_helpers import make_bundle, write_test_csv
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from mlrelease.net import free_port, stop_process
+from mlrelease.core.net import free_port, stop_process
 
 IGNORES_TERM = (
     "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
@@ -43,7 +43,7 @@ def test_free_port_is_bindable() -> None:
 
 
 def test_credentials_go_only_to_https_or_loopback() -> None:
-    from mlrelease.net import safe_for_secrets
+    from mlrelease.core.net import safe_for_secrets
 
     for url in [
         "http://127.0.0.1:8080",

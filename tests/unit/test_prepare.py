@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlrelease.params import load_params
+from mlrelease.core.params import load_params
 from pipelines.prepare import prepare
 from pipelines.schema import load_contract
 from pipelines.validate import DataValidationError
@@ -59,7 +59,7 @@ def test_a_class_too_small_to_split_is_named() -> None:
 
 
 def test_params_typo_fails_fast(tmp_path: Path) -> None:
-    from mlrelease.params import ParamsError
+    from mlrelease.core.params import ParamsError
 
     text = (REPO / "params.yaml").read_text().replace("max_epochs:", "max_epoch:")
     (tmp_path / "params.yaml").write_text(text)
@@ -68,7 +68,7 @@ def test_params_typo_fails_fast(tmp_path: Path) -> None:
 
 
 def test_gate_thresholds_below_the_floor_are_refused(tmp_path: Path) -> None:
-    from mlrelease.params import ParamsError
+    from mlrelease.core.params import ParamsError
 
     text = (REPO / "params.yaml").read_text().replace("min_accuracy: 0.95", "min_accuracy: 0.5")
     (tmp_path / "params.yaml").write_text(text)

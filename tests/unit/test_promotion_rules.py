@@ -96,7 +96,7 @@ def _promoter(home: Path, tracking_uri: str | None = None) -> Promoter:
     """A promoter on an empty local deployment state and an unused registry under ``home`` (or at
     ``tracking_uri``)."""
     from deploy.targets.local import LocalTarget
-    from mlrelease.settings import Settings
+    from mlrelease.core.settings import Settings
     from registry.analysis import CanaryParams
     from registry.promotion import Promoter, Registry
 
@@ -303,7 +303,7 @@ def test_a_cold_rollback_with_the_registry_down_ends_unjournaled_with_nothing_mo
     """No warm version and no registry: fetching the bundle failed after the rollback was journaled, so it stayed
     journaled and every later command (a `--to` a warm version included) was refused until the registry came back."""
     from deploy.targets.local import LocalTarget
-    from mlrelease.net import free_port
+    from mlrelease.core.net import free_port
     from registry.promotion import PromotionError
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -325,7 +325,7 @@ def test_a_done_staging_switch_with_the_registry_down_is_not_recorded_undone(
 ) -> None:
     """Stable already the new version, no pending slot: the switch is done whatever the registry says; with it
     down, recovery says the alias is left and what to run, and records no "undone"."""
-    from mlrelease.net import free_port
+    from mlrelease.core.net import free_port
     from registry.client import brief_requests
     from registry.promotion import STAGING, Outcome
 

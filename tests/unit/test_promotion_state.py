@@ -17,7 +17,7 @@ import pytest
 from deploy.targets.base import DeploymentError
 from deploy.targets.router import Nginx, render
 from deploy.targets.state import DeployState, Environment, Slot, StateStore
-from registry.locking import PromotionLocked, promotion_lock
+from mlrelease.core.locking import PromotionLocked, promotion_lock
 
 
 def test_state_roundtrip_and_atomic_replace(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_corrupt_state_gives_a_clear_error(tmp_path: Path) -> None:
 
 def test_second_caller_is_told_who_holds_the_lock(tmp_path: Path) -> None:
     code = (
-        "import sys, time; from registry.locking import promotion_lock\n"
+        "import sys, time; from mlrelease.core.locking import promotion_lock\n"
         "with promotion_lock(__import__('pathlib').Path(sys.argv[1]), 'promote canary', 'alice'):\n"
         "    print('held', flush=True); time.sleep(30)\n"
     )

@@ -9,7 +9,7 @@ def test_configuring_mlflow_does_not_leak_into_the_environment(tmp_path: Path, m
     """MLflow exports the URI to os.environ; a second workspace in the same process must not inherit it."""
     import os
 
-    from mlrelease.settings import Settings
+    from mlrelease.core.settings import Settings
     from registry.client import configure_mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -25,8 +25,8 @@ def test_an_unset_alias_is_none_but_an_unreachable_registry_is_an_error(tmp_path
     import pytest
     from mlflow.exceptions import MlflowException
 
-    from mlrelease.net import free_port
-    from mlrelease.settings import Settings
+    from mlrelease.core.net import free_port
+    from mlrelease.core.settings import Settings
     from registry.promotion import Registry
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -6,7 +6,7 @@ import numpy as np
 
 from deploy.serving.drift import DriftMonitor, psi
 from deploy.serving.security import RateLimiter, client_address, presented_secret, secret_matches
-from mlrelease.modelcard import FeatureReference, ReferenceStats
+from mlrelease.core.modelcard import FeatureReference, ReferenceStats
 
 
 def reference() -> ReferenceStats:
@@ -99,7 +99,7 @@ def test_secrets_with_whitespace_or_placeholders_are_refused() -> None:
     import pytest
     from pydantic import SecretStr, ValidationError
 
-    from mlrelease.settings import Settings, check_secret
+    from mlrelease.core.settings import Settings, check_secret
 
     good = "k3y-" + "0123456789abcdefXYZ"
     assert check_secret("api_key", SecretStr(good)) == SecretStr(good)

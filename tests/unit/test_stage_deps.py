@@ -86,9 +86,9 @@ def test_the_check_sees_each_stage_and_follows_imports() -> None:
     names = {name for _, name, _, _ in stages()}
     assert {"prepare", "validate", "train", "evaluate", "export", "register", "loadtest", "build"} <= names
     assert "pipelines/model.py" in code_of("pipelines.register")  # through pipelines.common
-    assert {"deploy/loadtest/runner.py", "mlrelease/net.py"} <= code_of("deploy.loadtest.stage")
+    assert {"deploy/loadtest/runner.py", "mlrelease/core/net.py"} <= code_of("deploy.loadtest.stage")
     assert "pipelines/__init__.py" not in code_of("pipelines.train")  # a docstring changes no result
-    assert "mlrelease/modelcard.py" in code_of("deploy.serving.app")  # the loadtest stage's server
+    assert "mlrelease/core/modelcard.py" in code_of("deploy.serving.app")  # the loadtest stage's server
 
 
 @pytest.mark.parametrize(("dvc_file", "stage", "entry", "deps"), stages(), ids=lambda value: str(value))

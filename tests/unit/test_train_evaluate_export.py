@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlrelease.params import load_params
+from mlrelease.core.params import load_params
 from pipelines.common import Split, predict_proba
 from pipelines.evaluate import behavioural_gates, champion_gates, classification_metrics, threshold_gates
 from pipelines.export import (
