@@ -1,4 +1,4 @@
-"""CLI: ``mlrelease serve``, ``mlrelease loadtest`` and ``mlrelease bench-serving``."""
+"""CLI: ``mlrelease serve`` and ``mlrelease loadtest`` (benchmarks live in benchmarks/, outside the product)."""
 
 from __future__ import annotations
 
@@ -70,20 +70,7 @@ def _loadtest(
     raise typer.Exit(1 if report["breaches"] else 0)
 
 
-def _bench(
-    model_dir: Path = typer.Option(Path("models"), help="Bundle folder to benchmark"),
-    out: Path = typer.Option(Path("reports/bench_serving.json"), help="JSON report (+ .md next to it)"),
-    skip_mlflow: bool = typer.Option(False, help="Leave out the mlflow models serve comparison"),
-) -> None:
-    """Benchmark this server against `mlflow models serve` and a bare ASGI ceiling (wrk, same payload)."""
-    from deploy.serving.bench import main
-
-    argv = ["--model-dir", str(model_dir), "--out", str(out)] + (["--skip-mlflow"] if skip_mlflow else [])
-    raise typer.Exit(main(argv))
-
-
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the mlrelease CLI."""
     app.command("serve")(_serve)
     app.command("loadtest")(_loadtest)
-    app.command("bench-serving")(_bench)

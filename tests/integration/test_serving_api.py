@@ -228,7 +228,7 @@ def test_metrics_cover_requests_batches_classes_model_and_drift(server: Server) 
     assert 'mlrelease_feature_drift_psi{feature="mean radius"}' in text
     lag = re.search(r"^mlrelease_event_loop_lag_seconds_count (\S+)$", text, re.MULTILINE)
     assert lag is not None and float(lag.group(1)) > 0  # sampled every 20 ms since the server started
-    from deploy.serving.bench import loop_lag
+    from benchmarks.serving.probes import loop_lag
 
     buckets = loop_lag(server.url)  # what the serving benchmark reads around each paced point
     assert buckets is not None and buckets[float("inf")] >= buckets[0.01] > 0
@@ -259,7 +259,7 @@ def test_predictions_leave_no_cyclic_garbage(bundle: Path, tmp_path: Path) -> No
 
 def test_the_benchmark_reads_which_runtime_answers(server: Server) -> None:
     """The serving benchmark labels the numpy-runner row by what the server's metadata says really answers."""
-    from deploy.serving.bench import Candidate, served_runtime
+    from benchmarks.serving.servers import Candidate, served_runtime
 
     ours = Candidate("mlrelease", "ours", PREDICT, b"{}", lambda port: [], {}, "/ready")
     assert served_runtime(server.url, ours) == "torchscript"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploy.serving.bench import Candidate, cost_matched, markdown, summarize
-from deploy.serving.steadiness import summarise
+from benchmarks.serving.report import markdown, summarize
+from benchmarks.serving.servers import Candidate, cost_matched
+from benchmarks.steadiness import summarise
 
 
 def _server(label: str, peak: float, p99_80: float, achieved_80: float, rss: float = 100.0) -> dict[str, Any]:
@@ -158,7 +158,7 @@ def test_the_cost_matched_rows_are_compared_with_our_server_measured_beside_them
 
 
 def test_loop_lag_between_two_scrapes_and_its_line_in_the_table() -> None:
-    from deploy.serving.bench import lag_during
+    from benchmarks.serving.probes import lag_during
 
     before = {0.005: 10.0, 0.01: 12.0, float("inf"): 12.0}
     after = {0.005: 100.0, 0.01: 105.0, float("inf"): 112.0}
@@ -175,7 +175,7 @@ def test_loop_lag_between_two_scrapes_and_its_line_in_the_table() -> None:
 
 
 def test_the_median_round_carries_every_rounds_errors() -> None:
-    from deploy.serving.bench import median_round
+    from benchmarks.serving.runner import median_round
 
     rounds = [
         {"peak_rps": 900.0, "errors": 5, "cpu_ms_per_request": 0.3},
@@ -201,7 +201,7 @@ def _paced(p99: float, saturated: bool = False, errors: int = 0, cpu: float = 0.
 
 
 def test_the_latency_points_keep_the_round_of_median_p99_with_every_round_whole() -> None:
-    from deploy.serving.bench import median_points
+    from benchmarks.serving.runner import median_points
 
     rounds = [
         {"at_50": _paced(2.0), "at_80": _paced(11.2, saturated=True, errors=3)},
@@ -217,7 +217,7 @@ def test_the_latency_points_keep_the_round_of_median_p99_with_every_round_whole(
 
 
 def test_paced_rounds_interleave_the_servers_and_count_every_rounds_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    from deploy.serving import bench
+    from benchmarks.serving import runner
 
     calls: list[str] = []
     p99s = {"a": iter([9.0, 3.0, 5.0]), "b": iter([1.0, 2.0, 30.0])}
@@ -227,11 +227,11 @@ def test_paced_rounds_interleave_the_servers_and_count_every_rounds_errors(monke
         p99 = next(p99s[candidate.key])
         return {"at_50": _paced(p99 / 2, errors=1), "at_80": _paced(p99, errors=2)}
 
-    monkeypatch.setattr(bench, "latency_points", points)
-    monkeypatch.setattr(bench, "rss_mb", lambda pid: 50.0)
+    monkeypatch.setattr(runner, "latency_points", points)
+    monkeypatch.setattr(runner, "rss_mb", lambda pid: 50.0)
     found = [Candidate(key, key, "/", b"{}", lambda p: [], {}, "/") for key in ("a", "b")]
     results: dict[str, dict[str, Any]] = {key: {"label": key, "peak_rps": 1000.0, "errors": 4} for key in "ab"}
-    bench.paced_rounds(found, {"a": ("u", 1), "b": ("u", 2)}, results, 1.0, 3)
+    runner.paced_rounds(found, {"a": ("u", 1), "b": ("u", 2)}, results, 1.0, 3)
     assert calls == ["a", "b"] * 3  # round by round, every server in each
     assert results["a"]["errors"] == 4 + 3 * (1 + 2) and results["a"]["rss_mb"] == 50.0
     assert (results["a"]["at_80"]["p99_ms"], results["b"]["at_80"]["p99_ms"]) == (5.0, 2.0)
@@ -285,7 +285,8 @@ def test_the_numpy_ratio_only_when_the_numpy_runner_answered() -> None:
 
 
 def test_a_json_escape_in_the_body_reaches_lua_intact_and_fractions_of_seconds_are_refused() -> None:
-    from deploy.serving.bench import lua_escape, main
+    from benchmarks.bench_serving import main
+    from benchmarks.serving.wrk import lua_escape
 
     assert lua_escape('{"name":"caf\\u00e9"}') == '{\\"name\\":\\"caf\\\\u00e9\\"}'
     for bad in (["--duration", "2.5"], ["--duration", "0"], ["--rounds", "0"]):
@@ -297,7 +298,7 @@ def test_a_json_escape_in_the_body_reaches_lua_intact_and_fractions_of_seconds_a
 def test_the_runs_file_summarises_each_run_and_keeps_the_earlier_sets(tmp_path: Any) -> None:
     import json
 
-    from deploy.serving.bench import run_summary, write_runs
+    from benchmarks.serving.report import run_summary, write_runs
 
     servers = {"bare_asgi": _server("bare", 10_000, 5.0, 8_000), "mlrelease": _server("ours", 6_000, 12.0, 4_000)}
     servers["mlrelease"]["at_50"]["loop_lag"] = {"samples": 200.0, "share_over_10ms": 0.01}
@@ -336,45 +337,9 @@ def test_the_runs_file_summarises_each_run_and_keeps_the_earlier_sets(tmp_path: 
     assert [(s["what"], len(s["runs"])) for s in saved["earlier_runs"]] == [("second set", 2), ("first set", 1)]
 
 
-def test_the_memory_of_a_process_tree_counts_what_parent_and_child_share_once(tmp_path: Path) -> None:
-    """mlflow serves from a worker its CLI starts: both map the same interpreter and libraries."""
-    import subprocess
-    import sys
-    import time
-
-    import psutil
-
-    from deploy.serving.bench import rss_mb
-
-    ready = tmp_path / "ready"  # written by the parent once its child has written its own mark: both idle then
-    child = f"import pathlib, time; pathlib.Path({str(ready)!r} + '.child').touch(); time.sleep(60)"
-    parent = (
-        "import pathlib, subprocess, sys, time\n"
-        f"subprocess.Popen([sys.executable, '-c', {child!r}])\n"
-        f"while not pathlib.Path({str(ready)!r} + '.child').exists(): time.sleep(0.02)\n"
-        f"pathlib.Path({str(ready)!r}).touch()\n"
-        "time.sleep(60)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", parent])
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        tree = psutil.Process(proc.pid)
-        rss = [p.memory_info().rss / 2**20 for p in [tree, *tree.children()]]
-        assert len(rss) == 2
-        assert max(rss) <= rss_mb(proc.pid) < sum(rss) - 1  # the shared interpreter pages count once
-        assert rss_mb(tree.children()[0].pid) == pytest.approx(rss[1], rel=0.05)  # one process: its RSS
-    finally:
-        for p in psutil.Process(proc.pid).children():
-            p.kill()
-        proc.kill()
-        proc.wait()
-
-
 def test_steal_is_read_per_cpu_from_proc_stat() -> None:
     """core_times reads a real CPU's ticks (steal and total); stolen_share is their ratio over an interval."""
-    from deploy.serving.bench import core_times, stolen_share
+    from benchmarks.serving.probes import core_times, stolen_share
 
     before = core_times(0)
     assert before is not None and 0 <= before[0] <= before[1]

@@ -3,7 +3,7 @@ built the same way here (buildah, a Debian bookworm base from mmdebstrap, the sa
 
 MLflow's Dockerfile starts from python:3.11.x-slim and apt-installs nginx; where no registry is reachable the
 comparison base is bootstrapped with Python, pip and nginx instead, and the apt steps become no-ops.
-Run: ``python -m deploy.image.compare --model-uri models:/NAME/1 --ours localhost/NAME:TAG``.
+Run: ``python -m benchmarks.bench_image_size --model-uri models:/NAME/1 --ours localhost/NAME:TAG``.
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-uri", required=True)
     parser.add_argument("--ours", required=True, help="our image reference (image_ref in reports/build.json)")
-    parser.add_argument("--out", type=Path, default=Path("reports/bench_image_size.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bench_image_size.json"
+    )
     args = parser.parse_args(argv)
     engine = detect_engine()
     ours = int(str(inspect_image(engine, args.ours)["size_bytes"]))

@@ -1,7 +1,7 @@
 """Measure the incident rollback: time from `scripts/rollback.sh` to all traffic on the previous version, and
-failed requests of a load generator running through it. Writes reports/bench_rollback.json.
+failed requests of a load generator running through it. Writes benchmarks/results/bench_rollback.json.
 
-Usage: .venv/bin/python scripts/bench_rollback.py [--bundle models] [--runs 3] [--rps 100] [--out FILE]
+Usage: .venv/bin/python benchmarks/bench_rollback.py [--bundle models] [--runs 3] [--rps 100] [--out FILE]
 It builds a throwaway workspace (own sqlite registry, own state folder, loopback ports only): the bundle is
 registered as version 1 and a byte-different, behaviour-identical copy as version 2; then each run promotes
 version 2 over a warm version 1 and rolls back under load.
@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deploy.targets.traffic import LoadDriver, sample_rows  # noqa: E402
-from tests.release_helpers import cli, env_for, make_variant, register, stop_everything  # noqa: E402
+from benchmarks import REPO, RESULTS
+from deploy.targets.traffic import LoadDriver, sample_rows
+from tests.release_helpers import cli, env_for, make_variant, register, stop_everything
 
 
 def setup(home: Path, bundle: Path, model_name: str) -> tuple[str, str]:
@@ -40,14 +41,14 @@ def setup(home: Path, bundle: Path, model_name: str) -> tuple[str, str]:
 
 def one_run(home: Path, bundle: Path, model_name: str, good: str, bad: str, rps: float) -> dict[str, Any]:
     """Promote ``bad`` over a warm ``good``, then roll back while the load generator runs."""
-    from deploy.targets.local import LocalTarget
+    from deploy.targets import make_target
     from mlrelease.core.settings import Settings
 
     proc = cli(home, "promote", "production", "--version", bad, "--force", "--reason", "bench: to roll back")
     if proc.returncode != 0:
         raise SystemExit(f"promotion failed:\n{proc.stdout}\n{proc.stderr}")
     settings = Settings(home=home)
-    entry = LocalTarget(settings.state_dir).entry_url("production")
+    entry = make_target(settings.state_dir).entry_url("production")
     assert entry is not None
     driver = LoadDriver(
         entry,
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=REPO / "models")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rps", type=float, default=100.0)
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench_rollback.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_rollback.json")
     args = parser.parse_args(argv)
     from mlrelease.core.modelcard import verify_bundle
 

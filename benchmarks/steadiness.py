@@ -15,7 +15,7 @@ cores this probe called unsteady; so the benchmark names the model-less servers 
 run next to a missed verdict, and the probe only says how noisy the core was.
 
 The benchmark runs this probe on the servers' core and prints it next to the latency points.
-``python -m deploy.serving.steadiness`` prints the summary as JSON.
+``python -m benchmarks.steadiness`` prints the summary as JSON.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _positive(value: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.serving.steadiness", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.steadiness", description=__doc__)
     parser.add_argument("--seconds", type=_positive, default=3.0)
     parser.add_argument("--window-ms", type=_positive, default=WINDOW_S * 1000)
     parser.add_argument("--behind-ms", type=_positive, default=BEHIND_MS, help="the latency target to judge by")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from deploy.serving.steadiness import backlog_ms, describe, summarise, work_per_window
+from benchmarks.steadiness import backlog_ms, describe, main, summarise, work_per_window
 
 
 def test_a_steady_core_leaves_an_ideal_server_never_behind() -> None:
@@ -60,12 +58,10 @@ def test_the_probe_measures_every_window() -> None:
     assert len(counts) == 5 and sum(counts) > 0
 
 
-def test_the_module_prints_its_summary_as_json_and_refuses_a_zero_window() -> None:
-    command = [sys.executable, "-m", "deploy.serving.steadiness", "--seconds", "0.1"]
-    out = subprocess.run(
-        [*command, "--window-ms", "20", "--behind-ms", "5"], capture_output=True, text=True, check=True
-    ).stdout
-    summary = json.loads(out)
+def test_the_module_prints_its_summary_as_json_and_refuses_a_zero_window(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--seconds", "0.1", "--window-ms", "20", "--behind-ms", "5"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["windows"] == 5 and summary["window_ms"] == 20.0 and summary["behind_ms"] == 5.0
-    refused = subprocess.run([*command, "--window-ms", "0"], capture_output=True, text=True, check=False)
-    assert refused.returncode == 2 and "must be positive" in refused.stderr
+    with pytest.raises(SystemExit) as refused:
+        main(["--seconds", "0.1", "--window-ms", "0"])
+    assert refused.value.code == 2 and "must be positive" in capsys.readouterr().err

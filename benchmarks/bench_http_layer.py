@@ -4,8 +4,9 @@
 The same request bytes are fed to each protocol over a transport that discards what is written, and the loop
 runs the answer callbacks; the process CPU time per request is what the layer itself costs. It compares the
 model server's fast path (uvicorn's httptools protocol, subclassed; `deploy/serving/fastpath.py`) with the bare
-asyncio protocol the serving benchmark uses as its no-framework reference (`deploy/serving/bare.py --plain`),
-both answering the fixed prediction without a model. Writes reports/bench_http_layer.json.
+asyncio protocol the serving benchmark uses as its no-framework reference (`benchmarks/bare.py --plain`),
+both answering the fixed prediction without a model. Writes benchmarks/results/bench_http_layer.json.
+Run: ``.venv/bin/python benchmarks/bench_http_layer.py --rounds 5``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import RESULTS
 
 BODY = b'{"instances":[[' + b",".join(b"%.6f" % (i * 1.1) for i in range(30)) + b"]]}"
 REQUEST = (
@@ -60,7 +64,7 @@ class NullTransport(asyncio.Transport):
 
 def make_protocol(kind: str) -> asyncio.Protocol:
     """A fresh protocol of the given kind, built the way its server builds it."""
-    from deploy.serving.bare import FixedAnswer, app, plain_protocol
+    from benchmarks.bare import FixedAnswer, app, plain_protocol
 
     if kind == "plain":
         return plain_protocol()()
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_http_layer", description=__doc__)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("reports/bench_http_layer.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_http_layer.json")
     args = parser.parse_args(argv)
     report = uvloop.run(measure(args.requests, args.rounds))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """A bare ASGI app that answers the predict request without a model: the HTTP ceiling for the benchmark.
 
 It does the same HTTP work as the model server (read the body, parse it with orjson, answer a JSON body of the
-same shape) and nothing else. ``python -m deploy.serving.bare --port P`` runs it as an ASGI app (the ceiling
+same shape) and nothing else. ``python -m benchmarks.bare --port P`` runs it as an ASGI app (the ceiling
 the serving issue names); ``--fast`` answers through the same protocol fast path as the model server
 (deploy/serving/fastpath.py), the like-for-like ceiling for that server's prediction route; ``--plain`` answers
 from a bare asyncio protocol over httptools, with no HTTP framework at all: the floor of Python HTTP on this
@@ -154,7 +154,7 @@ def main() -> None:
     from deploy.serving.fastpath import protocol_for
     from deploy.serving.transport import CombiningHttpToolsProtocol
 
-    parser = argparse.ArgumentParser(prog="python -m deploy.serving.bare")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bare")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--fast", action="store_true", help="answer through the protocol fast path")
     parser.add_argument("--plain", action="store_true", help="answer from a bare asyncio protocol (no framework)")
