@@ -1,8 +1,10 @@
 """The wheelhouse the image installs from with no network: the project wheel plus the pinned serving closure.
 
 Versions are the ones installed in the host environment that passed the gates (``mlrelease[serving]`` and torch),
-so what was tested is what ships. Downloaded wheels are cached per machine; the project wheel is reproducible
-(SOURCE_DATE_EPOCH), so an unchanged tree gives byte-identical inputs and the image build reuses its cache.
+so what was tested is what ships; that environment is installed from the lock (``requirements/constraints.txt``,
+written by ``make lock``), and a pin that is not the lock's version stops the build. Downloaded wheels are cached
+per machine; the project wheel is reproducible (SOURCE_DATE_EPOCH), so an unchanged tree gives byte-identical
+inputs and the image build reuses its cache.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,7 @@ PROJECT = "mlrelease"
 SERVING_EXTRA = "serving"
 ALWAYS = ("torch",)
 REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the earliest zip timestamp
+LOCK_FILE = Path("requirements") / "constraints.txt"  # under the project root
 
 
 class WheelhouseError(RuntimeError):
@@ -80,6 +84,35 @@ def serving_pins(exclude: tuple[str, ...] = ()) -> dict[str, str]:
         pins.pop(canonicalize_name(name), None)
     pins["pip"] = metadata.version("pip")
     return dict(sorted(pins.items()))
+
+
+def read_lock(path: Path) -> dict[str, SpecifierSet]:
+    """The pins of a constraints file (``name==version`` lines, comments and options skipped): {canonical name:
+    specifier}."""
+    pins: dict[str, SpecifierSet] = {}
+    for line in path.read_text().splitlines():
+        text = line.split("#", 1)[0].strip()
+        if text and not text.startswith("-"):
+            req = Requirement(text)
+            pins[canonicalize_name(req.name)] = req.specifier
+    return pins
+
+
+def check_locked(pins: dict[str, str], lock: dict[str, SpecifierSet], lock_name: str = str(LOCK_FILE)) -> None:
+    """Refuse pins that are not the lock's versions, with pip's meaning of a pin: ``torch==2.13.0`` in the lock
+    holds the installed ``2.13.0+cpu``."""
+    problems = []
+    for name, version in pins.items():
+        if name not in lock:
+            problems.append(f"{name} {version} is not in the lock")
+        elif not lock[name].contains(version, prereleases=True):
+            problems.append(f"{name} {version} is installed, the lock has {lock[name]}")
+    if problems:
+        raise WheelhouseError(
+            f"the serving closure installed here is not the one {lock_name} pins: {'; '.join(problems)}. "
+            f"Reinstall from the lock (.venv/bin/pip install -c {lock_name} -e '.[serving,release,dev]'), "
+            "or run `make lock` if pyproject.toml changed"
+        )
 
 
 def _cached_wheel(cache: Path, name: str, version: str) -> Path | None:
@@ -143,6 +176,11 @@ def make_wheelhouse(project_root: Path, dest: Path, cache: Path, exclude: tuple[
     """Fill ``dest`` with the serving wheels and requirements.txt; return the pins it holds."""
     dest.mkdir(parents=True, exist_ok=True)
     pins = serving_pins(exclude)
+    lock = project_root / LOCK_FILE
+    if lock.is_file():
+        check_locked(pins, read_lock(lock), str(LOCK_FILE))
+    else:
+        log.warning("wheelhouse: no %s in %s: the serving pins are not checked against a lock", LOCK_FILE, project_root)
     wanted = {path.name for path in fetch_wheels(pins, cache)}
     for old in dest.glob("*.whl"):
         if old.name not in wanted and not old.name.startswith(f"{PROJECT}-"):

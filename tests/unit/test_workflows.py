@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.integration  # starts processes (external tools, git, subprocesses)
+
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
 PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
@@ -62,3 +64,21 @@ def test_pr_gates_that_pipe_into_tee_still_fail_the_step() -> None:
     steps = [step for job in doc["jobs"].values() for step in job.get("steps", [])]
     piped = [step["name"] for step in steps if "| tee" in step.get("run", "")]
     assert piped and all("shell" not in step for step in steps if step.get("name") in piped)
+
+
+def test_every_install_in_ci_takes_the_lock() -> None:
+    """Two setups install the same versions: each pip install in a workflow, and make setup, which the workflows and
+    .ci/run call, constrain it with requirements/constraints.txt."""
+    installs = [line for path in WORKFLOWS for line in path.read_text().splitlines() if "pip install" in line]
+    makefile = (REPO / "Makefile").read_text()
+    lock = re.search(r"^LOCK := (\S+)$", makefile, re.MULTILINE)
+    assert lock and lock[1] == "requirements/constraints.txt"
+    # every install into the project's venv ($(LOCK_VENV) is make lock's own, for pip-compile)
+    installs += [
+        line.replace("$(LOCK)", lock[1])
+        for line in makefile.splitlines()
+        if "pip install" in line and "$(LOCK_VENV)" not in line
+    ]
+    assert len(installs) >= 4
+    for line in installs:
+        assert "-c requirements/constraints.txt" in line, line

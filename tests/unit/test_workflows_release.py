@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.integration  # starts processes (external tools, git, subprocesses)
+
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = [REPO / ".github" / "workflows" / name for name in ("release.yml", "promote.yml", "rollback.yml")]
 BIN = Path(sys.executable).parent
@@ -68,7 +70,13 @@ def test_the_rollback_can_have_a_runner_of_its_own() -> None:
     """A runner takes one job at a time: the rollback must not queue behind a canary job on the same runner."""
     runs_on = _load(WORKFLOWS[2])["jobs"]["rollback"]["runs-on"]
     assert runs_on == "${{ vars.ROLLBACK_RUNNER_LABEL || 'self-hosted' }}"
-    assert "ROLLBACK_RUNNER_LABEL" in (REPO / "README.md").read_text()
+    assert "ROLLBACK_RUNNER_LABEL" in (REPO / "docs" / "rollback.md").read_text()  # how to register that runner
+
+
+def test_the_rollback_workflow_points_on_call_to_the_runbook() -> None:
+    header = WORKFLOWS[2].read_text().split("\nname:", 1)[0]
+    assert "docs/rollback.md" in header and (REPO / "docs" / "rollback.md").is_file()
+    assert "README" not in WORKFLOWS[2].read_text()
 
 
 def test_actionlint_is_clean() -> None:
