@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.image.engine import Engine, inspect_image
+from mlrelease.core.http import probe, wait_until
 from mlrelease.core.modelcard import MODEL_FILE, REFERENCE_FILE, ModelCard, ReferenceStats
 from mlrelease.core.net import free_port, stop_process
 
@@ -79,10 +80,10 @@ def host_predictions(bundle: Path, rows: list[list[float]]) -> list[list[float]]
         return module(torch.tensor(rows, dtype=torch.float32)).tolist()
 
 
-def _http(method: str, url: str, body: dict[str, object] | None = None, timeout: float = 5) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
+def _post(url: str, body: dict[str, object], timeout: float) -> tuple[int, bytes]:
+    """Status and body of a JSON POST to the container (a loopback URL we built)."""
     headers = {"Content-Type": "application/json"}
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310 (loopback URL we built)
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
             return int(response.status), response.read()
@@ -144,19 +145,17 @@ def _stop(engine: Engine, proc: subprocess.Popen[bytes], container: str | None) 
 
 def wait_ready(proc: subprocess.Popen[bytes], base_url: str, timeout: float, log_path: Path) -> float:
     """Poll /ready until 200; fail fast when the container exits. Returns the seconds it took."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
+
+    def ready() -> bool:
         if proc.poll() is not None:
             err = log_path.read_text(errors="replace")[-2000:] if log_path.is_file() else ""
             raise SmokeError(f"the container exited with code {proc.returncode} before /ready: {err}")
-        try:
-            status, _ = _http("GET", f"{base_url}/ready", timeout=2)
-            if status == 200:
-                return time.monotonic() - start
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SmokeError(f"/ready did not answer 200 within {timeout:.0f} s at {base_url}")
+        return probe(f"{base_url}/ready", timeout=2)[0] == 200
+
+    start = time.monotonic()
+    if not wait_until(ready, timeout, interval=0.5):
+        raise SmokeError(f"/ready did not answer 200 within {timeout:.0f} s at {base_url}")
+    return time.monotonic() - start
 
 
 def compare(expected: list[list[float]], body: bytes, atol: float) -> float:
@@ -211,7 +210,7 @@ def smoke_test(
         log_path = Path(tmp) / "container.log"
         with running_container(engine, ref, port, log_path) as (proc, container):
             ready = wait_ready(proc, base_url, ready_timeout, log_path)
-            status, body = _http("POST", f"{base_url}/v1/models/{card.name}:predict", {"instances": rows}, timeout=30)
+            status, body = _post(f"{base_url}/v1/models/{card.name}:predict", {"instances": rows}, timeout=30)
             if status != 200:
                 raise SmokeError(f"predict answered {status}: {body[:500]!r}")
             diff = compare(expected, body, atol)

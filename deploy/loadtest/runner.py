@@ -13,14 +13,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlrelease.core.http import probe, wait_until
 from mlrelease.core.net import safe_for_secrets
 from mlrelease.core.params import HIGHER_IS_LAXER, LOWER_IS_LAXER
 
@@ -66,25 +65,33 @@ class LoadtestError(RuntimeError):
     """The load test could not run (server not ready, Locust failed); distinct from a breached SLO."""
 
 
-def wait_ready(url: str, timeout: float, alive: Any = None) -> dict[str, Any]:
-    """Poll GET /ready; fail fast when ``alive()`` says the server died or its model failed to load."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
+def wait_ready(url: str, timeout: float, alive: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Poll GET /ready until it answers 200 (its JSON body is returned); fail fast when ``alive()`` says the
+    server died or /ready says its model failed to load."""
+    ready: dict[str, Any] = {}
+    last = ["no answer"]
+
+    def answered() -> bool:
         if alive is not None and not alive():
             raise LoadtestError(f"server at {url} exited before it became ready")
+        status, text = probe(f"{url}/ready", timeout=2)
         try:
-            response = httpx.get(f"{url}/ready", timeout=2)
-            body = response.json()
-            if response.status_code == 200:
-                return dict(body)
-            last = str(body.get("reason", body))
-            if body.get("failed"):
-                raise LoadtestError(f"server at {url} failed to load its model: {last}")
-        except (httpx.TransportError, ValueError):
-            pass
-        time.sleep(0.2)
-    raise LoadtestError(f"server at {url} not ready after {timeout:.0f} s ({last})")
+            body = json.loads(text) if status else None
+        except ValueError:
+            return False
+        if not isinstance(body, dict):
+            return False
+        if status == 200:
+            ready.update(body)
+            return True
+        last[0] = str(body.get("reason", body))
+        if body.get("failed"):
+            raise LoadtestError(f"server at {url} failed to load its model: {last[0]}")
+        return False
+
+    if not wait_until(answered, timeout, interval=0.2):
+        raise LoadtestError(f"server at {url} not ready after {timeout:.0f} s ({last[0]})")
+    return ready
 
 
 def locust_command(url: str, params: LoadtestParams, csv_prefix: Path, html: Path) -> list[str]:
@@ -173,22 +180,25 @@ def run_stoppable(
 ) -> subprocess.CompletedProcess[str]:
     """``subprocess.run`` with output captured and a time limit (TimeoutExpired past it), calling ``stop`` every
     0.1 s meanwhile; the process is killed and waited for whenever this raises."""
-    deadline = time.monotonic() + limit
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        subprocess.Popen(command, env=env, stdout=out, stderr=err) as proc,
+    ):
         try:
-            while True:
-                try:
-                    stdout, stderr = proc.communicate(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
-                    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
-                except subprocess.TimeoutExpired:
-                    if time.monotonic() >= deadline:
-                        raise
-                    if stop is not None:
-                        stop()
+            if not wait_until(lambda: proc.poll() is not None, limit, interval=0.1, interrupt=stop):
+                raise subprocess.TimeoutExpired(command, limit, output=_read(out), stderr=_read(err))
         except BaseException:
             proc.kill()
             proc.wait()
             raise
+        return subprocess.CompletedProcess(command, proc.returncode, _read(out), _read(err))
+
+
+def _read(handle: IO[bytes]) -> str:
+    """Everything a child wrote to ``handle`` (a temporary file), as text."""
+    handle.seek(0)
+    return handle.read().decode("utf-8", "replace")
 
 
 def run_loadtest(

@@ -43,6 +43,8 @@ class SlotRecord(Protocol):
     def model_name(self) -> str: ...
     @property
     def bundle_dir(self) -> str: ...
+    @property
+    def expires_at(self) -> float | None: ...
 
 
 class DeploymentTarget(ABC):
@@ -108,3 +110,26 @@ class DeploymentTarget(ABC):
     @abstractmethod
     def weights(self, environment: str) -> dict[str, float]:
         """The current traffic split of the environment."""
+
+    @abstractmethod
+    def slot_metrics(self, environment: str, slot: str) -> str:
+        """The slot's own Prometheus exposition text (the canary analysis compares slots on it).
+
+        Raises :class:`DeploymentError` naming why when the slot gives no readable page (empty slot, no
+        connection, an HTTP error): the analysis counts that as an inconclusive measurement, never as a pass.
+        """
+
+    @abstractmethod
+    def hold_expiry(self, reason: str | None) -> None:
+        """While ``reason`` is set, no warm slot expires (a rollback under way may be going to it); None lifts it.
+
+        Expiry that comes due meanwhile happens once the hold is lifted.
+        """
+
+    @abstractmethod
+    def stop_all(self) -> None:
+        """Stop every slot and every router of every environment (``mlrelease down``)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for ``mlrelease status``: which target, and where its state and logs are."""

@@ -16,14 +16,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def safe_for_secrets(url: str) -> bool:
-    """Whether a credential may be sent to ``url``: over https, or over plain http to a loopback address only."""
+def is_loopback_http(url: str) -> bool:
+    """Whether ``url`` is plain http to a loopback address (127.0.0.0/8, ::1 or localhost)."""
     import ipaddress
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    if parts.scheme == "https":
-        return True
     host = parts.hostname or ""
     if parts.scheme != "http" or not host:
         return False
@@ -33,6 +31,13 @@ def safe_for_secrets(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def safe_for_secrets(url: str) -> bool:
+    """Whether a credential may be sent to ``url``: over https, or over plain http to a loopback address only."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).scheme == "https" or is_loopback_http(url)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 20, group: bool = False) -> int | None:

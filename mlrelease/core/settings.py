@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         default=None, validation_alias="MLFLOW_TRACKING_URI", description="Team MLflow server; default: sqlite"
     )
+    target: str = Field("local", description="Deployment target kind (deploy.targets.make_target); default: local")
 
     # serving
     host: str = "127.0.0.1"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from deploy.targets.base import DeploymentError
-from deploy.targets.local import LocalTarget, pid_alive
-from deploy.targets.state import Operation
+from deploy.targets.local import LocalTarget
 from mlrelease.core.modelcard import MODEL_FILE, ModelCard, sha256_file
+from mlrelease.core.proc import pid_alive
 from tests.serving_helpers import make_bundle
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,6 @@ def test_an_interrupted_wait_stops_and_forgets_the_new_server(tmp_path: Path) ->
             raise _Interrupted("a rollback asked for the lock")
 
     target.interrupt = interrupt
-    started = time.monotonic()
     try:
         with pytest.raises(_Interrupted):
             target.deploy("staging", "pending", bundle, "5")
@@ -67,8 +66,7 @@ def test_an_interrupted_wait_stops_and_forgets_the_new_server(tmp_path: Path) ->
         target.interrupt = None
         if "pending" in target.store.load().env("staging").slots:  # the wait was not interrupted
             target.stop_all()
-    assert time.monotonic() - started < 30, "the wait stopped at the interrupt, not at the ready timeout"
-    assert calls == [True, True, True]
+    assert calls == [True, True, True]  # stopped at the interrupt (the ready timeout would raise DeploymentError)
     assert not target.starting("staging", "pending")  # forgotten
     assert "pending" not in target.store.load().env("staging").slots
     logs = list((tmp_path / "state" / "logs").glob("staging-pending-v5-*.log"))
@@ -140,10 +138,12 @@ def test_a_warm_slot_stops_when_its_window_ends_without_any_command(tmp_path: Pa
 def test_a_production_promotion_killed_between_its_renames_is_undone(tmp_path: Path) -> None:
     """Killed after `stable` became `previous` but before the new version became `stable`: recovery puts the old
     version back as stable with all traffic (a rollback must always find a stable slot)."""
-    from deploy.targets.state import Operation
+    from mlrelease.core.params import CanaryParams, PromotionParams
     from mlrelease.core.settings import Settings
-    from registry.analysis import CanaryParams
-    from registry.promotion import Outcome, Promoter, PromotionParams, Registry
+    from registry.versions import Registry
+    from release.journal import Operation
+    from release.outcome import Outcome
+    from release.promoter import Promoter
 
     settings = Settings(home=tmp_path)
     target = LocalTarget(settings.state_dir, routed=(), ready_timeout_s=60, drain_timeout_s=2)
@@ -177,8 +177,9 @@ def test_down_stops_every_server_and_router_and_asks_before_production(tmp_path:
     """`mlrelease down` (run by `make clean` before it deletes the state) leaves no server or nginx behind."""
     import shutil
 
-    from deploy.targets.router import Nginx
+    from deploy.targets.local.router import Nginx
     from mlrelease.core.settings import Settings
+    from release.journal import Journal, Operation
     from tests.release_helpers import REPO, audit_actions, cli, show
 
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
@@ -192,14 +193,12 @@ def test_down_stops_every_server_and_router_and_asks_before_production(tmp_path:
         servers = [slot.pid for slot in (target.slot("production", "stable"), target.slot("staging", "stable")) if slot]
         nginx = Nginx(state_dir / "nginx" / "production")
         assert len(servers) == 2 and nginx.pid() is not None
-        state = target.store.load()
-        state.operation = Operation(command="rollback", version="0", pid=1, by="oncall", from_version="1")
-        target.store.save(state)
+        journal = Journal(state_dir)
+        journal.set_operation(Operation(command="rollback", version="0", pid=1, by="oncall", from_version="1"))
         unfinished = cli(tmp_path, "down", "--yes")
         said = " ".join((unfinished.stdout + unfinished.stderr).split())
         assert unfinished.returncode == 2 and "rollback from version 1 to 0 is unfinished" in said, said
-        state.operation = None
-        target.store.save(state)
+        journal.set_operation(None)
         refused = cli(tmp_path, "down")
         said = " ".join((refused.stdout + refused.stderr).split())
         assert refused.returncode == 2 and "production serves version 1 through http://127.0.0.1:" in said, said

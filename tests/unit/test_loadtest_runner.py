@@ -1,30 +1,21 @@
-"""The load-test runner's process handling: a time limit, and a stop check while Locust runs."""
+"""The load-test runner's wait for /ready fails fast and says why (its process handling, with real children, is
+in tests/integration/test_process_control.py)."""
 
 from __future__ import annotations
 
+import pytest
 
-def test_a_stop_check_ends_the_load_test_process_at_once() -> None:
-    """`promote staging` held the promotion lock through its whole Locust run, so an incident rollback waiting for
-    it gave up: the run now checks for the rollback's abort request and stops Locust when there is one."""
-    import subprocess
-    import sys
-    import time
+from deploy.loadtest.runner import LoadtestError, wait_ready
+from mlrelease.core.net import free_port
 
-    import pytest
 
-    from deploy.loadtest.runner import run_stoppable
+def test_a_server_that_exited_is_not_waited_for() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(LoadtestError, match=f"server at {url} exited before it became ready"):
+        wait_ready(url, timeout=600, alive=lambda: False)
 
-    started = time.monotonic()
 
-    def stop() -> None:
-        if time.monotonic() - started > 0.3:
-            raise RuntimeError("aborted: a rollback was requested")
-
-    sleeper = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)"]
-    with pytest.raises(RuntimeError, match="aborted"):
-        run_stoppable(sleeper, {}, 60, stop)
-    assert time.monotonic() - started < 5
-    done = run_stoppable([sys.executable, "-c", "print('out')"], {}, 60, stop=None)
-    assert done.returncode == 0 and done.stdout == "out\n"
-    with pytest.raises(subprocess.TimeoutExpired):
-        run_stoppable(sleeper, {}, 0.5, stop=None)
+def test_a_server_that_never_answers_is_reported_after_the_timeout() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(LoadtestError, match=r"not ready after 0 s \(no answer\)"):
+        wait_ready(url, timeout=0)

@@ -1,19 +1,23 @@
-"""The deployment state file: which process serves which version on which port, at which weight.
+"""The local target's state file: which process serves which version on which port, at which weight.
 
-One JSON document under ``Settings().state_dir``, written atomically (temp file + fsync + os.replace) so a crash
-at any point leaves either the old or the new state on disk, never half of one.
+One JSON document (``state.json``) in the target's state folder, written atomically so a crash at any point
+leaves either the old or the new state on disk, never half of one. The promotion journal is not here: it is
+orchestration's, in a file of its own beside this one.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mlrelease.core.files import atomic_write
 
 STATE_FILE = "state.json"
+# Keys of the promotion journal that older versions kept in this file: read and dropped, never an error.
+LEGACY_KEYS = ("operation", "last_rollback", "production_history")
 
 
 class Slot(BaseModel):
@@ -48,39 +52,21 @@ class Environment(BaseModel):
         return self.weights.get(slot, 0.0)
 
 
-class Operation(BaseModel):
-    """A promotion in flight: lets a re-run after a crash complete or undo it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    command: str
-    version: str
-    pid: int
-    by: str
-    started_at: float = Field(default_factory=time.time)
-    from_version: str | None = None  # a rollback: the version it moves away from, so a re-run can finish it
-    reason: str | None = None
-
-
-class RollbackMark(BaseModel):
-    """The last rollback, so that running it twice is a no-op instead of a second step back."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    from_version: str
-    to_version: str
-    at: float
-
-
 class DeployState(BaseModel):
-    """Everything the local target knows about what runs where."""
+    """Everything the local target knows about what runs where, and whether warm slots may expire."""
 
     model_config = ConfigDict(extra="forbid")
 
     environments: dict[str, Environment] = Field(default_factory=dict)
-    production_history: list[str] = Field(default_factory=list)
-    last_rollback: RollbackMark | None = None
-    operation: Operation | None = None
+    expiry_hold: str | None = None  # while set, no warm slot expires: why (a rollback under way)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy_journal(cls, data: Any) -> Any:
+        """A state file written before the journal had its own file still loads; its journal keys are ignored."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if key not in LEGACY_KEYS}
+        return data
 
     def env(self, name: str) -> Environment:
         """The named environment, created empty on first use."""
@@ -106,25 +92,6 @@ class StateStore:
             ) from exc
 
     def save(self, state: DeployState) -> None:
-        """Write the state atomically: temp file in the same folder, fsync, rename, fsync the folder."""
+        """Write the state atomically (see :func:`mlrelease.core.files.atomic_write`)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, state.model_dump_json(indent=2) + "\n")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new content, never a torn write."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

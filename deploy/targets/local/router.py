@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-import logging
 import os
 import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 from deploy.targets.base import DeploymentError
-from deploy.targets.local import NGINX_BIN, TEMPLATE, http_get, pid_alive
-from deploy.targets.process import detached_env
-from deploy.targets.state import Environment, atomic_write
+from deploy.targets.local.processes import REPO_ROOT, detached_env
+from deploy.targets.local.state import Environment
+from mlrelease.core.files import atomic_write
+from mlrelease.core.http import probe, wait_until
+from mlrelease.core.proc import children, command_line, pid_alive
 
-log = logging.getLogger(__name__)
+TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "nginx.conf.tmpl"
+NGINX_BIN = "/usr/sbin/nginx"
+SHUTTING_DOWN = "shutting down"  # an old worker's process title after a reload: it finishes requests, takes none
 
 
 def render(env: Environment, prefix: Path, generation: str, template: Path = TEMPLATE) -> str:
@@ -55,34 +57,15 @@ def render(env: Environment, prefix: Path, generation: str, template: Path = TEM
     return text
 
 
-def workers_of(master: int) -> list[int]:
-    """Pids of the master's worker processes."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == master:
-                found.append(int(entry.name))
-    return found
-
-
-def _title(pid: int) -> bytes:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return b""
+def shutting_down(worker: int) -> bool:
+    """An old worker finishing its requests after a reload (it no longer accepts new ones)."""
+    return SHUTTING_DOWN in " ".join(command_line(worker))
 
 
 def accepting(worker: int) -> bool:
     """An old worker still accepts until it has closed its listeners ("worker process is shutting down")."""
-    try:
-        title = (Path("/proc") / str(worker) / "cmdline").read_bytes()
-    except OSError:
-        return False
-    return bool(title) and b"shutting down" not in title and pid_alive(worker)
+    title = " ".join(command_line(worker))
+    return bool(title) and SHUTTING_DOWN not in title and pid_alive(worker)
 
 
 class Nginx:
@@ -125,7 +108,7 @@ class Nginx:
         stamp.unlink(missing_ok=True)
         os.replace(candidate, self.conf)
         pid = self.pid()
-        old_workers = workers_of(pid) if pid else []
+        old_workers = children(pid) if pid else []
         if pid is None:
             self._start()
         else:
@@ -151,25 +134,23 @@ class Nginx:
 
     def _wait_generation(self, port: int | None, generation: str, old_workers: list[int]) -> None:
         """Wait until new workers answer and every old worker stopped accepting (it finishes its requests)."""
-        deadline = time.monotonic() + self.apply_timeout_s
         url = f"http://127.0.0.1:{port}/_mlrelease/generation"
-        while time.monotonic() < deadline:
-            if http_get(url, timeout=0.5)[1].strip() == generation and not any(map(accepting, old_workers)):
-                return
-            time.sleep(0.002)
-        raise DeploymentError(
-            f"nginx did not apply the new config within {self.apply_timeout_s:.0f} s; see {self.prefix / 'error.log'}"
-        )
+
+        def applied() -> bool:
+            return probe(url, timeout=0.5)[1].strip() == generation and not any(map(accepting, old_workers))
+
+        if not wait_until(applied, self.apply_timeout_s, interval=0.002):
+            raise DeploymentError(
+                f"nginx did not apply the new config within {self.apply_timeout_s:.0f} s; "
+                f"see {self.prefix / 'error.log'}"
+            )
 
     def wait_drained(self, timeout_s: float = 10.0) -> bool:
         """Wait until no old worker (from before the last reload) is still finishing requests."""
         pid = self.pid()
-        deadline = time.monotonic() + timeout_s
-        while pid is not None and time.monotonic() < deadline:
-            if not any(b"shutting down" in _title(w) for w in workers_of(pid)):
-                return True
-            time.sleep(0.02)
-        return pid is None
+        if pid is None:
+            return True
+        return wait_until(lambda: not any(map(shutting_down, children(pid))), timeout_s, interval=0.02)
 
     def stop(self) -> None:
         """Graceful quit (SIGQUIT) and wait for the master to exit."""
@@ -177,6 +158,4 @@ class Nginx:
         if pid is None:
             return
         os.kill(pid, signal.SIGQUIT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and pid_alive(pid):
-            time.sleep(0.05)
+        wait_until(lambda: not pid_alive(pid), 10.0, interval=0.05)

@@ -3,102 +3,31 @@
 Each slot is a ``python -m deploy.serving`` process started in its own session (it outlives the command that
 started it, so a crashed promotion never takes traffic down). Routed environments get an nginx of their own, run
 as the current user with its prefix, pid and temp paths under the state folder; weights are applied by rendering
-the config from the state file and sending a graceful reload (SIGHUP), then waiting for the new generation.
+the config from the state file and sending a graceful reload (SIGHUP), then waiting for the new generation. A warm
+slot given an expiry gets a detached watcher (:mod:`deploy.targets.local.expiry`) that stops it when its window
+ends, unless expiry is on hold.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
 from deploy.targets.base import DeploymentError, DeploymentTarget, SlotStatus
-from deploy.targets.process import REPO_ROOT, spawn_detached
-from deploy.targets.state import DeployState, Slot, StateStore, atomic_write
-from mlrelease.core.modelcard import IntegrityError, ModelCard, verify_bundle
+from deploy.targets.local.processes import identity_problem, spawn_server, start_watch, stop_server
+from deploy.targets.local.router import Nginx
+from deploy.targets.local.state import DeployState, Environment, Slot, StateStore
+from mlrelease.core.http import probe, wait_until
+from mlrelease.core.modelcard import IntegrityError, verify_bundle
 from mlrelease.core.net import free_port
+from mlrelease.core.proc import is_our_server, pid_alive
 
 log = logging.getLogger(__name__)
 
-# A slot serves the bundle on its command line: a model source in the operator's environment (a documented
-# serving setting) would make every slot refuse to start ("set either model_dir or model_uri, not both").
-SLOT_DROPPED = ("MLRELEASE_MODEL_URI", "MLRELEASE_MODEL_DIR")
-# Staging exists for the release gates, whose load test comes from one client (127.0.0.1): a per-client rate
-# limit meant for production would turn the gate's own load into 429s, reported as an error-rate breach.
-STAGING_ENV = "staging"
-STAGING_OVERRIDES = {"MLRELEASE_RATE_LIMIT_PER_SECOND": "0"}
-
-TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "nginx.conf.tmpl"
-NGINX_BIN = "/usr/sbin/nginx"
-SERVER_MARKER = "deploy.serving"
-
-
-def http_get(url: str, timeout: float = 1.0) -> tuple[int, str]:
-    """Status and body of a GET on loopback; (0, reason) when nothing answers."""
-    if not url.startswith("http://127.0.0.1:"):
-        raise ValueError(f"{url}: the local target only talks to 127.0.0.1")
-    try:  # the scheme and host are checked above: plain http to loopback only
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310  # nosec B310
-            return int(resp.status), resp.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError) as exc:
-        return 0, str(exc)
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True when the process exists and is not a zombie."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def identity_problem(slot: Slot, timeout: float = 1.0) -> tuple[int, str | None]:
-    """(HTTP status of /ready, None) when the slot's port is ready and serves the slot's version and bundle;
-    otherwise the status and what is wrong. Another process that took the port answers, but not as this slot."""
-    status, body = http_get(f"{slot.url}/ready", timeout=timeout)
-    if status != 200:
-        return status, f"{slot.url}/ready answered {status or body}"
-    try:
-        ready = json.loads(body)
-        expected = ModelCard.read(Path(slot.bundle_dir)).sha256
-    except (OSError, ValueError) as exc:
-        return status, f"cannot check who serves {slot.url}: {exc}"
-    if str(ready.get("model_version")) != slot.version or ready.get("sha256") != expected:
-        return status, (
-            f"{slot.url} is served by version {ready.get('model_version')!r} (sha256 "
-            f"{str(ready.get('sha256'))[:12]}), not by version {slot.version} of {slot.bundle_dir}"
-        )
-    return status, None
-
-
-def is_our_server(pid: int, port: int) -> bool:
-    """Guard against pid reuse: the process must be a serving process on the slot's port."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    args = [a.decode("utf-8", "replace") for a in cmdline]
-    return SERVER_MARKER in args and str(port) in args
+METRICS_TIMEOUT_S = 2.0
 
 
 class LocalTarget(DeploymentTarget):
@@ -117,10 +46,17 @@ class LocalTarget(DeploymentTarget):
     ) -> None:
         self.state_dir = Path(state_dir)
         self.store = StateStore(self.state_dir)
+        self.logs = self.state_dir / "logs"
         self.routed = routed
         self.ready_timeout_s = ready_timeout_s
         self.drain_timeout_s = drain_timeout_s
         self.entry_ports = dict(entry_ports or {})
+
+    def describe(self) -> str:
+        return f"local (state in {self.state_dir}, logs in {self.logs})"
+
+    def _router(self, environment: str) -> Nginx:
+        return Nginx(self.state_dir / "nginx" / environment)
 
     # ----- processes -------------------------------------------------------------------------------------------
     def deploy(self, environment: str, slot: str, bundle_dir: Path, version: str) -> str:
@@ -133,9 +69,9 @@ class LocalTarget(DeploymentTarget):
                 f"{environment}/{slot} still receives {env.weight(slot)}% of traffic; route it away before replacing it"
             )
         if slot in env.slots:
-            self._stop_slot(env.slots.pop(slot))
+            stop_server(env.slots.pop(slot), self.drain_timeout_s)
         port = free_port()
-        process = self._spawn(environment, slot, Path(bundle_dir), version, port)
+        process = spawn_server(self.logs, environment, slot, Path(bundle_dir), version, port)
         env.slots[slot] = Slot(
             version=version,
             port=port,
@@ -156,51 +92,29 @@ class LocalTarget(DeploymentTarget):
         state = self.store.load()
         dropped = state.env(environment).slots.pop(slot, None)
         if dropped is not None:
-            self._stop_slot(dropped, wait=False)
+            stop_server(dropped, self.drain_timeout_s, wait=False)
             self.store.save(state)
 
-    def _spawn(self, environment: str, slot: str, bundle_dir: Path, version: str, port: int) -> subprocess.Popen[bytes]:
-        logs = self.state_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        log_path = logs / f"{environment}-{slot}-v{version}-{port}.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            SERVER_MARKER,
-            "--model-dir",
-            str(bundle_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--model-version",
-            str(version),
-        ]
-        log.info("starting %s/%s version %s on port %d (log %s)", environment, slot, version, port, log_path)
-        extra = {"MLRELEASE_MODEL_VERSION": str(version)}
-        if environment == STAGING_ENV:
-            extra.update(STAGING_OVERRIDES)
-        return spawn_detached(cmd, log_path, extra, dropped=SLOT_DROPPED)
-
     def _wait_ready(self, slot: Slot, process: subprocess.Popen[bytes] | None = None) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.interrupt is not None:
-                self.interrupt()
+        """Wait until the slot answers /ready as itself; fail at once when its server exits or another answers."""
+
+        def ready() -> bool:
             status, problem = identity_problem(slot)
             if problem is None:
-                return
+                return True
             if status == 200:
                 raise DeploymentError(f"{problem}; another server holds the port: see {self._log_hint(slot)}")
             if (process is not None and process.poll() is not None) or not pid_alive(slot.pid):
                 raise DeploymentError(
                     f"server for version {slot.version} exited before it was ready; see {self._log_hint(slot)}"
                 )
-            time.sleep(0.05)
-        raise DeploymentError(
-            f"server for version {slot.version} not ready after {self.ready_timeout_s:g} s "
-            f"on {slot.url}/ready; see {self._log_hint(slot)}"
-        )
+            return False
+
+        if not wait_until(ready, self.ready_timeout_s, interval=0.05, interrupt=self.interrupt):
+            raise DeploymentError(
+                f"server for version {slot.version} not ready after {self.ready_timeout_s:g} s "
+                f"on {slot.url}/ready; see {self._log_hint(slot)}"
+            )
 
     def starting(self, environment: str, slot: str) -> bool:
         """Its server runs, was started within the ready timeout and does not answer /ready yet (or answers 503:
@@ -213,23 +127,7 @@ class LocalTarget(DeploymentTarget):
         return identity_problem(found)[0] in (0, 503)
 
     def _log_hint(self, slot: Slot) -> str:
-        return str(self.state_dir / "logs" / f"*-v{slot.version}-{slot.port}.log")
-
-    def _stop_slot(self, slot: Slot, wait: bool = True) -> None:
-        """SIGTERM (the server drains), then SIGKILL after the drain timeout."""
-        if not pid_alive(slot.pid) or not is_our_server(slot.pid, slot.port):
-            return
-        log.info("stopping version %s (pid %d, port %d)", slot.version, slot.pid, slot.port)
-        os.kill(slot.pid, signal.SIGTERM)
-        if not wait:
-            return
-        deadline = time.monotonic() + self.drain_timeout_s
-        while time.monotonic() < deadline and pid_alive(slot.pid):
-            _reap(slot.pid)
-            time.sleep(0.05)
-        if pid_alive(slot.pid):
-            os.kill(slot.pid, signal.SIGKILL)
-        _reap(slot.pid)
+        return str(self.logs / f"*-v{slot.version}-{slot.port}.log")
 
     def stop(self, environment: str, slot: str, wait: bool = True) -> None:
         """Stop a slot that gets no traffic; a missing slot is a no-op."""
@@ -243,11 +141,9 @@ class LocalTarget(DeploymentTarget):
             )
         found = env.slots[slot]
         if environment in self.routed:
-            from deploy.targets import router
-
             # old nginx workers may still be finishing requests on this slot: let them, then stop it
-            router.Nginx(self.state_dir / "nginx" / environment).wait_drained(self.drain_timeout_s)
-        self._stop_slot(found, wait=wait)
+            self._router(environment).wait_drained(self.drain_timeout_s)
+        stop_server(found, self.drain_timeout_s, wait=wait)
         # forget it only once it was told to stop: a crash before this line leaves a tracked (dead) slot, never
         # an untracked running server
         state = self.store.load()
@@ -265,7 +161,7 @@ class LocalTarget(DeploymentTarget):
         if replaced is not None and env.weight(dest) > 0:
             raise DeploymentError(f"{environment}/{dest} still receives traffic; cannot replace it")
         if replaced is not None and replaced.pid != env.slots[source].pid:
-            self._stop_slot(replaced)  # before it leaves the state: a crash never leaves an untracked server
+            stop_server(replaced, self.drain_timeout_s)  # before it leaves the state: never untracked
         env.slots[dest] = env.slots.pop(source).model_copy(update={"expires_at": expires_at})
         moved = env.weights.pop(source, None)
         env.weights.pop(dest, None)
@@ -278,8 +174,6 @@ class LocalTarget(DeploymentTarget):
     def _watch_expiry(self, environment: str, slot: str, pid: int) -> None:
         """Start the detached watcher that stops the slot when its window ends (a failure only loses the timer:
         the next command's reconcile stops an expired slot too)."""
-        from deploy.targets.expiry import start_watch
-
         try:
             start_watch(self.state_dir, environment, slot, pid)
         except OSError as exc:
@@ -289,6 +183,13 @@ class LocalTarget(DeploymentTarget):
                 slot,
                 exc,
             )
+
+    def hold_expiry(self, reason: str | None) -> None:
+        """Record (or lift, with None) the hold that keeps every warm slot past its window; watchers obey it."""
+        state = self.store.load()
+        if state.expiry_hold != reason:
+            state.expiry_hold = reason
+            self.store.save(state)
 
     # ----- traffic ---------------------------------------------------------------------------------------------
     def set_weights(self, environment: str, weights: Mapping[str, float]) -> None:
@@ -315,13 +216,11 @@ class LocalTarget(DeploymentTarget):
 
     def apply_routing(self, state: DeployState, environment: str) -> None:
         """Render the router config from the state and start or gracefully reload nginx; wait for it to apply."""
-        from deploy.targets import router
-
         env = state.env(environment)
         if env.entry_port is None:
             env.entry_port = self.entry_ports.get(environment) or free_port()
             self.store.save(state)
-        router.Nginx(self.state_dir / "nginx" / environment).apply(env)
+        self._router(environment).apply(env)
 
     def entry_url(self, environment: str) -> str | None:
         env = self.store.load().env(environment)
@@ -342,12 +241,24 @@ class LocalTarget(DeploymentTarget):
         return None if found is None else found.version
 
     def slot(self, environment: str, slot: str) -> Slot | None:
-        """The full slot record (port, pid, bundle), None when empty."""
+        """The full slot record (port, pid, bundle, expiry), None when empty."""
         return self.store.load().env(environment).slots.get(slot)
 
     def slot_problem(self, environment: str, slot: str) -> str | None:
         found = self.slot(environment, slot)
         return f"{environment}/{slot} is empty" if found is None else identity_problem(found)[1]
+
+    def slot_metrics(self, environment: str, slot: str) -> str:
+        """GET the slot's own /metrics (2 s timeout); DeploymentError saying why when there is no readable page."""
+        url = self.slot_url(environment, slot)
+        if url is None:
+            raise DeploymentError(f"{environment}/{slot} is empty: no metrics to read")
+        code, body = probe(f"{url}/metrics", timeout=METRICS_TIMEOUT_S)
+        if code == 0:
+            raise DeploymentError(f"no connection to {url} ({body[:200]})")
+        if code != 200:
+            raise DeploymentError(f"HTTP {code} from {url}/metrics")
+        return body
 
     # ----- supervision ----------------------------------------------------------------------------------------
     def status(self) -> list[SlotStatus]:
@@ -362,47 +273,51 @@ class LocalTarget(DeploymentTarget):
                 detail = problem or ""
                 if slot.expires_at and problem is None:
                     detail = f"warm until {time.strftime('%H:%M:%S', time.localtime(slot.expires_at))}"
+                weight = env.weight(slot_name)
                 rows.append(
-                    SlotStatus(
-                        env_name,
-                        slot_name,
-                        slot.version,
-                        slot.url,
-                        slot.pid,
-                        env.weight(slot_name),
-                        problem is None,
-                        detail,
-                    )
+                    SlotStatus(env_name, slot_name, slot.version, slot.url, slot.pid, weight, problem is None, detail)
                 )
         return rows
 
     def reconcile(self) -> list[str]:
-        """Restart dead slots, stop expired warm slots, make each router match the state; return what was done."""
+        """Restart dead slots, stop expired warm slots (unless expiry is on hold), make each router match the
+        state; return what was done."""
         done: list[str] = []
         state = self.store.load()
         for env_name, env in state.environments.items():
             for slot_name, slot in list(env.slots.items()):
-                if slot.expires_at and slot.expires_at < time.time() and env.weight(slot_name) == 0:
-                    self.stop(env_name, slot_name)
-                    done.append(f"stopped expired {env_name}/{slot_name} (version {slot.version})")
-                elif not pid_alive(slot.pid):
-                    try:
-                        self._restart(env_name, slot_name, slot)
-                        done.append(f"restarted {env_name}/{slot_name} (version {slot.version})")
-                    except (DeploymentError, IntegrityError) as exc:
-                        if env.weight(slot_name) > 0:
-                            raise  # it serves traffic: say so loudly rather than route around it silently
-                        self._forget(env_name, slot_name)
-                        done.append(f"dropped dead {env_name}/{slot_name} (version {slot.version}): {exc}")
+                said = self._reconcile_slot(env_name, env, slot_name, slot, state.expiry_hold)
+                if said is not None:
+                    done.append(said)
             if env_name in self.routed and env.weights:
                 self.apply_routing(self.store.load(), env_name)
         return done
+
+    def _reconcile_slot(
+        self, env_name: str, env: Environment, slot_name: str, slot: Slot, hold: str | None
+    ) -> str | None:
+        """Stop the slot if its window is over (and expiry not held), restart it if its server died; say what."""
+        if slot.expires_at and slot.expires_at < time.time() and env.weight(slot_name) == 0:
+            if hold is None:
+                self.stop(env_name, slot_name)
+                return f"stopped expired {env_name}/{slot_name} (version {slot.version})"
+            log.info("kept expired %s/%s (version %s): %s", env_name, slot_name, slot.version, hold)
+        if pid_alive(slot.pid):
+            return None
+        try:
+            self._restart(env_name, slot_name, slot)
+            return f"restarted {env_name}/{slot_name} (version {slot.version})"
+        except (DeploymentError, IntegrityError) as exc:
+            if env.weight(slot_name) > 0:
+                raise  # it serves traffic: say so loudly rather than route around it silently
+            self._forget(env_name, slot_name)
+            return f"dropped dead {env_name}/{slot_name} (version {slot.version}): {exc}"
 
     def _restart(self, environment: str, slot_name: str, slot: Slot) -> None:
         """Start a dead slot again on its own port, from its (re-verified) bundle."""
         bundle = Path(slot.bundle_dir)
         verify_bundle(bundle)
-        process = self._spawn(environment, slot_name, bundle, slot.version, slot.port)
+        process = spawn_server(self.logs, environment, slot_name, bundle, slot.version, slot.port)
         state = self.store.load()
         state.env(environment).slots[slot_name] = slot.model_copy(
             update={"pid": process.pid, "started_at": time.time()}
@@ -413,26 +328,15 @@ class LocalTarget(DeploymentTarget):
         self._wait_ready(state.env(environment).slots[slot_name], process)
 
     def stop_all(self) -> None:
-        """Stop every slot and every router (tests and `make clean`)."""
-        from deploy.targets import router
-
+        """Stop every slot and every router (``mlrelease down``, tests, ``make clean``)."""
         state = self.store.load()
         for env_name, env in state.environments.items():
             for slot in env.slots.values():
-                self._stop_slot(slot, wait=False)
-            router.Nginx(self.state_dir / "nginx" / env_name).stop()
+                stop_server(slot, self.drain_timeout_s, wait=False)
+            self._router(env_name).stop()
         for env in state.environments.values():
             for slot in env.slots.values():
-                self._stop_slot(slot)
+                stop_server(slot, self.drain_timeout_s)
             env.slots.clear()
             env.weights.clear()
         self.store.save(state)
-
-
-def _reap(pid: int) -> None:
-    """Collect a child's exit status so it does not linger as a zombie."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-__all__ = ["LocalTarget", "atomic_write", "free_port", "http_get"]

@@ -1,0 +1,149 @@
+"""The local target's processes: detached start, identity checks and stops of servers and expiry watchers.
+
+Every child starts in a session of its own from the repository (a Ctrl-C of the command that started it does not
+reach it, and it outlives that command), without a CI job's process-tracking marker. Process checks go through
+psutil (:mod:`mlrelease.core.proc`), HTTP checks through the one loopback probe (:mod:`mlrelease.core.http`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from deploy.targets.local.state import Slot
+from mlrelease.core.http import probe, wait_until
+from mlrelease.core.modelcard import ModelCard
+from mlrelease.core.proc import SERVER_MARKER, is_our_server, pid_alive
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+# A GitHub Actions runner kills, when a job ends, every process whose environment carries its RUNNER_TRACKING_ID:
+# deployments a promote or rollback job starts on a self-hosted runner must outlive that job.
+JOB_TRACKING_VARS = ("RUNNER_TRACKING_ID",)
+OUTER_ENV_VAR = "MLRELEASE_OUTER_MLFLOW_HTTP"  # set by registry.client.brief_requests (deploy must not import it)
+# A slot serves the bundle on its command line: a model source in the operator's environment (a documented
+# serving setting) would make every slot refuse to start ("set either model_dir or model_uri, not both").
+SLOT_DROPPED = ("MLRELEASE_MODEL_URI", "MLRELEASE_MODEL_DIR")
+# Staging exists for the release gates, whose load test comes from one client (127.0.0.1): a per-client rate
+# limit meant for production would turn the gate's own load into 429s, reported as an error-rate breach.
+STAGING_ENV = "staging"
+STAGING_OVERRIDES = {"MLRELEASE_RATE_LIMIT_PER_SECOND": "0"}
+EXPIRY_MODULE = "deploy.targets.local.expiry"
+
+
+def detached_env(extra_env: dict[str, str] | None = None, dropped: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment for a long-lived child, without a CI job's process-tracking marker (nor the
+    variables named in ``dropped``)."""
+    env = {**os.environ, **(extra_env or {})}
+    for name in (*JOB_TRACKING_VARS, *dropped):
+        env.pop(name, None)
+    return without_brief_requests(env)
+
+
+def without_brief_requests(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the MLflow request settings from before registry.client.brief_requests (a rollback's short
+    registry timeouts are for the rollback, not for the servers it starts, which outlive it)."""
+    outer = env.pop(OUTER_ENV_VAR, None)
+    if outer is None:
+        return env
+    for key, value in json.loads(outer).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def spawn_detached(
+    cmd: list[str], log_path: Path, extra_env: dict[str, str] | None = None, dropped: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` from the repository in a session of its own (a Ctrl-C of the caller does not reach it), with
+    the repository importable and stdout and stderr appended to ``log_path``."""
+    env = detached_env(extra_env, dropped)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO_ROOT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def spawn_server(
+    logs: Path, environment: str, slot: str, bundle_dir: Path, version: str, port: int
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m deploy.serving`` for a slot on a loopback port, its output in ``logs``."""
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{environment}-{slot}-v{version}-{port}.log"
+    cmd = [sys.executable, "-m", SERVER_MARKER, "--model-dir", str(bundle_dir), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--model-version", str(version)]
+    log.info("starting %s/%s version %s on port %d (log %s)", environment, slot, version, port, log_path)
+    extra = {"MLRELEASE_MODEL_VERSION": str(version)}
+    if environment == STAGING_ENV:
+        extra.update(STAGING_OVERRIDES)
+    return spawn_detached(cmd, log_path, extra, dropped=SLOT_DROPPED)
+
+
+def start_watch(state_dir: Path, environment: str, slot: str, pid: int) -> None:
+    """Start the detached expiry watcher of a slot that has an expiry (its output goes to the logs folder)."""
+    logs = Path(state_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", EXPIRY_MODULE, "--state-dir", str(state_dir), "--environment", environment]
+    cmd += ["--slot", slot, "--pid", str(pid)]
+    spawn_detached(cmd, logs / "expiry.log")
+
+
+def identity_problem(slot: Slot, timeout: float = 1.0) -> tuple[int, str | None]:
+    """(HTTP status of /ready, None) when the slot's port is ready and serves the slot's version and bundle;
+    otherwise the status and what is wrong. Another process that took the port answers, but not as this slot."""
+    status, body = probe(f"{slot.url}/ready", timeout=timeout)
+    if status != 200:
+        return status, f"{slot.url}/ready answered {status or body}"
+    try:
+        ready = json.loads(body)
+        expected = ModelCard.read(Path(slot.bundle_dir)).sha256
+    except (OSError, ValueError) as exc:
+        return status, f"cannot check who serves {slot.url}: {exc}"
+    if str(ready.get("model_version")) != slot.version or ready.get("sha256") != expected:
+        return status, (
+            f"{slot.url} is served by version {ready.get('model_version')!r} (sha256 "
+            f"{str(ready.get('sha256'))[:12]}), not by version {slot.version} of {slot.bundle_dir}"
+        )
+    return status, None
+
+
+def stop_server(slot: Slot, drain_timeout_s: float, wait: bool = True) -> None:
+    """SIGTERM the slot's server (it drains), then SIGKILL after the drain timeout; not ours or gone: nothing."""
+    if not pid_alive(slot.pid) or not is_our_server(slot.pid, slot.port):
+        return
+    log.info("stopping version %s (pid %d, port %d)", slot.version, slot.pid, slot.port)
+    os.kill(slot.pid, signal.SIGTERM)
+    if not wait:
+        return
+    if not wait_until(lambda: gone(slot.pid), drain_timeout_s, interval=0.05):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(slot.pid, signal.SIGKILL)
+    reap(slot.pid)
+
+
+def gone(pid: int) -> bool:
+    """Reap the pid if it is our exited child, then say whether it is gone."""
+    reap(pid)
+    return not pid_alive(pid)
+
+
+def reap(pid: int) -> None:
+    """Collect a child's exit status so it does not linger as a zombie (not our child: nothing to do)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
