@@ -1,0 +1,180 @@
+"""Prediction for the model server: the two protocols, the served model with its batcher and drift window, and
+the fast path's pending answer.
+
+The ASGI application (deploy/serving/app.py) routes requests here; nothing here imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from deploy.serving import responses
+from deploy.serving.asgi import JSON, Response, error_response
+from deploy.serving.batcher import MicroBatcher, RowErrors
+from deploy.serving.config import ServingSettings
+from deploy.serving.drift import DriftMonitor
+from deploy.serving.fastpath import INTERNAL_ERROR
+from deploy.serving.metrics import ServerMetrics
+from deploy.serving.model import LoadedModel, set_threads
+from deploy.serving.payload import ClientError, parse_v1, parse_v2
+
+log = logging.getLogger("deploy.serving.app")  # the server's log lines keep the name they had before the split
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """One prediction protocol: its metrics label, body parser and answer builder.
+
+    The parser returns the rows and what else the answer needs from the request (V2: its id and the outputs
+    it asks for; V1: nothing), which is handed to ``answer`` with the probabilities.
+    """
+
+    label: str
+    parse: Callable[[bytes, list[str], int], tuple[np.ndarray, Any]]
+    answer: Callable[[LoadedModel, np.ndarray, Any], bytes]
+
+
+V1 = Api(
+    "/v1/models/{name}:predict",
+    lambda body, names, limit: (parse_v1(body, names, limit), None),
+    lambda model, probs, _: responses.predict_v1(model, probs),
+)
+V2 = Api("/v2/models/{name}/infer", parse_v2, responses.infer_v2)
+
+
+def plain_name(name: str) -> bool:
+    """A model name as the routes take it: no further path segment or verb (a trailing slash is another path)."""
+    return "/" not in name and ":" not in name
+
+
+def prediction_route(path: bytes) -> tuple[Api, str] | None:
+    """(api, model name) for a prediction path as the fast path sees it (raw bytes), else None."""
+    if path.startswith(b"/v1/models/") and path.endswith(b":predict"):
+        api, name = V1, path[11:-8].decode("ascii")
+    elif path.startswith(b"/v2/models/") and path.endswith(b"/infer"):
+        api, name = V2, path[11:-6].decode("ascii")
+    else:
+        return None
+    return (api, name) if plain_name(name) else None
+
+
+def non_finite_output(bad_rows: np.ndarray) -> ClientError:
+    """The 422 for rows the model answered with NaN or Inf: finite inputs so far out of the training range that
+    standardising them overflows float32 (1e37 over a feature scale of 0.003, say) must not get a made-up class."""
+    rows = bad_rows.tolist()
+    named = ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+    return ClientError(
+        422,
+        "non_finite_output",
+        f"row {named} of the request (counting from 0): the model's output is NaN or Inf for these values; they "
+        "are too far out of the range it was trained on for its arithmetic (check the units and scale of each "
+        "feature)",
+    )
+
+
+class Serving:
+    """A loaded model with its batcher and drift window; counts in-flight requests so a swap can retire it."""
+
+    def __init__(self, model: LoadedModel, settings: ServingSettings, metrics: ServerMetrics) -> None:
+        self.model = model
+        self.metrics = metrics
+        self.names = model.card.feature_names
+        threads = partial(set_threads, settings.torch_threads)
+        inline = model.batch_ms <= settings.inline_max_batch_ms
+        log.info("version %s: model calls run %s", model.version, "inline" if inline else "on the model thread")
+        self.batcher = MicroBatcher(self.predict, settings.max_batch_size, metrics.record_batch, threads, inline)
+        self.drift = (
+            DriftMonitor(model.reference, self.names, settings.drift_window) if model.reference is not None else None
+        )
+        self.metadata_v1 = responses.metadata_v1(model)
+        self.metadata_v2 = responses.metadata_v2(model)
+        self.active = 0
+        self._drained: asyncio.Event | None = None
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """One model call for a whole coalesced batch, with its drift window and class counts.
+
+        Rows answered with NaN or Inf are not answered: the batcher gives the requests holding them a 422 and the
+        others, batched with them, their slices of this same call; only those are counted.
+        """
+        probs = self.model.predict(batch)
+        if not math.isfinite(probs.sum()):  # one reduction: NaN or Inf anywhere makes the sum non-finite
+            bad = ~np.isfinite(probs).all(axis=1)
+            raise RowErrors(
+                probs, bad, non_finite_output, lambda answered: self._record(batch[answered], probs[answered])
+            )
+        self._record(batch, probs)
+        return probs
+
+    def _record(self, batch: np.ndarray, probs: np.ndarray) -> None:
+        """Rows answered: into the drift window and the predicted-class counts."""
+        if self.drift is not None:
+            self.drift.observe(batch)
+        self.metrics.record_classes(self.model.version, self.model.card.classes, probs.argmax(axis=1))
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.active == 0 and self._drained is not None:
+            self._drained.set()
+
+    async def retire(self) -> None:
+        """Wait for requests that started on this model, then stop its batcher."""
+        if self.active:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
+        await self.batcher.close()
+
+
+class Batched:
+    """A fast-path prediction waiting for its micro-batch (a batcher Sink); ``finish()`` builds the answer.
+
+    The callback usually closes over this object, so it is dropped once called (or never stored when the outcome
+    is already in): a reference cycle per request would leave about ten objects a request to the cyclic garbage
+    collector, whose collections then stall the event loop for milliseconds.
+    """
+
+    __slots__ = ("api", "outcome", "ready", "request", "serving")
+
+    def __init__(self, api: Api, serving: Serving, request: Any) -> None:
+        self.api = api
+        self.serving = serving
+        self.request = request
+        self.outcome: np.ndarray | BaseException | None = None
+        self.ready: Callable[[], None] | None = None
+
+    def attach(self, ready: Callable[[], None]) -> None:
+        """Run ``ready`` once the outcome is in (on the next loop step if it already is: never inside the parser)."""
+        if self.outcome is not None:
+            asyncio.get_running_loop().call_soon(ready)
+        else:
+            self.ready = ready
+
+    def deliver(self, outcome: np.ndarray | BaseException) -> None:
+        self.outcome = outcome
+        ready, self.ready = self.ready, None
+        if ready is not None:
+            ready()
+
+    def finish(self) -> Response:
+        serving = self.serving
+        serving.leave()
+        outcome = self.outcome
+        if isinstance(outcome, ClientError):
+            return error_response(outcome)  # not raised: a traceback would tie this request into a cycle
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome is None:
+                raise RuntimeError("finish() before the batch delivered")
+            return 200, self.api.answer(serving.model, outcome, self.request), JSON
+        except Exception:
+            log.exception("internal error on POST %s", self.api.label)
+            return INTERNAL_ERROR
