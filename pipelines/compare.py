@@ -40,8 +40,7 @@ def threshold_fields() -> Marks:
     """Every gate threshold in params.yaml, by dotted key, read from the pydantic fields that define them."""
     from deploy.image.build import BuildParams
     from deploy.loadtest.runner import SLO
-    from mlrelease.core.params import ExportParams, GateParams
-    from registry.analysis import CanaryParams
+    from mlrelease.core.params import CanaryParams, ExportParams, GateParams
 
     sections: dict[str, type[BaseModel]] = {
         "gates": GateParams,

@@ -116,9 +116,20 @@ def threshold_gates(m: dict[str, Any], gates: GateParams) -> list[Gate]:
 
 def champion_metrics(params: Params, contract: DataContract, test: Split) -> tuple[dict[str, Any] | None, str]:
     """Metrics of the version aliased `production` on the same test split, or None with the reason."""
-    from registry.champion import production_metrics
+    from mlrelease.core.modelcard import MODEL_FILE, ModelCard
+    from registry.champion import production_bundle
 
-    return production_metrics(params.model.name, contract.feature_names, test.x, test.y)
+    with production_bundle(params.model.name) as (bundle, why):
+        if bundle is None:
+            return None, why
+        card = ModelCard.read(bundle)
+        if card.feature_names != contract.feature_names:
+            return None, (
+                f"production version expects other features ({card.n_features}); not comparable, comparison skipped"
+            )
+        module = torch.jit.load(str(bundle / MODEL_FILE), map_location="cpu")
+        scores = classification_metrics(test.y, predict_proba(module, test.x))
+    return scores, f"compared with production ({card.sha256[:12]}) on the same test split"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,27 +1,24 @@
-"""Champion/challenger: score the version aliased `production` on the candidate's test split."""
+"""Champion/challenger: fetch the version aliased `production` for the evaluate stage to score on the
+candidate's test split (scoring is the stage's; this module only reads the registry)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 log = logging.getLogger(__name__)
 
 
-def production_metrics(
-    model_name: str, feature_names: list[str], x: np.ndarray, y: np.ndarray
-) -> tuple[dict[str, Any] | None, str]:
-    """Metrics of `models:/NAME@production` on (x, y), or None and a sentence saying why there are none."""
-    import torch
+@contextlib.contextmanager
+def production_bundle(model_name: str) -> Iterator[tuple[Path | None, str]]:
+    """The verified bundle of `models:/NAME@production` in a temporary folder (removed on exit), or None and a
+    sentence saying why there is none; a registry error or a tampered artifact raises RuntimeError naming it."""
     from mlflow.exceptions import MlflowException
 
-    from mlrelease.core.modelcard import MODEL_FILE, IntegrityError, ModelCard
-    from pipelines.common import predict_proba
-    from pipelines.evaluate import classification_metrics
+    from mlrelease.core.modelcard import IntegrityError
     from registry.client import is_not_found
     from registry.register import download_bundle
 
@@ -29,22 +26,16 @@ def production_metrics(
         try:
             bundle = download_bundle(f"models:/{model_name}@production", model_name, Path(tmp))
         except MlflowException as exc:
-            if is_not_found(exc):
-                return None, f"no production version of {model_name!r} in the registry; nothing to compare"
-            raise RuntimeError(
-                f"cannot read the production version of {model_name!r} from the registry "
-                f"({exc}); check MLFLOW_TRACKING_URI and retry"
-            ) from exc
+            if not is_not_found(exc):
+                raise RuntimeError(
+                    f"cannot read the production version of {model_name!r} from the registry "
+                    f"({exc}); check MLFLOW_TRACKING_URI and retry"
+                ) from exc
+            yield None, f"no production version of {model_name!r} in the registry; nothing to compare"
+            return
         except IntegrityError as exc:
             raise RuntimeError(
                 f"the production version's artifact fails its sha256 check ({exc}); "
                 "investigate before comparing or promoting anything"
             ) from exc
-        card = ModelCard.read(bundle)
-        if card.feature_names != feature_names:
-            return None, (
-                f"production version expects other features ({card.n_features}); not comparable, comparison skipped"
-            )
-        module = torch.jit.load(str(bundle / MODEL_FILE), map_location="cpu")
-        scores = classification_metrics(y, predict_proba(module, x))
-    return scores, f"compared with production ({card.sha256[:12]}) on the same test split"
+        yield bundle, "production version downloaded"

@@ -130,7 +130,7 @@ def show(proc: subprocess.CompletedProcess[str]) -> str:
 
 def audit_actions(home: Path) -> list[dict[str, Any]]:
     from mlrelease.core.settings import Settings
-    from registry.audit import AuditLog
+    from release.audit import AuditLog
 
     return AuditLog(Settings(home=home).state_dir).records()
 

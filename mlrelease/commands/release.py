@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -17,7 +16,8 @@ import typer
 if TYPE_CHECKING:
     from mlrelease.core.params import Params
     from mlrelease.core.settings import Settings
-    from registry.promotion import Outcome, Promoter
+    from release.outcome import Outcome
+    from release.promoter import Promoter
 
 
 class Stage(StrEnum):
@@ -32,21 +32,24 @@ DRY = typer.Option(False, "--dry-run", help="Say what would happen; change nothi
 
 
 def build_promoter(params_path: Path, by: str | None, dry_run: bool, loadtest: bool = False) -> Promoter:
-    """Wire settings, params, the local target, the registry and the actor into a Promoter."""
-    from deploy.targets.local import LocalTarget
-    from mlrelease.core.params import load_params, section
+    """Wire settings, params, the target (MLRELEASE_TARGET), the registry and the actor into a Promoter."""
+    from deploy.targets import make_target
+    from mlrelease.core.params import CanaryParams, PromotionParams, load_params, section
     from mlrelease.core.settings import get_settings
-    from registry.analysis import CanaryParams
-    from registry.audit import resolve_actor
-    from registry.promotion import Promoter, PromotionParams, Registry
+    from registry.versions import Registry
+    from release.audit import resolve_actor
+    from release.promoter import Promoter
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings = get_settings()
     params = load_params(params_path)
     promotion = section(params, "promotion", PromotionParams)
-    target = LocalTarget(
-        settings.state_dir, ready_timeout_s=promotion.ready_timeout, drain_timeout_s=promotion.drain_timeout
+    target = make_target(
+        settings.state_dir,
+        settings.target,
+        ready_timeout_s=promotion.ready_timeout,
+        drain_timeout_s=promotion.drain_timeout,
     )
     return Promoter(
         settings=settings,
@@ -89,7 +92,7 @@ def run_guarded(action: str, call: Callable[[], None]) -> None:
     from deploy.targets.base import DeploymentError
     from mlrelease.core.locking import PromotionLocked
     from mlrelease.core.params import ParamsError
-    from registry.promotion import PromotionError
+    from release.outcome import PromotionError
 
     err = Console(stderr=True, soft_wrap=True)  # no hard line breaks: paths and ids stay copyable
     try:
@@ -143,45 +146,6 @@ def project_settings() -> Settings:
     return settings
 
 
-def stop_everything(state_dir: Path, yes: bool, by: str | None) -> None:
-    """Body of `mlrelease down`: under the promotion lock, stop every slot and router, clear any journaled
-    promotion (nothing is left to recover) and record who did it. An unfinished rollback is refused: stopping it
-    would leave the version it was taking production away from as the one to serve again."""
-    from deploy.targets.local import LocalTarget
-    from mlrelease.core.locking import promotion_lock
-    from registry.audit import AuditLog, AuditRecord, resolve_actor
-
-    target = LocalTarget(state_dir)
-    actor = resolve_actor(by)
-    # no state, nothing to stop: no lock either, so a fresh workspace does not get a state folder
-    with promotion_lock(state_dir, "down", actor) if target.store.path.is_file() else contextlib.nullcontext():
-        running, state = target.status(), target.store.load()
-        if not running:
-            typer.echo("nothing is running: no server or router to stop")
-            return
-        if state.operation is not None and state.operation.command == "rollback":
-            raise typer.BadParameter(
-                f"a rollback from version {state.operation.from_version} to {state.operation.version} is unfinished; "
-                "finish it with scripts/rollback.sh first"
-            )
-        serving = [r for r in running if r.environment == "production" and r.weight > 0]
-        if serving and not yes:
-            raise typer.BadParameter(
-                f"production serves version {serving[0].version} through {target.entry_url('production')}; "
-                "`mlrelease down --yes` stops it all the same"
-            )
-        target.stop_all()
-        state = target.store.load()
-        state.operation = None
-        target.store.save(state)
-    stopped = [f"{r.environment}/{r.slot} (version {r.version})" for r in running]
-    AuditLog(state_dir).append(
-        AuditRecord("down", "all", actor, outcome="stopped", reason="mlrelease down: " + ", ".join(stopped))
-    )
-    back = f"; `mlrelease promote production --version {serving[0].version}` serves it again" if serving else ""
-    typer.echo("stopped " + ", ".join(stopped) + " and their routers" + back)
-
-
 def register(app: typer.Typer) -> None:
     """Add the release commands to the CLI."""
 
@@ -204,7 +168,7 @@ def register(app: typer.Typer) -> None:
         params: Path = PARAMS,
     ) -> None:
         """Move a version one step: candidate -> staging -> canary -> production, gated and audited."""
-        from registry.analysis import parse_duration
+        from mlrelease.core.params import parse_duration
 
         def call() -> None:
             p = build_promoter(params, by, dry_run, loadtest=stage is Stage.staging)
@@ -234,6 +198,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("rollback")
     def rollback(
+        ctx: typer.Context,
         to: str | None = typer.Option(None, "--to", help="Version to go back to (default: previous production)"),
         reason: str | None = typer.Option(None, "--reason", help="Why (recorded in the audit trail)"),
         by: str | None = BY,
@@ -244,7 +209,8 @@ def register(app: typer.Typer) -> None:
         started = time.monotonic()
 
         def call() -> None:
-            outcome = build_promoter(params, by, dry_run).rollback(to, reason)
+            fast = ctx.obj if not dry_run else None  # what scripts/rollback.sh's fast path did (rollback_main)
+            outcome = build_promoter(params, by, dry_run).rollback(to, reason, fast)
             outcome.say(f"took {time.monotonic() - started:.2f} s in total")
             finish(outcome, f"rollback{' (dry run)' if dry_run else ''}")
 
@@ -254,12 +220,13 @@ def register(app: typer.Typer) -> None:
     def reconcile(by: str | None = BY, params: Path = PARAMS) -> None:
         """Restart dead slots, stop expired warm ones, make each router match the state (every command does it
         first; this does only that, e.g. after `mlrelease status` shows a slot down)."""
-        from registry.promotion import Outcome
+        from release.outcome import Outcome
+        from release.states import Command
 
         def call() -> None:
             p = build_promoter(params, by, dry_run=False)
             out = Outcome()
-            with p.operation("reconcile", "-", out):
+            with p.operation(Command.RECONCILE, "-", out):
                 pass  # recovery of a crashed promotion and the reconcile itself happen on entering
             if not out.lines:
                 out.say("nothing to do: every slot runs and every router matches the state")
@@ -274,7 +241,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Stop every local server and router of this workspace; the registry, its aliases and the history stay
         (the teardown of the embedded default: `make clean` runs it first). Promoting a version again starts it."""
-        run_guarded("down", lambda: stop_everything(project_settings().state_dir, yes, by))
+        from deploy.targets import make_target
+        from release.audit import resolve_actor
+        from release.teardown import stop_everything
+
+        def call() -> None:
+            settings = project_settings()
+            target = make_target(settings.state_dir, settings.target)
+            finish(stop_everything(settings.state_dir, target, yes, resolve_actor(by)), "down")
+
+        run_guarded("down", call)
 
     @app.command("status")
     def status(params: Path = PARAMS) -> None:
@@ -282,9 +258,11 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from deploy.targets.local import LocalTarget
+        from deploy.targets import make_target
+        from release.teardown import in_progress
 
-        target = LocalTarget(project_settings().state_dir)
+        settings = project_settings()
+        target = make_target(settings.state_dir, settings.target)
         table = Table(title="mlrelease deployments")
         for col in ("environment", "slot", "version", "url", "pid", "weight %", "healthy", "detail"):
             table.add_column(col)
@@ -305,7 +283,8 @@ def register(app: typer.Typer) -> None:
         entry = target.entry_url("production")
         if entry:
             console.print(f"production entry point: {entry}")
-        running = in_progress(target.state_dir)
+        console.print(f"target: {target.describe()}", highlight=False)
+        running = in_progress(settings.state_dir)
         if running:
             console.print(running, highlight=False, soft_wrap=True)
         down = [r for r in rows if r.weight > 0 and not r.healthy]
@@ -313,7 +292,7 @@ def register(app: typer.Typer) -> None:
             console.print(
                 f"[red]{r.environment}/{r.slot} (version {r.version}) takes {r.weight:g}% of traffic and is not "
                 f"healthy: {r.detail}. Next: `mlrelease reconcile` restarts it, `scripts/rollback.sh` moves traffic to "
-                f"the previous version; its log is in {target.state_dir / 'logs'}[/red]",
+                f"the previous version; its log is in {settings.state_dir / 'logs'}[/red]",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -327,7 +306,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="The records as JSON lines, evidence in full"),
     ) -> None:
         """The audit trail: every alias and traffic change, who, when, from which version to which, why."""
-        from registry.audit import AuditLog
+        from release.audit import AuditLog
+        from release.teardown import in_progress
 
         state_dir = project_settings().state_dir
         records = AuditLog(state_dir).records()[-limit:]
@@ -339,32 +319,6 @@ def register(app: typer.Typer) -> None:
         running = in_progress(state_dir)
         if running:
             typer.echo(running)
-
-
-def in_progress(state_dir: Path) -> str | None:
-    """The journaled operation in a line, None when there is none. An operation's audit record is written when it
-    ends, so a rollback under way (or interrupted) shows here, with what finishes it, and nowhere else."""
-    from datetime import UTC, datetime
-
-    from deploy.targets.local import pid_alive
-    from deploy.targets.state import StateStore
-
-    op = StateStore(state_dir).load().operation
-    if op is None:
-        return None
-    since = datetime.fromtimestamp(op.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    moving = f" from version {op.from_version}" if op.from_version else ""
-    if pid_alive(op.pid):
-        where = f"running (pid {op.pid})"
-    elif op.command == "rollback":
-        where = f"interrupted (pid {op.pid} is gone): run scripts/rollback.sh to finish it"
-    else:
-        where = (
-            f"interrupted (pid {op.pid} is gone): the next command recovers it (undone, or finished if its switch "
-            "was done): `mlrelease reconcile`, or scripts/rollback.sh in an incident"
-        )
-    reason = f" ({op.reason})" if op.reason else ""
-    return f"in progress: `{op.command}` to version {op.version}{moving} by {op.by} since {since} UTC{reason}, {where}"
 
 
 def print_history(records: list[dict[str, Any]], evidence: bool) -> None:
@@ -418,10 +372,12 @@ def main() -> None:
     _release_app()()
 
 
-def rollback_main(argv: list[str]) -> None:
-    """``scripts/rollback.sh ARGS``: the rollback command alone, so usage and errors name the script."""
+def rollback_main(argv: list[str], fast: object = None) -> None:
+    """``scripts/rollback.sh ARGS``: the rollback command alone, so usage and errors name the script; ``fast``
+    (a release.fast_rollback.FastSwitch) is what its fast path already did, handed to the command as its obj."""
     group = typer.main.get_command(_release_app())  # several commands: a group (typer's own click)
-    group.commands["rollback"].main(args=argv, prog_name="scripts/rollback.sh")  # type: ignore[attr-defined]
+    command = group.commands["rollback"]  # type: ignore[attr-defined]
+    command.main(args=argv, prog_name="scripts/rollback.sh", obj=fast)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -130,3 +131,78 @@ def section(params: Params, name: str, model: type[_SectionT]) -> _SectionT:
     except ValidationError as exc:
         problems = "; ".join(f"{name}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ParamsError(f"params.yaml: {problems}") from exc
+
+
+# ----- release thresholds: the canary analysis and promotion, read from params.yaml like the stages' ----------
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from ``30s``, ``2m``, ``500ms`` or a bare number of seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration; use e.g. 30s, 2m, 500ms")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+class CanaryParams(BaseModel):
+    """The ``canary:`` section of params.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0])
+    interval: float = 30.0
+    failure_limit: int = Field(0, ge=0, json_schema_extra=HIGHER_IS_LAXER)
+    inconclusive_limit: int = Field(1, ge=0, json_schema_extra=HIGHER_IS_LAXER)
+    min_requests: int = Field(20, ge=1, json_schema_extra=LOWER_IS_LAXER)
+    max_error_rate: float = Field(0.01, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
+    max_error_rate_increase: float = Field(0.005, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
+    max_client_error_rate_increase: float = Field(0.01, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
+    client_error_z: float = Field(3.0, gt=0, json_schema_extra=HIGHER_IS_LAXER)
+    min_traffic_share: float = Field(0.5, ge=0, le=1, json_schema_extra=LOWER_IS_LAXER)
+    traffic_share_z: float = Field(3.0, gt=0, json_schema_extra=HIGHER_IS_LAXER)
+    max_p99_latency_ms: float = Field(500.0, gt=0, json_schema_extra=HIGHER_IS_LAXER)
+    max_p99_ratio: float = Field(2.0, ge=1, json_schema_extra=HIGHER_IS_LAXER)
+    p99_slack_ms: float = Field(25.0, ge=0, json_schema_extra=HIGHER_IS_LAXER)
+    max_divergence: float = Field(0.05, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
+    divergence_p_value: float = Field(0.001, gt=0, le=1, json_schema_extra=LOWER_IS_LAXER)
+    drive_load: bool = True
+    load_rps: float = Field(50.0, gt=0, le=2000)
+    load_concurrency: int = Field(4, ge=1, le=64)
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _interval(cls, value: str | float) -> float:
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError("interval must be positive")
+        return seconds
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < w <= 50 for w in value) or value != sorted(value):
+            raise ValueError("steps must be increasing percentages in (0, 50] (a canary never takes the majority)")
+        return value
+
+
+class PromotionParams(BaseModel):
+    """The ``promotion:`` section of params.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rollback_window: float = 1800.0
+    ready_timeout: float = 90.0
+    drain_timeout: float = 15.0
+    rollback_lock_wait: float = 15.0
+    smoke_rows: int = Field(8, ge=1, le=256)
+    load_gate: bool = True
+    load_gate_rows: int = Field(500, ge=1, le=100_000)
+
+    @field_validator("rollback_window", "ready_timeout", "drain_timeout", "rollback_lock_wait", mode="before")
+    @classmethod
+    def _duration(cls, value: str | float) -> float:
+        return parse_duration(value)

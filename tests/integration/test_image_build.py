@@ -66,7 +66,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         if (REPO / name).exists():
             shutil.copy2(REPO / name, dest / name)
-    for name in ("mlrelease", "pipelines", "registry", "deploy"):
+    for name in ("mlrelease", "pipelines", "release", "registry", "deploy", "requirements"):
         shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return dest
 

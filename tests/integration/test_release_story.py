@@ -19,6 +19,7 @@ import pytest
 
 from deploy.targets.traffic import LoadDriver, predict_path, sample_rows
 from mlrelease.core.modelcard import ModelCard, sha256_file
+from release.journal import Journal
 from tests.release_helpers import (
     BIN,
     FAST_RELEASE,
@@ -80,7 +81,7 @@ def kill_mid_canary(home: Path) -> None:
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert target(home).store.load().operation is not None  # the journal says a promotion died
+    assert Journal(target(home).state_dir).load().operation is not None  # the journal says a promotion died
 
 
 @pytest.fixture

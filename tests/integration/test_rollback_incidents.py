@@ -23,12 +23,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.targets.local import is_our_server, pid_alive
-from deploy.targets.state import DeployState, Operation
+from deploy.targets.local.state import DeployState
 from deploy.targets.traffic import LoadDriver, LoadResult, predict_path, sample_rows
 from mlrelease.core.locking import promotion_lock
 from mlrelease.core.modelcard import ModelCard
 from mlrelease.core.net import free_port
+from mlrelease.core.proc import is_our_server, pid_alive
+from release.journal import Journal, Operation
 from tests.release_helpers import (
     BIN,
     FAST_RELEASE,
@@ -174,14 +175,14 @@ class Incident:
                     os.kill(pid, signal.SIGKILL)
 
     def watchers(self) -> list[int]:
-        """Pids of the detached rollback-window watchers (deploy.targets.expiry) started for this workspace."""
+        """Pids of the detached rollback-window watchers (deploy.targets.local.expiry) started for this workspace."""
         import psutil
 
         state_dir = str(target(self.home).state_dir)
         found = []
         for proc in psutil.process_iter(["pid", "cmdline"]):
             cmdline = proc.info["cmdline"] or []
-            if "deploy.targets.expiry" in cmdline and state_dir in cmdline:
+            if "deploy.targets.local.expiry" in cmdline and state_dir in cmdline:
                 found.append(proc.info["pid"])
         return found
 
@@ -361,7 +362,7 @@ def test_rollback_does_not_wait_for_a_canary_server_that_is_still_starting(incid
     assert canary_code != 0 and "aborted" in log.read_text().lower(), context
     assert_all_on(incident, p, sample_rows(incident.bundle, 8), context)
     assert wait_gone(slot.pid, 20), f"the canary server (pid {slot.pid}) still runs\n{context}"
-    assert t.store.load().operation is None, context
+    assert Journal(t.state_dir).load().operation is None, context
     stopped = [r for r in history_rows(home) if r["action"] == "canary-rollback" and r["from"] == c]
     assert stopped and "stillstarting" in "".join(stopped[-1]["reason"].split()), stopped  # who stopped it, why
 
@@ -379,10 +380,10 @@ def test_rollback_refuses_typos_and_stops_a_canary_with_no_previous_version(inci
         wrong, _ = rollback(home, "--to", typo, "--reason", "typo")
         assert wrong.returncode == 2 and "is not registered" in wrong.stderr, show(wrong)
         assert "registered versions:" in wrong.stderr and "nothing was changed" in " ".join(wrong.stderr.split())
-        assert t.store.load().operation is None, "a refused rollback journaled an operation"
+        assert Journal(t.state_dir).load().operation is None, "a refused rollback journaled an operation"
     promote_typo = cli(home, "promote", "staging", "--version", "99")
     assert promote_typo.returncode == 2 and "is not registered" in promote_typo.stderr, show(promote_typo)
-    assert t.store.load().operation is None
+    assert Journal(t.state_dir).load().operation is None
     nothing, _ = rollback(home)
     assert nothing.returncode == 2 and "no previous production version" in nothing.stderr, show(nothing)
 
@@ -520,7 +521,7 @@ def test_rollback_killed_midway_is_finished_by_the_next_run(incident: Incident, 
     assert second.returncode == 0 and "verified" in second.stdout, context
     assert_all_on(incident, p, rows, context)
     assert wait_gone(bad_slot.pid, 30), f"version {a}'s server (pid {bad_slot.pid}) still runs\n{context}"
-    assert target(home).store.load().operation is None, f"an interrupted operation is still journaled\n{context}"
+    assert journal(home).load().operation is None, f"an interrupted operation is still journaled\n{context}"
     done = [r for r in history_rows(home) if r["action"] == "rollback" and same_text(r["reason"], reason)]
     assert done and (done[-1]["from"], done[-1]["to"], done[-1]["outcome"]) == (a, p, "done"), context
     # the third run is a harmless no-op
@@ -537,12 +538,17 @@ def journal_killed(
     incident: Incident, command: str, version: str, reason: str | None = None, **state_changes: object
 ) -> None:
     """The state a promotion leaves when it is killed: its journal entry (its pid gone) plus ``state_changes``."""
-    store = target(incident.home).store
+    store = journal(incident.home)
     state = store.load()
     for key, value in state_changes.items():
         setattr(state, key, value)
     state.operation = Operation(command=command, version=version, pid=2**22 + 11, by="killed-in-test", reason=reason)
     store.save(state)
+
+
+def journal(home: Path) -> Journal:
+    """The release journal of the workspace at ``home``."""
+    return Journal(target(home).state_dir)
 
 
 def killed_switch_to(incident: Incident, version: str, bundle: Path, rows: list[list[float]]) -> None:
@@ -590,7 +596,7 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     home, name = incident.home, incident.name
     p, a = production_with_warm_previous(incident, tmp_path)
     rows = sample_rows(incident.bundle, 8)
-    history = target(home).store.load().production_history
+    history = journal(home).load().production_history
     assert history[-1] == a
     # A had passed a canary against another stable than P: the killed command was forced (--force --reason), and
     # recovery records it so, with its reason (it used to record a plain "done")
@@ -601,7 +607,8 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     said = " ".join(ok(cli(home, "reconcile")).split())
     assert f"production: version {a} serves 100% of traffic" in said, said
     assert_all_on(incident, a, rows, said)
-    state = incident.state()
+    incident.state()
+    state = journal(home).load()
     assert state.production_history[-1:] == [a] and state.operation is None
     finished = [r for r in history_rows(home) if r["action"] == "promote" and r["to"] == a]
     assert "finished by recovery" in finished[-1]["reason"], finished
@@ -620,7 +627,7 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     said = " ".join(ok(cli(home, "reconcile")).split())
     assert "restarted production/stable" in said and "100% back on stable" in said, said
     assert_all_on(incident, a, rows, said)
-    assert incident.state().operation is None
+    assert journal(incident.home).load().operation is None
 
     # `promote production` of C killed after its switch, before its renames: C serves 100% from the canary slot.
     # The on-call's rollback undoes C and stops there; it used to go on to P, stopping the healthy A and tagging
@@ -638,7 +645,7 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     ), show(preview)
     assert f"put production back on version {a} and withdraw version {c}" in said, said
     assert "nothing more to do after that" in said and "would move" not in said, said
-    assert target(home).store.load().operation is not None and t.weights(PROD) == {"canary": 100.0}, said
+    assert journal(home).load().operation is not None and t.weights(PROD) == {"canary": 100.0}, said
     # two on-calls at once, both finding the dead promotion before either has the lock: one undoes it and withdraws
     # version C, the other finds that done (both used to withdraw it and record it)
     patient = patient_params(tmp_path)
@@ -669,7 +676,7 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     killed_switch_to(incident, c, c_bundle, rows)
     recover = (
         "from pathlib import Path; from mlrelease.commands.release import build_promoter; "
-        "from registry.promotion import Outcome; "
+        "from release.outcome import Outcome; "
         "build_promoter(Path('params.yaml'), 'ci-retry', False).recover(Outcome())"
     )
     with ThreadPoolExecutor(1) as pool:
@@ -677,7 +684,7 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
             waiting = pool.submit(rollback, home, "--reason", reason, "--params", patient)
             time.sleep(6)  # the rollback has read the journal and waits for the lock
             subprocess.run([str(BIN / "python"), "-c", recover], cwd=home, env=env_for(home), check=True, timeout=120)
-            assert target(home).store.load().operation is None and t.weights(PROD) == {"stable": 100.0}
+            assert journal(home).load().operation is None and t.weights(PROD) == {"stable": 100.0}
         rolled = waiting.result()[0]
     assert rolled.returncode == 0 and "nothing more to do" in rolled.stdout, show(rolled)
     assert_all_on(incident, a, rows, show(rolled))
@@ -687,7 +694,7 @@ def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(inci
     # write A's alias, but the rollback still moves production to the warm P, then says what is left
     # (without the mark of the rollback above, which names A: this simulated promotion switches to the version
     # already serving, a real one to another version, which no mark names)
-    history = target(home).store.load().production_history
+    history = journal(home).load().production_history
     journal_killed(incident, "promote production", a, production_history=history[:-1], last_rollback=None)
     down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     rolled, _ = rollback(home, "--reason", "test: registry down too", env=down)
@@ -735,7 +742,7 @@ def test_a_cold_rollback_keeps_the_warm_previous_version_warm_whether_it_starts_
     assert alias(home, name, "canary") is None and target(home).slot_version(PROD, "canary") is None
     stopped = [r for r in audit_actions(home) if r.get("outcome") == "canary stopped"]
     assert stopped and stopped[-1]["from_version"] == c and f"start version {p}" in stopped[-1]["reason"], stopped
-    assert incident.state().operation is None
+    assert journal(incident.home).load().operation is None
     assert_all_on(incident, b, rows, said)
     assert target(home).slot(PROD, "previous") == warm and pid_alive(warm.pid)
 
@@ -786,4 +793,4 @@ def test_a_canary_whose_stable_dies_is_dropped_and_stable_restarted(incident: In
     assert_all_on(incident, a, rows, said)
     restarted = t.slot(PROD, "stable")
     assert restarted is not None and restarted.pid != stable.pid
-    assert incident.state().operation is None
+    assert journal(incident.home).load().operation is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import socket
+import tempfile
 import threading
 import time
 from collections import Counter as Tally
@@ -16,24 +17,14 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
+from deploy.targets.local import LocalTarget
 from deploy.targets.traffic import LoadDriver, LoadResult
+from mlrelease.core.params import CanaryParams, parse_duration
 from mlrelease.core.settings import Settings
-from registry.analysis import (
-    Analysis,
-    CanaryParams,
-    NoAnswer,
-    Snapshot,
-    class_table,
-    delta,
-    homogeneity_p_value,
-    interval_delta,
-    js_divergence,
-    measure,
-    parse_duration,
-    parse_metrics,
-    quantile,
-    scrape,
-)
+from release.analysis import Analysis, NoAnswer, Snapshot, delta, measure, parse_metrics
+from release.canary import interval_delta
+from release.canary import scrape as scrape_slot
+from release.stats import class_table, homogeneity_p_value, js_divergence, quantile
 
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
 
@@ -359,6 +350,22 @@ def drive(
     while router.posts < posts and time.monotonic() < deadline:  # type: ignore[attr-defined]
         time.sleep(0.05)
     return driver, driver.stop()
+
+
+class UrlTarget(LocalTarget):
+    """The local target's metrics read, for one production slot at ``url`` (no state, no process)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(Path(tempfile.gettempdir()) / "mlrelease-no-state")
+        self.url = url
+
+    def slot_url(self, environment: str, slot: str) -> str | None:
+        return self.url
+
+
+def scrape(url: str) -> Snapshot | NoAnswer:
+    """What the canary transition reads from a slot served at ``url``: through the target interface."""
+    return scrape_slot(UrlTarget(url), "canary")
 
 
 def closed_port_url() -> str:

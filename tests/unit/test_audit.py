@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.audit import AuditLog, AuditRecord, resolve_actor
+from release.audit import AuditLog, AuditRecord, resolve_actor
 
 
 def test_append_and_read_back_in_order(tmp_path: Path) -> None:
@@ -47,6 +47,7 @@ def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
     assert json.loads(log.path.read_text().splitlines()[0])["by"] == "alice"
 
 
+@pytest.mark.integration  # starts a process
 def test_actor_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLRELEASE_BY", "env-user")
     monkeypatch.setenv("GITHUB_ACTOR", "gh-user")

@@ -22,6 +22,8 @@ from pipelines.compare import (
     threshold_fields,
 )
 
+pytestmark = pytest.mark.integration  # starts processes (external tools, git, subprocesses)
+
 BASE_METRICS = {"accuracy": 0.97, "roc_auc": 0.99, "f1": 0.98, "precision": 0.98, "recall": 0.97}
 PARAMS = {"gates": {"min_accuracy": 0.95, "min_roc_auc": 0.98, "champion_tolerance": 0.01}, "export": {}}
 

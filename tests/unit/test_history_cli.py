@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlrelease.commands.release import short_evidence
-from registry.audit import AuditLog, AuditRecord
+from release.audit import AuditLog, AuditRecord
 
 
 def test_short_evidence_names_nested_values_without_printing_them() -> None:
@@ -48,13 +48,13 @@ def test_history_and_status_show_a_rollback_under_way_before_its_record_exists(
     """A rollback writes its audit record when it ends: until then the journal is the only trace of it."""
     import os
 
-    from deploy.targets.state import Operation, StateStore
     from mlrelease.cli import app
     from mlrelease.core.settings import get_settings
+    from release.journal import Journal, Operation
 
     monkeypatch.setenv("MLRELEASE_HOME", str(tmp_path))
     get_settings.cache_clear()
-    store = StateStore(tmp_path / ".mlrelease")
+    store = Journal(tmp_path / ".mlrelease")
     state = store.load()
     state.operation = Operation(
         command="rollback", version="2", pid=2**22 + 7, by="oncall", started_at=0.0, from_version="3", reason="p99"

@@ -76,6 +76,7 @@ def test_gate_thresholds_below_the_floor_are_refused(tmp_path: Path) -> None:
         load_params(tmp_path / "params.yaml")
 
 
+@pytest.mark.integration  # starts a process
 def test_a_config_mistake_ends_the_stage_in_one_line_not_a_traceback(tmp_path: Path) -> None:
     """params.yaml's target and the contract's disagree: the stage names both, writes nothing, exits 1."""
     import subprocess

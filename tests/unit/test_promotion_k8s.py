@@ -6,9 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+
+
+pytestmark = pytest.mark.integration  # starts processes (external tools, git, subprocesses)
 
 
 def test_manifests_validate_and_keep_canary_at_zero() -> None:

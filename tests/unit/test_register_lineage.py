@@ -9,6 +9,8 @@ import pytest
 
 from pipelines.register import git_commit, pipeline_outputs, uncommitted_sources
 
+pytestmark = pytest.mark.integration  # starts processes (external tools, git, subprocesses)
+
 DVC_YAML = """
 stages:
   train:

@@ -27,7 +27,7 @@ def test_an_unset_alias_is_none_but_an_unreachable_registry_is_an_error(tmp_path
 
     from mlrelease.core.net import free_port
     from mlrelease.core.settings import Settings
-    from registry.promotion import Registry
+    from registry.versions import Registry
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     local = Registry("no-such-model", Settings(home=tmp_path / "local"))
@@ -46,7 +46,7 @@ def test_brief_registry_requests_stay_in_the_rollback(monkeypatch) -> None:
     """The rollback's short MLflow timeouts went on to every server and router it started, which outlive it."""
     import os
 
-    from deploy.targets.process import detached_env
+    from deploy.targets.local.processes import detached_env
     from registry.client import BRIEF_REQUESTS, brief_requests
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
@@ -63,7 +63,7 @@ def test_brief_registry_requests_stay_in_the_rollback(monkeypatch) -> None:
 def test_nested_brief_requests_keep_the_outermost_values_for_children(monkeypatch) -> None:
     import os
 
-    from deploy.targets.process import detached_env
+    from deploy.targets.local.processes import detached_env
     from registry.client import brief_requests
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")

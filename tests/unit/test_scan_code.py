@@ -9,6 +9,8 @@ import pytest
 
 from deploy.image.scan import ScanParams, scan_bandit, scan_hadolint
 
+pytestmark = pytest.mark.integration  # starts processes (external tools, git, subprocesses)
+
 REPO = Path(__file__).resolve().parents[2]
 CLEAN = 'import json\n\n\ndef load(text: str) -> object:\n    """Parse JSON."""\n    return json.loads(text)\n'
 INSECURE = "import subprocess\n\n\ndef run(cmd: str) -> int:\n    return subprocess.call(cmd, shell=True)\n"

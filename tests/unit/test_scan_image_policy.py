@@ -7,6 +7,8 @@ import json
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from deploy.image.findings import CheckResult, Finding
 from deploy.image.gate import verdict
 from deploy.image.imagefs import read_image
@@ -14,6 +16,8 @@ from deploy.image.policy import check_image_policy
 from deploy.image.sarif import to_sarif, to_summary
 from deploy.image.sbom import debian_packages, python_packages
 from deploy.image.scan import ScanParams
+
+pytestmark = pytest.mark.integration  # starts processes (external tools, git, subprocesses)
 
 SECRET = "aws_secret_access_key = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY'\n"
 DPKG = (

@@ -115,6 +115,7 @@ def test_champion_challenger() -> None:
     assert [g.passed for g in worse] == [False, True]
 
 
+@pytest.mark.integration  # starts a process
 def test_export_parity_and_fresh_process_reload(splits, trained, tmp_path: Path) -> None:
     scripted, method = to_torchscript(trained.model, torch.from_numpy(splits["test"].x[:4]))
     assert method == "script"
@@ -196,6 +197,7 @@ def _debug_records(model: Path) -> bytes:
         return b"".join(archive.read(n) for n in archive.namelist() if n.endswith(".debug_pkl"))
 
 
+@pytest.mark.integration  # starts a process
 def test_the_same_model_exported_from_two_checkouts_has_the_same_bytes(tmp_path: Path) -> None:
     a, b = tmp_path / "clone-a", tmp_path / "elsewhere" / "clone-b"
     (plain_a, same), (plain_b, same_b) = _export_from(a), _export_from(b)

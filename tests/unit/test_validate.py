@@ -87,6 +87,7 @@ def test_reference_stats_bins_cover_training_data() -> None:
     assert stats.n_rows == len(df)
 
 
+@pytest.mark.integration  # starts a process
 def test_validate_data_cli_exit_codes(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
     good_frame().to_csv(good, index=False)

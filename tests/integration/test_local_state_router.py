@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from deploy.targets.base import DeploymentError
-from deploy.targets.router import Nginx, render
-from deploy.targets.state import DeployState, Environment, Slot, StateStore
+from deploy.targets.local.router import Nginx, render
+from deploy.targets.local.state import DeployState, Environment, Slot, StateStore
 from mlrelease.core.locking import PromotionLocked, promotion_lock
+
+pytestmark = pytest.mark.integration
 
 
 def test_state_roundtrip_and_atomic_replace(tmp_path: Path) -> None:
@@ -122,7 +124,7 @@ def _hits(port: int, n: int) -> Counter[str]:
 def test_nginx_splits_by_weight_and_reloads(tmp_path: Path, backends: dict[str, int]) -> None:
     import httpx
 
-    from deploy.targets.local import free_port
+    from mlrelease.core.net import free_port
 
     entry = free_port()
     nginx = Nginx(tmp_path / "nginx")
@@ -150,7 +152,7 @@ def test_an_interrupted_reload_is_redone_by_the_next_apply(
 ) -> None:
     """Ctrl-C after the reload signal: nginx runs the new routing; putting the old one back must reload it
     (recovery puts traffic back on stable, then stops the canary that nginx would otherwise still send all to)."""
-    from deploy.targets.local import free_port
+    from mlrelease.core.net import free_port
 
     entry = free_port()
     nginx = Nginx(tmp_path / "nginx")
@@ -198,8 +200,9 @@ def test_a_canary_that_drops_requests_is_seen_only_by_its_share(
 ) -> None:
     """nginx retries at stable what the canary dropped: clients see no error and no slot counts one, so the canary
     analysis judges the share the canary answered."""
-    from deploy.targets.local import free_port
-    from registry.analysis import CanaryParams, Snapshot, measure
+    from mlrelease.core.net import free_port
+    from mlrelease.core.params import CanaryParams
+    from release.analysis import Snapshot, measure
 
     servers["canary"].drop = 3  # type: ignore[attr-defined]  # three requests in four get no answer
     entry = free_port()

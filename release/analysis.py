@@ -1,4 +1,5 @@
-"""Canary analysis: compare the canary slot with the stable slot from the servers' own Prometheus metrics.
+"""Canary analysis as pure judgement over measurements (no I/O): compare the canary slot with the stable slot
+from the servers' own Prometheus metrics, as the canary transition measured them.
 
 Semantics borrowed from Flagger and Argo Rollouts rather than invented: every ``interval`` one *measurement* is taken
 per slot (deltas of counters between two scrapes). A measurement is ``failed`` when a check is over its threshold,
@@ -18,78 +19,18 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from mlrelease.core.params import HIGHER_IS_LAXER, LOWER_IS_LAXER
+from mlrelease.core.params import CanaryParams
+from release.stats import ClassTable, class_table, combined_p_value, homogeneity_p_value, js_divergence, quantile
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from deploy.targets.traffic import LoadResult
-    from registry.promotion import Outcome, Promoter
 
 log = logging.getLogger(__name__)
 
 Verdict = Literal["passed", "failed", "inconclusive"]
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-SPARSE_EXPECTED = 5.0  # Cochran's rule: below this expected count a chi-square p-value is too small
-NULL_DRAWS = 20_000  # tables simulated for a p-value then: enough to resolve p = 0.001 (20 tables beyond)
-
-
-def parse_duration(value: str | float | int) -> float:
-    """Seconds from ``30s``, ``2m``, ``500ms`` or a bare number of seconds."""
-    if isinstance(value, int | float):
-        return float(value)
-    match = _DURATION.match(value)
-    if not match:
-        raise ValueError(f"{value!r} is not a duration; use e.g. 30s, 2m, 500ms")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
-
-
-class CanaryParams(BaseModel):
-    """The ``canary:`` section of params.yaml."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0])
-    interval: float = 30.0
-    failure_limit: int = Field(0, ge=0, json_schema_extra=HIGHER_IS_LAXER)
-    inconclusive_limit: int = Field(1, ge=0, json_schema_extra=HIGHER_IS_LAXER)
-    min_requests: int = Field(20, ge=1, json_schema_extra=LOWER_IS_LAXER)
-    max_error_rate: float = Field(0.01, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
-    max_error_rate_increase: float = Field(0.005, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
-    max_client_error_rate_increase: float = Field(0.01, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
-    client_error_z: float = Field(3.0, gt=0, json_schema_extra=HIGHER_IS_LAXER)
-    min_traffic_share: float = Field(0.5, ge=0, le=1, json_schema_extra=LOWER_IS_LAXER)
-    traffic_share_z: float = Field(3.0, gt=0, json_schema_extra=HIGHER_IS_LAXER)
-    max_p99_latency_ms: float = Field(500.0, gt=0, json_schema_extra=HIGHER_IS_LAXER)
-    max_p99_ratio: float = Field(2.0, ge=1, json_schema_extra=HIGHER_IS_LAXER)
-    p99_slack_ms: float = Field(25.0, ge=0, json_schema_extra=HIGHER_IS_LAXER)
-    max_divergence: float = Field(0.05, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
-    divergence_p_value: float = Field(0.001, gt=0, le=1, json_schema_extra=LOWER_IS_LAXER)
-    drive_load: bool = True
-    load_rps: float = Field(50.0, gt=0, le=2000)
-    load_concurrency: int = Field(4, ge=1, le=64)
-
-    @field_validator("interval", mode="before")
-    @classmethod
-    def _interval(cls, value: str | float) -> float:
-        seconds = parse_duration(value)
-        if seconds <= 0:
-            raise ValueError("interval must be positive")
-        return seconds
-
-    @field_validator("steps")
-    @classmethod
-    def _steps(cls, value: list[float]) -> list[float]:
-        if not value or any(not 0 < w <= 50 for w in value) or value != sorted(value):
-            raise ValueError("steps must be increasing percentages in (0, 50] (a canary never takes the majority)")
-        return value
 
 
 @dataclass
@@ -158,40 +99,6 @@ def delta(after: Snapshot, before: Snapshot) -> Snapshot:
         client_errors=after.client_errors - before.client_errors,
         rate_limited=after.rate_limited - before.rate_limited,
     )
-
-
-def quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """Prometheus' histogram_quantile over cumulative buckets (linear within a bucket); None without data."""
-    edges = sorted(buckets)
-    if not edges or buckets[edges[-1]] <= 0:
-        return None
-    rank = q * buckets[edges[-1]]
-    lower_edge, lower_count = 0.0, 0.0
-    for edge in edges:
-        count = buckets[edge]
-        if count >= rank:
-            if math.isinf(edge):
-                return lower_edge
-            width = count - lower_count
-            return lower_edge + (edge - lower_edge) * ((rank - lower_count) / width if width > 0 else 1.0)
-        lower_edge, lower_count = edge, count
-    return lower_edge
-
-
-def js_divergence(p_counts: dict[str, float], q_counts: dict[str, float]) -> float | None:
-    """Jensen-Shannon divergence (base 2, in [0, 1]) of two class distributions; None if either is empty."""
-    keys = sorted(set(p_counts) | set(q_counts))
-    p_total, q_total = sum(p_counts.values()), sum(q_counts.values())
-    if p_total <= 0 or q_total <= 0:
-        return None
-    p = [max(p_counts.get(k, 0.0), 0.0) / p_total for k in keys]
-    q = [max(q_counts.get(k, 0.0), 0.0) / q_total for k in keys]
-    m = [(a + b) / 2 for a, b in zip(p, q, strict=True)]
-
-    def kl(x: list[float]) -> float:
-        return sum(a * math.log2(a / b) for a, b in zip(x, m, strict=True) if a > 0)
-
-    return max(0.0, 0.5 * kl(p) + 0.5 * kl(q))
 
 
 @dataclass
@@ -368,71 +275,6 @@ def _failed_checks(m: Measurement, params: CanaryParams) -> list[str]:
                 f"p99 latency {m.canary_p99_ms:.1f} ms > {limit:.1f} ms (stable {m.stable_p99_ms or 0:.1f} ms)"
             )
     return reasons + _divergence_check(m, params)
-
-
-def homogeneity_p_value(p_counts: dict[str, float], q_counts: dict[str, float]) -> float | None:
-    """p-value of Pearson's chi-square test that two slots' class counts come from one distribution.
-
-    None when it cannot be computed (an empty slot, or a single class between them)."""
-    table = class_table(p_counts, q_counts)
-    return None if table is None else combined_p_value([table])
-
-
-@dataclass(frozen=True)
-class ClassTable:
-    """Two slots' predicted-class counts (the canary's row and the column totals) and their chi-square."""
-
-    canary: tuple[int, ...]
-    columns: tuple[int, ...]
-    statistic: float
-    freedom: int
-    sparse: bool  # an expected count under SPARSE_EXPECTED: the chi-square distribution would mislead
-
-
-def class_table(p_counts: dict[str, float], q_counts: dict[str, float]) -> ClassTable | None:
-    """The table of two slots' class counts; None when it cannot be tested (an empty slot, or a single class
-    between them). A counter reset's negative count reads as 0."""
-    import numpy as np
-
-    p_clean, q_clean = ({k: max(round(v), 0) for k, v in c.items()} for c in (p_counts, q_counts))
-    keys = [k for k in sorted(set(p_clean) | set(q_clean)) if p_clean.get(k, 0) + q_clean.get(k, 0) > 0]
-    p_total, q_total = sum(p_clean.values()), sum(q_clean.values())
-    if p_total <= 0 or q_total <= 0 or len(keys) < 2:
-        return None
-    canary = tuple(p_clean.get(k, 0) for k in keys)
-    columns = tuple(c + q_clean.get(k, 0) for c, k in zip(canary, keys, strict=True))
-    statistic = float(_statistics(np.array([canary]), np.array(columns), p_total, q_total)[0])
-    smallest = min(p_total, q_total) * min(columns) / (p_total + q_total)
-    return ClassTable(canary, columns, statistic, len(keys) - 1, smallest < SPARSE_EXPECTED)
-
-
-def _statistics(canary: np.ndarray, columns: np.ndarray, p_total: int, q_total: int) -> np.ndarray:
-    """Pearson's statistic for each row of canary counts (one table per row), both margins fixed."""
-    total = p_total + q_total
-    expected_p, expected_q = p_total * columns / total, q_total * columns / total
-    stable = columns - canary
-    return (((canary - expected_p) ** 2 / expected_p) + ((stable - expected_q) ** 2 / expected_q)).sum(axis=1)
-
-
-def combined_p_value(tables: list[ClassTable]) -> float:
-    """p-value of the tables' summed chi-square statistic (independent intervals). Read from the chi-square
-    distribution when every expected count is at least SPARSE_EXPECTED; otherwise by simulating the tables with
-    their margins fixed (the conditional test of Fisher's exact test), since with a rare class a couple of
-    predictions would pass for a divergence several times as often as the threshold says. Seeded by the counts,
-    so a verdict repeats."""
-    import numpy as np
-    from scipy.special import chdtrc
-
-    statistic = sum(t.statistic for t in tables)
-    if not any(t.sparse for t in tables):
-        return float(chdtrc(sum(t.freedom for t in tables), statistic))
-    rng = np.random.default_rng([n for t in tables for n in (*t.canary, *t.columns)])
-    null = np.zeros(NULL_DRAWS)
-    for t in tables:
-        columns = np.array(t.columns)
-        draws = rng.multivariate_hypergeometric(columns, sum(t.canary), size=NULL_DRAWS)
-        null += _statistics(draws, columns, sum(t.canary), int(columns.sum()) - sum(t.canary))
-    return float((1 + np.count_nonzero(null >= statistic * (1 - 1e-9))) / (NULL_DRAWS + 1))
 
 
 def _divergence_check(m: Measurement, params: CanaryParams) -> list[str]:
@@ -621,130 +463,3 @@ class Analysis:
                 f"{self.params.inconclusive_limit} (no data is never a pass): {'; '.join(last.reasons)}"
             )
         return None
-
-
-def scrape(url: str) -> Snapshot | NoAnswer:
-    """The slot's /metrics, parsed; NoAnswer with the reason when it gives no readable metrics page."""
-    from deploy.targets.local import http_get
-
-    code, body = http_get(f"{url}/metrics", timeout=2.0)
-    if code == 0:
-        return NoAnswer(f"no connection to {url} ({body[:200]})")
-    if code != 200:
-        return NoAnswer(f"HTTP {code} from {url}/metrics")
-    try:
-        return parse_metrics(body)
-    except ValueError as exc:
-        return NoAnswer(f"unreadable metrics page from {url} ({str(exc)[:200]})")
-
-
-def interval_delta(before: Snapshot | NoAnswer, after: Snapshot | NoAnswer) -> Snapshot | NoAnswer:
-    """The slot's counters over the interval, or why it did not answer at its start or its end."""
-    if isinstance(before, NoAnswer):
-        return NoAnswer(f"{before.reason} at the start of the interval")
-    if isinstance(after, NoAnswer):
-        return NoAnswer(f"{after.reason} at the end of the interval")
-    return delta(after, before)
-
-
-def measure_interval(promoter: Promoter, weight: float, params: CanaryParams, rows: list[list[float]]) -> Measurement:
-    """Scrape both slots, let one interval of traffic pass (driving load if asked), scrape again, judge."""
-    from deploy.targets.traffic import LoadDriver
-
-    target = promoter.target
-    canary_url, stable_url = target.slot_url("production", "canary"), target.slot_url("production", "stable")
-    entry, stable = target.entry_url("production"), target.slot("production", "stable")
-    if canary_url is None or stable_url is None or entry is None or stable is None:
-        raise RuntimeError("canary analysis needs running stable and canary slots and a router")
-    before_c, before_s = scrape(canary_url), scrape(stable_url)
-    driver = None
-    if params.drive_load:
-        driver = LoadDriver(
-            entry,
-            stable.model_name,
-            rows,
-            params.load_rps,
-            params.load_concurrency,
-            max_seconds=params.interval + 5,
-            headers=promoter.settings.prediction_headers(),
-        )
-        driver.start()
-    load: LoadResult | None = None
-    try:
-        promoter.sleep(params.interval)
-    finally:
-        if driver is not None:
-            load = driver.stop()
-    after_c, after_s = scrape(canary_url), scrape(stable_url)
-    return measure(interval_delta(before_c, after_c), interval_delta(before_s, after_s), weight, params, load)
-
-
-def client_rows(promoter: Promoter, stable: str) -> list[list[float]]:
-    """Rows shaped like today's clients' requests: drawn from the stable version's (verified) bundle.
-
-    A canary with a changed input contract must meet the requests production gets now, not its own: rows drawn
-    from the canary's bundle would make stable look broken. No stable bundle, no analysis (never the canary's).
-    """
-    from deploy.targets.traffic import sample_rows
-
-    return sample_rows(promoter.bundle(stable), 256, seed=7)
-
-
-def run_analysis(promoter: Promoter, version: str, stable: str, params: CanaryParams, out: Outcome) -> dict[str, Any]:
-    """Shift traffic step by step; measure every interval; stop at the first verdict beyond the limits."""
-    from registry.audit import AuditRecord
-
-    rows = client_rows(promoter, stable)
-    analysis = Analysis(params)
-    aborted: str | None = None
-    for weight in params.steps:
-        weights = {"stable": 100 - weight, "canary": weight}
-        promoter.stop_if_aborted()  # a rollback asked during the last measurement: no bigger share first
-        promoter.target.set_weights("production", weights)
-        promoter.note(
-            AuditRecord(
-                "traffic",
-                "production",
-                promoter.by,
-                to_version=version,
-                from_version=stable,
-                weights=weights,
-                reason=f"canary step {weight:g}%",
-            )
-        )
-        promoter.stop_if_aborted()  # a rollback asked while the canary was still deploying or between steps
-        log.info("canary step %g%%: version %s takes %g%% of production traffic", weight, version, weight)
-        while aborted is None:
-            m = measure_interval(promoter, weight, params, rows)
-            analysis.add(m)
-            said = f"step {weight:g}%: {m.verdict} ({'; '.join(m.reasons) or _summary(m)})"
-            log.info("canary %s", said)  # live progress: the summary only prints when the canary ends
-            out.say(said)
-            aborted = analysis.aborted()
-            if m.verdict == "passed":
-                break
-        if aborted:
-            break
-    report = promoter.write_report(
-        f"canary_v{version}.json",
-        {
-            "version": version,
-            "stable": stable,
-            "params": params.model_dump(),
-            "aborted": aborted,
-            "measurements": [m.as_dict() for m in analysis.measurements],
-        },
-    )
-    return {"aborted": aborted, "report": report, "measurements": [m.as_dict() for m in analysis.measurements]}
-
-
-def _summary(m: Measurement) -> str:
-    def fmt(value: float | None, spec: str) -> str:
-        return "n/a" if value is None else format(value, spec)
-
-    return (
-        f"canary {m.canary_requests:g} req, errors {fmt(m.canary_error_rate, '.2%')}, "
-        f"p99 {fmt(m.canary_p99_ms, '.1f')} ms vs {fmt(m.stable_p99_ms, '.1f')} ms, "
-        f"divergence {fmt(m.divergence, '.3f')}"
-        + ("" if m.driver_requests is None else f", driven load {m.driver_requests} req, {m.driver_failed} failed")
-    )

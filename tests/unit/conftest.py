@@ -1,0 +1,23 @@
+"""Unit tests start no process: a test that does fails here, unless it is marked ``integration`` (then `make
+test-unit` leaves it out and `make test` runs it)."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refuse subprocess.Popen (run, check_output and friends go through it) in an unmarked unit test."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+
+    def refuse(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        raise AssertionError(
+            f"a unit test started a process ({args!r}): mark it `integration` or move it to tests/integration"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
