@@ -45,6 +45,7 @@ class Context:
 
     @property
     def state_dir(self) -> Path:
+        """Where the journal, the audit log, the lock and the target's state live."""
         return self.settings.state_dir
 
     @property
@@ -54,6 +55,7 @@ class Context:
 
     @property
     def audit(self) -> AuditLog:
+        """The append-only audit log of every alias and traffic change."""
         return AuditLog(self.state_dir)
 
     def note(self, entry: AuditRecord) -> None:
@@ -113,6 +115,7 @@ class Context:
         return str(version)
 
     def write_report(self, name: str, data: dict[str, Any]) -> Path:
+        """Write a gate's evidence as JSON under the reports folder; return its path."""
         self.reports_dir.mkdir(parents=True, exist_ok=True)
         path = self.reports_dir / name
         path.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -205,7 +205,10 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = DRY,
         params: Path = PARAMS,
     ) -> None:
-        """Incident rollback: skip analysis, all production traffic to the previous version, verify it."""
+        """Incident rollback: skip analysis, all production traffic to the previous version, verify it.
+
+        Runbook: docs/rollback.md (exit codes, what each line means, finishing an interrupted rollback).
+        """
         started = time.monotonic()
 
         def call() -> None:
