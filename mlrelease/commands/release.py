@@ -146,182 +146,186 @@ def project_settings() -> Settings:
     return settings
 
 
-def register(app: typer.Typer) -> None:
-    """Add the release commands to the CLI."""
+def promote_command(
+    stage: Stage = typer.Argument(..., help="staging, canary or production"),
+    version: str | None = typer.Option(
+        None,
+        "--version",
+        help="staging, production: the version (default: the alias one step back); canary takes staging's",
+    ),
+    steps: str | None = typer.Option(None, "--steps", help="Canary weights in percent, e.g. 5,25,50"),
+    interval: str | None = typer.Option(None, "--interval", help="Canary analysis interval, e.g. 30s"),
+    force: bool = typer.Option(
+        False, "--force", help="production: skip the canary requirement; canary: a version once rolled back"
+    ),
+    reason: str | None = typer.Option(None, "--reason", help="Why (required with --force)"),
+    by: str | None = BY,
+    dry_run: bool = DRY,
+    params: Path = PARAMS,
+) -> None:
+    """Move a version one step: candidate -> staging -> canary -> production, gated and audited."""
+    from mlrelease.core.params import parse_duration
 
-    @app.command("promote")
-    def promote(
-        stage: Stage = typer.Argument(..., help="staging, canary or production"),
-        version: str | None = typer.Option(
-            None,
-            "--version",
-            help="staging, production: the version (default: the alias one step back); canary takes staging's",
-        ),
-        steps: str | None = typer.Option(None, "--steps", help="Canary weights in percent, e.g. 5,25,50"),
-        interval: str | None = typer.Option(None, "--interval", help="Canary analysis interval, e.g. 30s"),
-        force: bool = typer.Option(
-            False, "--force", help="production: skip the canary requirement; canary: a version once rolled back"
-        ),
-        reason: str | None = typer.Option(None, "--reason", help="Why (required with --force)"),
-        by: str | None = BY,
-        dry_run: bool = DRY,
-        params: Path = PARAMS,
-    ) -> None:
-        """Move a version one step: candidate -> staging -> canary -> production, gated and audited."""
-        from mlrelease.core.params import parse_duration
-
-        def call() -> None:
-            p = build_promoter(params, by, dry_run, loadtest=stage is Stage.staging)
-            if stage is Stage.staging:
-                finish(p.promote_staging(version), f"promote staging{' (dry run)' if dry_run else ''}")
-            elif stage is Stage.canary:
-                if version:
-                    staged = p.registry.alias("staging")
-                    raise typer.BadParameter(
-                        f"canary always takes the version on staging (now {staged or 'none'}); to canary version "
-                        f"{version}: `mlrelease promote staging --version {version}`, then `mlrelease promote canary`"
-                    )
-                try:
-                    secs = parse_duration(interval) if interval else None
-                except ValueError as exc:  # a usage error like any other bad option: exit 2
-                    raise typer.BadParameter(str(exc), param_hint="--interval") from exc
-                finish(
-                    p.promote_canary(_steps(steps), secs, force, reason),
-                    f"promote canary{' (dry run)' if dry_run else ''}",
+    def call() -> None:
+        p = build_promoter(params, by, dry_run, loadtest=stage is Stage.staging)
+        if stage is Stage.staging:
+            finish(p.promote_staging(version), f"promote staging{' (dry run)' if dry_run else ''}")
+        elif stage is Stage.canary:
+            if version:
+                staged = p.registry.alias("staging")
+                raise typer.BadParameter(
+                    f"canary always takes the version on staging (now {staged or 'none'}); to canary version "
+                    f"{version}: `mlrelease promote staging --version {version}`, then `mlrelease promote canary`"
                 )
-            else:
-                finish(
-                    p.promote_production(version, force, reason), f"promote production{' (dry run)' if dry_run else ''}"
-                )
+            try:
+                secs = parse_duration(interval) if interval else None
+            except ValueError as exc:  # a usage error like any other bad option: exit 2
+                raise typer.BadParameter(str(exc), param_hint="--interval") from exc
+            finish(
+                p.promote_canary(_steps(steps), secs, force, reason),
+                f"promote canary{' (dry run)' if dry_run else ''}",
+            )
+        else:
+            finish(p.promote_production(version, force, reason), f"promote production{' (dry run)' if dry_run else ''}")
 
-        run_guarded(f"promote {stage.value}", call)
+    run_guarded(f"promote {stage.value}", call)
 
-    @app.command("rollback")
-    def rollback(
-        ctx: typer.Context,
-        to: str | None = typer.Option(None, "--to", help="Version to go back to (default: previous production)"),
-        reason: str | None = typer.Option(None, "--reason", help="Why (recorded in the audit trail)"),
-        by: str | None = BY,
-        dry_run: bool = DRY,
-        params: Path = PARAMS,
-    ) -> None:
-        """Incident rollback: skip analysis, all production traffic to the previous version, verify it.
 
-        Runbook: docs/rollback.md (exit codes, what each line means, finishing an interrupted rollback).
-        """
-        started = time.monotonic()
+def rollback_command(
+    ctx: typer.Context,
+    to: str | None = typer.Option(None, "--to", help="Version to go back to (default: previous production)"),
+    reason: str | None = typer.Option(None, "--reason", help="Why (recorded in the audit trail)"),
+    by: str | None = BY,
+    dry_run: bool = DRY,
+    params: Path = PARAMS,
+) -> None:
+    """Incident rollback: skip analysis, all production traffic to the previous version, verify it.
 
-        def call() -> None:
-            fast = ctx.obj if not dry_run else None  # what scripts/rollback.sh's fast path did (rollback_main)
-            outcome = build_promoter(params, by, dry_run).rollback(to, reason, fast)
-            outcome.say(f"took {time.monotonic() - started:.2f} s in total")
-            finish(outcome, f"rollback{' (dry run)' if dry_run else ''}")
+    Runbook: docs/rollback.md (exit codes, what each line means, finishing an interrupted rollback).
+    """
+    started = time.monotonic()
 
-        run_guarded("rollback", call)
+    def call() -> None:
+        fast = ctx.obj if not dry_run else None  # what scripts/rollback.sh's fast path did (rollback_main)
+        outcome = build_promoter(params, by, dry_run).rollback(to, reason, fast)
+        outcome.say(f"took {time.monotonic() - started:.2f} s in total")
+        finish(outcome, f"rollback{' (dry run)' if dry_run else ''}")
 
-    @app.command("reconcile")
-    def reconcile(by: str | None = BY, params: Path = PARAMS) -> None:
-        """Restart dead slots, stop expired warm ones, make each router match the state (every command does it
-        first; this does only that, e.g. after `mlrelease status` shows a slot down)."""
-        from release.outcome import Outcome
-        from release.states import Command
+    run_guarded("rollback", call)
 
-        def call() -> None:
-            p = build_promoter(params, by, dry_run=False)
-            out = Outcome()
-            with p.operation(Command.RECONCILE, "-", out):
-                pass  # recovery of a crashed promotion and the reconcile itself happen on entering
-            if not out.lines:
-                out.say("nothing to do: every slot runs and every router matches the state")
-            finish(out, "reconcile")
 
-        run_guarded("reconcile", call)
+def reconcile_command(by: str | None = BY, params: Path = PARAMS) -> None:
+    """Restart dead slots, stop expired warm ones, make each router match the state (every command does it
+    first; this does only that, e.g. after `mlrelease status` shows a slot down)."""
+    from release.outcome import Outcome
+    from release.states import Command
 
-    @app.command("down")
-    def down(
-        yes: bool = typer.Option(False, "--yes", help="Also when production serves traffic"),
-        by: str | None = BY,
-    ) -> None:
-        """Stop every local server and router of this workspace; the registry, its aliases and the history stay
-        (the teardown of the embedded default: `make clean` runs it first). Promoting a version again starts it."""
-        from deploy.targets import make_target
-        from release.audit import resolve_actor
-        from release.teardown import stop_everything
+    def call() -> None:
+        p = build_promoter(params, by, dry_run=False)
+        out = Outcome()
+        with p.operation(Command.RECONCILE, "-", out):
+            pass  # recovery of a crashed promotion and the reconcile itself happen on entering
+        if not out.lines:
+            out.say("nothing to do: every slot runs and every router matches the state")
+        finish(out, "reconcile")
 
-        def call() -> None:
-            settings = project_settings()
-            target = make_target(settings.state_dir, settings.target)
-            finish(stop_everything(settings.state_dir, target, yes, resolve_actor(by)), "down")
+    run_guarded("reconcile", call)
 
-        run_guarded("down", call)
 
-    @app.command("status")
-    def status(params: Path = PARAMS) -> None:
-        """What serves where, at which weight, healthy or not."""
-        from rich.console import Console
-        from rich.table import Table
+def down_command(
+    yes: bool = typer.Option(False, "--yes", help="Also when production serves traffic"),
+    by: str | None = BY,
+) -> None:
+    """Stop every local server and router of this workspace; the registry, its aliases and the history stay
+    (the teardown of the embedded default: `make clean` runs it first). Promoting a version again starts it."""
+    from deploy.targets import make_target
+    from release.audit import resolve_actor
+    from release.teardown import stop_everything
 
-        from deploy.targets import make_target
-        from release.teardown import in_progress
-
+    def call() -> None:
         settings = project_settings()
         target = make_target(settings.state_dir, settings.target)
-        table = Table(title="mlrelease deployments")
-        for col in ("environment", "slot", "version", "url", "pid", "weight %", "healthy", "detail"):
-            table.add_column(col)
-        rows = target.status()
-        for r in rows:
-            table.add_row(
-                r.environment,
-                r.slot,
-                r.version,
-                r.url,
-                str(r.pid or ""),
-                f"{r.weight:g}",
-                "[green]yes[/green]" if r.healthy else "[red]no[/red]",
-                r.detail,
-            )
-        console = Console(width=max(Console().width, 150))
-        console.print(table if rows else "nothing deployed yet (`mlrelease promote staging`)")
-        entry = target.entry_url("production")
-        if entry:
-            console.print(f"production entry point: {entry}")
-        console.print(f"target: {target.describe()}", highlight=False)
-        running = in_progress(settings.state_dir)
-        if running:
-            console.print(running, highlight=False, soft_wrap=True)
-        down = [r for r in rows if r.weight > 0 and not r.healthy]
-        for r in down:
-            console.print(
-                f"[red]{r.environment}/{r.slot} (version {r.version}) takes {r.weight:g}% of traffic and is not "
-                f"healthy: {r.detail}. Next: `mlrelease reconcile` restarts it, `scripts/rollback.sh` moves traffic to "
-                f"the previous version; its log is in {settings.state_dir / 'logs'}[/red]",
-                highlight=False,
-                soft_wrap=True,
-            )
-        if down:
-            raise typer.Exit(1)
+        finish(stop_everything(settings.state_dir, target, yes, resolve_actor(by)), "down")
 
-    @app.command("history")
-    def history(
-        limit: int = typer.Option(50, "--limit", help="Most recent records to show"),
-        evidence: bool = typer.Option(False, "--evidence", help="Add a column with each record's evidence, in short"),
-        as_json: bool = typer.Option(False, "--json", help="The records as JSON lines, evidence in full"),
-    ) -> None:
-        """The audit trail: every alias and traffic change, who, when, from which version to which, why."""
-        from release.audit import AuditLog
-        from release.teardown import in_progress
+    run_guarded("down", call)
 
-        state_dir = project_settings().state_dir
-        records = AuditLog(state_dir).records()[-limit:]
-        if as_json:
-            for r in records:
-                typer.echo(json.dumps(r, sort_keys=True, default=str))
-            return
-        print_history(records, evidence)
-        running = in_progress(state_dir)
-        if running:
-            typer.echo(running)
+
+def status_command(params: Path = PARAMS) -> None:
+    """What serves where, at which weight, healthy or not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from deploy.targets import make_target
+    from release.teardown import in_progress
+
+    settings = project_settings()
+    target = make_target(settings.state_dir, settings.target)
+    table = Table(title="mlrelease deployments")
+    for col in ("environment", "slot", "version", "url", "pid", "weight %", "healthy", "detail"):
+        table.add_column(col)
+    rows = target.status()
+    for r in rows:
+        table.add_row(
+            r.environment,
+            r.slot,
+            r.version,
+            r.url,
+            str(r.pid or ""),
+            f"{r.weight:g}",
+            "[green]yes[/green]" if r.healthy else "[red]no[/red]",
+            r.detail,
+        )
+    console = Console(width=max(Console().width, 150))
+    console.print(table if rows else "nothing deployed yet (`mlrelease promote staging`)")
+    entry = target.entry_url("production")
+    if entry:
+        console.print(f"production entry point: {entry}")
+    console.print(f"target: {target.describe()}", highlight=False)
+    running = in_progress(settings.state_dir)
+    if running:
+        console.print(running, highlight=False, soft_wrap=True)
+    down = [r for r in rows if r.weight > 0 and not r.healthy]
+    for r in down:
+        console.print(
+            f"[red]{r.environment}/{r.slot} (version {r.version}) takes {r.weight:g}% of traffic and is not "
+            f"healthy: {r.detail}. Next: `mlrelease reconcile` restarts it, `scripts/rollback.sh` moves traffic to "
+            f"the previous version; its log is in {settings.state_dir / 'logs'}[/red]",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if down:
+        raise typer.Exit(1)
+
+
+def history_command(
+    limit: int = typer.Option(50, "--limit", help="Most recent records to show"),
+    evidence: bool = typer.Option(False, "--evidence", help="Add a column with each record's evidence, in short"),
+    as_json: bool = typer.Option(False, "--json", help="The records as JSON lines, evidence in full"),
+) -> None:
+    """The audit trail: every alias and traffic change, who, when, from which version to which, why."""
+    from release.audit import AuditLog
+    from release.teardown import in_progress
+
+    state_dir = project_settings().state_dir
+    records = AuditLog(state_dir).records()[-limit:]
+    if as_json:
+        for r in records:
+            typer.echo(json.dumps(r, sort_keys=True, default=str))
+        return
+    print_history(records, evidence)
+    running = in_progress(state_dir)
+    if running:
+        typer.echo(running)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the release commands to the CLI."""
+    app.command("promote")(promote_command)
+    app.command("rollback")(rollback_command)
+    app.command("reconcile")(reconcile_command)
+    app.command("down")(down_command)
+    app.command("status")(status_command)
+    app.command("history")(history_command)
 
 
 def print_history(records: list[dict[str, Any]], evidence: bool) -> None:
