@@ -16,6 +16,40 @@ from tests.workspace import Workspace, make_workspace, rebase_registry
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
+#: The order in which `make test` (xdist, --dist loadgroup) hands out the suite's parts: each worker takes the next
+#: part (an xdist group, else one test) as it runs low, so the longest parts go first and the many short unit tests
+#: last, to fill the gaps and let the two workers finish close together. The image group goes first: it waits for
+#: the pipeline workspace (built_workspace), then builds the image, the longest chain; the serving group needs no
+#: workspace, so the other worker starts there while the workspace is built. A path not listed goes after the
+#: integration tests, in collection order.
+SCHEDULE = (
+    "tests/integration/test_image_build.py",
+    "tests/integration/test_serving_",
+    "tests/integration/test_loadtest.py",
+    "tests/integration/test_rollback_incidents.py",
+    "tests/integration/test_release_story.py",
+    "tests/integration/test_team_registry.py",
+    "tests/integration/test_data_sources.py",
+    "tests/integration/test_pipeline_dvc.py",
+    "tests/integration/test_target_failures.py",
+    "tests/integration/",
+    "tests/unit/",
+)
+
+
+def _place(item: pytest.Item) -> int:
+    path = item.nodeid.split("::", 1)[0]
+    return next((i for i, prefix in enumerate(SCHEDULE) if path.startswith(prefix)), len(SCHEDULE) - 1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # hand the parts out in SCHEDULE's order, not by their size
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_place)  # stable: collection order within each place
+
 
 def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder shared by all xdist workers of this run."""

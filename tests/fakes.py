@@ -66,6 +66,7 @@ class FakeSlot:
     broken: bool = False  # runs but does not answer as itself (reconcile cannot fix that)
     ok: float = 0.0
     errors: float = 0.0
+    rejected: float = 0.0  # answered 422 (a client error)
     classes: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -76,7 +77,8 @@ class FakeSlot:
 @dataclass
 class World:
     """What runs where, outliving any one command: environments -> slots, weights, the expiry hold, and how each
-    version behaves under traffic ("healthy", "errors", "silent": no predictions, "no-metrics", "divergent")."""
+    version behaves under traffic ("healthy", "errors", "silent": no predictions, "no-metrics", "divergent",
+    "rejects": every request answered 422, as a changed input contract answers today's clients)."""
 
     slots: dict[str, dict[str, FakeSlot]] = field(default_factory=dict)
     weights: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -258,13 +260,15 @@ class FakeTarget(DeploymentTarget):
         served = TRAFFIC_PER_SCRAPE * self.world.weights_of(environment).get(slot, 0.0) / 100.0
         if behaviour != "silent":
             failed = served if behaviour == "errors" else 0.0
-            found.ok += served - failed
+            rejected = served if behaviour == "rejects" else 0.0
+            found.ok += served - failed - rejected
             found.errors += failed
-            predicted = served - failed
+            found.rejected += rejected
+            predicted = served - failed - rejected
             shares = {"malignant": 1.0} if behaviour == "divergent" else {"benign": 2 / 3, "malignant": 1 / 3}
             for cls, share in shares.items():
                 found.classes[cls] = found.classes.get(cls, 0.0) + predicted * share
-        return metrics_page(found.ok, found.errors, found.classes, found.version)
+        return metrics_page(found.ok, found.errors, found.classes, found.version, rejected=found.rejected)
 
     def hold_reason(self) -> str | None:
         return self.world.hold
@@ -274,16 +278,21 @@ class FakeTarget(DeploymentTarget):
 
 
 class _Page(Collector):
-    def __init__(self, ok: float, errors: float, classes: dict[str, float], version: str, seconds: float) -> None:
+    def __init__(
+        self, ok: float, errors: float, classes: dict[str, float], version: str, seconds: float, rejected: float = 0.0
+    ) -> None:
         self.ok, self.errors, self.classes, self.version, self.seconds = ok, errors, classes, version, seconds
+        self.rejected = rejected
 
     def collect(self) -> Iterable[Any]:
         requests = CounterMetricFamily("mlrelease_requests", "r", labels=["route", "status"])
         requests.add_metric([PREDICT_ROUTE, "200"], self.ok)
         requests.add_metric([PREDICT_ROUTE, "500"], self.errors)
+        if self.rejected:
+            requests.add_metric([PREDICT_ROUTE, "422"], self.rejected)
         requests.add_metric(["/ready", "200"], 1000.0)  # not a prediction route: ignored by the analysis
         yield requests
-        total = self.ok + self.errors
+        total = self.ok + self.errors + self.rejected
         buckets = [(str(le), total if self.seconds <= le else 0.0) for le in BUCKETS] + [("+Inf", total)]
         duration = HistogramMetricFamily("mlrelease_request_duration_seconds", "d", labels=["route"])
         duration.add_metric([PREDICT_ROUTE], buckets, sum_value=total * self.seconds)
@@ -295,11 +304,16 @@ class _Page(Collector):
 
 
 def metrics_page(
-    ok: float, errors: float, classes: dict[str, float], version: str = "1", seconds: float = 0.003
+    ok: float,
+    errors: float,
+    classes: dict[str, float],
+    version: str = "1",
+    seconds: float = 0.003,
+    rejected: float = 0.0,
 ) -> str:
     """A server's cumulative /metrics page with the serving contract's metric names, made by prometheus_client."""
     reg = CollectorRegistry()
-    reg.register(_Page(ok, errors, classes, version, seconds))
+    reg.register(_Page(ok, errors, classes, version, seconds, rejected))
     return generate_latest(reg).decode()
 
 
@@ -350,6 +364,8 @@ class FakeHttp:
             raise httpx.ConnectError(f"connection refused: {url}")
         if server.broken or self.world.behaviour.get(server.version) == "errors":
             return FakeResponse(500, {"detail": "internal error"})
+        if self.world.behaviour.get(server.version) == "rejects":
+            return FakeResponse(422, {"error": "wrong feature count", "code": "wrong_feature_count", "status": 422})
         rows = len((json or {}).get("instances", []))
         preds = [{"class": "benign", "probabilities": [0.25, 0.75]}] * rows
         return FakeResponse(200, {"predictions": preds, "model_version": server.version})
@@ -364,14 +380,23 @@ class FakeClient:
         self.tag_calls: list[tuple[str, str, str, str]] = []
 
     def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.registry.reach()
         self.tag_calls.append((name, str(version), key, value))
         self.registry.versions.setdefault(str(version), {})[key] = value
+
+
+class RegistryDown(Exception):  # noqa: N818  # named as the incident is
+    """What the MLflow client raises when its server does not answer. The release code tells registry errors by
+    their module (:func:`registry.client.is_registry_error`), so this fake one claims MLflow's."""
+
+    __module__ = "mlflow.exceptions"
 
 
 class FakeRegistry:
     """:class:`registry.versions.Registry` in memory: registered versions with their tags, aliases, bundles.
 
-    Its mutations (set_alias, delete_alias, set_tag) are crash points too when it is given the target's Steps."""
+    Its mutations (set_alias, delete_alias, set_tag) are crash points too when it is given the target's Steps.
+    While ``down`` is set, every call (the audit trail's version tags included) raises :class:`RegistryDown`."""
 
     def __init__(self, bundle: Path, versions: Iterable[str] = ("1", "2", "3"), model_name: str = MODEL_NAME) -> None:
         self.model_name = model_name
@@ -381,12 +406,20 @@ class FakeRegistry:
         self.client = FakeClient(self)
         self.steps: Steps | None = None
         self.tampered: set[str] = set()
+        self.down = False
+
+    def reach(self) -> None:
+        """Raise as the MLflow client does when the registry does not answer (``down``)."""
+        if self.down:
+            raise RegistryDown("API request to the registry failed: connection refused (the fake registry is down)")
 
     def _step(self, name: str, *args: Any) -> None:
+        self.reach()
         if self.steps is not None:
             self.steps.step(name, *args)
 
     def alias(self, alias: str) -> str | None:
+        self.reach()
         return self.aliases.get(str(alias))
 
     def set_alias(self, alias: str, version: str) -> None:
@@ -404,6 +437,7 @@ class FakeRegistry:
         return dict(self.versions[self.require_registered(version)])
 
     def require_registered(self, version: str) -> str:
+        self.reach()
         if str(version) not in self.versions:
             known = ", ".join(sorted(self.versions, key=int)) or "none"
             raise VersionNotFound(

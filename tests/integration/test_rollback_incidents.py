@@ -1,10 +1,16 @@
-"""Incident rollbacks in the hard cases, with real server processes, a real nginx, the real registry and the real
-``scripts/rollback.sh``: a rollback that takes over from a canary in the middle of its analysis, and a rollback
-killed with SIGKILL part way and run again. A load driver sends predictions through the production entry point the
-whole time and must not see a single failed request.
+"""Incident rollbacks where real processes are the point, with real server processes, a real nginx, the real
+registry and the real ``scripts/rollback.sh``: a rollback that takes over from a canary in the middle of its
+analysis (through the real abort request) and from one whose server is still starting, a rollback killed with
+SIGKILL right after it moved traffic and run again, and a stable server killed under a canary and then on its own,
+restarted for real. A load driver sends predictions through the production entry point and must not see a single
+failed request.
 
 Behaviour is checked through the script and the CLI (exit codes, output, ``mlrelease history``), the registry
 aliases, the state file's slots and weights, and which version answers predictions through the entry point.
+
+The same incidents' orchestration (every kill point of a rollback, a promotion killed after its switch, two
+rollbacks at once, the registry down, a cold rollback, typos, a canary with no previous version, ``status``) runs
+against the in-memory target in tests/unit/test_release_incidents.py and tests/unit/test_release_matrix.py.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,17 +30,14 @@ import pytest
 
 from deploy.targets.local.state import DeployState
 from deploy.targets.traffic import LoadDriver, LoadResult, predict_path, sample_rows
-from mlrelease.core.locking import promotion_lock
 from mlrelease.core.modelcard import ModelCard
-from mlrelease.core.net import free_port
 from mlrelease.core.proc import is_our_server, pid_alive
-from release.journal import Journal, Operation
+from release.journal import Journal
 from tests.release_helpers import (
     BIN,
     FAST_RELEASE,
     REPO,
     alias,
-    audit_actions,
     cli,
     env_for,
     make_variant,
@@ -50,7 +52,7 @@ from tests.release_helpers import (
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
-    pytest.mark.xdist_group("release-story"),
+    pytest.mark.xdist_group("incidents"),  # one after the other: each drives load through a real nginx
     pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx: run make setup"),
 ]
 
@@ -271,7 +273,7 @@ def wait_gone(pid: int, timeout: float) -> bool:
     return not pid_alive(pid)
 
 
-# ----- 1. a rollback takes over from a running canary ---------------------------------------------------------------
+# ----- 1. a rollback stops a canary, still starting or mid-analysis -------------------------------------------------
 def with_staged_version(incident: Incident, tmp_path: Path) -> tuple[str, str, str]:
     """Production as production_with_warm_previous leaves it, plus a version C with the staging alias, ready for
     `promote canary`. Returns (P, A, C)."""
@@ -283,16 +285,17 @@ def with_staged_version(incident: Incident, tmp_path: Path) -> tuple[str, str, s
     return p, a, c
 
 
-def test_rollback_takes_over_from_a_running_canary(incident: Incident, tmp_path: Path) -> None:
+def rollback_takes_over_from_a_canary_mid_analysis(incident: Incident, tmp_path: Path, p: str, a: str, c: str) -> None:
+    """A serves, P is warm, C is staged. A canary of C mid-analysis; the rollback asks it to abort (through the real
+    abort request), moves production to P under load without a failed request, and the canary is undone first."""
     home, name = incident.home, incident.name
-    p, a, c = with_staged_version(incident, tmp_path)
     rows = sample_rows(incident.bundle, 32)
     t = target(home)
     entry = t.entry_url(PROD)
     assert entry is not None
 
     # a canary of C, mid-analysis: a long interval keeps it sleeping with half of the traffic on C
-    canary_log = tmp_path / "canary.out"
+    canary_log = tmp_path / "canary-mid-analysis.out"
     canary = start_canary(incident, canary_log)
     canary_slot = t.slot(PROD, "canary")
     assert canary_slot is not None and canary_slot.version == c
@@ -322,6 +325,8 @@ def test_rollback_takes_over_from_a_running_canary(incident: Incident, tmp_path:
     assert t.slot_version(PROD, "previous") is None
     assert wait_gone(canary_slot.pid, 20), f"the canary server (pid {canary_slot.pid}) still runs"
     assert "nothing to do" in ok(rollback(home)[0])  # and the incident is over: a second run changes nothing
+    huge = httpx.post(f"{entry}{predict_path(name)}", content=b"[" + b"0," * 1_500_000 + b"0]", timeout=30)
+    assert huge.status_code == 413 and huge.json()["code"] == "body_too_large", huge.text[:200]  # JSON from nginx too
 
     history = history_rows(home)
     aborted = [r for r in history if r["action"] == "canary-rollback" and r["from"] == c]
@@ -332,13 +337,14 @@ def test_rollback_takes_over_from_a_running_canary(incident: Incident, tmp_path:
     assert history.index(aborted[-1]) < history.index(back[-1]), "the canary is undone before the rollback"
 
 
-def test_rollback_does_not_wait_for_a_canary_server_that_is_still_starting(incident: Incident, tmp_path: Path) -> None:
+def rollback_does_not_wait_for_a_canary_server_still_starting(
+    incident: Incident, tmp_path: Path, p: str, c: str
+) -> None:
     """A canary still waiting for its new server (up to the ready timeout, two minutes here) gives up the lock
     when a rollback asks: the rollback used to give up first, after its lock wait (15 s), and change nothing."""
     home = incident.home
-    p, a, c = with_staged_version(incident, tmp_path)
     t = target(home)
-    log = tmp_path / "canary.out"
+    log = tmp_path / "canary-still-starting.out"
     canary = incident.popen([str(BIN / "mlrelease"), "promote", "canary"], log)
     slot = None
     deadline = time.monotonic() + 120
@@ -367,69 +373,16 @@ def test_rollback_does_not_wait_for_a_canary_server_that_is_still_starting(incid
     assert stopped and "stillstarting" in "".join(stopped[-1]["reason"].split()), stopped  # who stopped it, why
 
 
-# ----- 1b. mistakes, and a canary when production has nowhere to go back to ------------------------------------------
-def test_rollback_refuses_typos_and_stops_a_canary_with_no_previous_version(incident: Incident, tmp_path: Path) -> None:
-    home, name = incident.home, incident.name
-    p = alias(home, name, "candidate")
-    assert p is not None
-    ok(cli(home, "promote", "production", "--version", p, "--force", "--reason", "test: first release"))
-    t = target(home)
-
-    # a version that does not exist is named as such, and leaves nothing behind that would block the next command
-    for typo in ("99", "abc"):
-        wrong, _ = rollback(home, "--to", typo, "--reason", "typo")
-        assert wrong.returncode == 2 and "is not registered" in wrong.stderr, show(wrong)
-        assert "registered versions:" in wrong.stderr and "nothing was changed" in " ".join(wrong.stderr.split())
-        assert Journal(t.state_dir).load().operation is None, "a refused rollback journaled an operation"
-    promote_typo = cli(home, "promote", "staging", "--version", "99")
-    assert promote_typo.returncode == 2 and "is not registered" in promote_typo.stderr, show(promote_typo)
-    assert Journal(t.state_dir).load().operation is None
-    nothing, _ = rollback(home)
-    assert nothing.returncode == 2 and "no previous production version" in nothing.stderr, show(nothing)
-
-    # a canary of C holds part of the traffic; production has no previous version, yet the rollback stops the canary
-    c = register(make_variant(incident.bundle, tmp_path / "version-c", "same"), home, name, "incident-c")
-    registry(home).set_registered_model_alias(name, "staging", c)
-    canary_log = tmp_path / "canary.out"
-    canary = start_canary(incident, canary_log)
-    rolled, _ = rollback(home, "--reason", "pager: canary errors")
-    said = " ".join(rolled.stdout.split())
-    assert rolled.returncode == 0 and f"canary of version {c} stopped" in said, show(rolled)
-    assert canary.wait(timeout=60) != 0 and "aborted" in canary_log.read_text().lower(), canary_log.read_text()
-    rows = sample_rows(incident.bundle, 16)
-    assert_all_on(incident, p, rows, show(rolled))
-    entry = t.entry_url(PROD)
-    huge = httpx.post(f"{entry}{predict_path(name)}", content=b"[" + b"0," * 1_500_000 + b"0]", timeout=30)
-    assert huge.status_code == 413 and huge.json()["code"] == "body_too_large", huge.text[:200]  # JSON from nginx too
-    stopped = [r for r in history_rows(home) if r["action"] == "rollback" and r["from"] == c]
-    assert stopped and stopped[-1]["outcome"] == "canary stopped", history_rows(home)
-
-    # status: healthy says so with 0; run from elsewhere it refuses to guess; production down is exit 1
-    ok(cli(home, "status"))
-    elsewhere = subprocess.run(
-        [str(BIN / "mlrelease"), "status"],
-        cwd=tmp_path,
-        env={**env_for(home), "MLRELEASE_HOME": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert elsewhere.returncode == 2 and "no mlrelease project" in elsewhere.stderr, show(elsewhere)
-    stable = t.slot(PROD, "stable")
-    assert stable is not None
-    os.kill(stable.pid, signal.SIGKILL)
-    assert wait_gone(stable.pid, 20)
-    down = cli(home, "status")
-    assert down.returncode == 1 and "is not healthy" in " ".join(down.stdout.split()), show(down)
-    assert "restarted production/stable" in ok(cli(home, "reconcile"))
-    ok(cli(home, "status"))
-    assert "nothing to do" in ok(cli(home, "reconcile"))
-    assert_all_on(incident, p, rows)
-    incident.state()
+def test_rollback_stops_a_canary_still_starting_then_takes_over_from_one_mid_analysis(
+    incident: Incident, tmp_path: Path
+) -> None:
+    p, a, c = with_staged_version(incident, tmp_path)
+    rollback_does_not_wait_for_a_canary_server_still_starting(incident, tmp_path, p, c)
+    promote_over(incident, a, p)  # A again (forced: the rollback withdrew it), P warm again; C is still staged
+    rollback_takes_over_from_a_canary_mid_analysis(incident, tmp_path, p, a, c)
 
 
-# ----- 2. recovery after an interrupted rollback --------------------------------------------------------------------
+# ----- 2. a stable server that dies, then a rollback killed part way ------------------------------------------------
 Trigger = Callable[[DeployState], bool]
 
 
@@ -463,56 +416,28 @@ def traffic_moved(goal: str) -> Trigger:
     return check
 
 
-def bad_slot_dropped(goal: str) -> Trigger:
-    """The state file no longer lists the bad version's stable slot (it is being stopped)."""
-
-    def check(state: DeployState) -> bool:
-        stable = state.env(PROD).slots.get("stable")
-        return stable is None or stable.version == goal
-
-    return check
-
-
-def slots_switched(goal: str) -> Trigger:
-    """The state file says the good version holds the stable slot again (the registry alias has not moved yet)."""
-
-    def check(state: DeployState) -> bool:
-        stable = state.env(PROD).slots.get("stable")
-        return stable is not None and stable.version == goal
-
-    return check
-
-
-# Where the first run is killed, in the order a rollback gets there. A point it passes too fast to be seen just
-# means a later one (or none): the checks after the re-run must hold wherever it died.
-KILL_POINTS: dict[str, Callable[[str], Trigger]] = {
-    "traffic-moved": traffic_moved,
-    "bad-slot-dropped": bad_slot_dropped,
-    "slots-switched": slots_switched,
-}
-
-
-@pytest.mark.parametrize("where", list(KILL_POINTS))
-def test_rollback_killed_midway_is_finished_by_the_next_run(incident: Incident, tmp_path: Path, where: str) -> None:
+def rollback_killed_midway_is_finished_by_the_next_run(incident: Incident, tmp_path: Path, p: str, a: str) -> None:
+    """A serves, P is warm. scripts/rollback.sh killed as soon as the state file says traffic moved: nginx may not
+    have reloaded yet, so the state is ahead of the router, and the re-run must route for real. (Every other kill
+    point, the fast path's and the full command's, target and registry: tests/unit/test_release_incidents.py.)"""
     home, name = incident.home, incident.name
-    p, a = production_with_warm_previous(incident, tmp_path)
     rows = sample_rows(incident.bundle, 32)
     entry = target(home).entry_url(PROD)
     assert entry is not None
     bad_slot = target(home).slot(PROD, "stable")
     assert bad_slot is not None and bad_slot.version == a
-    reason = f"test: rollback killed at {where}"
+    reason = "test: rollback killed once traffic moved"
     log = tmp_path / "killed-rollback.out"
 
     with LoadDriver(entry, name, rows, keep_timeline=True, max_seconds=180, **LOAD) as load:
         time.sleep(1.0)
-        killed = kill_rollback(incident, log, reason, KILL_POINTS[where](p))
+        killed = kill_rollback(incident, log, reason, traffic_moved(p))
         second, _ = rollback(home, "--reason", reason)
         finished = time.monotonic()
         third, _ = rollback(home)
         time.sleep(1.0)
     context = (
-        f"[{where}] {killed}\nkilled run's output:\n{log.read_text()}\nsecond run: {show(second)}\n"
+        f"{killed}\nkilled run's output:\n{log.read_text()}\nsecond run: {show(second)}\n"
         f"third run: {show(third)}\nload: {load_summary(load.result)}"
     )
     print(context)
@@ -521,7 +446,7 @@ def test_rollback_killed_midway_is_finished_by_the_next_run(incident: Incident, 
     assert second.returncode == 0 and "verified" in second.stdout, context
     assert_all_on(incident, p, rows, context)
     assert wait_gone(bad_slot.pid, 30), f"version {a}'s server (pid {bad_slot.pid}) still runs\n{context}"
-    assert journal(home).load().operation is None, f"an interrupted operation is still journaled\n{context}"
+    assert Journal(target(home).state_dir).load().operation is None, f"an operation is still journaled\n{context}"
     done = [r for r in history_rows(home) if r["action"] == "rollback" and same_text(r["reason"], reason)]
     assert done and (done[-1]["from"], done[-1]["to"], done[-1]["outcome"]) == (a, p, "done"), context
     # the third run is a harmless no-op
@@ -533,250 +458,16 @@ def test_rollback_killed_midway_is_finished_by_the_next_run(incident: Incident, 
     assert versions_after(load.result, finished) == {p}, context
 
 
-# ----- 3. recovery of a promotion that died -------------------------------------------------------------------------
-def journal_killed(
-    incident: Incident, command: str, version: str, reason: str | None = None, **state_changes: object
-) -> None:
-    """The state a promotion leaves when it is killed: its journal entry (its pid gone) plus ``state_changes``."""
-    store = journal(incident.home)
-    state = store.load()
-    for key, value in state_changes.items():
-        setattr(state, key, value)
-    state.operation = Operation(command=command, version=version, pid=2**22 + 11, by="killed-in-test", reason=reason)
-    store.save(state)
-
-
-def journal(home: Path) -> Journal:
-    """The release journal of the workspace at ``home``."""
-    return Journal(target(home).state_dir)
-
-
-def killed_switch_to(incident: Incident, version: str, bundle: Path, rows: list[list[float]]) -> None:
-    """`promote production` of a version that passed its canary, killed after its switch and before its renames:
-    the version serves 100% from the canary slot while the stable slot still holds the one it replaces."""
-    home, name = incident.home, incident.name
-    client = registry(home)
-    client.set_registered_model_alias(name, "canary", version)  # as its passed canary left it
-    client.set_model_version_tag(name, version, "mlrelease.canary_passed", "true")
-    t = target(home)
-    t.deploy(PROD, "canary", bundle, version)
-    t.set_weights(PROD, {"canary": 100.0})
-    assert set(answered_by(t.entry_url(PROD) or "", name, rows)) == {version}
-    journal_killed(incident, "promote production", version)
-    incident.state()
-
-
-def assert_withdrawn(incident: Incident, version: str, to: str, records: int) -> None:
-    """``version`` tagged rolled back, its canary pass withdrawn, and that many rollback records away from it."""
-    tags = registry(incident.home).get_model_version(incident.name, version).tags
-    assert tags.get("mlrelease.canary_passed") == "false" and "misbehaves" in tags.get("mlrelease.rolled_back", ""), (
-        tags
-    )
-    back = [r for r in history_rows(incident.home) if r["action"] == "rollback" and r["from"] == version]
-    assert len(back) == records and {r["to"] for r in back} == {to}, back
-    assert all("misbehaves" in "".join(r["reason"].split()) for r in back), back
-
-
-def patient_params(tmp_path: Path) -> str:
-    """The repository's params.yaml with a minute's lock wait for rollbacks (queued on purpose in a test)."""
-    import yaml
-
-    data = yaml.safe_load((REPO / "params.yaml").read_text())
-    data["promotion"]["rollback_lock_wait"] = "60s"
-    path = tmp_path / "params-patient.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
-def test_the_next_command_finishes_a_done_switch_and_restarts_a_dead_stable(incident: Incident, tmp_path: Path) -> None:
-    """`promote production` killed after its switch, before its alias and history: the next command finishes it
-    (it used to write it down as undone, the alias on the old version). Then a `promote canary` that died with
-    its machine, the stable slot dead too: the next command restarts stable and routes all traffic to it (it used
-    to fail on the dead slot every time, until the state file was edited by hand)."""
-    home, name = incident.home, incident.name
-    p, a = production_with_warm_previous(incident, tmp_path)
-    rows = sample_rows(incident.bundle, 8)
-    history = journal(home).load().production_history
-    assert history[-1] == a
-    # A had passed a canary against another stable than P: the killed command was forced (--force --reason), and
-    # recovery records it so, with its reason (it used to record a plain "done")
-    for key, value in {"mlrelease.canary_passed": "true", "mlrelease.canary_passed_against": "99"}.items():
-        registry(home).set_model_version_tag(name, a, key, value)
-    journal_killed(incident, "promote production", a, "hotfix over a stale pass", production_history=history[:-1])
-    registry(home).set_registered_model_alias(name, PROD, p)
-    said = " ".join(ok(cli(home, "reconcile")).split())
-    assert f"production: version {a} serves 100% of traffic" in said, said
-    assert_all_on(incident, a, rows, said)
-    incident.state()
-    state = journal(home).load()
-    assert state.production_history[-1:] == [a] and state.operation is None
-    finished = [r for r in history_rows(home) if r["action"] == "promote" and r["to"] == a]
-    assert "finished by recovery" in finished[-1]["reason"], finished
-    assert "hotfixoverastalepass" in "".join(finished[-1]["reason"].split()), finished  # a folded cell: no spaces
-    assert finished[-1]["outcome"] == "forced", finished
-
-    journal_killed(incident, "promote canary", p)
-    stable = target(home).slot(PROD, "stable")
-    assert stable is not None
-    os.kill(stable.pid, signal.SIGKILL)
-    assert wait_gone(stable.pid, 20)
-    store = target(home).store
-    state = store.load()
-    state.env(PROD).weights = {"stable": 90.0, "previous": 10.0}  # as a canary step had it (previous stands in)
-    store.save(state)
-    said = " ".join(ok(cli(home, "reconcile")).split())
-    assert "restarted production/stable" in said and "100% back on stable" in said, said
-    assert_all_on(incident, a, rows, said)
-    assert journal(incident.home).load().operation is None
-
-    # `promote production` of C killed after its switch, before its renames: C serves 100% from the canary slot.
-    # The on-call's rollback undoes C and stops there; it used to go on to P, stopping the healthy A and tagging
-    # it rolled back while C kept its canary pass.
-    c_bundle = make_variant(incident.bundle, tmp_path / "version-c", "same")
-    c = register(c_bundle, home, name, "incident-c")
-    client = registry(home)
-    t = target(home)
-    reason = "test: the new version misbehaves"
-    killed_switch_to(incident, c, c_bundle, rows)
-    preview, _ = rollback(home, "--dry-run")  # names the recovery first, and that the real run stops after it
-    said = " ".join(preview.stdout.split())
-    assert preview.returncode == 0 and f"would first recover the interrupted `promote production` of version {c}" in (
-        said
-    ), show(preview)
-    assert f"put production back on version {a} and withdraw version {c}" in said, said
-    assert "nothing more to do after that" in said and "would move" not in said, said
-    assert journal(home).load().operation is not None and t.weights(PROD) == {"canary": 100.0}, said
-    # two on-calls at once, both finding the dead promotion before either has the lock: one undoes it and withdraws
-    # version C, the other finds that done (both used to withdraw it and record it)
-    patient = patient_params(tmp_path)
-    with ThreadPoolExecutor(2) as pool:
-        with promotion_lock(t.state_dir, "test: both rollbacks queue", "test"):
-            started = [pool.submit(rollback, home, "--reason", reason, "--params", patient) for _ in range(2)]
-            time.sleep(8)  # each reads the journal within seconds, then waits for the lock (60 s)
-        runs = sorted((run.result()[0] for run in started), key=lambda r: "nothing more to do" not in r.stdout)
-    said = " ".join(" ".join(r.stdout.split()) for r in runs)
-    assert [r.returncode for r in runs] == [0, 0], [show(r) for r in runs]
-    assert "nothing more to do" in runs[0].stdout, said
-    assert f"already rolled back from version {c} to {a}" in runs[1].stdout, said
-    assert_all_on(incident, a, rows, said)  # the canary alias included: gone
-    assert t.slot_version(PROD, "previous") == p, said
-    assert "mlrelease.rolled_back" not in client.get_model_version(name, a).tags, said
-    assert_withdrawn(incident, c, a, records=1)
-    again, _ = rollback(home)  # a second run is harmless: it used to go on from A to P (and tag A rolled back)
-    assert again.returncode == 0 and f"already rolled back from version {c} to {a}" in again.stdout, show(again)
-    assert_all_on(incident, a, rows, show(again))
-    # C canaried again and its switch killed again: the mark of the first time is no reason to skip withdrawing it
-    killed_switch_to(incident, c, c_bundle, rows)
-    rolled, _ = rollback(home, "--reason", reason)
-    assert rolled.returncode == 0 and "nothing more to do" in rolled.stdout, show(rolled)
-    assert_all_on(incident, a, rows, show(rolled))
-    assert_withdrawn(incident, c, a, records=2)
-    # and once more, recovered meanwhile by another command (a CI retry, a reconcile) while the rollback waits for
-    # the lock: that recovery withdraws nothing, so the rollback does (it used to plan from there and move on to P)
-    killed_switch_to(incident, c, c_bundle, rows)
-    recover = (
-        "from pathlib import Path; from mlrelease.commands.release import build_promoter; "
-        "from release.outcome import Outcome; "
-        "build_promoter(Path('params.yaml'), 'ci-retry', False).recover(Outcome())"
-    )
-    with ThreadPoolExecutor(1) as pool:
-        with promotion_lock(t.state_dir, "test: another command recovers it", "test"):
-            waiting = pool.submit(rollback, home, "--reason", reason, "--params", patient)
-            time.sleep(6)  # the rollback has read the journal and waits for the lock
-            subprocess.run([str(BIN / "python"), "-c", recover], cwd=home, env=env_for(home), check=True, timeout=120)
-            assert journal(home).load().operation is None and t.weights(PROD) == {"stable": 100.0}
-        rolled = waiting.result()[0]
-    assert rolled.returncode == 0 and "nothing more to do" in rolled.stdout, show(rolled)
-    assert_all_on(incident, a, rows, show(rolled))
-    assert_withdrawn(incident, c, a, records=3)
-
-    # `promote production` of A killed after its switch (as at the start), and the registry down: recovery cannot
-    # write A's alias, but the rollback still moves production to the warm P, then says what is left
-    # (without the mark of the rollback above, which names A: this simulated promotion switches to the version
-    # already serving, a real one to another version, which no mark names)
-    history = journal(home).load().production_history
-    journal_killed(incident, "promote production", a, production_history=history[:-1], last_rollback=None)
-    down = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
-    rolled, _ = rollback(home, "--reason", "test: registry down too", env=down)
-    said = " ".join((rolled.stdout + rolled.stderr).split())
-    assert rolled.returncode == 1 and "its alias could not be set" in said, show(rolled)
-    assert "production traffic is on version " + p in said, said
-    assert set(answered_by(t.entry_url(PROD) or "", name, rows)) == {p}, said
-    finished, _ = rollback(home)  # the registry is back: the same rollback is finished
-    assert_all_on(incident, p, rows, show(finished))
-
-
-def test_a_cold_rollback_keeps_the_warm_previous_version_warm_whether_it_starts_or_not(
-    incident: Incident, tmp_path: Path
-) -> None:
-    """The version to go back to is not warm. When its server does not come up in time, production stays where it
-    is, the rollback ends (it used to stay journaled, so every later rollback retried the same version and every
-    `--to` and promotion was refused) and the warm previous version is still warm (it used to be stopped to make
-    room). A canary that passed and waits at weight 0 is stopped to make room, and its alias goes with it (it used
-    to stay, naming a canary nothing served). When it starts, it takes all traffic and the warm previous version is
-    still there too."""
-    import yaml
-
-    home, name = incident.home, incident.name
-    p, a = production_with_warm_previous(incident, tmp_path)
-    b = register(make_variant(incident.bundle, tmp_path / "version-b", "same"), home, name, "incident-b")
-    promote_over(incident, b, a)  # b serves, a is warm, p is cold
-    c = register(make_variant(incident.bundle, tmp_path / "version-c", "same"), home, name, "incident-c")
-    registry(home).set_registered_model_alias(name, "staging", c)
-    ok(cli(home, "promote", "canary"))  # c passes and waits at weight 0 in the canary slot
-    assert target(home).slot_version(PROD, "canary") == c and alias(home, name, "canary") == c
-    rows = sample_rows(incident.bundle, 8)
-    warm = target(home).slot(PROD, "previous")
-    assert warm is not None and warm.version == a
-    params_file = home / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    kept = params["promotion"]["ready_timeout"]
-    params["promotion"]["ready_timeout"] = "0.2s"  # no server is ready that fast: the cold start fails
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    failed = cli(home, "rollback", "--to", p, "--reason", "test: cold start fails")
-    said = " ".join((failed.stdout + failed.stderr).split())
-    assert failed.returncode == 1, show(failed)
-    assert f"version {p} could not be started, so no traffic moved: production stays on version {b}" in said, said
-    assert f"version {a} is still warm: run scripts/rollback.sh --to {a}" in said, said
-    assert f"The canary of version {c}, waiting at weight 0, was stopped to make room for it, and its alias" in said
-    assert alias(home, name, "canary") is None and target(home).slot_version(PROD, "canary") is None
-    stopped = [r for r in audit_actions(home) if r.get("outcome") == "canary stopped"]
-    assert stopped and stopped[-1]["from_version"] == c and f"start version {p}" in stopped[-1]["reason"], stopped
-    assert journal(incident.home).load().operation is None
-    assert_all_on(incident, b, rows, said)
-    assert target(home).slot(PROD, "previous") == warm and pid_alive(warm.pid)
-
-    params["promotion"]["ready_timeout"] = kept
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    said = " ".join(ok(cli(home, "rollback", "--to", p, "--reason", "test: cold start works")).split())
-    assert f"version {p} is not warm: starting it" in said and "cold switch" in said, said
-    assert_all_on(incident, p, rows, said)
-    assert target(home).slot(PROD, "previous") == warm and pid_alive(warm.pid), said
-    assert target(home).slot(PROD, "canary") is None
-    again, _ = rollback(home)  # the script again, as an on-call would: its fast path must not move on to a
-    assert again.returncode == 0 and "nothing to do" in again.stdout, show(again)
-    assert_all_on(incident, p, rows, show(again))
-
-    said = " ".join(ok(cli(home, "rollback", "--to", a, "--reason", "test: back to the warm one")).split())
-    assert "warm switch" in said, said
-    assert_all_on(incident, a, rows, said)
-
-    # c passed its canary against b; production has moved on since: that pass no longer lets c in without --force
-    stale = cli(home, "promote", "production", "--version", c)
-    said = " ".join(stale.stderr.split())
-    assert stale.returncode == 2, show(stale)
-    assert f"passed its canary against version {b}, but production now serves version {a}" in said, said
-    assert_all_on(incident, a, rows, said)
-
-
-def test_a_canary_whose_stable_dies_is_dropped_and_stable_restarted(incident: Incident, tmp_path: Path) -> None:
-    """Stable killed mid-canary: nginx sends its share to the canary (each routed slot backs up the other) and the
-    analysis stops the canary. Dropping it restarts stable first; it used to fail on the dead stable and leave the
-    canary it had just stopped for cause with all of production's traffic and its alias."""
-    _, a, _ = with_staged_version(incident, tmp_path)
+def stable_dies_under_a_canary_and_on_its_own(incident: Incident, tmp_path: Path, a: str) -> None:
+    """A serves, C is staged. Stable killed mid-canary: nginx sends its share to the canary (each routed slot backs
+    up the other) and the analysis stops the canary. Dropping it restarts stable first; it used to fail on the dead
+    stable and leave the canary it had just stopped for cause with all of production's traffic and its alias. Then
+    stable killed with no command running: `mlrelease status` says production is not healthy (exit 1) until
+    `mlrelease reconcile` restarts it."""
+    home = incident.home
     rows = sample_rows(incident.bundle, 8)
     t = target(incident.home)
-    log = tmp_path / "canary.out"
+    log = tmp_path / "canary-stable-dies.out"
     canary = incident.popen([str(BIN / "mlrelease"), "promote", "canary"], log)  # FAST_RELEASE: one 50% step
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and t.weights(PROD).get("canary", 0) == 0:
@@ -793,4 +484,24 @@ def test_a_canary_whose_stable_dies_is_dropped_and_stable_restarted(incident: In
     assert_all_on(incident, a, rows, said)
     restarted = t.slot(PROD, "stable")
     assert restarted is not None and restarted.pid != stable.pid
-    assert journal(incident.home).load().operation is None
+    assert Journal(t.state_dir).load().operation is None
+
+    ok(cli(home, "status"))
+    os.kill(restarted.pid, signal.SIGKILL)
+    assert wait_gone(restarted.pid, 20)
+    down = cli(home, "status")
+    assert down.returncode == 1 and "is not healthy" in " ".join(down.stdout.split()), show(down)
+    assert "restarted production/stable" in ok(cli(home, "reconcile"))
+    ok(cli(home, "status"))
+    again = t.slot(PROD, "stable")
+    assert again is not None and again.pid not in (stable.pid, restarted.pid)
+    assert_all_on(incident, a, rows)
+    incident.state()
+
+
+def test_a_dead_stable_is_restarted_and_a_rollback_killed_midway_is_finished_by_the_next_run(
+    incident: Incident, tmp_path: Path
+) -> None:
+    p, a, _ = with_staged_version(incident, tmp_path)
+    stable_dies_under_a_canary_and_on_its_own(incident, tmp_path, a)
+    rollback_killed_midway_is_finished_by_the_next_run(incident, tmp_path, p, a)  # P is still warm
