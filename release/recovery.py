@@ -127,16 +127,9 @@ def _finish_interrupted_production(p: Context, op: Operation, out: Outcome, tole
 
 def _staging_switched(p: Context, op: Operation) -> bool:
     """`promote staging` died after its gates passed and its new slot became stable (renamed: no pending slot
-    left), before the alias: staging serves the new version, so reporting it undone would leave the alias on a
-    version nothing serves. A registry that does not answer says no: recovery then undoes as before."""
-    if p.target.slot_version(STAGING, Slot.STABLE) != op.version or p.target.slot(STAGING, Slot.PENDING):
-        return False
-    try:
-        return p.registry.alias(STAGING) != op.version
-    except Exception as exc:
-        if not is_registry_error(exc):
-            raise
-        return True  # switched all the same: finishing says what the registry could not take
+    left): staging serves the new version, so it is finished, whether it died before its alias, between the alias
+    and its tag, or after both (reporting it undone would leave the alias on a version nothing serves)."""
+    return p.target.slot_version(STAGING, Slot.STABLE) == op.version and p.target.slot(STAGING, Slot.PENDING) is None
 
 
 def _finish_interrupted_staging(p: Context, op: Operation, out: Outcome) -> None:
@@ -156,5 +149,18 @@ def _finish_interrupted_staging(p: Context, op: Operation, out: Outcome) -> None
             f"{op.version}`"
         )
         return
-    p.note(AuditRecord("promote", STAGING, p.by, to_version=op.version, alias=STAGING, reason=reason))
+    if not _promotion_recorded(p, op):  # it died after its own record: the record stands, once
+        p.note(AuditRecord("promote", STAGING, p.by, to_version=op.version, alias=STAGING, reason=reason))
     out.say(f"staging: version {op.version} serves staging (its gates had passed); alias staging -> {op.version}")
+
+
+def _promotion_recorded(p: Context, op: Operation) -> bool:
+    """The interrupted command wrote its own `promote` record before it died (after its alias and tag)."""
+    return any(
+        r.get("action") == "promote"
+        and r.get("environment") == op.command.split()[-1]
+        and r.get("to_version") == op.version
+        and r.get("outcome") == "done"
+        and float(r.get("at", 0)) >= op.started_at
+        for r in p.audit.records()
+    )

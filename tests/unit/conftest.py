@@ -3,10 +3,15 @@ test-unit` leaves it out and `make test` runs it)."""
 
 from __future__ import annotations
 
+import platform
 import subprocess
 from typing import Any
 
 import pytest
+
+# platform.processor() runs `uname -p` once and caches it; a library that asks for it on import (MLflow does) would
+# otherwise start that process inside whichever unit test imports it first
+platform.processor()
 
 
 @pytest.fixture(autouse=True)

@@ -284,21 +284,12 @@ def _crash_and_recover(
         assert rig.registry.alias("canary") is None and rig.target.slot(PROD, "canary") is None
 
 
-#: interruption points with a known bug in release/ (each has its own strict xfail test below); keyed by the call
-#: the process dies at, not its index, so the matrix still covers every other point when the code changes
-KNOWN_BUG: dict[str, Callable[[tuple[str, tuple[Any, ...]]], bool]] = {
-    "promote staging": lambda call: call[0] == "set_tag" and call[1][1] == PASSED_TAG["staging"],
-}
-
-
 def _matrix(tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch, command: str, registry_too: bool) -> int:
     steps_of_clean, before, after = _clean(tmp_path, bundle, monkeypatch, command, registry_too)
     n = len(steps_of_clean)
     assert n >= 3
     failed = {}
     for k in range(1, n + 1):
-        if KNOWN_BUG.get(command) and KNOWN_BUG[command](steps_of_clean[k - 1]):
-            continue  # a separate strict xfail test documents it
         try:
             _crash_and_recover(tmp_path, bundle, monkeypatch, command, k, registry_too, before, after)
         except AssertionError as exc:
@@ -438,12 +429,6 @@ def test_journaled_rollback_refuses_other_commands_until_rerun(rig: Rig) -> None
     assert last["reason"] == "incident"  # the reason of the run that started it, not of the one finishing it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="release/production.py and release/canary.py check 'nothing to do' before the journal: with a rollback "
-    "journaled and all traffic on version 1, `promote production` exits 0 saying 'production already serves "
-    "version 2' (the slot the rollback moves away from) instead of being refused with exit 3 like other commands",
-)
 def test_journaled_rollback_refuses_promote_production(rig: Rig) -> None:
     _killed_rollback(rig)
     with pytest.raises(PromotionError) as refused:
@@ -451,13 +436,6 @@ def test_journaled_rollback_refuses_promote_production(rig: Rig) -> None:
     assert refused.value.exit_code == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="release/recovery.py::_staging_switched answers False once the staging alias is set, so a `promote "
-    "staging` killed after `set_alias(staging)` but before its staging_passed tag and audit record is recorded as "
-    "'recover ... undone' although staging serves the new version under its alias; the tag and the `promote` "
-    "record are never written",
-)
 def test_staging_killed_after_its_alias_is_finished_not_undone(rig: Rig) -> None:
     first_release(rig)
     rig.registry.aliases["candidate"] = "2"
