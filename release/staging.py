@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlrelease.core.http import probe
 from mlrelease.core.modelcard import ModelCard
 from release.audit import AuditRecord
 from release.context import Context, wait_identity
@@ -121,10 +122,9 @@ def smoke_test(url: str, bundle_dir: Path, rows: int = 8, headers: dict[str, str
     from deploy.targets.traffic import predict_path, sample_rows
 
     card = ModelCard.read(bundle_dir)
-    try:
-        ready = httpx.get(f"{url}/ready", timeout=5).status_code
-    except httpx.HTTPError as exc:
-        raise PromotionError(f"smoke test: {url}/ready did not answer: {exc}") from exc
+    ready, why = probe(f"{url}/ready", timeout=5)
+    if ready == 0:
+        raise PromotionError(f"smoke test: {url}/ready did not answer: {why}")
     if ready != 200:
         raise PromotionError(f"smoke test: {url}/ready answered {ready}, not 200")
     batch = sample_rows(bundle_dir, rows, seed=1)

@@ -332,9 +332,9 @@ class FakeResponse:
 
 
 class FakeHttp:
-    """``httpx.get``/``httpx.post`` answered by the servers of a :class:`World`: /ready, and predictions answered by
-    the slot a URL names (or, through an entry URL, the slot with most of the traffic). A broken or dead server
-    answers 503/500."""
+    """``httpx.get``/``httpx.post`` and the core probe, answered by the servers of a :class:`World`: /ready, and
+    predictions answered by the slot a URL names (or, through an entry URL, the slot with most of the traffic). A
+    broken or dead server answers 503/500."""
 
     def __init__(self, world: World) -> None:
         self.world = world
@@ -354,6 +354,14 @@ class FakeHttp:
         if server is None or not server.alive:
             raise httpx.ConnectError(f"connection refused: {url}")
         return FakeResponse(503 if server.broken else 200, {"ready": not server.broken})
+
+    def probe(self, url: str, timeout: float = 1.0) -> tuple[int, str]:
+        """``mlrelease.core.http.probe`` against the fake servers: (0, reason) when nothing answers."""
+        self.requests.append(("GET", url))
+        server = self._server(url)
+        if server is None or not server.alive:
+            return 0, f"connection refused: {url}"
+        return (503 if server.broken else 200), json.dumps({"ready": not server.broken})
 
     def post(self, url: str, json: dict[str, Any] | None = None, **_: Any) -> FakeResponse:  # noqa: A002
         import httpx

@@ -173,6 +173,7 @@ def make_desk(home: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> Desk
     http = FakeHttp(world)
     monkeypatch.setattr(httpx, "get", http.get)
     monkeypatch.setattr(httpx, "post", http.post)
+    monkeypatch.setattr("release.staging.probe", http.probe)
     monkeypatch.setattr(deploy.targets, "make_target", lambda *_, **__: found.target())
     monkeypatch.setattr(registry.versions, "Registry", lambda *_, **__: found.registry)
     monkeypatch.chdir(home)

@@ -76,6 +76,7 @@ def make_rig(home: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
     http = FakeHttp(world)
     monkeypatch.setattr(httpx, "get", http.get)
     monkeypatch.setattr(httpx, "post", http.post)
+    monkeypatch.setattr("release.staging.probe", http.probe)
     registry = FakeRegistry(bundle)
     home.mkdir(parents=True, exist_ok=True)
     return Rig(home, world, FakeTarget(world), registry)
