@@ -16,7 +16,7 @@ from release.audit import AuditRecord
 from release.bookkeeping import note_canary_rollback, stale_pass
 from release.context import Context
 from release.outcome import Outcome, PromotionError
-from release.session import operation
+from release.session import operation, settle
 from release.states import (
     PASSED_AGAINST_TAG,
     PASSED_TAG,
@@ -41,7 +41,7 @@ def promote_canary(
     A version once rolled back from production is refused unless ``force`` with a reason: its aliases may
     still point at it, and an incident's culprit should not take traffic again by default."""
     out = Outcome()
-    p.refuse_while_running(Command.PROMOTE_CANARY)
+    settle(p, Command.PROMOTE_CANARY, out)
     updates = {k: v for k, v in {"steps": steps, "interval": interval}.items() if v}
     try:  # validate, so --steps cannot give the canary the majority of traffic
         params = CanaryParams.model_validate({**p.canary_params.model_dump(), **updates})
@@ -77,12 +77,17 @@ def promote_canary(
             f"every {params.interval:g} s"
         )
         return out
-    with operation(p, Command.PROMOTE_CANARY, version, out):
-        _run_canary(p, version, stable, params, out)
+    forced = reason.strip() if ROLLED_BACK_TAG in tags and reason else None
+    with operation(p, Command.PROMOTE_CANARY, version, out, reason=forced):
+        _run_canary(p, version, stable, params, out, forced)
     return out
 
 
-def _run_canary(p: Context, version: str, stable: str, params: CanaryParams, out: Outcome) -> None:
+def _run_canary(
+    p: Context, version: str, stable: str, params: CanaryParams, out: Outcome, forced: str | None = None
+) -> None:
+    """Deploy, alias, analyse, then keep the passed canary warm at weight 0 (or drop it). ``forced``: the reason
+    a version once rolled back is canaried again, recorded with "forced" on its records."""
     bundle = p.bundle(version)
     try:
         p.deploy_new(PROD, Slot.CANARY, bundle, version)
@@ -92,7 +97,14 @@ def _run_canary(p: Context, version: str, stable: str, params: CanaryParams, out
     p.registry.set_alias("canary", version)
     p.note(
         AuditRecord(
-            "alias", PROD, p.by, to_version=version, from_version=stable, alias="canary", reason="canary started"
+            "alias",
+            PROD,
+            p.by,
+            to_version=version,
+            from_version=stable,
+            alias="canary",
+            reason="canary started" if forced is None else f"canary started, forced: {forced}",
+            outcome="done" if forced is None else "forced",
         )
     )
     try:
@@ -126,7 +138,9 @@ def _run_canary(p: Context, version: str, stable: str, params: CanaryParams, out
             alias="canary",
             weights={Slot.STABLE: 100},
             evidence=evidence,
-            reason="analysis passed at every step; canary kept warm at weight 0",
+            reason="analysis passed at every step; canary kept warm at weight 0"
+            + ("" if forced is None else f"; forced: {forced}"),
+            outcome="done" if forced is None else "forced",
         )
     )
     out.say(f"canary of version {version} passed (report {analysis['report']}); next: `mlrelease promote production`")

@@ -15,14 +15,13 @@ from typing import Any
 
 from deploy.targets.base import DeploymentError, DeploymentTarget
 from mlrelease.core.http import wait_until
-from mlrelease.core.locking import promotion_lock
 from mlrelease.core.params import CanaryParams, PromotionParams
 from mlrelease.core.settings import Settings
 from registry.versions import Registry, VersionNotFound
 from release.audit import AuditLog, AuditRecord, record
 from release.journal import Journal, Operation, abort_requested
 from release.outcome import Outcome, PromotionError
-from release.states import PROD, Command
+from release.states import PROD
 
 log = logging.getLogger(__name__)
 
@@ -120,22 +119,6 @@ class Context:
         path = self.reports_dir / name
         path.write_text(json.dumps(data, indent=2, default=str) + "\n")
         return path
-
-    def refuse_while_running(self, command: str) -> None:
-        """A promotion holding the lock, or a rollback that is not finished, is named before any precondition is
-        checked: advice drawn from the state it is changing would be wrong (a canary under way "has not passed
-        canary", production "already serves" the version a rollback is moving away from). PromotionLocked names the
-        holder; an unfinished rollback is exit 3, as every command's recovery says."""
-        if not self.dry_run:
-            with promotion_lock(self.state_dir, command, self.by):
-                pass
-        pending = self.journal.load().operation
-        if pending is not None and pending.command == Command.ROLLBACK:  # an incident first, as recover() says
-            raise PromotionError(
-                f"a rollback to version {pending.version} by {pending.by} (pid {pending.pid}) is running or was "
-                "interrupted; run `scripts/rollback.sh` to finish it, then retry",
-                exit_code=3,
-            )
 
     def stop_if_aborted(self) -> None:
         """Raise when a rollback asked the running promotion to stop (its abort request file is there)."""

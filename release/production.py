@@ -9,7 +9,7 @@ from pathlib import Path
 from release.bookkeeping import finish_production, stale_pass
 from release.context import Context, wait_identity
 from release.outcome import Outcome, PromotionError
-from release.session import operation
+from release.session import operation, settle
 from release.states import PASSED_TAG, PROD, ROLLED_BACK_TAG, STAGING, Command, Slot
 
 
@@ -18,7 +18,7 @@ def promote_production(p: Context, version: str | None, force: bool, reason: str
     out = Outcome()
     if force and not (reason and reason.strip()):
         raise PromotionError("--force needs --reason: say why the canary is skipped", exit_code=2)
-    p.refuse_while_running(Command.PROMOTE_PRODUCTION)
+    settle(p, Command.PROMOTE_PRODUCTION, out)
     serving = p.registry.alias(PROD)
     waiting = version is not None or p.registry.alias("canary") is not None
     staged = p.registry.alias(STAGING)  # a staged version that has not passed canary is work left to do

@@ -28,11 +28,7 @@ def recover(p: Context, out: Outcome, resume_rollback: bool = False) -> Operatio
     if op.command == Command.ROLLBACK:
         if resume_rollback:
             return op
-        raise PromotionError(
-            f"a rollback to version {op.version} by {op.by} (pid {op.pid}) is running or was "
-            "interrupted; run `scripts/rollback.sh` to finish it, then retry",
-            exit_code=3,
-        )
+        raise unfinished_rollback(op)
     if op.command == Command.RECONCILE:  # journaled by an earlier mlrelease: it has nothing to undo
         p.set_operation(None)
         return None
@@ -163,4 +159,13 @@ def _promotion_recorded(p: Context, op: Operation) -> bool:
         and r.get("outcome") == "done"
         and float(r.get("at", 0)) >= op.started_at
         for r in p.audit.records()
+    )
+
+
+def unfinished_rollback(op: Operation) -> PromotionError:
+    """Exit 3 for any command but a rollback while a rollback is journaled: an incident is in progress."""
+    return PromotionError(
+        f"a rollback to version {op.version} by {op.by} (pid {op.pid}) is running or was "
+        "interrupted; run `scripts/rollback.sh` to finish it, then retry",
+        exit_code=3,
     )

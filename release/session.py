@@ -3,6 +3,7 @@ target, and the journal entry of this command, cleared when it ends."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,8 +12,27 @@ from mlrelease.core.locking import promotion_lock
 from release.context import Context
 from release.journal import Operation, clear_stale_abort
 from release.outcome import Outcome, PromotionError
-from release.recovery import recover
+from release.recovery import recover, unfinished_rollback
 from release.states import UNJOURNALED, Command
+
+log = logging.getLogger(__name__)
+
+
+def settle(p: Context, command: Command, out: Outcome) -> None:
+    """Before a promotion reads any precondition: the lock is free (PromotionLocked names the holder), no rollback
+    is unfinished (exit 3), and a promotion that died is recovered now, so nothing unanalysed keeps traffic while
+    a refusal waits for a human, and no advice is drawn from a half-done state ("has not passed canary" about a
+    canary under way). A dry run changes nothing: it only looks for an unfinished rollback."""
+    if p.dry_run:
+        pending = p.journal.load().operation
+        if pending is not None and pending.command == Command.ROLLBACK:
+            raise unfinished_rollback(pending)
+        return
+    before = len(out.lines)
+    with promotion_lock(p.state_dir, command, p.by):
+        recover(p, out)
+    for line in out.lines[before:]:  # live: a refusal that follows prints no summary
+        log.warning("%s", line)
 
 
 @contextmanager

@@ -12,14 +12,14 @@ from mlrelease.core.modelcard import ModelCard
 from release.audit import AuditRecord
 from release.context import Context, wait_identity
 from release.outcome import Outcome, PromotionError
-from release.session import operation
+from release.session import operation, settle
 from release.states import PASSED_TAG, STAGING, Command, Slot
 
 
 def promote_staging(p: Context, version: str | None) -> Outcome:
     """Deploy to staging, run the smoke test and the load-test gate, then move the ``staging`` alias."""
     out = Outcome()
-    p.refuse_while_running(Command.PROMOTE_STAGING)
+    settle(p, Command.PROMOTE_STAGING, out)
     version = p.require_version(version, "candidate", "register one first (`mlrelease run`)")
     if (
         p.registry.alias(STAGING) == version
