@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from mlrelease.core.params import CanaryParams, PromotionParams
 from mlrelease.core.settings import Settings
 from registry.versions import Registry, VersionNotFound
 from release.audit import AuditLog, AuditRecord, record
-from release.journal import Journal, Operation, abort_requested
+from release.journal import Journal, abort_requested
 from release.outcome import Outcome, PromotionError
 from release.states import PROD
 
@@ -128,11 +127,8 @@ class Context:
             )
 
     def sleep(self, seconds: float) -> None:
-        """Sleep, but wake up at once when a rollback asks this promotion to abort."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.stop_if_aborted()
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        """Sleep, but wake up at once when a rollback asks this promotion to abort (PromotionError)."""
+        wait_until(lambda: False, seconds, interrupt=self.stop_if_aborted)
 
     def unstaged_candidate(self, staged: str) -> str:
         """A hint when a newer candidate than ``staged`` waits: it reaches canary only through staging."""
@@ -158,10 +154,6 @@ class Context:
                 f"{env}/{slot} is to take the traffic but is not ready: {self.target.slot_problem(env, slot)}. "
                 f"Next: check {self.state_dir / 'logs'} and `mlrelease status`, then {then}"
             )
-
-    def set_operation(self, op: Operation | None) -> None:
-        """Journal ``op`` as the command in flight (None: none is)."""
-        self.journal.set_operation(op)
 
 
 def wait_identity(target: DeploymentTarget, environment: str, slot: str, timeout: float = 5.0) -> bool:

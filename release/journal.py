@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlrelease.core.files import atomic_write
+from mlrelease.core.files import read_model, write_model
 from release.states import Command
 
 JOURNAL_FILE = "journal.json"
@@ -72,20 +72,13 @@ class Journal:
 
     def load(self) -> JournalState:
         """The journal; an empty one when nothing was journaled yet (or what an older state file held)."""
-        if not self.path.is_file():
-            return self._legacy()
-        try:
-            return JournalState.model_validate_json(self.path.read_text())
-        except ValueError as exc:
-            raise RuntimeError(
-                f"{self.path}: unreadable release journal ({exc}); inspect it, or move it aside once no "
-                "promotion or rollback is under way (`mlrelease status`)"
-            ) from exc
+        hint = "inspect it, or move it aside once no promotion or rollback is under way (`mlrelease status`)"
+        found = read_model(self.path, JournalState, "release journal", hint)
+        return found if found is not None else self._legacy()
 
     def save(self, state: JournalState) -> None:
         """Write the journal atomically."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, state.model_dump_json(indent=2) + "\n")
+        write_model(self.path, state)
 
     def set_operation(self, op: Operation | None) -> None:
         """Journal ``op`` as the command in flight (None: none is)."""

@@ -43,10 +43,6 @@ class Promoter(Context):
         """Finish or undo a command that died; hand back an interrupted rollback when asked to resume it."""
         return recovery.recover(self, out, resume_rollback)
 
-    def drop_canary(self, version: str, out: Outcome | None = None) -> None:
-        """Weight 0, canary slot stopped, alias removed, canary pass withdrawn."""
-        canary.drop_canary(self, version, out)
-
     @contextmanager
     def operation(self, command: Command, version: str, out: Outcome, **options: Any) -> Iterator[Operation | None]:
         """The lock, recovery, reconcile and journal around a command (see :func:`release.session.operation`)."""

@@ -30,16 +30,16 @@ def recover(p: Context, out: Outcome, resume_rollback: bool = False) -> Operatio
             return op
         raise unfinished_rollback(op)
     if op.command == Command.RECONCILE:  # journaled by an earlier mlrelease: it has nothing to undo
-        p.set_operation(None)
+        p.journal.set_operation(None)
         return None
     out.say(f"recovering from an interrupted `{op.command}` of version {op.version} (pid {op.pid})")
     if op.command == Command.PROMOTE_PRODUCTION and p.target.slot_version(PROD, Slot.STABLE) == op.version:
         _finish_interrupted_production(p, op, out, tolerate_registry=resume_rollback)
-        p.set_operation(None)  # the switch was done: finished, not reported undone
+        p.journal.set_operation(None)  # the switch was done: finished, not reported undone
         return None
     if op.command == Command.PROMOTE_STAGING and _staging_switched(p, op):
         _finish_interrupted_staging(p, op, out)  # its gates passed and its slot is stable: finish it
-        p.set_operation(None)
+        p.journal.set_operation(None)
         return None
     _production_back_on_stable(p, out)
     if op.command == Command.PROMOTE_STAGING:
@@ -63,7 +63,7 @@ def recover(p: Context, out: Outcome, resume_rollback: bool = False) -> Operatio
             reason=f"interrupted `{op.command}` by {op.by} (pid {op.pid})",
         )
     )
-    p.set_operation(None)
+    p.journal.set_operation(None)
     return None
 
 

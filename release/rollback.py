@@ -96,7 +96,7 @@ def _rollback(
         reason = pending.reason if pending is not None and pending.reason else reason
         resumed = pending if pending is not None and pending.pid != os.getpid() else None
         p.target.hold_expiry(f"a rollback to version {decided[1]} is journaled (scripts/rollback.sh finishes it)")
-        p.set_operation(
+        p.journal.set_operation(
             Operation(
                 command=Command.ROLLBACK,
                 version=decided[1],

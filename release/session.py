@@ -62,7 +62,7 @@ def operation(
             for line in p.target.reconcile() if reconcile else []:
                 out.say(f"reconciled: {line}")
         if command not in UNJOURNALED:
-            p.set_operation(
+            p.journal.set_operation(
                 Operation(
                     command=command,
                     version=version,
@@ -83,6 +83,6 @@ def operation(
 
 def _finished(p: Context, command: Command) -> None:
     """Clear the journal; a rollback also lifts its hold on the warm slots' expiry."""
-    p.set_operation(None)
+    p.journal.set_operation(None)
     if command == Command.ROLLBACK:
         p.target.hold_expiry(None)

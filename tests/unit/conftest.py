@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.fakes import make_fake_bundle
 
 # platform.processor() runs `uname -p` once and caches it; a library that asks for it on import (MLflow does) would
 # otherwise start that process inside whichever unit test imports it first
@@ -26,3 +29,9 @@ def _no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         )
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model bundle for the fake target and registry (made once: placeholder weights, real card and stats)."""
+    return make_fake_bundle(tmp_path_factory.mktemp("fake-bundle"))

@@ -36,7 +36,6 @@ from tests.fakes import (
     FakeTarget,
     Steps,
     World,
-    make_fake_bundle,
     make_promoter,
 )
 
@@ -143,11 +142,6 @@ class Desk:
             op = self.journal.load().operation
             if op is not None and op.pid == os.getpid():
                 self.journal.set_operation(op.model_copy(update={"pid": DEAD_PID}))
-
-
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_fake_bundle(tmp_path_factory.mktemp("fake-bundle"))
 
 
 @pytest.fixture

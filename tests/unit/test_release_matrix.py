@@ -24,16 +24,10 @@ from tests.fakes import (
     FakeTarget,
     Steps,
     World,
-    make_fake_bundle,
     make_promoter,
 )
 
 PROD, STAGING = "production", "staging"
-
-
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_fake_bundle(tmp_path_factory.mktemp("fake-bundle"))
 
 
 @dataclass

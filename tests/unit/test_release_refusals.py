@@ -13,13 +13,8 @@ import pytest
 
 from release.outcome import Outcome, PromotionError
 from release.states import ROLLED_BACK_TAG, Command
-from tests.fakes import DEAD_PID, Crash, Steps, make_fake_bundle
+from tests.fakes import DEAD_PID, Crash, Steps
 from tests.unit.test_release_matrix import PROD, Rig, canaried_v2, make_rig, released_v2, staged_v2
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_fake_bundle(tmp_path_factory.mktemp("fake-bundle"))
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mlrelease.core.files import atomic_write
+from mlrelease.core.files import read_model, write_model
 
 STATE_FILE = "state.json"
 # Keys of the promotion journal that older versions kept in this file: read and dropped, never an error.
@@ -82,16 +82,9 @@ class StateStore:
 
     def load(self) -> DeployState:
         """The current state; an empty one if nothing was deployed yet."""
-        if not self.path.is_file():
-            return DeployState()
-        try:
-            return DeployState.model_validate_json(self.path.read_text())
-        except ValueError as exc:
-            raise RuntimeError(
-                f"{self.path}: unreadable deployment state ({exc}); inspect it, or move it aside and re-deploy"
-            ) from exc
+        found = read_model(self.path, DeployState, "deployment state", "inspect it, or move it aside and re-deploy")
+        return found if found is not None else DeployState()
 
     def save(self, state: DeployState) -> None:
         """Write the state atomically (see :func:`mlrelease.core.files.atomic_write`)."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, state.model_dump_json(indent=2) + "\n")
+        write_model(self.path, state)
