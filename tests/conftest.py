@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 SCHEDULE = (
     "tests/integration/test_image_build.py",
     "tests/integration/test_serving_",
+    "tests/integration/test_supervision.py",
     "tests/integration/test_loadtest.py",
     "tests/integration/test_rollback_incidents.py",
     "tests/integration/test_release_story.py",
@@ -45,6 +47,24 @@ def _place(item: pytest.Item) -> int:
 def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False  # hand the parts out in SCHEDULE's order, not by their size
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop every supervisord a test of this process left running under its own temp folder (a target whose
+    test did not call stop_all); each xdist worker stops only its own."""
+    import signal
+
+    import psutil
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    root = str(factory.getbasetemp())
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "supervisor.supervisord" in cmdline and root in cmdline:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGTERM)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

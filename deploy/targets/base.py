@@ -19,6 +19,18 @@ class DeploymentError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ReplicaStatus:
+    """One server process of a slot: where it listens, its pid, what its supervisor says, and its health."""
+
+    port: int
+    url: str
+    pid: int | None
+    state: str  # the supervisor's word: RUNNING, STARTING, BACKOFF (restarting), FATAL (gave up), ...
+    healthy: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class SlotStatus:
     """One row of ``mlrelease status``: what serves where, at which weight, healthy or not."""
 
@@ -30,6 +42,8 @@ class SlotStatus:
     weight: float
     healthy: bool
     detail: str = ""
+    replicas: tuple[ReplicaStatus, ...] = ()
+    expires_at: float | None = None  # a warm slot's end of window (unix time)
 
 
 class SlotRecord(Protocol):
@@ -106,6 +120,10 @@ class DeploymentTarget(ABC):
     @abstractmethod
     def entry_url(self, environment: str) -> str | None:
         """Where the environment's clients send requests (the router for production)."""
+
+    def tls_url(self, environment: str) -> str | None:
+        """Where the environment's clients send requests over TLS, None when the target has no TLS listener."""
+        return None
 
     @abstractmethod
     def weights(self, environment: str) -> dict[str, float]:

@@ -201,6 +201,7 @@ class PromotionParams(BaseModel):
     smoke_rows: int = Field(8, ge=1, le=256)
     load_gate: bool = True
     load_gate_rows: int = Field(500, ge=1, le=100_000)
+    replicas: int = Field(2, ge=1, le=16)  # server processes per production slot (staging runs one)
 
     @field_validator("rollback_window", "ready_timeout", "drain_timeout", "rollback_lock_wait", mode="before")
     @classmethod

@@ -359,8 +359,8 @@ class UrlTarget(LocalTarget):
         super().__init__(Path(tempfile.gettempdir()) / "mlrelease-no-state")
         self.url = url
 
-    def slot_url(self, environment: str, slot: str) -> str | None:
-        return self.url
+    def replica_urls(self, environment: str, slot: str) -> list[str]:
+        return [self.url]
 
 
 def scrape(url: str) -> Snapshot | NoAnswer:

@@ -14,6 +14,7 @@ from deploy.targets.local.expiry import expire_once, watch
 from deploy.targets.local.state import Slot, StateStore
 
 GONE = 2**22 + 5  # no such process: stopping it sends nothing
+UID = "warm-slot-1"  # the watched slot's id
 HOLD = "a rollback to version 2 is journaled (scripts/rollback.sh finishes it)"
 
 
@@ -21,7 +22,7 @@ def _expired_warm_slot(state_dir: Path) -> StateStore:
     store = StateStore(state_dir)
     state = store.load()
     state.env("staging").slots["previous"] = Slot(
-        version="2", port=1, pid=GONE, model_name="m", bundle_dir="/b", expires_at=time.time() - 1
+        version="2", port=1, pid=GONE, model_name="m", bundle_dir="/b", expires_at=time.time() - 1, uid=UID
     )
     store.save(state)
     return store
@@ -29,7 +30,7 @@ def _expired_warm_slot(state_dir: Path) -> StateStore:
 
 def test_an_expired_warm_slot_is_stopped(tmp_path: Path) -> None:
     store = _expired_warm_slot(tmp_path)
-    said = expire_once(tmp_path, "staging", "previous", GONE)
+    said = expire_once(tmp_path, "staging", "previous", UID)
     assert said is not None and "rollback window ended" in said
     assert "previous" not in store.load().env("staging").slots
 
@@ -40,7 +41,7 @@ def test_a_held_slot_is_kept_and_stopped_once_the_hold_is_lifted(
     store = _expired_warm_slot(tmp_path)
     target = LocalTarget(tmp_path, routed=())
     target.hold_expiry(HOLD)
-    assert expire_once(tmp_path, "staging", "previous", GONE) is None  # kept: keep waiting
+    assert expire_once(tmp_path, "staging", "previous", UID) is None  # kept: keep waiting
     assert store.load().env("staging").slots["previous"].version == "2"
     slept: list[float] = []
 
@@ -51,7 +52,7 @@ def test_a_held_slot_is_kept_and_stopped_once_the_hold_is_lifted(
             target.hold_expiry(None)
 
     with caplog.at_level(logging.INFO, logger="deploy.targets.local.expiry"):
-        said = watch(tmp_path, "staging", "previous", GONE, sleep=sleep, hold_poll_s=7.0)
+        said = watch(tmp_path, "staging", "previous", UID, sleep=sleep, hold_poll_s=7.0)
     assert slept == [7.0, 7.0]
     assert [r.getMessage() for r in caplog.records] == [f"kept: {HOLD}"]  # said once, not at every look
     assert "rollback window ended" in said
@@ -63,7 +64,7 @@ def test_a_slot_taken_over_ends_the_watcher(tmp_path: Path) -> None:
     state = store.load()
     state.env("staging").weights = {"previous": 100.0}  # a rollback routed to it
     store.save(state)
-    said = watch(tmp_path, "staging", "previous", GONE, sleep=lambda s: pytest.fail("nothing to wait for"))
+    said = watch(tmp_path, "staging", "previous", UID, sleep=lambda s: pytest.fail("nothing to wait for"))
     assert "taken over" in said
     assert store.load().env("staging").slots["previous"].version == "2"
 

@@ -16,10 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploy.targets.local.state import Slot
+from deploy.targets.local.state import Replica, Slot
+from deploy.targets.local.supervisor import Program
+from mlrelease.core.files import atomic_write
 from mlrelease.core.http import probe, wait_until
 from mlrelease.core.modelcard import ModelCard
-from mlrelease.core.proc import SERVER_MARKER, is_our_server, pid_alive
+from mlrelease.core.proc import SERVER_MARKER, is_our_server, listeners, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ SLOT_DROPPED = ("MLRELEASE_MODEL_URI", "MLRELEASE_MODEL_DIR")
 STAGING_ENV = "staging"
 STAGING_OVERRIDES = {"MLRELEASE_RATE_LIMIT_PER_SECOND": "0"}
 EXPIRY_MODULE = "deploy.targets.local.expiry"
+LAUNCH_MODULE = "deploy.targets.launch"
+ROUTER_ADDRESS = "127.0.0.1"  # where the local nginx connects to its replicas from
 
 
 def detached_env(extra_env: dict[str, str] | None = None, dropped: tuple[str, ...] = ()) -> dict[str, str]:
@@ -80,61 +84,125 @@ def spawn_detached(
         )
 
 
-def spawn_server(
-    logs: Path, environment: str, slot: str, bundle_dir: Path, version: str, port: int
-) -> subprocess.Popen[bytes]:
-    """Start ``python -m deploy.serving`` for a slot on a loopback port, its output in ``logs``."""
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{environment}-{slot}-v{version}-{port}.log"
+def server_command(bundle_dir: Path, version: str, port: int) -> list[str]:
+    """``python -m deploy.serving`` for one replica on a loopback port."""
     cmd = [sys.executable, "-m", SERVER_MARKER, "--model-dir", str(bundle_dir), "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--model-version", str(version)]
-    log.info("starting %s/%s version %s on port %d (log %s)", environment, slot, version, port, log_path)
-    extra = {"MLRELEASE_MODEL_VERSION": str(version)}
+    return [*cmd, "--port", str(port), "--model-version", str(version)]
+
+
+def server_env(environment: str, version: str, behind_router: bool) -> dict[str, str]:
+    """A replica's environment: this command's, without job markers or a model source, plus the slot's own."""
+    env = detached_env({"MLRELEASE_MODEL_VERSION": str(version)}, dropped=SLOT_DROPPED)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     if environment == STAGING_ENV:
-        extra.update(STAGING_OVERRIDES)
-    return spawn_detached(cmd, log_path, extra, dropped=SLOT_DROPPED)
+        env.update(STAGING_OVERRIDES)
+    if behind_router:  # its own nginx names the client in X-Forwarded-For; nobody else is trusted to
+        env["MLRELEASE_TRUSTED_PROXIES"] = ROUTER_ADDRESS
+    return env
 
 
-def start_watch(state_dir: Path, environment: str, slot: str, pid: int) -> None:
+def replica_program(
+    state_dir: Path,
+    environment: str,
+    slot: str,
+    version: str,
+    bundle_dir: Path,
+    port: int,
+    *,
+    behind_router: bool,
+    drain_timeout_s: float,
+    start_retries: int = 3,
+) -> Program:
+    """The supervisor program of one replica; its environment goes to a file only its owner can read."""
+    logs = Path(state_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    name = f"r{port}"
+    env_dir = Path(state_dir) / "supervisor" / "env"
+    env_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env_file = env_dir / f"{name}.json"
+    atomic_write(env_file, json.dumps(server_env(environment, version, behind_router)))  # mkstemp: 0600
+    launch = [sys.executable, "-m", LAUNCH_MODULE, str(env_file), "--"]
+    log_path = logs / f"{environment}-{slot}-v{version}-{port}.log"
+    log.info("starting %s/%s version %s on port %d (log %s)", environment, slot, version, port, log_path)
+    return Program(
+        name=name,
+        command=launch + server_command(bundle_dir, version, port),
+        log_path=log_path,
+        directory=REPO_ROOT,
+        stopwaitsecs=max(1, round(drain_timeout_s)),
+        startretries=start_retries,
+    )
+
+
+def start_watch(state_dir: Path, environment: str, slot: str, uid: str) -> None:
     """Start the detached expiry watcher of a slot that has an expiry (its output goes to the logs folder)."""
     logs = Path(state_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", EXPIRY_MODULE, "--state-dir", str(state_dir), "--environment", environment]
-    cmd += ["--slot", slot, "--pid", str(pid)]
+    cmd += ["--slot", slot, "--uid", uid]
     spawn_detached(cmd, logs / "expiry.log")
 
 
-def identity_problem(slot: Slot, timeout: float = 1.0) -> tuple[int, str | None]:
-    """(HTTP status of /ready, None) when the slot's port is ready and serves the slot's version and bundle;
+def replica_problem(slot: Slot, replica: Replica, timeout: float = 1.0) -> tuple[int, str | None]:
+    """(HTTP status of /ready, None) when the replica's port is ready and serves the slot's version and bundle;
     otherwise the status and what is wrong. Another process that took the port answers, but not as this slot."""
-    status, body = probe(f"{slot.url}/ready", timeout=timeout)
+    status, body = probe(f"{replica.url}/ready", timeout=timeout)
     if status != 200:
-        return status, f"{slot.url}/ready answered {status or body}"
+        return status, f"{replica.url}/ready answered {status or body}"
     try:
         ready = json.loads(body)
         expected = ModelCard.read(Path(slot.bundle_dir)).sha256
     except (OSError, ValueError) as exc:
-        return status, f"cannot check who serves {slot.url}: {exc}"
+        return status, f"cannot check who serves {replica.url}: {exc}"
     if str(ready.get("model_version")) != slot.version or ready.get("sha256") != expected:
         return status, (
-            f"{slot.url} is served by version {ready.get('model_version')!r} (sha256 "
+            f"{replica.url} is served by version {ready.get('model_version')!r} (sha256 "
             f"{str(ready.get('sha256'))[:12]}), not by version {slot.version} of {slot.bundle_dir}"
         )
     return status, None
 
 
-def stop_server(slot: Slot, drain_timeout_s: float, wait: bool = True) -> None:
-    """SIGTERM the slot's server (it drains), then SIGKILL after the drain timeout; not ours or gone: nothing."""
-    if not pid_alive(slot.pid) or not is_our_server(slot.pid, slot.port):
+def identity_problem(slot: Slot, timeout: float = 1.0) -> tuple[int, str | None]:
+    """(200, None) when every replica is ready as the slot; else the first failing replica's status and problem."""
+    for replica in slot.replicas:
+        status, problem = replica_problem(slot, replica, timeout)
+        if problem is not None:
+            return status, problem
+    return 200, None
+
+
+def serving_problem(slot: Slot, timeout: float = 1.0) -> str | None:
+    """None when at least one replica serves as the slot and none answers as another; else what is wrong."""
+    problems = [replica_problem(slot, replica, timeout) for replica in slot.replicas]
+    impostor = next((problem for status, problem in problems if status == 200 and problem), None)
+    if impostor is not None:
+        return impostor
+    if any(problem is None for _, problem in problems):
+        return None
+    return "; ".join(str(problem) for _, problem in problems)
+
+
+def kill_orphans(replicas: list[Replica], drain_timeout_s: float) -> None:
+    """Stop servers a dead supervisor left running on the replicas' ports (a new one restarts them there)."""
+    for replica in replicas:
+        for pid in listeners(replica.port):
+            if is_our_server(pid, replica.port):
+                log.warning("stopping pid %d on port %d, left running by a supervisor that died", pid, replica.port)
+                stop_unsupervised(replica.model_copy(update={"pid": pid}), drain_timeout_s)
+
+
+def stop_unsupervised(replica: Replica, drain_timeout_s: float, wait: bool = True) -> None:
+    """SIGTERM a server started before supervision (it drains), SIGKILL after the drain timeout; not ours: nothing."""
+    if not pid_alive(replica.pid) or not is_our_server(replica.pid, replica.port):
         return
-    log.info("stopping version %s (pid %d, port %d)", slot.version, slot.pid, slot.port)
-    os.kill(slot.pid, signal.SIGTERM)
+    log.info("stopping the unsupervised server on port %d (pid %d)", replica.port, replica.pid)
+    os.kill(replica.pid, signal.SIGTERM)
     if not wait:
         return
-    if not wait_until(lambda: gone(slot.pid), drain_timeout_s, interval=0.05):
+    if not wait_until(lambda: gone(replica.pid), drain_timeout_s, interval=0.05):
         with contextlib.suppress(ProcessLookupError):
-            os.kill(slot.pid, signal.SIGKILL)
-    reap(slot.pid)
+            os.kill(replica.pid, signal.SIGKILL)
+    reap(replica.pid)
 
 
 def gone(pid: int) -> bool:

@@ -8,6 +8,7 @@ orchestration's, in a file of its own beside this one.
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +21,59 @@ STATE_FILE = "state.json"
 LEGACY_KEYS = ("operation", "last_rollback", "production_history")
 
 
-class Slot(BaseModel):
-    """One running server: a model version on a loopback port."""
+class Replica(BaseModel):
+    """One server process of a slot: a loopback port and the supervisor program that keeps it running."""
 
     model_config = ConfigDict(extra="forbid")
 
-    version: str
     port: int
-    pid: int
-    model_name: str
-    bundle_dir: str
-    started_at: float = Field(default_factory=time.time)
-    expires_at: float | None = None  # set for a warm previous-production slot
+    program: str = ""  # the supervisord program; "" for a server started before supervision (stopped by pid)
+    pid: int = 0  # as last seen; the supervisor restarts a replica under a new pid, so ask it for the live one
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+class Slot(BaseModel):
+    """One model version served by one or more replicas, each on a loopback port."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str
+    replicas: list[Replica]
+    model_name: str
+    bundle_dir: str
+    uid: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])  # kept across renames and restarts
+    started_at: float = Field(default_factory=time.time)
+    expires_at: float | None = None  # set for a warm previous-production slot
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_server(cls, data: Any) -> Any:
+        """A slot recorded before replicas (``port`` and ``pid``) loads as one unsupervised replica."""
+        if isinstance(data, dict) and "port" in data and "replicas" not in data:
+            data = dict(data)
+            data["replicas"] = [{"port": data.pop("port"), "pid": data.pop("pid", 0)}]
+        return data
+
+    @property
+    def port(self) -> int:
+        """The first replica's port (a slot's own URL, for probes that need one)."""
+        return self.replicas[0].port
+
+    @property
+    def pid(self) -> int:
+        """The first replica's pid as last seen."""
+        return self.replicas[0].pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ports(self) -> list[int]:
+        return [replica.port for replica in self.replicas]
 
 
 class Environment(BaseModel):
@@ -46,6 +84,7 @@ class Environment(BaseModel):
     slots: dict[str, Slot] = Field(default_factory=dict)
     weights: dict[str, float] = Field(default_factory=dict)
     entry_port: int | None = None  # the nginx listener (routed environments only)
+    tls_port: int | None = None  # the nginx TLS listener (routed environments only)
 
     def weight(self, slot: str) -> float:
         """The share of traffic the slot gets, 0 when it is not routed."""

@@ -1,37 +1,49 @@
 """The local deployment target (embedded default): server processes on loopback ports behind nginx.
 
-Each slot is a ``python -m deploy.serving`` process started in its own session (it outlives the command that
-started it, so a crashed promotion never takes traffic down). Routed environments get an nginx of their own, run
-as the current user with its prefix, pid and temp paths under the state folder; weights are applied by rendering
-the config from the state file and sending a graceful reload (SIGHUP), then waiting for the new generation. A warm
-slot given an expiry gets a detached watcher (:mod:`deploy.targets.local.expiry`) that stops it when its window
-ends, unless expiry is on hold.
+Each slot runs one or more replicas of ``python -m deploy.serving``, each a program of the state folder's own
+supervisord (:mod:`deploy.targets.local.supervisor`), which restarts a dead replica by itself, with backoff and a
+give-up limit, whether or not a command runs. Routed environments get an nginx of their own (the replicas of each
+slot in one upstream, with passive health checks and retries on a sibling), run as the current user with its
+prefix, pid and temp paths under the state folder; weights are applied by rendering the config from the state file
+and sending a graceful reload (SIGHUP), then waiting for the new generation. A warm slot given an expiry gets a
+detached watcher (:mod:`deploy.targets.local.expiry`) that stops it when its window ends, unless expiry is on hold.
 """
 
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from deploy.targets.base import DeploymentError, DeploymentTarget, SlotStatus
-from deploy.targets.local.processes import identity_problem, spawn_server, start_watch, stop_server
+from deploy.targets.base import DeploymentError, DeploymentTarget, ReplicaStatus, SlotStatus
+from deploy.targets.local.processes import (
+    detached_env,
+    identity_problem,
+    kill_orphans,
+    replica_problem,
+    replica_program,
+    serving_problem,
+    start_watch,
+    stop_unsupervised,
+)
 from deploy.targets.local.router import Nginx
-from deploy.targets.local.state import DeployState, Environment, Slot, StateStore
+from deploy.targets.local.state import DeployState, Environment, Replica, Slot, StateStore
+from deploy.targets.local.supervisor import ProcessInfo, Program, Supervisor
+from deploy.targets.local.tls import TlsFiles, configured, self_signed
 from mlrelease.core.http import probe, wait_until
 from mlrelease.core.modelcard import IntegrityError, verify_bundle
 from mlrelease.core.net import free_port
-from mlrelease.core.proc import is_our_server, pid_alive
+from mlrelease.core.proc import pid_alive
 
 log = logging.getLogger(__name__)
 
 METRICS_TIMEOUT_S = 2.0
+EXITED_STATES = frozenset({"BACKOFF", "FATAL", "EXITED", "STOPPED"})
 
 
 class LocalTarget(DeploymentTarget):
-    """Supervised server processes on 127.0.0.1 and one nginx per routed environment."""
+    """Supervised replicas on 127.0.0.1 and one nginx per routed environment."""
 
     name = "local"
 
@@ -43,6 +55,10 @@ class LocalTarget(DeploymentTarget):
         ready_timeout_s: float = 90.0,
         drain_timeout_s: float = 15.0,
         entry_ports: Mapping[str, int] | None = None,
+        replicas: Mapping[str, int] | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        start_retries: int = 3,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.store = StateStore(self.state_dir)
@@ -51,16 +67,25 @@ class LocalTarget(DeploymentTarget):
         self.ready_timeout_s = ready_timeout_s
         self.drain_timeout_s = drain_timeout_s
         self.entry_ports = dict(entry_ports or {})
+        self.replicas = dict(replicas or {})
+        self.tls_files = (tls_cert, tls_key)
+        self.start_retries = start_retries  # failed starts in a row before the supervisor gives up on a replica
+        self.supervisor = Supervisor(self.state_dir, timeout_s=drain_timeout_s + 15.0)
 
     def describe(self) -> str:
-        return f"local (state in {self.state_dir}, logs in {self.logs})"
+        return f"local (state in {self.state_dir}, logs in {self.logs}; replicas supervised by supervisord)"
 
     def _router(self, environment: str) -> Nginx:
-        return Nginx(self.state_dir / "nginx" / environment)
+        prefix = self.state_dir / "nginx" / environment
+        return Nginx(prefix, tls=self._tls(prefix) if environment in self.routed else None)
+
+    def _tls(self, prefix: Path) -> TlsFiles:
+        """The configured certificate, else a self-signed one for localhost in the router's folder."""
+        return configured(*self.tls_files) or self_signed(prefix / "tls")
 
     # ----- processes -------------------------------------------------------------------------------------------
     def deploy(self, environment: str, slot: str, bundle_dir: Path, version: str) -> str:
-        """Verify the bundle, start a server for it in ``slot`` (replacing nothing that routes), wait for /ready."""
+        """Verify the bundle, start the slot's replicas (replacing nothing that routes), wait until all are ready."""
         card = verify_bundle(Path(bundle_dir))
         state = self.store.load()
         env = state.env(environment)
@@ -68,35 +93,78 @@ class LocalTarget(DeploymentTarget):
             raise DeploymentError(
                 f"{environment}/{slot} still receives {env.weight(slot)}% of traffic; route it away before replacing it"
             )
+        self._ensure_supervisor(state)
         if slot in env.slots:
-            stop_server(env.slots.pop(slot), self.drain_timeout_s)
-        port = free_port()
-        process = spawn_server(self.logs, environment, slot, Path(bundle_dir), version, port)
-        env.slots[slot] = Slot(
+            self._stop_replicas(env.slots.pop(slot), wait=True)
+        ports = self._free_ports(max(1, self.replicas.get(environment, 1)))
+        record = Slot(
             version=version,
-            port=port,
-            pid=process.pid,
+            replicas=[Replica(port=port, program=f"r{port}") for port in ports],
             model_name=card.name,
             bundle_dir=str(Path(bundle_dir).resolve()),
         )
-        self.store.save(state)  # record the pid at once: a crash from here on leaves no orphan untracked
+        env.slots[slot] = record
+        self.store.save(state)  # recorded before it starts: a crash from here on leaves no orphan untracked
         try:
-            self._wait_ready(env.slots[slot], process)
+            for replica in record.replicas:
+                self.supervisor.add(self._program(environment, slot, record, replica))
+            self._wait_ready(record)
         except BaseException:  # not ready in time, or the wait interrupted: a server that never became ready
             self._forget(environment, slot)  # is stopped and dropped
             raise
-        return env.slots[slot].url
+        return record.url
+
+    @staticmethod
+    def _free_ports(count: int) -> list[int]:
+        ports: list[int] = []
+        while len(ports) < count:
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        return ports
+
+    def _program(self, environment: str, slot: str, record: Slot, replica: Replica) -> Program:
+        return replica_program(
+            self.state_dir,
+            environment,
+            slot,
+            record.version,
+            Path(record.bundle_dir),
+            replica.port,
+            behind_router=environment in self.routed,
+            drain_timeout_s=self.drain_timeout_s,
+            start_retries=self.start_retries,
+        )
+
+    def _ensure_supervisor(self, state: DeployState) -> None:
+        """Start the supervisor unless it runs; a fresh one starts every recorded replica from its program file,
+        so servers left running by a supervisor that died are stopped first (they hold the ports)."""
+        if self.supervisor.answering():
+            return
+        kill_orphans(
+            [r for env in state.environments.values() for s in env.slots.values() for r in s.replicas if r.program],
+            self.drain_timeout_s,
+        )
+        self.supervisor.ensure(detached_env())
 
     def _forget(self, environment: str, slot: str) -> None:
-        """Stop a slot's server and remove it from the state, so later commands do not try to revive it."""
+        """Stop a slot's replicas and remove it from the state, so later commands do not try to revive it."""
         state = self.store.load()
         dropped = state.env(environment).slots.pop(slot, None)
         if dropped is not None:
-            stop_server(dropped, self.drain_timeout_s, wait=False)
+            self._stop_replicas(dropped, wait=False)
             self.store.save(state)
 
-    def _wait_ready(self, slot: Slot, process: subprocess.Popen[bytes] | None = None) -> None:
-        """Wait until the slot answers /ready as itself; fail at once when its server exits or another answers."""
+    def _stop_replicas(self, slot: Slot, wait: bool) -> None:
+        """Stop every replica of the slot (each drains); supervised ones are also removed from the supervisor."""
+        supervised = [replica.program for replica in slot.replicas if replica.program]
+        self.supervisor.remove_many(supervised, wait=wait)
+        for replica in slot.replicas:
+            if not replica.program:
+                stop_unsupervised(replica, self.drain_timeout_s, wait=wait)
+
+    def _wait_ready(self, slot: Slot) -> None:
+        """Wait until every replica answers /ready as the slot; fail at once when one exits or another answers."""
 
         def ready() -> bool:
             status, problem = identity_problem(slot)
@@ -104,10 +172,13 @@ class LocalTarget(DeploymentTarget):
                 return True
             if status == 200:
                 raise DeploymentError(f"{problem}; another server holds the port: see {self._log_hint(slot)}")
-            if (process is not None and process.poll() is not None) or not pid_alive(slot.pid):
-                raise DeploymentError(
-                    f"server for version {slot.version} exited before it was ready; see {self._log_hint(slot)}"
-                )
+            for replica in slot.replicas:
+                info = self.supervisor.info(replica.program) if replica.program else None
+                if replica.program and (info is None or info.state in EXITED_STATES):
+                    raise DeploymentError(
+                        f"server for version {slot.version} on port {replica.port} exited before it was ready "
+                        f"({info.state if info else 'unknown to the supervisor'}); see {self._log_hint(slot)}"
+                    )
             return False
 
         if not wait_until(ready, self.ready_timeout_s, interval=0.05, interrupt=self.interrupt):
@@ -117,17 +188,24 @@ class LocalTarget(DeploymentTarget):
             )
 
     def starting(self, environment: str, slot: str) -> bool:
-        """Its server runs, was started within the ready timeout and does not answer /ready yet (or answers 503:
-        still loading). A server that answers otherwise, or for longer, is not starting: it is broken."""
+        """A replica of the slot is being (re)started by the supervisor, or runs since less than the ready timeout
+        without answering /ready yet (or answers 503: still loading). Otherwise it is not starting: it is broken."""
         found = self.store.load().env(environment).slots.get(slot)
-        if found is None or time.time() - found.started_at > self.ready_timeout_s:
+        if found is None:
             return False
-        if not pid_alive(found.pid) or not is_our_server(found.pid, found.port):
-            return False
-        return identity_problem(found)[0] in (0, 503)
+        for replica in found.replicas:
+            info = self.supervisor.info(replica.program) if replica.program else None
+            if info is None:
+                continue
+            if info.state in ("STARTING", "BACKOFF"):
+                return True
+            young = info.running and info.uptime < self.ready_timeout_s
+            if young and replica_problem(found, replica)[0] in (0, 503):
+                return True
+        return False
 
     def _log_hint(self, slot: Slot) -> str:
-        return str(self.logs / f"*-v{slot.version}-{slot.port}.log")
+        return str(self.logs / f"*-v{slot.version}-*.log")
 
     def stop(self, environment: str, slot: str, wait: bool = True) -> None:
         """Stop a slot that gets no traffic; a missing slot is a no-op."""
@@ -142,8 +220,8 @@ class LocalTarget(DeploymentTarget):
         found = env.slots[slot]
         if environment in self.routed:
             # old nginx workers may still be finishing requests on this slot: let them, then stop it
-            self._router(environment).wait_drained(self.drain_timeout_s)
-        stop_server(found, self.drain_timeout_s, wait=wait)
+            Nginx(self.state_dir / "nginx" / environment).wait_drained(self.drain_timeout_s)
+        self._stop_replicas(found, wait=wait)
         # forget it only once it was told to stop: a crash before this line leaves a tracked (dead) slot, never
         # an untracked running server
         state = self.store.load()
@@ -160,8 +238,8 @@ class LocalTarget(DeploymentTarget):
         replaced = env.slots.get(dest)
         if replaced is not None and env.weight(dest) > 0:
             raise DeploymentError(f"{environment}/{dest} still receives traffic; cannot replace it")
-        if replaced is not None and replaced.pid != env.slots[source].pid:
-            stop_server(replaced, self.drain_timeout_s)  # before it leaves the state: never untracked
+        if replaced is not None and replaced.uid != env.slots[source].uid:
+            self._stop_replicas(replaced, wait=True)  # before it leaves the state: never untracked
         env.slots[dest] = env.slots.pop(source).model_copy(update={"expires_at": expires_at})
         moved = env.weights.pop(source, None)
         env.weights.pop(dest, None)
@@ -169,13 +247,13 @@ class LocalTarget(DeploymentTarget):
             env.weights[dest] = moved
         self.store.save(state)
         if expires_at is not None:
-            self._watch_expiry(environment, dest, env.slots[dest].pid)
+            self._watch_expiry(environment, dest, env.slots[dest].uid)
 
-    def _watch_expiry(self, environment: str, slot: str, pid: int) -> None:
+    def _watch_expiry(self, environment: str, slot: str, uid: str) -> None:
         """Start the detached watcher that stops the slot when its window ends (a failure only loses the timer:
         the next command's reconcile stops an expired slot too)."""
         try:
-            start_watch(self.state_dir, environment, slot, pid)
+            start_watch(self.state_dir, environment, slot, uid)
         except OSError as exc:
             log.warning(
                 "could not start the expiry watcher of %s/%s: %s; the next command stops it once expired",
@@ -193,7 +271,7 @@ class LocalTarget(DeploymentTarget):
 
     # ----- traffic ---------------------------------------------------------------------------------------------
     def set_weights(self, environment: str, weights: Mapping[str, float]) -> None:
-        """Check every slot that gets traffic is ready, then write state, render nginx and reload gracefully."""
+        """Check every slot that gets traffic serves as itself, then write state, render nginx and reload."""
         state = self.store.load()
         env = state.env(environment)
         routed = {k: float(v) for k, v in weights.items() if v > 0}
@@ -203,7 +281,7 @@ class LocalTarget(DeploymentTarget):
             slot = env.slots.get(name)
             if slot is None:
                 raise DeploymentError(f"{environment}/{name} is empty; deploy a version there first")
-            problem = identity_problem(slot)[1]
+            problem = serving_problem(slot)
             if problem is not None:
                 raise DeploymentError(
                     f"{environment}/{name} (version {slot.version}) is not ready to take "
@@ -217,8 +295,9 @@ class LocalTarget(DeploymentTarget):
     def apply_routing(self, state: DeployState, environment: str) -> None:
         """Render the router config from the state and start or gracefully reload nginx; wait for it to apply."""
         env = state.env(environment)
-        if env.entry_port is None:
-            env.entry_port = self.entry_ports.get(environment) or free_port()
+        if env.entry_port is None or env.tls_port is None:
+            env.entry_port = env.entry_port or self.entry_ports.get(environment) or free_port()
+            env.tls_port = env.tls_port or next(p for p in iter(free_port, None) if p != env.entry_port)
             self.store.save(state)
         self._router(environment).apply(env)
 
@@ -228,6 +307,11 @@ class LocalTarget(DeploymentTarget):
             return None if env.entry_port is None else f"http://127.0.0.1:{env.entry_port}"
         slot = env.slots.get("stable")
         return None if slot is None else slot.url
+
+    def tls_url(self, environment: str) -> str | None:
+        """The router's TLS listener (routed environments), None before it first routes."""
+        port = self.store.load().env(environment).tls_port
+        return None if environment not in self.routed or port is None else f"https://127.0.0.1:{port}"
 
     def weights(self, environment: str) -> dict[str, float]:
         return dict(self.store.load().env(environment).weights)
@@ -241,24 +325,47 @@ class LocalTarget(DeploymentTarget):
         return None if found is None else found.version
 
     def slot(self, environment: str, slot: str) -> Slot | None:
-        """The full slot record (port, pid, bundle, expiry), None when empty."""
-        return self.store.load().env(environment).slots.get(slot)
+        """The full slot record (replicas with their live pids, bundle, expiry), None when empty."""
+        found = self.store.load().env(environment).slots.get(slot)
+        return None if found is None else self._live(found)
+
+    def _live(self, slot: Slot) -> Slot:
+        """The slot with each supervised replica's pid as the supervisor has it now (0: not running)."""
+        replicas = []
+        for replica in slot.replicas:
+            if replica.program:
+                info = self.supervisor.info(replica.program)
+                replica = replica.model_copy(update={"pid": info.pid if info is not None and info.running else 0})
+            replicas.append(replica)
+        return slot.model_copy(update={"replicas": replicas})
 
     def slot_problem(self, environment: str, slot: str) -> str | None:
-        found = self.slot(environment, slot)
-        return f"{environment}/{slot} is empty" if found is None else identity_problem(found)[1]
+        found = self.store.load().env(environment).slots.get(slot)
+        return f"{environment}/{slot} is empty" if found is None else serving_problem(found)
+
+    def replica_urls(self, environment: str, slot: str) -> list[str]:
+        """Each replica's own URL ([] when the slot is empty)."""
+        found = self.store.load().env(environment).slots.get(slot)
+        return [] if found is None else [replica.url for replica in found.replicas]
 
     def slot_metrics(self, environment: str, slot: str) -> str:
-        """GET the slot's own /metrics (2 s timeout); DeploymentError saying why when there is no readable page."""
-        url = self.slot_url(environment, slot)
-        if url is None:
+        """Every replica's /metrics page, one after the other (the analysis sums samples across them); a replica
+        without a page is left out; DeploymentError saying why when no replica gives one."""
+        urls = self.replica_urls(environment, slot)
+        if not urls:
             raise DeploymentError(f"{environment}/{slot} is empty: no metrics to read")
-        code, body = probe(f"{url}/metrics", timeout=METRICS_TIMEOUT_S)
-        if code == 0:
-            raise DeploymentError(f"no connection to {url} ({body[:200]})")
-        if code != 200:
-            raise DeploymentError(f"HTTP {code} from {url}/metrics")
-        return body
+        pages, problems = [], []
+        for url in urls:
+            code, body = probe(f"{url}/metrics", timeout=METRICS_TIMEOUT_S)
+            if code == 200:
+                pages.append(body)
+            elif code == 0:
+                problems.append(f"no connection to {url} ({body[:200]})")
+            else:
+                problems.append(f"HTTP {code} from {url}/metrics")
+        if not pages:
+            raise DeploymentError("; ".join(problems))
+        return "\n".join(pages)
 
     # ----- supervision ----------------------------------------------------------------------------------------
     def status(self) -> list[SlotStatus]:
@@ -266,24 +373,55 @@ class LocalTarget(DeploymentTarget):
         state = self.store.load()
         for env_name, env in sorted(state.environments.items()):
             for slot_name, slot in sorted(env.slots.items()):
-                alive = pid_alive(slot.pid)
-                problem = identity_problem(slot, timeout=0.5)[1] if alive else "process gone"
-                if alive and problem is not None:  # a busy server may be slow to answer: ask once more, longer
-                    problem = identity_problem(slot, timeout=3.0)[1]
-                detail = problem or ""
-                if slot.expires_at and problem is None:
+                replicas = tuple(self._replica_status(slot, replica) for replica in slot.replicas)
+                healthy = all(r.healthy for r in replicas)
+                problems = [f"{r.url}: {r.detail}" for r in replicas if not r.healthy]
+                detail = "; ".join(problems)
+                if slot.expires_at and healthy:
                     detail = f"warm until {time.strftime('%H:%M:%S', time.localtime(slot.expires_at))}"
-                weight = env.weight(slot_name)
                 rows.append(
-                    SlotStatus(env_name, slot_name, slot.version, slot.url, slot.pid, weight, problem is None, detail)
+                    SlotStatus(
+                        env_name,
+                        slot_name,
+                        slot.version,
+                        slot.url,
+                        replicas[0].pid,
+                        env.weight(slot_name),
+                        healthy,
+                        detail,
+                        replicas,
+                        slot.expires_at,
+                    )
                 )
         return rows
 
+    def _replica_status(self, slot: Slot, replica: Replica) -> ReplicaStatus:
+        """One replica's pid, supervisor state and health (a busy server may be slow to answer: asked twice)."""
+        info = self.supervisor.info(replica.program) if replica.program else None
+        if replica.program:
+            pid, state = (info.pid, info.state) if info is not None else (0, "UNKNOWN")
+        else:
+            pid, state = replica.pid, ("RUNNING" if pid_alive(replica.pid) else "EXITED")
+        problem = None
+        if state in ("STARTING", "RUNNING"):
+            problem = replica_problem(slot, replica, timeout=0.5)[1]
+            if problem is not None:
+                problem = replica_problem(slot, replica, timeout=3.0)[1]
+        else:
+            problem = describe_down(info, state)
+        return ReplicaStatus(replica.port, replica.url, pid or None, state, problem is None, problem or "")
+
     def reconcile(self) -> list[str]:
-        """Restart dead slots, stop expired warm slots (unless expiry is on hold), make each router match the
-        state; return what was done."""
+        """Start the supervisor if it died, restart replicas it gave up on, stop expired warm slots (unless expiry
+        is on hold), make each router match the state; return what was done."""
         done: list[str] = []
         state = self.store.load()
+        supervised = any(
+            r.program for env in state.environments.values() for s in env.slots.values() for r in s.replicas
+        )
+        if supervised and not self.supervisor.answering():
+            self._ensure_supervisor(state)
+            done.append("started the supervisor again (it restarts every recorded replica)")
         for env_name, env in state.environments.items():
             for slot_name, slot in list(env.slots.items()):
                 said = self._reconcile_slot(env_name, env, slot_name, slot, state.expiry_hold)
@@ -296,47 +434,74 @@ class LocalTarget(DeploymentTarget):
     def _reconcile_slot(
         self, env_name: str, env: Environment, slot_name: str, slot: Slot, hold: str | None
     ) -> str | None:
-        """Stop the slot if its window is over (and expiry not held), restart it if its server died; say what."""
+        """Stop the slot if its window is over (and expiry not held), restart replicas that are down for good;
+        say what was done."""
         if slot.expires_at and slot.expires_at < time.time() and env.weight(slot_name) == 0:
             if hold is None:
                 self.stop(env_name, slot_name)
                 return f"stopped expired {env_name}/{slot_name} (version {slot.version})"
             log.info("kept expired %s/%s (version %s): %s", env_name, slot_name, slot.version, hold)
-        if pid_alive(slot.pid):
+        down = [replica for replica in slot.replicas if self._down_for_good(replica)]
+        if not down:
             return None
         try:
-            self._restart(env_name, slot_name, slot)
-            return f"restarted {env_name}/{slot_name} (version {slot.version})"
+            self._restart(env_name, slot_name, slot, down)
+            return f"restarted {env_name}/{slot_name} (version {slot.version}): {len(down)} replica(s)"
         except (DeploymentError, IntegrityError) as exc:
             if env.weight(slot_name) > 0:
                 raise  # it serves traffic: say so loudly rather than route around it silently
             self._forget(env_name, slot_name)
             return f"dropped dead {env_name}/{slot_name} (version {slot.version}): {exc}"
 
-    def _restart(self, environment: str, slot_name: str, slot: Slot) -> None:
-        """Start a dead slot again on its own port, from its (re-verified) bundle."""
-        bundle = Path(slot.bundle_dir)
-        verify_bundle(bundle)
-        process = spawn_server(self.logs, environment, slot_name, bundle, slot.version, slot.port)
+    def _down_for_good(self, replica: Replica) -> bool:
+        """A replica the supervisor does not keep running: unknown to it, stopped, or given up (FATAL); or an
+        unsupervised server from before supervision that died."""
+        if not replica.program:
+            return not pid_alive(replica.pid)
+        info = self.supervisor.info(replica.program)
+        return info is None or info.state in ("STOPPED", "EXITED", "FATAL")
+
+    def _restart(self, environment: str, slot_name: str, slot: Slot, down: list[Replica]) -> None:
+        """Start the slot's downed replicas again under the supervisor, on their ports, from the re-verified bundle."""
+        verify_bundle(Path(slot.bundle_dir))
+        self._ensure_supervisor(self.store.load())
         state = self.store.load()
-        state.env(environment).slots[slot_name] = slot.model_copy(
-            update={"pid": process.pid, "started_at": time.time()}
-        )
+        record = state.env(environment).slots.get(slot_name)
+        if record is None or record.uid != slot.uid:
+            return  # replaced meanwhile
+        replicas = [
+            r.model_copy(update={"program": r.program or f"r{r.port}", "pid": 0}) if r in down else r
+            for r in record.replicas
+        ]
+        record = record.model_copy(update={"replicas": replicas})
+        state.env(environment).slots[slot_name] = record
         self.store.save(state)
-        if slot.expires_at is not None:  # the old watcher followed the old pid and has ended; started before the
-            self._watch_expiry(environment, slot_name, process.pid)  # wait, which a rollback may interrupt
-        self._wait_ready(state.env(environment).slots[slot_name], process)
+        for replica in record.replicas:
+            if replica.port in {r.port for r in down}:
+                self.supervisor.add(self._program(environment, slot_name, record, replica))
+        self._wait_ready(record)
 
     def stop_all(self) -> None:
-        """Stop every slot and every router (``mlrelease down``, tests, ``make clean``)."""
+        """Stop every slot, every router and the supervisor (``mlrelease down``, tests, ``make clean``)."""
         state = self.store.load()
         for env_name, env in state.environments.items():
             for slot in env.slots.values():
-                stop_server(slot, self.drain_timeout_s, wait=False)
-            self._router(env_name).stop()
+                self._stop_replicas(slot, wait=False)
+            Nginx(self.state_dir / "nginx" / env_name).stop()
         for env in state.environments.values():
             for slot in env.slots.values():
-                stop_server(slot, self.drain_timeout_s)
+                self._stop_replicas(slot, wait=True)
             env.slots.clear()
             env.weights.clear()
         self.store.save(state)
+        self.supervisor.shutdown()
+
+
+def describe_down(info: ProcessInfo | None, state: str) -> str:
+    """Why a replica does not run, in the supervisor's words (FATAL: it gave up restarting)."""
+    if state == "FATAL":
+        said = (info.spawn_error or info.description) if info is not None else ""
+        return f"the supervisor gave up restarting it ({said}); run `mlrelease reconcile`"
+    if state == "BACKOFF":
+        return "restarting (backoff after a failed start)"
+    return f"not running ({state.lower()})"
