@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,10 +106,12 @@ def tag_versions(record: AuditRecord, model_name: str, client: Any) -> None:
         client.set_model_version_tag(model_name, version, key, value)
 
 
-def record(log_: AuditLog, entry: AuditRecord, model_name: str, client: Any) -> None:
-    """Durable log first, then the registry tags (a registry failure is logged, the log line stays)."""
+def record(log_: AuditLog, entry: AuditRecord, model_name: str, client_of: Callable[[], Any]) -> None:
+    """Durable log first, then the registry tags (a registry failure is logged, the log line stays). The client is
+    made only after the log line is written (``client_of``): a registry that cannot even be reached loses no
+    record."""
     log_.append(entry)
     try:
-        tag_versions(entry, model_name, client)
+        tag_versions(entry, model_name, client_of())
     except Exception as exc:  # the durable log already holds the record
         log.warning("audit record kept in %s but not tagged in MLflow: %s", log_.path, exc)

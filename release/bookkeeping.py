@@ -8,14 +8,17 @@ from typing import Any
 from registry.client import is_registry_error
 from release.audit import AuditRecord
 from release.context import Context
-from release.journal import JournalState
+from release.journal import JournalState, RollbackMark
 from release.outcome import Outcome
 from release.states import CANARY_REPORT_TAG, PASSED_AGAINST_TAG, PASSED_TAG, PROD, Slot
 
 
-def finish_production(p: Context, version: str, previous: str | None, passed: bool, reason: str | None) -> None:
+def finish_production(
+    p: Context, version: str, previous: str | None, passed: bool, reason: str | None, forced: bool = False
+) -> None:
     """Production's history, alias and audit record once ``version`` serves all of its traffic (also when
-    recovery finishes a `promote production` that died after its switch)."""
+    recovery finishes a `promote production` that died after its switch). Recorded as forced when run with
+    --force or without a canary pass; the evidence says whether the pass held."""
     state = p.journal.load()
     state.record_production(version)  # once, even when recovery finishes an interrupted run
     state.last_rollback = None
@@ -33,8 +36,8 @@ def finish_production(p: Context, version: str, previous: str | None, passed: bo
             alias=PROD,
             weights={Slot.STABLE: 100},
             reason=reason or "passed canary",
-            outcome="done" if passed else "forced",
-            evidence={"canary_report": tags.get(CANARY_REPORT_TAG)},
+            outcome="forced" if forced or not passed else "done",
+            evidence={"canary_report": tags.get(CANARY_REPORT_TAG), "canary_passed": passed},
         )
     )
 
@@ -110,3 +113,23 @@ def note_rollback(p: Context, away: str, to: str | None, reason: str, by: str | 
         **fields,
     )
     p.note(record)
+
+
+def note_found_done(p: Context, serving: str, done: RollbackMark | None, reason: str) -> None:
+    """The audit record of a rollback run that changed nothing: production already served where it was asked to
+    be (``done``: the rollback that put it there, when one did). Its reason is kept, as every run's is."""
+    evidence: dict[str, Any] = {}
+    if done is not None:
+        evidence = {"done_by": done.by, "done_at": round(done.at, 3), "done_pid": done.pid, "done_reason": done.reason}
+    p.note(
+        AuditRecord(
+            "rollback",
+            PROD,
+            p.by,
+            to_version=serving,
+            from_version=done.from_version if done is not None else None,
+            reason=reason,
+            outcome="already-done",
+            evidence={k: v for k, v in evidence.items() if v is not None},
+        )
+    )

@@ -15,7 +15,7 @@ from release.analysis import Analysis, Measurement, NoAnswer, Snapshot, delta, m
 from release.audit import AuditRecord
 from release.bookkeeping import note_canary_rollback, stale_pass
 from release.context import Context
-from release.outcome import Outcome, PromotionError
+from release.outcome import Outcome, PromotionError, given_reason
 from release.session import operation, settle
 from release.states import (
     PASSED_AGAINST_TAG,
@@ -34,14 +34,28 @@ log = logging.getLogger(__name__)
 
 
 def promote_canary(
-    p: Context, steps: list[float] | None, interval: float | None, force: bool = False, reason: str | None = None
+    p: Context,
+    steps: list[float] | None,
+    interval: float | None,
+    force: bool = False,
+    reason: str | None = None,
+    version: str | None = None,
 ) -> Outcome:
     """Start the canary slot with the staging version and shift traffic step by step under analysis.
 
     A version once rolled back from production is refused unless ``force`` with a reason: its aliases may
-    still point at it, and an incident's culprit should not take traffic again by default."""
+    still point at it, and an incident's culprit should not take traffic again by default. Every ``--force`` is
+    recorded as forced with its reason. ``version``: a version named on the command line, refused (the canary
+    takes staging's) after recovery, as every refusal."""
     out = Outcome()
     settle(p, Command.PROMOTE_CANARY, out)
+    if version is not None:
+        raise PromotionError(
+            f"canary always takes the version on staging (now {p.registry.alias(STAGING) or 'none'}); to canary "
+            f"version {version}: `mlrelease promote staging --version {version}`, then `mlrelease promote canary`",
+            exit_code=2,
+        )
+    reason = given_reason(force, reason, "say why this canary is forced")
     updates = {k: v for k, v in {"steps": steps, "interval": interval}.items() if v}
     try:  # validate, so --steps cannot give the canary the majority of traffic
         params = CanaryParams.model_validate({**p.canary_params.model_dump(), **updates})
@@ -63,31 +77,53 @@ def promote_canary(
     if fresh and p.registry.alias("canary") == version:
         out.say(f"version {version} already passed canary; next: `mlrelease promote production`")
         return out
-    if ROLLED_BACK_TAG in tags and not (force and reason and reason.strip()):
-        raise PromotionError(
-            f"version {version} was rolled back from production ({tags[ROLLED_BACK_TAG]}); register a fixed "
-            "version and promote it to staging, or canary this one again with --force --reason TEXT",
-            exit_code=2,
-        )
-    if ROLLED_BACK_TAG in tags:
-        out.say(f"version {version} was rolled back before ({tags[ROLLED_BACK_TAG]}); canaried again: {reason}")
+    _check_override(version, tags, force, reason, out, p.dry_run)
     if p.dry_run:
         out.say(
             f"would canary version {version} against stable {stable} at steps {params.steps}% "
             f"every {params.interval:g} s"
         )
         return out
-    forced = reason.strip() if ROLLED_BACK_TAG in tags and reason else None
-    with operation(p, Command.PROMOTE_CANARY, version, out, reason=forced):
-        _run_canary(p, version, stable, params, out, forced)
+    with operation(p, Command.PROMOTE_CANARY, version, out, reason=reason, forced=force):
+        _run_canary(p, version, stable, params, out, reason, force)
     return out
 
 
-def _run_canary(
-    p: Context, version: str, stable: str, params: CanaryParams, out: Outcome, forced: str | None = None
+def _check_override(
+    version: str, tags: dict[str, str], force: bool, reason: str | None, out: Outcome, dry: bool = False
 ) -> None:
-    """Deploy, alias, analyse, then keep the passed canary warm at weight 0 (or drop it). ``forced``: the reason
-    a version once rolled back is canaried again, recorded with "forced" on its records."""
+    """Refuse a version once rolled back unless forced; say what a ``--force`` overrides (it is recorded as
+    forced either way)."""
+    rolled_back = tags.get(ROLLED_BACK_TAG)
+    if rolled_back is not None and not force:
+        raise PromotionError(
+            f"version {version} was rolled back from production ({rolled_back}); register a fixed "
+            "version and promote it to staging, or canary this one again with --force --reason TEXT",
+            exit_code=2,
+        )
+    if rolled_back is not None:
+        out.say(f"version {version} was rolled back before ({rolled_back}); canaried again: {reason}")
+    elif force:
+        recorded = "would be recorded" if dry else "recorded"
+        out.say(f"--force: version {version} needs no override; {recorded} as forced all the same: {reason}")
+
+
+def _with_reason(base: str, reason: str | None, forced: bool, sep: str = "; ") -> str:
+    """A record's reason: ``base``, then the operator's reason, marked forced when run with --force."""
+    return base if reason is None else f"{base}{sep}{'forced' if forced else 'reason'}: {reason}"
+
+
+def _run_canary(
+    p: Context,
+    version: str,
+    stable: str,
+    params: CanaryParams,
+    out: Outcome,
+    reason: str | None = None,
+    forced: bool = False,
+) -> None:
+    """Deploy, alias, analyse, then keep the passed canary warm at weight 0 (or drop it). ``reason``: the
+    operator's, on its records; ``forced``: run with --force, its records say "forced"."""
     bundle = p.bundle(version)
     try:
         p.deploy_new(PROD, Slot.CANARY, bundle, version)
@@ -103,8 +139,8 @@ def _run_canary(
             to_version=version,
             from_version=stable,
             alias="canary",
-            reason="canary started" if forced is None else f"canary started, forced: {forced}",
-            outcome="done" if forced is None else "forced",
+            reason=_with_reason("canary started", reason, forced, sep=", "),
+            outcome="forced" if forced else "done",
         )
     )
     try:
@@ -138,9 +174,8 @@ def _run_canary(
             alias="canary",
             weights={Slot.STABLE: 100},
             evidence=evidence,
-            reason="analysis passed at every step; canary kept warm at weight 0"
-            + ("" if forced is None else f"; forced: {forced}"),
-            outcome="done" if forced is None else "forced",
+            reason=_with_reason("analysis passed at every step; canary kept warm at weight 0", reason, forced),
+            outcome="forced" if forced else "done",
         )
     )
     out.say(f"canary of version {version} passed (report {analysis['report']}); next: `mlrelease promote production`")

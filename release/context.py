@@ -60,7 +60,7 @@ class Context:
         """Record an audit entry (log + tags) unless this is a dry run."""
         entry.dry_run = self.dry_run
         if not self.dry_run:
-            record(self.audit, entry, self.model_name, self.registry.client)
+            record(self.audit, entry, self.model_name, lambda: self.registry.client)
 
     def deploy_new(self, env: str, slot: str, bundle: Path, version: str) -> str:
         """Start the command's new version in ``slot``; a rollback asking for the lock stops the wait for it."""

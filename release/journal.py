@@ -36,6 +36,7 @@ class Operation(BaseModel):
     started_at: float = Field(default_factory=time.time)
     from_version: str | None = None  # a rollback: the version it moves away from, so a re-run can finish it
     reason: str | None = None
+    forced: bool = False  # run with --force: recovery that finishes it records it as forced, as the command would
 
 
 class RollbackMark(BaseModel):
@@ -46,6 +47,19 @@ class RollbackMark(BaseModel):
     from_version: str
     to_version: str
     at: float
+    by: str | None = None  # who started it (None in a mark written before these fields)
+    reason: str | None = None  # as recorded, the reasons of the runs that joined it included
+    pid: int | None = None  # the process that started it
+    finished_by: str | None = None  # a later run that finished it, when not the one that started it
+
+    def said(self) -> str:
+        """When, by whom and why, for "already rolled back ..." (empty for a mark without them)."""
+        if self.by is None:
+            return ""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at))
+        pid = f"pid {self.pid}, " if self.pid is not None else ""
+        finished = f", finished by {self.finished_by}" if self.finished_by else ""
+        return f" at {when} by {self.by} ({pid}reason: {self.reason or 'none given'}{finished})"
 
 
 class JournalState(BaseModel):

@@ -32,3 +32,12 @@ class Outcome:
         """Add a line to the summary (and the debug log)."""
         log.debug(text)
         self.lines.append(text)
+
+
+def given_reason(force: bool, reason: str | None, why: str) -> str | None:
+    """The ``--reason`` given, stripped (None when blank); exit 2 for a ``--force`` without one, so that every
+    override is recorded with why (``why`` says what it would override)."""
+    given = reason.strip() if reason and reason.strip() else None
+    if force and given is None:
+        raise PromotionError(f"--force needs --reason: {why}", exit_code=2)
+    return given

@@ -8,17 +8,18 @@ from pathlib import Path
 
 from release.bookkeeping import finish_production, stale_pass
 from release.context import Context, wait_identity
-from release.outcome import Outcome, PromotionError
+from release.outcome import Outcome, PromotionError, given_reason
 from release.session import operation, settle
 from release.states import PASSED_TAG, PROD, ROLLED_BACK_TAG, STAGING, Command, Slot
 
 
 def promote_production(p: Context, version: str | None, force: bool, reason: str | None) -> Outcome:
-    """Switch the stable slot to a version that passed canary; keep the previous one warm for rollbacks."""
+    """Switch the stable slot to a version that passed canary; keep the previous one warm for rollbacks.
+
+    Every ``--force`` is recorded as forced with its reason, also when the canary pass it may skip holds."""
     out = Outcome()
-    if force and not (reason and reason.strip()):
-        raise PromotionError("--force needs --reason: say why the canary is skipped", exit_code=2)
-    settle(p, Command.PROMOTE_PRODUCTION, out)
+    settle(p, Command.PROMOTE_PRODUCTION, out)  # before any refusal: a dead canary never waits for a human
+    reason = given_reason(force, reason, "say why the canary is skipped")
     serving = p.registry.alias(PROD)
     waiting = version is not None or p.registry.alias("canary") is not None
     staged = p.registry.alias(STAGING)  # a staged version that has not passed canary is work left to do
@@ -56,19 +57,34 @@ def promote_production(p: Context, version: str | None, force: bool, reason: str
         raise PromotionError(
             f"version {version} has not passed canary; {again}, or pass --force --reason TEXT", exit_code=2
         )
+    if force:
+        _say_forced(out, version, stale, passed, reason, p.dry_run)
     if p.dry_run:
         previous = p.target.slot_version(PROD, Slot.STABLE)
         kept = f"version {previous} kept warm {p.params.rollback_window:g} s" if previous else "a first release"
         out.say(f"would switch production stable to version {version} ({kept})")
         return out
-    # journaled with its reason and the version it replaces: recovery audits it as this command would have
+    # journaled with its reason, --force and the version it replaces: recovery audits it as this command would
     replaces = None if serving_now == version else serving_now  # same version: recovery only finishes it
-    with operation(p, Command.PROMOTE_PRODUCTION, version, out, reason=reason, from_version=replaces):
-        _switch_production(p, version, passed, reason, out)
+    with operation(p, Command.PROMOTE_PRODUCTION, version, out, reason=reason, from_version=replaces, forced=force):
+        _switch_production(p, version, passed, reason, out, force)
     return out
 
 
-def _switch_production(p: Context, version: str, passed: bool, reason: str | None, out: Outcome) -> None:
+def _say_forced(out: Outcome, version: str, stale: str | None, passed: bool, reason: str | None, dry: bool) -> None:
+    """What a ``--force`` overrides (maybe nothing), and that it is recorded as forced with its reason."""
+    if passed:
+        what = f"version {version} needs no override (its canary pass holds)"
+    else:
+        what = f"its stale canary pass (against {stale}) is overridden" if stale else "the canary is skipped"
+    out.say(f"--force: {what}; {'would be ' if dry else ''}recorded as forced: {reason}")
+
+
+def _switch_production(
+    p: Context, version: str, passed: bool, reason: str | None, out: Outcome, forced: bool = False
+) -> None:
+    """The warm canary becomes stable, the replaced version stays warm, then the alias, history and audit record
+    (``forced``: run with --force, recorded so)."""
     previous = p.target.slot_version(PROD, Slot.STABLE)
     if previous == version and p.registry.alias(PROD) == version:  # recovery just finished this very release
         out.say(f"production already serves version {version}; nothing more to do")
@@ -83,7 +99,7 @@ def _switch_production(p: Context, version: str, passed: bool, reason: str | Non
             p.target.set_weights(PROD, {Slot.CANARY: 100})
             p.target.rename(PROD, Slot.STABLE, Slot.PREVIOUS, expires_at=time.time() + p.params.rollback_window)
             p.target.rename(PROD, Slot.CANARY, Slot.STABLE)
-    finish_production(p, version, previous, passed, reason)
+    finish_production(p, version, previous, passed, reason, forced)
     out.say(f"production: version {version} takes 100% of traffic on {p.target.entry_url(PROD)}")
     if previous and previous != version:
         out.say(

@@ -21,15 +21,20 @@ from release.states import Command
 class Promoter(Context):
     """Runs the promotion commands against one target, registry and audit log."""
 
-    def promote_staging(self, version: str | None) -> Outcome:
-        """candidate -> staging, gated by the smoke test and the load test."""
-        return staging.promote_staging(self, version)
+    def promote_staging(self, version: str | None, force: bool = False, reason: str | None = None) -> Outcome:
+        """candidate -> staging, gated by the smoke test and the load test (``force`` is refused)."""
+        return staging.promote_staging(self, version, force, reason)
 
     def promote_canary(
-        self, steps: list[float] | None, interval: float | None, force: bool = False, reason: str | None = None
+        self,
+        steps: list[float] | None,
+        interval: float | None,
+        force: bool = False,
+        reason: str | None = None,
+        version: str | None = None,
     ) -> Outcome:
-        """staging -> canary, under analysis at every step."""
-        return canary.promote_canary(self, steps, interval, force, reason)
+        """staging -> canary, under analysis at every step (``version`` given is refused: it takes staging's)."""
+        return canary.promote_canary(self, steps, interval, force, reason, version)
 
     def promote_production(self, version: str | None, force: bool, reason: str | None) -> Outcome:
         """canary -> production, the replaced version kept warm for the rollback window."""

@@ -60,11 +60,18 @@ def recover(p: Context, out: Outcome, resume_rollback: bool = False) -> Operatio
             p.by,
             to_version=op.version,
             outcome="undone",
-            reason=f"interrupted `{op.command}` by {op.by} (pid {op.pid})",
+            reason=f"interrupted `{op.command}` by {op.by} (pid {op.pid})" + _its_reason(op),
         )
     )
     p.journal.set_operation(None)
     return None
+
+
+def _its_reason(op: Operation) -> str:
+    """The undone command's own reason (and --force) for the recover record: no reason given is dropped."""
+    if not op.reason:
+        return ""
+    return f"; its reason{' (forced)' if op.forced else ''}: {op.reason}"
 
 
 def _production_back_on_stable(p: Context, out: Outcome) -> None:
@@ -107,9 +114,8 @@ def _finish_interrupted_production(p: Context, op: Operation, out: Outcome, tole
         # as the command judged it: a pass measured against another stable than the one replaced was forced
         passed = tags.get(PASSED_TAG["canary"]) == "true" and stale_pass(tags, previous) is None
         reason = f"finished by recovery: `promote production` by {op.by} (pid {op.pid}) died after its switch"
-        finish_production(
-            p, op.version, previous, passed, f"{reason}; its reason: {op.reason}" if op.reason else reason
-        )
+        why = f"{reason}; its reason: {op.reason}" if op.reason else reason
+        finish_production(p, op.version, previous, passed, why, forced=op.forced)
     except Exception as exc:
         if not (tolerate_registry and is_registry_error(exc)):
             raise
@@ -132,6 +138,7 @@ def _finish_interrupted_staging(p: Context, op: Operation, out: Outcome) -> None
     """The alias, tag and audit record the interrupted `promote staging` would have written; a registry that
     does not answer leaves the alias (said, with what to run), never an "undone" record for a done switch."""
     reason = f"finished by recovery: `promote staging` by {op.by} (pid {op.pid}) died after its gates and switch"
+    reason += _its_reason(op)
     try:
         p.registry.set_alias(STAGING, op.version)
         p.registry.set_tag(op.version, PASSED_TAG["staging"], "true")

@@ -11,7 +11,8 @@ import time
 from mlrelease.core.locking import PromotionLocked, promotion_lock
 from mlrelease.core.proc import pid_alive
 from registry.client import brief_requests, is_registry_error
-from release.bookkeeping import note_canary_stopped, note_rollback, previous_version
+from release.audit import AuditRecord
+from release.bookkeeping import note_canary_stopped, note_found_done, note_rollback, previous_version
 from release.canary import drop_canary
 from release.context import Context
 from release.fast_rollback import FastSwitch
@@ -23,28 +24,38 @@ from release.rollback_switch import switch_back
 from release.session import operation
 from release.states import PASSED_TAG, PROD, ROLLED_BACK_TAG, WARM_SLOTS, Command, Slot
 
+DEFAULT_REASON = "incident rollback"
+
 
 def rollback(p: Context, to: str | None, reason: str | None, fast: FastSwitch | None = None) -> Outcome:
     """Incident path: no analysis; all production traffic back on the previous (or given) version. Registry
     calls give up within seconds: traffic moves whether or not the registry answers. ``fast``: what this
     command's fast path (scripts/rollback.sh) already did."""
     with brief_requests():
-        return run_rollback(p, to, reason or "incident rollback", fast)
+        return run_rollback(p, to, reason or DEFAULT_REASON, fast)
 
 
 def run_rollback(p: Context, to: str | None, reason: str, fast: FastSwitch | None = None) -> Outcome:
-    """Move production back without analysis; idempotent, resumable after a crash; verifies afterwards."""
+    """Move production back without analysis; idempotent, resumable after a crash; verifies afterwards. Every run
+    leaves its reason in the audit log: on the rollback it did or finished, or on its own record when another run
+    had done it or held the lock too long."""
     out = Outcome()
     if p.dry_run:
         return preview_rollback(p, to, out)
     abort = AbortRequest(p.state_dir / ABORT_FILE)
     try:
         return _rollback(p, to, reason, out, abort, fast)
-    except PromotionLocked:
+    except PromotionLocked as exc:
         abort.made = False  # the request stays: the promotion holding the lock stops at its next check
+        _note_gave_up(p, reason, exc)
         raise
     finally:
         abort.withdraw()
+
+
+def _note_gave_up(p: Context, reason: str, exc: PromotionLocked) -> None:
+    """The audit record of a run that gave up waiting for the lock (exit 3): its reason is kept, with the holder."""
+    p.note(AuditRecord("rollback", PROD, p.by, reason=reason, outcome="gave up waiting", evidence={"lock": str(exc)}))
 
 
 def preview_rollback(p: Context, to: str | None, out: Outcome) -> Outcome:
@@ -75,12 +86,16 @@ def _rollback(
     canary = active_canary(p)
     plan = rollback_plan(p, to, out, p.journal.load().operation, canary)
     if plan is None and canary is None:
-        return verify_production(p, str(p.target.slot_version(PROD, Slot.STABLE)), out)
+        return _nothing_to_do(p, reason, out, fast)
     goal = plan[1] if plan is not None else str(canary)
     abort.make()
     with operation(p, Command.ROLLBACK, goal, out, wait_s=p.params.rollback_lock_wait, reconcile=False) as pending:
         abort.withdraw()
-        decided = rollback_plan(p, to, Outcome(), pending, canary)  # decide again under the lock, then journal
+        said = Outcome()
+        decided = rollback_plan(p, to, said, pending, canary, locked=True)  # decide again under the lock
+        out.lines += [line for line in said.lines if line not in out.lines]  # what changed while it waited
+        if decided is None and canary is None:
+            return _nothing_to_do(p, reason, out, fast)
         if decided is None:
             _clear_canary(p, canary, reason, out)
             return verify_production(p, str(p.target.slot_version(PROD, Slot.STABLE)), out)
@@ -93,8 +108,9 @@ def _rollback(
                 "again, or with --to VERSION",
                 exit_code=2,
             )
-        reason = pending.reason if pending is not None and pending.reason else reason
         resumed = pending if pending is not None and pending.pid != os.getpid() else None
+        if resumed is not None:  # another run's rollback: its reason first, this run's joined to it
+            reason = joined_reason(resumed.reason, reason, p.by)
         p.target.hold_expiry(f"a rollback to version {decided[1]} is journaled (scripts/rollback.sh finishes it)")
         p.journal.set_operation(
             Operation(
@@ -138,7 +154,7 @@ def rollback_goal(p: Context, to: str | None, out: Outcome, canary: str | None =
     mark = state.last_rollback
     done = "nothing to do" if canary is None else f"production needs no move, only the canary of version {canary}"
     if to is None and mark is not None and mark.to_version == current.version:
-        out.say(f"already rolled back from version {mark.from_version} to {mark.to_version}; {done}")
+        out.say(f"already rolled back from version {mark.from_version} to {mark.to_version}{mark.said()}; {done}")
         return current.version, None
     goal = to or previous_version(state, current.version, p.target.slot_version(PROD, Slot.PREVIOUS))
     if goal is None and canary is not None:
@@ -147,34 +163,87 @@ def rollback_goal(p: Context, to: str | None, out: Outcome, canary: str | None =
     if goal is None:
         raise PromotionError("no previous production version is known; pass --to VERSION", exit_code=2)
     if goal == current.version:
-        out.say(f"production already serves version {goal}; {done}")
+        rolled = mark is not None and mark.to_version == goal
+        back = f": rolled back from version {mark.from_version}{mark.said()}" if mark is not None and rolled else ""
+        out.say(f"production already serves version {goal}{back}; {done}")
         return current.version, None
     return current.version, goal
 
 
 def rollback_plan(
-    p: Context, to: str | None, out: Outcome, interrupted: Operation | None, canary: str | None = None
+    p: Context,
+    to: str | None,
+    out: Outcome,
+    interrupted: Operation | None,
+    canary: str | None = None,
+    locked: bool = False,
 ) -> tuple[str, str] | None:
     """(version to leave, version to go back to), None when there is nothing to do.
 
-    A journaled rollback (interrupted, or this command's own fast path) is finished toward its own goal, whatever
-    intermediate state it left behind.
+    A journaled rollback (interrupted, another run's under way, or this command's own fast path) is finished
+    toward its own goal, whatever intermediate state it left behind. ``locked``: planned under the lock.
     """
     if interrupted is not None and interrupted.command == Command.ROLLBACK and interrupted.from_version:
+        alive = interrupted.pid != os.getpid() and pid_alive(interrupted.pid)
         if to is not None and to != interrupted.version:
             raise PromotionError(
-                f"a rollback to version {interrupted.version} is unfinished; run "
+                f"a rollback to version {interrupted.version} is {'under way' if alive else 'unfinished'}; run "
                 f"`scripts/rollback.sh` without --to to finish it first, then --to {to}",
                 exit_code=2,
             )
         if interrupted.pid != os.getpid():
-            out.say(
-                f"finishing the interrupted rollback from version {interrupted.from_version} "
-                f"to {interrupted.version} (pid {interrupted.pid}, by {interrupted.by})"
-            )
+            out.say(_journaled_rollback(interrupted, alive, locked, p.dry_run))
         return interrupted.from_version, interrupted.version
     current, goal = rollback_goal(p, to, out, canary)
     return None if goal is None else (str(current), goal)
+
+
+def _journaled_rollback(op: Operation, alive: bool, locked: bool, dry_run: bool) -> str:
+    """What this run says of another run's journaled rollback: interrupted (its process is gone), under way (it
+    runs; this run waits for the lock), or journaled by a process that runs but has not taken the lock back (its
+    fast path done, its full command not yet started): this run finishes it then."""
+    moves = f"rollback from version {op.from_version} to {op.version}"
+    if not alive:
+        return f"finishing the interrupted {moves} (pid {op.pid}, by {op.by})"
+    who = f"pid {op.pid}, by {op.by}, reason: {op.reason or DEFAULT_REASON}"
+    if locked:
+        return f"finishing the {moves} that another run journaled ({who}; it is still running)"
+    return f"another {moves} is under way ({who})" + ("" if dry_run else ": waiting for it")
+
+
+def joined_reason(started: str | None, mine: str, by: str) -> str:
+    """The reason on the record of a rollback this run finishes for another: the starter's, then this run's own,
+    so that no on-call's reason is dropped (unless it is the same, already joined, or the default one)."""
+    if not started:
+        return mine
+    own = f"also from {by}: {mine}"
+    if mine in (started, DEFAULT_REASON) or own in started.split("; "):
+        return started
+    return f"{started}; {own}"
+
+
+def _nothing_to_do(p: Context, reason: str, out: Outcome, fast: FastSwitch | None) -> Outcome:
+    """Production needs no move: a rollback (another run's, maybe while this one waited) already put it where it
+    was asked to be. Recorded with this run's reason as "already-done", unless the rollback that did it is this
+    command's own (its fast path journaled it, another run finished it: its reason is on that record) or no
+    reason was given (a plain re-run changes nothing and has nothing to keep: one record per change)."""
+    serving = str(p.target.slot_version(PROD, Slot.STABLE))
+    mark = p.journal.load().last_rollback
+    done = mark if mark is not None and mark.to_version == serving else None
+    own = (
+        fast is not None
+        and done is not None
+        and done.pid == os.getpid()
+        and (done.from_version, done.to_version) == (fast.from_version, fast.to_version)
+    )
+    if own and done is not None:
+        out.say(
+            f"this command's rollback from version {done.from_version} to {done.to_version} (its fast path moved the "
+            f"traffic) was finished by {done.finished_by or 'another run'} meanwhile; nothing left to do"
+        )
+    elif reason != DEFAULT_REASON:
+        note_found_done(p, serving, done, reason)
+    return verify_production(p, serving, out)
 
 
 def _serving_version(p: Context) -> str | None:
@@ -258,7 +327,9 @@ def _withdraw_undone(p: Context, version: str, stable: str, reason: str, out: Ou
     (else the next `promote production` would put it back), the rollback marked (a second run then says "already
     rolled back" instead of moving on to an older version) and recorded with the on-call's reason."""
     state = p.journal.load()
-    state.last_rollback = RollbackMark(from_version=version, to_version=stable, at=time.time())
+    state.last_rollback = RollbackMark(
+        from_version=version, to_version=stable, at=time.time(), by=p.by, reason=reason, pid=os.getpid()
+    )
     p.journal.save(state)
     outcome = "done"
     try:

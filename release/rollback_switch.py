@@ -5,6 +5,7 @@ Every step checks the state first, so a re-run after a crash at any point finish
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -143,7 +144,15 @@ def switch_back(
         p.target.stop(PROD, Slot.STABLE, wait=False)
         p.target.rename(PROD, slot, Slot.STABLE)  # from the canary's slot, a warm previous version stays warm
     state = p.journal.load()
-    state.last_rollback = RollbackMark(from_version=bad, to_version=goal, at=time.time())
+    state.last_rollback = RollbackMark(
+        from_version=bad,
+        to_version=goal,
+        at=time.time(),
+        by=resumed.by if resumed is not None else p.by,
+        reason=reason,
+        pid=resumed.pid if resumed is not None else os.getpid(),
+        finished_by=p.by if resumed is not None else None,
+    )
     state.record_production(goal)
     p.journal.save(state)
     verify_production(p, goal, out)

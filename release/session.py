@@ -45,6 +45,7 @@ def operation(
     reconcile: bool = True,
     reason: str | None = None,
     from_version: str | None = None,
+    forced: bool = False,
 ) -> Iterator[Operation | None]:
     """Hold the lock, recover a crashed predecessor, journal this operation, clear it when done.
 
@@ -70,6 +71,7 @@ def operation(
                     by=p.by,
                     reason=reason,
                     from_version=from_version,
+                    forced=forced,
                 )
             )
         try:

@@ -16,10 +16,20 @@ from release.session import operation, settle
 from release.states import PASSED_TAG, STAGING, Command, Slot
 
 
-def promote_staging(p: Context, version: str | None) -> Outcome:
-    """Deploy to staging, run the smoke test and the load-test gate, then move the ``staging`` alias."""
+def promote_staging(p: Context, version: str | None, force: bool = False, reason: str | None = None) -> Outcome:
+    """Deploy to staging, run the smoke test and the load-test gate, then move the ``staging`` alias.
+
+    Its gates are never skipped: a ``--force`` is refused (after recovery, as every refusal) rather than ignored
+    and recorded as a normal promotion. A ``--reason`` is recorded on its audit record."""
     out = Outcome()
     settle(p, Command.PROMOTE_STAGING, out)
+    if force:
+        raise PromotionError(
+            "promote staging has no --force: its smoke test and load gate are never skipped. Fix what fails, "
+            "or register a fixed version",
+            exit_code=2,
+        )
+    reason = reason.strip() if reason and reason.strip() else None
     version = p.require_version(version, "candidate", "register one first (`mlrelease run`)")
     if (
         p.registry.alias(STAGING) == version
@@ -31,7 +41,7 @@ def promote_staging(p: Context, version: str | None) -> Outcome:
     if p.dry_run:
         out.say(f"would deploy version {version} to staging, run smoke + load gates, set alias staging")
         return out
-    with operation(p, Command.PROMOTE_STAGING, version, out):
+    with operation(p, Command.PROMOTE_STAGING, version, out, reason=reason):
         p.stop_if_aborted()  # a rollback waiting for the lock goes first: staging can wait, an incident not
         bundle = p.bundle(version)
         url = p.deploy_new(STAGING, Slot.PENDING, bundle, version)
@@ -50,7 +60,7 @@ def promote_staging(p: Context, version: str | None) -> Outcome:
                 from_version=previous,
                 alias=STAGING,
                 evidence=evidence,
-                reason="smoke and load gates passed",
+                reason="smoke and load gates passed" + (f"; reason: {reason}" if reason else ""),
             )
         )
         out.say(f"staging: version {version} on {url}; alias staging -> {version}")

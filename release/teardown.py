@@ -69,5 +69,5 @@ def in_progress(state_dir: Path) -> str | None:
             f"interrupted (pid {op.pid} is gone): the next command recovers it (undone, or finished if its switch "
             "was done): `mlrelease reconcile`, or scripts/rollback.sh in an incident"
         )
-    reason = f" ({op.reason})" if op.reason else ""
+    reason = f" ({'forced: ' if op.forced else ''}{op.reason})" if op.reason else ""
     return f"in progress: `{op.command}` to version {op.version}{moving} by {op.by} since {since} UTC{reason}, {where}"

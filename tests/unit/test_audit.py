@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from release.audit import AuditLog, AuditRecord, resolve_actor
+from release.audit import AuditLog, AuditRecord, record, resolve_actor
 
 
 def test_append_and_read_back_in_order(tmp_path: Path) -> None:
@@ -45,6 +45,18 @@ def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
         handle.write('{"action": "prom')  # a crash mid-write
     assert [r["action"] for r in log.records()] == ["promote"]
     assert json.loads(log.path.read_text().splitlines()[0])["by"] == "alice"
+
+
+def test_a_registry_that_cannot_even_give_a_client_loses_no_record(tmp_path: Path) -> None:
+    """The durable log line is written before the registry client is made: a forced or rollback record is never
+    lost to a registry outage."""
+
+    def unreachable() -> object:
+        raise ConnectionError("registry refused the connection")
+
+    log = AuditLog(tmp_path)
+    record(log, AuditRecord("promote", "production", "alice", to_version="2", outcome="forced"), "m", unreachable)
+    assert [(r["action"], r["outcome"]) for r in log.records()] == [("promote", "forced")]
 
 
 @pytest.mark.integration  # starts a process

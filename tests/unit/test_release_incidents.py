@@ -244,7 +244,12 @@ def killed_switch_to(desk: Desk, version: str) -> None:
 
 
 def rollbacks_from(desk: Desk, version: str) -> list[dict[str, Any]]:
-    return [r for r in desk.audit() if r["action"] == "rollback" and r["from_version"] == version]
+    """The rollback records away from ``version`` that moved something (not a run that found it done)."""
+    return [
+        r
+        for r in desk.audit()
+        if r["action"] == "rollback" and r["from_version"] == version and r["outcome"] != "already-done"
+    ]
 
 
 def assert_withdrawn(desk: Desk, version: str, to: str, records: int) -> None:
@@ -413,6 +418,8 @@ def test_an_incident_rollback_after_a_killed_production_switch_withdraws_it_and_
     assert desk.target().slot_version(PROD, "previous") == p
     assert ROLLED_BACK_TAG not in desk.registry.versions[a]
     assert_withdrawn(desk, c, a, records=1)
+    found = [r for r in desk.audit() if r["outcome"] == "already-done"]  # the second on-call's reason is kept too
+    assert [(r["from_version"], r["to_version"], r["reason"]) for r in found] == [(c, a, reason)], found
     again = desk.rollback_sh()  # a second run is harmless: it used to go on from A to P (and tag A rolled back)
     assert again.code == 0 and f"already rolled back from version {c} to {a}" in again.said, again
     assert_all_on(desk, a, again)
@@ -611,7 +618,14 @@ def test_a_rollback_killed_at_any_step_is_finished_by_the_next_run(
                 assert a not in {s.version for s in d.world.env(PROD).values()}, d.world.snapshot()
                 assert d.journal.load().operation is None
                 done = rollbacks_from(d, a)
-                reason = "test: the killed run's reason" if started else "test: the re-run's reason"
+                # the killed run's reason once it journaled its rollback, the re-run's joined to it (neither is
+                # dropped); the re-run's own record when the killed run had finished all but its last step
+                killed, rerun = "test: the killed run's reason", "test: the re-run's reason"
+                reason = f"{killed}; also from oncall@example.org: {rerun}" if started else rerun
+                found = [r for r in d.audit() if r["outcome"] == "already-done"]
+                if found:
+                    reason = killed
+                    assert [(r["reason"], r["evidence"]["done_reason"]) for r in found] == [(rerun, killed)], found
                 assert [(r["to_version"], r["outcome"], r["reason"]) for r in done] == [(p, "done", reason)], done
                 third = d.rollback_sh()
                 assert third.code == 0 and "nothing to do" in third.out, third

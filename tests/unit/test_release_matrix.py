@@ -259,9 +259,13 @@ def _crash_and_recover(
     if command == "rollback":
         assert end == after, "a re-run rollback finishes the same rollback"
         done = [
-            r for r in rig.audit() if r["action"] == "rollback" and (r["from_version"], r["to_version"]) == ("2", "1")
+            r
+            for r in rig.audit()
+            if r["action"] == "rollback" and (r["from_version"], r["to_version"], r["outcome"]) == ("2", "1", "done")
         ]
         assert len(done) == 1, f"one rollback record, by the run that finished it: {done}"
+        found = [r for r in rig.audit() if r["action"] == "rollback" and r["outcome"] == "already-done"]
+        assert len(found) <= 1 and all(r["reason"] == "incident" for r in found), found  # killed after its record
         mark = rig.journal.load().last_rollback
         assert mark is not None and (mark.from_version, mark.to_version) == ("2", "1")
         return
@@ -377,9 +381,13 @@ def test_second_rollback_is_already_rolled_back(rig: Rig) -> None:
     before, records, calls = rig.serving(), len(rig.audit()), len(rig.target.calls)
     out = rig.promoter().rollback(None, "incident again")
     assert out.exit_code == 0
-    assert any("already rolled back from version 2 to 1" in line for line in out.lines), out.lines
-    assert rig.serving() == before and len(rig.audit()) == records
+    said = "already rolled back from version 2 to 1 at "
+    assert any(said in line and "by tester@example.org" in line and "reason: incident)" in line for line in out.lines)
+    assert rig.serving() == before
     assert not [c for c in rig.target.calls[calls:] if c[0] in ("set_weights", "rename", "stop", "deploy")]
+    (again,) = rig.audit()[records:]  # only this run's own record: nothing changed, its reason kept
+    assert (again["action"], again["outcome"], again["reason"]) == ("rollback", "already-done", "incident again")
+    assert (again["from_version"], again["to_version"], again["evidence"]["done_reason"]) == ("2", "1", "incident")
 
 
 def test_rollback_to_unregistered_version_changes_nothing(rig: Rig) -> None:
@@ -421,7 +429,9 @@ def test_journaled_rollback_refuses_other_commands_until_rerun(rig: Rig) -> None
     assert rig.registry.alias(PROD) == "1" and rig.world.hold is None
     last = rig.audit()[-1]
     assert last["action"] == "rollback" and last["evidence"]["previous_run_pid"] == DEAD_PID
-    assert last["reason"] == "incident"  # the reason of the run that started it, not of the one finishing it
+    # the reason of the run that started it, then the one of the run that finished it: neither is dropped
+    assert last["reason"] == "incident; also from tester@example.org: finish it"
+    assert last["by"] == "tester@example.org" and last["evidence"]["finished_by"] == "tester@example.org"
 
 
 def test_journaled_rollback_refuses_promote_production(rig: Rig) -> None:

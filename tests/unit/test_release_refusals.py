@@ -104,3 +104,45 @@ def test_an_ordinary_canary_is_recorded_done(rig: Rig) -> None:
     started, passed = [r for r in rig.audit() if r["action"] in ("alias", "canary-passed")][-2:]
     assert (started["outcome"], started["reason"]) == ("done", "canary started")
     assert passed["outcome"] == "done" and "forced" not in passed["reason"]
+
+
+# ----- every command recovers a dead promotion before it refuses anything ------------------------------------------
+REFUSED_AFTER_RECOVERY = [
+    ("mlrelease", ("promote", "staging", "--version", "99"), "is not registered"),
+    ("mlrelease", ("promote", "staging", "--force", "--reason", "skip the gates"), "has no --force"),
+    ("mlrelease", ("promote", "canary", "--version", "3"), "canary always takes the version on staging"),
+    ("mlrelease", ("promote", "canary", "--force"), "--force needs --reason"),
+    ("mlrelease", ("promote", "canary", "--steps", "60"), "invalid canary settings"),
+    ("mlrelease", ("promote", "canary"), "was rolled back from production"),
+    ("mlrelease", ("promote", "production", "--version", "2", "--force"), "--force needs --reason"),
+    ("mlrelease", ("promote", "production", "--version", "2"), "has not passed canary"),
+    ("mlrelease", ("rollback", "--to", "99", "--reason", "typo"), "is not registered"),
+    ("rollback.sh", ("--to", "99", "--reason", "typo"), "is not registered"),
+]
+
+
+@pytest.mark.parametrize(
+    ("how", "args", "says"), REFUSED_AFTER_RECOVERY, ids=[f"{h} {' '.join(a)}" for h, a, _ in REFUSED_AFTER_RECOVERY]
+)
+def test_every_command_recovers_a_dead_canary_before_it_refuses(
+    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch, how: str, args: tuple[str, ...], says: str
+) -> None:
+    """A `promote canary` killed with 10% of production's traffic on its canary: whatever the next command refuses
+    (exit 2), the canary is off traffic and stopped, its alias gone and the recovery recorded first."""
+    from tests.unit.test_release_incidents import first_release, journal_killed, make_desk
+
+    desk = make_desk(tmp_path / "home", bundle, monkeypatch)
+    first_release(desk, "1")
+    desk.registry.aliases.update(candidate="2", staging="2", canary="2")
+    desk.registry.versions["2"][ROLLED_BACK_TAG] = "an earlier incident"
+    target = desk.target()
+    target.deploy(PROD, "canary", desk.bundle, "2")
+    target.set_weights(PROD, {"stable": 90.0, "canary": 10.0})
+    journal_killed(desk, "promote canary", "2")
+    refused = desk.rollback_sh(*args) if how == "rollback.sh" else desk.mlrelease(*args)
+    assert refused.code == 2 and says in refused.said, refused
+    assert desk.target().weights(PROD) == {"stable": 100.0} and desk.target().slot(PROD, "canary") is None, refused
+    assert desk.journal.load().operation is None and desk.registry.alias("canary") is None
+    recovered = [r for r in desk.audit() if r["action"] == "recover"]
+    assert len(recovered) == 1 and recovered[0]["outcome"] == "undone", recovered
+    assert "promote canary" in recovered[0]["reason"]
