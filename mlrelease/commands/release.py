@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from mlrelease.commands.common import PARAMS, project_settings
+from mlrelease.commands.status import status_command
+
 if TYPE_CHECKING:
     from mlrelease.core.params import Params
-    from mlrelease.core.settings import Settings
     from release.outcome import Outcome
     from release.promoter import Promoter
 
@@ -26,7 +28,6 @@ class Stage(StrEnum):
     production = "production"
 
 
-PARAMS = typer.Option(Path("params.yaml"), "--params", help="params.yaml with canary: and promotion: sections")
 BY = typer.Option(None, "--by", help="Who acts (default: MLRELEASE_BY, GITHUB_ACTOR, git user.email, OS user)")
 DRY = typer.Option(False, "--dry-run", help="Say what would happen; change nothing")
 
@@ -50,6 +51,7 @@ def build_promoter(params_path: Path, by: str | None, dry_run: bool, loadtest: b
         settings.target,
         ready_timeout_s=promotion.ready_timeout,
         drain_timeout_s=promotion.drain_timeout,
+        replicas={"production": promotion.replicas},
     )
     return Promoter(
         settings=settings,
@@ -130,22 +132,6 @@ def _steps(text: str | None) -> list[float] | None:
         raise typer.BadParameter(f"--steps {text!r}: use comma-separated percentages, e.g. 5,25,50") from exc
 
 
-def project_settings() -> Settings:
-    """Settings of a workspace that is one (a params.yaml or deployment state is there): status and history read
-    its state, and run from elsewhere they would report an empty one as if nothing were deployed."""
-    from mlrelease.core.settings import get_settings
-
-    settings = get_settings()
-    if not (settings.home / "params.yaml").is_file() and not settings.state_dir.is_dir():
-        typer.echo(
-            f"no mlrelease project at {settings.home} (no params.yaml, no .mlrelease): run from the repository "
-            "root, or set MLRELEASE_HOME to it",
-            err=True,
-        )
-        raise typer.Exit(2)
-    return settings
-
-
 def promote_command(
     stage: Stage = typer.Argument(..., help="staging, canary or production"),
     version: str | None = typer.Option(
@@ -156,9 +142,12 @@ def promote_command(
     steps: str | None = typer.Option(None, "--steps", help="Canary weights in percent, e.g. 5,25,50"),
     interval: str | None = typer.Option(None, "--interval", help="Canary analysis interval, e.g. 30s"),
     force: bool = typer.Option(
-        False, "--force", help="production: skip the canary requirement; canary: a version once rolled back"
+        False,
+        "--force",
+        help="production: skip the canary requirement; canary: a version once rolled back; recorded as forced "
+        "(staging refuses it)",
     ),
-    reason: str | None = typer.Option(None, "--reason", help="Why (required with --force)"),
+    reason: str | None = typer.Option(None, "--reason", help="Why (required with --force; recorded)"),
     by: str | None = BY,
     dry_run: bool = DRY,
     params: Path = PARAMS,
@@ -169,20 +158,14 @@ def promote_command(
     def call() -> None:
         p = build_promoter(params, by, dry_run, loadtest=stage is Stage.staging)
         if stage is Stage.staging:
-            finish(p.promote_staging(version), f"promote staging{' (dry run)' if dry_run else ''}")
+            finish(p.promote_staging(version, force, reason), f"promote staging{' (dry run)' if dry_run else ''}")
         elif stage is Stage.canary:
-            if version:
-                staged = p.registry.alias("staging")
-                raise typer.BadParameter(
-                    f"canary always takes the version on staging (now {staged or 'none'}); to canary version "
-                    f"{version}: `mlrelease promote staging --version {version}`, then `mlrelease promote canary`"
-                )
             try:
                 secs = parse_duration(interval) if interval else None
             except ValueError as exc:  # a usage error like any other bad option: exit 2
                 raise typer.BadParameter(str(exc), param_hint="--interval") from exc
-            finish(
-                p.promote_canary(_steps(steps), secs, force, reason),
+            finish(  # a --version is refused there, once a dead promotion is recovered
+                p.promote_canary(_steps(steps), secs, force, reason, version or None),
                 f"promote canary{' (dry run)' if dry_run else ''}",
             )
         else:
@@ -248,53 +231,6 @@ def down_command(
         finish(stop_everything(settings.state_dir, target, yes, resolve_actor(by)), "down")
 
     run_guarded("down", call)
-
-
-def status_command(params: Path = PARAMS) -> None:
-    """What serves where, at which weight, healthy or not."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from deploy.targets import make_target
-    from release.teardown import in_progress
-
-    settings = project_settings()
-    target = make_target(settings.state_dir, settings.target)
-    table = Table(title="mlrelease deployments")
-    for col in ("environment", "slot", "version", "url", "pid", "weight %", "healthy", "detail"):
-        table.add_column(col)
-    rows = target.status()
-    for r in rows:
-        table.add_row(
-            r.environment,
-            r.slot,
-            r.version,
-            r.url,
-            str(r.pid or ""),
-            f"{r.weight:g}",
-            "[green]yes[/green]" if r.healthy else "[red]no[/red]",
-            r.detail,
-        )
-    console = Console(width=max(Console().width, 150))
-    console.print(table if rows else "nothing deployed yet (`mlrelease promote staging`)")
-    entry = target.entry_url("production")
-    if entry:
-        console.print(f"production entry point: {entry}")
-    console.print(f"target: {target.describe()}", highlight=False)
-    running = in_progress(settings.state_dir)
-    if running:
-        console.print(running, highlight=False, soft_wrap=True)
-    down = [r for r in rows if r.weight > 0 and not r.healthy]
-    for r in down:
-        console.print(
-            f"[red]{r.environment}/{r.slot} (version {r.version}) takes {r.weight:g}% of traffic and is not "
-            f"healthy: {r.detail}. Next: `mlrelease reconcile` restarts it, `scripts/rollback.sh` moves traffic to "
-            f"the previous version; its log is in {settings.state_dir / 'logs'}[/red]",
-            highlight=False,
-            soft_wrap=True,
-        )
-    if down:
-        raise typer.Exit(1)
 
 
 def history_command(

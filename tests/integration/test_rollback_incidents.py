@@ -1,9 +1,9 @@
 """Incident rollbacks where real processes are the point, with real server processes, a real nginx, the real
 registry and the real ``scripts/rollback.sh``: a rollback that takes over from a canary in the middle of its
 analysis (through the real abort request) and from one whose server is still starting, a rollback killed with
-SIGKILL right after it moved traffic and run again, and a stable server killed under a canary and then on its own,
-restarted for real. A load driver sends predictions through the production entry point and must not see a single
-failed request.
+SIGKILL right after it moved traffic and run again, and a stable replica killed under load (the supervisor restarts
+it) and then stopped for good (status says so, reconcile restarts it). A load driver sends predictions through the
+production entry point and must not see a single failed request.
 
 Behaviour is checked through the script and the CLI (exit codes, output, ``mlrelease history``), the registry
 aliases, the state file's slots and weights, and which version answers predictions through the entry point.
@@ -16,6 +16,7 @@ against the in-memory target in tests/unit/test_release_incidents.py and tests/u
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -458,43 +459,41 @@ def rollback_killed_midway_is_finished_by_the_next_run(incident: Incident, tmp_p
     assert versions_after(load.result, finished) == {p}, context
 
 
-def stable_dies_under_a_canary_and_on_its_own(incident: Incident, tmp_path: Path, a: str) -> None:
-    """A serves, C is staged. Stable killed mid-canary: nginx sends its share to the canary (each routed slot backs
-    up the other) and the analysis stops the canary. Dropping it restarts stable first; it used to fail on the dead
-    stable and leave the canary it had just stopped for cause with all of production's traffic and its alias. Then
-    stable killed with no command running: `mlrelease status` says production is not healthy (exit 1) until
-    `mlrelease reconcile` restarts it."""
+def stable_replicas_die_and_come_back(incident: Incident, a: str) -> None:
+    """A serves with two supervised replicas. One killed under load: the supervisor restarts it with no command
+    run and no request fails. One stopped for good (as when the supervisor gives up): `mlrelease status` exits 1
+    naming it, `--json` shows it, and `mlrelease reconcile` restarts it."""
     home = incident.home
     rows = sample_rows(incident.bundle, 8)
-    t = target(incident.home)
-    log = tmp_path / "canary-stable-dies.out"
-    canary = incident.popen([str(BIN / "mlrelease"), "promote", "canary"], log)  # FAST_RELEASE: one 50% step
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and t.weights(PROD).get("canary", 0) == 0:
-        assert canary.poll() is None, f"the canary exited before shifting traffic:\n{log.read_text()}"
-        time.sleep(0.05)
-    incident.state()
+    t = target(home)
+    entry = t.entry_url(PROD)
     stable = t.slot(PROD, "stable")
-    assert stable is not None and stable.version == a
-    os.kill(stable.pid, signal.SIGKILL)
-    code = canary.wait(timeout=180)
-    said = " ".join(log.read_text().split())
-    assert code != 0 and "rolled back" in said, f"canary exit {code}: {said}"
-    assert "reconciled: restarted production/stable" in said, said  # the restart is shown, not only logged
-    assert_all_on(incident, a, rows, said)
-    restarted = t.slot(PROD, "stable")
-    assert restarted is not None and restarted.pid != stable.pid
-    assert Journal(t.state_dir).load().operation is None
-
+    assert entry is not None and stable is not None and stable.version == a and len(stable.replicas) == 2
+    load = LoadDriver(entry, incident.name, rows, rps=40, concurrency=4, max_seconds=60)
+    load.start()
+    try:
+        time.sleep(1.0)
+        os.kill(stable.replicas[0].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and cli(home, "status").returncode != 0:
+            time.sleep(0.2)
+        restarted = t.slot(PROD, "stable")
+        assert restarted is not None and restarted.replicas[0].pid not in (0, stable.replicas[0].pid)
+    finally:
+        result = load.stop()
+    assert result.failed == 0 and result.total > 20, result.statuses
     ok(cli(home, "status"))
-    os.kill(restarted.pid, signal.SIGKILL)
-    assert wait_gone(restarted.pid, 20)
+
+    t.supervisor.stop(stable.replicas[0].program)  # down, and nobody restarts it
     down = cli(home, "status")
-    assert down.returncode == 1 and "is not healthy" in " ".join(down.stdout.split()), show(down)
+    said = " ".join(down.stdout.split())
+    assert down.returncode == 1 and "down for good" in said and "mlrelease reconcile" in said, show(down)
+    doc = json.loads(cli(home, "status", "--json").stdout)
+    replicas = doc["environments"][PROD]["slots"]["stable"]["replicas"]
+    assert doc["healthy"] is False and [r["state"] for r in replicas] == ["STOPPED", "RUNNING"], doc
+    assert doc["environments"][PROD]["tls_url"].startswith("https://127.0.0.1:"), doc
     assert "restarted production/stable" in ok(cli(home, "reconcile"))
     ok(cli(home, "status"))
-    again = t.slot(PROD, "stable")
-    assert again is not None and again.pid not in (stable.pid, restarted.pid)
     assert_all_on(incident, a, rows)
     incident.state()
 
@@ -502,6 +501,6 @@ def stable_dies_under_a_canary_and_on_its_own(incident: Incident, tmp_path: Path
 def test_a_dead_stable_is_restarted_and_a_rollback_killed_midway_is_finished_by_the_next_run(
     incident: Incident, tmp_path: Path
 ) -> None:
-    p, a, _ = with_staged_version(incident, tmp_path)
-    stable_dies_under_a_canary_and_on_its_own(incident, tmp_path, a)
+    p, a = production_with_warm_previous(incident, tmp_path)
+    stable_replicas_die_and_come_back(incident, a)
     rollback_killed_midway_is_finished_by_the_next_run(incident, tmp_path, p, a)  # P is still warm
