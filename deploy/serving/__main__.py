@@ -55,10 +55,10 @@ def serve(settings: ServingSettings) -> None:
 
     from deploy.serving.app import ModelServer
     from deploy.serving.fastpath import protocol_for
-    from deploy.serving.transport import CombiningHttpToolsProtocol
+    from deploy.serving.transport import CombiningHttpToolsProtocol, guarded
 
     app = ModelServer(settings)
-    protocol = protocol_for(app) if settings.fast_path else CombiningHttpToolsProtocol
+    protocol = protocol_for(app, app.guard) if settings.fast_path else guarded(CombiningHttpToolsProtocol, app.guard)
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:

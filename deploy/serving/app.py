@@ -45,6 +45,7 @@ from deploy.serving.openapi import build_openapi
 from deploy.serving.payload import ClientError, loads_json
 from deploy.serving.prediction import V1, V2, Api, Batched, Serving, non_finite_output, plain_name, prediction_route
 from deploy.serving.security import RateLimiter, client_address, presented_secret, secret_matches
+from deploy.serving.transport import ConnectionGuard
 
 __all__ = [  # what other modules and tests import from here, and the names this module had before the split
     "JSON",
@@ -65,6 +66,7 @@ __all__ = [  # what other modules and tests import from here, and the names this
 log = logging.getLogger(__name__)
 
 _UNSEEN = object()
+GET = ("GET", "HEAD")  # HEAD wherever GET: the same status and headers, no body (uvicorn leaves it out)
 
 
 class ModelServer:
@@ -79,7 +81,10 @@ class ModelServer:
         self.draining = False
         self.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         self._trusted = frozenset(hop.strip() for hop in settings.trusted_proxies.split(",") if hop.strip())
+        self.guard = ConnectionGuard(settings.header_timeout_s, settings.max_half_open_per_client, self._trusted)
+        self.metrics.watch_connections(self.guard)
         self._api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self._protect_metadata = settings.protect_metadata and self._api_key is not None
         admin = settings.admin_token.get_secret_value().encode() if settings.admin_token else None
         self._admin_token = admin if settings.enable_admin else None
         self._reload_lock = asyncio.Lock()
@@ -87,12 +92,12 @@ class ModelServer:
         self._routes: dict[bytes, tuple[Api, str] | None] = {}
         self._lag: LoopLagMonitor | None = None
         self._exact: dict[str, tuple[str, tuple[str, ...], Handler]] = {
-            "/health": ("/health", ("GET",), self._health),
-            "/ready": ("/ready", ("GET",), self._ready),
-            "/v2/health/live": ("/v2/health/live", ("GET",), self._health),
-            "/v2/health/ready": ("/v2/health/ready", ("GET",), self._ready),
-            "/metrics": ("/metrics", ("GET",), self._metrics),
-            "/openapi.json": ("/openapi.json", ("GET",), self._openapi),
+            "/health": ("/health", GET, self._health),
+            "/ready": ("/ready", GET, self._ready),
+            "/v2/health/live": ("/v2/health/live", GET, self._health),
+            "/v2/health/ready": ("/v2/health/ready", GET, self._ready),
+            "/metrics": ("/metrics", GET, self._metrics),
+            "/openapi.json": ("/openapi.json", GET, self._openapi),
             "/admin/reload": ("/admin/reload", ("POST",), self._admin_reload),
         }
 
@@ -112,15 +117,15 @@ class ModelServer:
             if rest.endswith(":predict") and plain_name(rest[:-8]):
                 return V1.label, ("POST",), self._predict_v1, rest[:-8]
             if plain_name(rest):
-                return "/v1/models/{name}", ("GET",), self._metadata_v1, rest
+                return "/v1/models/{name}", GET, self._metadata_v1, rest
         elif path.startswith("/v2/models/"):
             rest = path[11:]
             if rest.endswith("/infer") and plain_name(rest[:-6]):
                 return V2.label, ("POST",), self._infer_v2, rest[:-6]
             if rest.endswith("/ready") and plain_name(rest[:-6]):
-                return "/v2/models/{name}/ready", ("GET",), self._model_ready_v2, rest[:-6]
+                return "/v2/models/{name}/ready", GET, self._model_ready_v2, rest[:-6]
             if plain_name(rest):
-                return "/v2/models/{name}", ("GET",), self._metadata_v2, rest
+                return "/v2/models/{name}", GET, self._metadata_v2, rest
         return "other", (), None, ""  # e.g. a trailing slash, or /versions/N/infer: a 404 that names the path
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -169,8 +174,8 @@ class ModelServer:
                     headers=[(b"retry-after", str(int(wait) + 1).encode())],
                 )
 
-    def _begin(self, headers: Headers, peer: str | None, name: str) -> Serving:
-        """Rate limit, auth, readiness and model name; marks the request in flight on the current model."""
+    def _authorize(self, headers: Headers, peer: str | None) -> None:
+        """Rate limit, then the API key when one is set (a 401 without it)."""
         self._limit(headers, peer)
         if self._api_key is not None and not secret_matches(presented_secret(headers, True), self._api_key):
             raise ClientError(
@@ -179,6 +184,10 @@ class ModelServer:
                 "missing or wrong API key; send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                 headers=[(b"www-authenticate", b"Bearer")],
             )
+
+    def _begin(self, headers: Headers, peer: str | None, name: str) -> Serving:
+        """Rate limit, auth, readiness and model name; marks the request in flight on the current model."""
+        self._authorize(headers, peer)
         serving = self._serving(name)
         serving.active += 1
         return serving
@@ -198,11 +207,12 @@ class ModelServer:
 
     # -- prediction ------------------------------------------------------------------------------------------
     async def _run(self, serving: Serving, rows: np.ndarray) -> np.ndarray:
-        return await serving.batcher.predict(rows)
+        return await serving.submit(rows)
 
     async def _predict(self, api: Api, scope: Scope, receive: Receive, name: str) -> Response:
         serving = self._begin(scope["headers"], peer(scope), name)
         try:
+            serving.admit()
             body = await read_body(scope, receive, self.settings.max_body_bytes)
             rows, request = api.parse(body, serving.names, self.settings.max_batch_size)
             probs = await self._run(serving, rows)
@@ -246,10 +256,11 @@ class ModelServer:
         except ClientError as exc:
             return error_response(exc)
         try:
+            serving.admit()
             check_content_type(headers)
             rows, request = api.parse(body, serving.names, self.settings.max_batch_size)
             pending = Batched(api, serving, request)
-            serving.batcher.enqueue(rows, pending)
+            serving.enqueue(rows, pending)
             return pending
         except ClientError as exc:
             serving.leave()
@@ -283,19 +294,19 @@ class ModelServer:
         return 200, b'{"status":"ok"}', JSON
 
     async def _ready(self, scope: Scope, receive: Receive, name: str) -> Response:
+        """200 while the model serves; 503 while loading, draining or with the circuit breaker open (then it also
+        starts the breaker's probe when one is due: a balancer sends an unready replica no traffic to do it)."""
         current = self.current
         if current is None or self.draining:
             reason = "draining" if self.draining else (self.load_error or "loading")
-            return (
-                503,
-                orjson.dumps(
-                    {
-                        "ready": False,
-                        "reason": reason,
-                        "failed": self.load_error is not None and current is None,
-                    }
-                ),
-                JSON,
+            return self._not_ready(reason, failed=self.load_error is not None and current is None)
+        if not current.breaker.closed:
+            current.probe()
+            breaker = current.breaker
+            return self._not_ready(
+                f"circuit open: the model failed {breaker.threshold} calls in a row; it is tried again with one "
+                f"request every {breaker.reset_s:g} s",
+                failed=False,
             )
         model = current.model
         return (
@@ -311,10 +322,22 @@ class ModelServer:
             JSON,
         )
 
+    @staticmethod
+    def _not_ready(reason: str, failed: bool) -> Response:
+        return 503, orjson.dumps({"ready": False, "reason": reason, "failed": failed}), JSON
+
+    def _metadata_guard(self, scope: Scope) -> None:
+        """With MLRELEASE_PROTECT_METADATA and an API key, /metrics and /openapi.json need the key (rate-limited
+        first, like predictions); otherwise they are open, so Prometheus scrapes without one."""
+        if self._protect_metadata:
+            self._authorize(scope["headers"], peer(scope))
+
     async def _metrics(self, scope: Scope, receive: Receive, name: str) -> Response:
+        self._metadata_guard(scope)
         return 200, self.metrics.render(), [(b"content-type", CONTENT_TYPE.encode())]
 
     async def _openapi(self, scope: Scope, receive: Receive, name: str) -> Response:
+        self._metadata_guard(scope)
         model = self.current.model if self.current else None
         return 200, orjson.dumps(build_openapi(model, self.settings)), JSON
 
@@ -361,6 +384,7 @@ class ModelServer:
     def _install(self, model: LoadedModel) -> None:
         """Atomic swap: one reference assignment on the event loop thread; new requests see the new model."""
         self.current = Serving(model, self.settings, self.metrics)
+        self.metrics.breaker_open.set(0)  # a new model starts with its breaker closed
         gc.collect()
         gc.freeze()  # the model and modules are long-lived: keep them out of every later collection
         self.load_error = None

@@ -25,18 +25,57 @@ class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
 
+_JSON_TYPE = b"application/json"
+CHARSETS = (b"utf-8", b"us-ascii")  # what orjson reads: JSON is UTF-8 (RFC 8259), and ASCII is a subset of it
+
+
 def check_content_type(headers: Headers) -> None:
-    """Prediction bodies are JSON: anything else is a 415 that says what to send."""
+    """Prediction bodies are JSON as sent: another media type, a charset other than UTF-8 (or its ASCII subset), or
+    a Content-Encoding (gzip, ...) is a 415 that says what to send, since the server decodes none of them."""
     ctype = b""
+    encoding = b""
     for key, value in headers:
         if key == b"content-type":
             ctype = value
-    if ctype.split(b";", 1)[0].strip().lower() != b"application/json":
+        elif key == b"content-encoding":
+            encoding = value if not encoding else encoding + b", " + value
+    if encoding:
+        _check_encoding(encoding)
+    if ctype != _JSON_TYPE:
+        _check_json_type(ctype)
+
+
+def _check_encoding(encoding: bytes) -> None:
+    """A 415 unless every coding named is identity (no coding at all)."""
+    if any(coding.strip().lower() not in (b"identity", b"") for coding in encoding.split(b",")):
+        raise ClientError(
+            415,
+            "unsupported_content_encoding",
+            f"Content-Encoding {encoding.decode('latin-1')[:60]!r} is not supported; send the body uncompressed "
+            "(no Content-Encoding header)",
+            headers=[(b"accept-encoding", b"identity")],
+        )
+
+
+def _check_json_type(ctype: bytes) -> None:
+    """A 415 unless ``ctype`` is application/json, with no charset or a charset JSON allows."""
+    media, _, parameters = ctype.partition(b";")
+    if media.strip().lower() != _JSON_TYPE:
         raise ClientError(
             415,
             "unsupported_media_type",
             f"Content-Type {ctype.decode('latin-1')[:60]!r} is not supported; send 'Content-Type: application/json'",
         )
+    for parameter in parameters.split(b";"):
+        name, _, value = parameter.partition(b"=")
+        charset = value.strip().strip(b'"').lower()
+        if name.strip().lower() == b"charset" and charset not in CHARSETS:
+            raise ClientError(
+                415,
+                "unsupported_charset",
+                f"charset {charset.decode('latin-1')[:40]!r} is not supported; JSON bodies are UTF-8: send "
+                "'Content-Type: application/json' (or '; charset=utf-8')",
+            )
 
 
 def error_response(exc: ClientError) -> Response:

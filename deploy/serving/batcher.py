@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
@@ -29,6 +30,7 @@ class Sink(Protocol):
 
 
 Waiter = asyncio.Future[np.ndarray] | Sink
+EWMA_WEIGHT = 0.2  # of the newest batch in the running estimate of a batch's duration
 
 
 class RowErrors(Exception):
@@ -116,6 +118,9 @@ class MicroBatcher:
     ``inline=True`` runs each coalesced batch on the event loop instead (one loop iteration later, so requests
     that arrived together still share a call): for models whose largest batch takes well under a millisecond,
     a thread hop costs more than the model, and on a busy machine it costs a scheduler wake-up or two.
+
+    With ``max_wait_s``, ``overloaded()`` tells the caller when a new request would wait longer than that (load
+    shedding); ``batch_s`` seeds the moving average of a batch's duration it estimates with.
     """
 
     def __init__(
@@ -125,12 +130,18 @@ class MicroBatcher:
         on_batch: Callable[[int, int], None] | None = None,
         initializer: Callable[[], None] | None = None,
         inline: bool = False,
+        max_wait_s: float = 0.0,
+        batch_s: float = 0.0,
     ) -> None:
         self._predict = predict
         self.inline = inline
         self._max_rows = max_rows
         self._on_batch = on_batch
         self._pending: list[tuple[np.ndarray, Waiter]] = []
+        self._pending_rows = 0
+        self._max_wait = max_wait_s  # admission budget (0: admit everything)
+        self.batch_s = batch_s  # EWMA of a batch's duration, dispatch to completion (seeded by the caller)
+        self._started = 0.0  # perf_counter() when the running batch was dispatched
         self._running = False
         self._closed = False
         self._idle: asyncio.Event | None = None
@@ -151,6 +162,7 @@ class MicroBatcher:
         if self._closed:
             raise RuntimeError("batcher is closed")
         self._pending.append((rows, waiter))
+        self._pending_rows += len(rows)
         if not self._running:
             self._dispatch(asyncio.get_running_loop())
 
@@ -163,10 +175,25 @@ class MicroBatcher:
             total += len(rows)
             count += 1
         taken, self._pending = self._pending[:count], self._pending[count:]
+        self._pending_rows -= total
         return taken
+
+    def overloaded(self) -> float:
+        """0.0 if a new request may queue, else its expected wait: admission control (a refusal answers at once, so
+        the client can go elsewhere) estimating the wait as the running batch plus each full batch of rows queued
+        ahead, times the EWMA batch duration (under overload batches are full, so that is the full-batch time); a
+        running batch already older than the budget (a stuck model call) refuses too."""
+        if not self._running or not self._max_wait:
+            return 0.0
+        wait = (1 + self._pending_rows // self._max_rows) * self.batch_s
+        if wait > self._max_wait:
+            return wait
+        age = time.perf_counter() - self._started
+        return age if age > self._max_wait else 0.0
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
         self._running = True
+        self._started = time.perf_counter()
         if self._idle is not None:
             self._idle.clear()
         if self.inline:
@@ -202,6 +229,7 @@ class MicroBatcher:
         taken: list[tuple[np.ndarray, Waiter]],
         outcomes: list[Outcome],
     ) -> None:
+        self.batch_s += EWMA_WEIGHT * (time.perf_counter() - self._started - self.batch_s)
         self._running = False
         if self._pending:
             self._dispatch(loop)  # first: on the model thread, the next batch runs while these answers are written

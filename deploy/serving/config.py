@@ -46,6 +46,32 @@ class ServingSettings(Settings):
     fast_path: bool = Field(
         True, description="answer plain prediction requests in the HTTP protocol, without an ASGI task (fastpath.py)"
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="close a connection whose request headers are not complete this long after the connection "
+        "opened (first request) or the request's first byte (later ones); 408 once part of them arrived",
+    )
+    max_half_open_per_client: int = Field(
+        32,
+        ge=0,
+        description="connections one client address may hold with request headers incomplete; more are closed at "
+        "once (0 = no cap; trusted proxies are exempt)",
+    )
+    max_queue_ms: float = Field(
+        500.0,
+        ge=0,
+        le=600_000,
+        description="refuse a prediction with 503 'overloaded' when it would wait longer than this for the model; "
+        "0 = never",
+    )
+    breaker_failures: int = Field(
+        5, ge=0, description="consecutive failed model calls that open the circuit breaker; 0 = no breaker"
+    )
+    breaker_reset_s: float = Field(
+        5.0, gt=0, le=3600, description="how long an open breaker refuses predictions before one probe goes through"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ServingSettings:

@@ -22,7 +22,13 @@ from typing import Any, ClassVar, Protocol
 
 import orjson
 
-from deploy.serving.transport import CombiningHttpToolsProtocol, CombiningTransport, Headers, response_head
+from deploy.serving.transport import (
+    CombiningHttpToolsProtocol,
+    CombiningTransport,
+    ConnectionGuard,
+    Headers,
+    response_head,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +116,7 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._in_message = True
+        self._hdr_partial = True
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -120,6 +127,9 @@ class FastPathProtocol(CombiningHttpToolsProtocol):
             self._build_scope()
             super().on_headers_complete()
             return
+        self._hdr_partial = False  # (CombiningHttpToolsProtocol.on_headers_complete's header bookkeeping)
+        if self._hdr_slow:
+            self._slow_headers_done()
         self._fast = request
         self.cycle = request.cycle  # type: ignore[assignment]  # uvicorn only reads the attributes above
 
@@ -265,6 +275,8 @@ def _when_done(protocol: FastPathProtocol, request: _Request, pending: Pending) 
     return done
 
 
-def protocol_for(server: FastServer) -> type[FastPathProtocol]:
-    """A protocol class bound to ``server`` (uvicorn.Config(http=...) takes a class, not an instance)."""
-    return type("BoundFastPathProtocol", (FastPathProtocol,), {"fast_server": server})
+def protocol_for(server: FastServer, guard: ConnectionGuard | None = None) -> type[FastPathProtocol]:
+    """A protocol class bound to ``server`` and the connection limits of ``guard`` (default ones if None):
+    uvicorn.Config(http=...) takes a class, not an instance."""
+    bound = {"fast_server": server, "guard": guard or ConnectionGuard()}
+    return type("BoundFastPathProtocol", (FastPathProtocol,), bound)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 from prometheus_client import (
@@ -96,6 +97,39 @@ class DriftCollector(Collector):
         yield rows
 
 
+class ConnectionCounts(Protocol):
+    """What the connection guard (deploy/serving/transport.py) counts for /metrics."""
+
+    timeouts: int
+    refused: int
+    half_open: dict[str, int]
+
+
+class ConnectionCollector(Collector):
+    """Header-read timeouts, connections refused over the per-client cap, and connections in their headers now."""
+
+    def __init__(self, counts: ConnectionCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts
+        yield CounterMetricFamily(
+            "mlrelease_header_timeouts",
+            "Connections closed because their request headers did not arrive within MLRELEASE_HEADER_TIMEOUT_S",
+            value=counts.timeouts,
+        )
+        yield CounterMetricFamily(
+            "mlrelease_half_open_refused",
+            "Connections closed because their client held MLRELEASE_MAX_HALF_OPEN_PER_CLIENT with headers incomplete",
+            value=counts.refused,
+        )
+        yield GaugeMetricFamily(
+            "mlrelease_half_open_connections",
+            "Connections counted against the per-client cap now (request headers slow to arrive)",
+            value=sum(counts.half_open.values()),
+        )
+
+
 class ServerMetrics:
     """Counters, histograms and gauges of the server; ``render()`` is the /metrics body."""
 
@@ -125,6 +159,17 @@ class ServerMetrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
+        self.shed = Counter(
+            "mlrelease_shed",
+            "Predictions refused with 503 'overloaded': they would wait longer than MLRELEASE_MAX_QUEUE_MS",
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "mlrelease_breaker_open", "1 while the circuit breaker around the model is open or half-open", registry=r
+        )
+        self.breaker_opens = Counter(
+            "mlrelease_breaker_opens", "Times the circuit breaker opened (a failed probe opens it again)", registry=r
+        )
         r.register(DriftCollector(drift))
         self._class_children: dict[tuple[str, int], Counter] = {}
         self._info: tuple[str, str, str] | None = None
@@ -134,6 +179,16 @@ class ServerMetrics:
         self.requests.record(route, status, seconds)
         if fast:
             self.requests.fast += 1
+
+    def watch_connections(self, counts: ConnectionCounts) -> None:
+        """Export the connection guard's counts (header timeouts, refusals over the per-client cap)."""
+        self.registry.register(ConnectionCollector(counts))
+
+    def breaker_changed(self, opened: bool) -> None:
+        """The breaker opened (True) or closed (False); called from the model thread (prometheus_client locks)."""
+        self.breaker_open.set(1 if opened else 0)
+        if opened:
+            self.breaker_opens.inc()
 
     def record_batch(self, rows: int, requests: int) -> None:
         self.batch_size.observe(rows)

@@ -123,11 +123,17 @@ def _check_output(card: ModelCard, out: np.ndarray, rows: int) -> None:
         raise ModelLoadError(f"model outputs do not sum to 1 (got {float(sums[0]):.4f}); expected probabilities")
 
 
+def centre_row(card: ModelCard) -> np.ndarray:
+    """The training mean as one float32 feature row (zeros when the card has no usable mean): an in-range input."""
+    centre = np.asarray(card.preprocessing.mean, dtype=np.float32)
+    if centre.shape != (card.n_features,):
+        centre = np.zeros(card.n_features, dtype=np.float32)
+    return centre
+
+
 def warm_up(model: LoadedModel, max_batch: int) -> float:
     """Run batch sizes 1, 8 and max_batch on in-range inputs, check every output; return ms per largest batch."""
-    centre = np.asarray(model.card.preprocessing.mean, dtype=np.float32)
-    if centre.shape != (model.n_features,):
-        centre = np.zeros(model.n_features, dtype=np.float32)
+    centre = centre_row(model.card)
     timings: list[float] = []
     for rows in sorted({1, min(8, max_batch), max_batch}):
         batch = np.ascontiguousarray(np.tile(centre, (rows, 1)))

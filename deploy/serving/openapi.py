@@ -24,11 +24,11 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "Missing or wrong credentials",
         404: "Unknown model or route",
         413: "Body over the size limit",
-        415: "Content-Type is not application/json",
+        415: "Content-Type is not application/json, or a charset other than UTF-8, or a Content-Encoding",
         422: "Valid JSON that does not fit the model",
         429: "Rate limited",
         409: "Reload in progress",
-        503: "No model loaded yet",
+        503: "No model loaded yet, overloaded (queue budget) or circuit breaker open; see Retry-After",
     }
     return {str(code): _json(_ERROR, text[code]) for code in codes}
 
@@ -155,6 +155,8 @@ def _name_param(model: LoadedModel | None) -> dict[str, Any]:
 def _paths(model: LoadedModel | None, settings: ServingSettings) -> dict[str, Any]:
     name = [_name_param(model)]
     predict_security: list[dict[str, Any]] | None = [{"apiKey": []}] if settings.api_key is not None else None
+    metadata_security = predict_security if settings.protect_metadata else None
+    metadata_errors = (401, 429) if metadata_security is not None else ()
 
     def op(
         summary: str,
@@ -221,7 +223,14 @@ def _paths(model: LoadedModel | None, settings: ServingSettings) -> dict[str, An
         "/ready": {"get": op("Readiness: model loaded and warmed", _json(ref["Status"], "Ready"), (503,))},
         "/v2/health/live": {"get": op("Liveness (Open Inference Protocol)", _json(ref["Status"], "Alive"), ())},
         "/v2/health/ready": {"get": op("Readiness (Open Inference Protocol)", _json(ref["Status"], "Ready"), (503,))},
-        "/openapi.json": {"get": op("This document", _json({"type": "object"}, "OpenAPI 3.0"), ())},
+        "/openapi.json": {
+            "get": op(
+                "This document",
+                _json({"type": "object"}, "OpenAPI 3.0"),
+                metadata_errors,
+                security=metadata_security,
+            )
+        },
         "/metrics": {
             "get": op(
                 "Prometheus metrics",
@@ -229,7 +238,8 @@ def _paths(model: LoadedModel | None, settings: ServingSettings) -> dict[str, An
                     "description": "Prometheus text format",
                     "content": {"text/plain": {"schema": {"type": "string"}}},
                 },
-                (),
+                metadata_errors,
+                security=metadata_security,
             )
         },
     }

@@ -7,6 +7,7 @@ The ASGI application (deploy/serving/app.py) routes requests here; nothing here 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -18,12 +19,13 @@ import numpy as np
 
 from deploy.serving import responses
 from deploy.serving.asgi import JSON, Response, error_response
-from deploy.serving.batcher import MicroBatcher, RowErrors
+from deploy.serving.batcher import MicroBatcher, Outcome, RowErrors, Waiter
+from deploy.serving.breaker import CLOSED, CircuitBreaker
 from deploy.serving.config import ServingSettings
 from deploy.serving.drift import DriftMonitor
 from deploy.serving.fastpath import INTERNAL_ERROR
 from deploy.serving.metrics import ServerMetrics
-from deploy.serving.model import LoadedModel, set_threads
+from deploy.serving.model import LoadedModel, centre_row, set_threads
 from deploy.serving.payload import ClientError, parse_v1, parse_v2
 
 log = logging.getLogger("deploy.serving.app")  # the server's log lines keep the name they had before the split
@@ -80,8 +82,45 @@ def non_finite_output(bad_rows: np.ndarray) -> ClientError:
     )
 
 
+MAX_RETRY_AFTER_S = 30  # an overload estimate says little about more than the next half minute
+
+
+def overloaded(wait: float, budget_ms: float) -> ClientError:
+    """The 503 for a prediction that would wait ``wait`` seconds for the model, over the queue budget."""
+    return ClientError(
+        503,
+        "overloaded",
+        f"the server is overloaded: this request would wait about {wait * 1000:.0f} ms for the model, over the "
+        f"{budget_ms:g} ms budget (MLRELEASE_MAX_QUEUE_MS); retry shortly, or at another replica",
+        headers=[(b"retry-after", str(max(1, min(MAX_RETRY_AFTER_S, math.ceil(wait)))).encode())],
+    )
+
+
+def circuit_open(breaker: CircuitBreaker) -> ClientError:
+    """The 503 for a prediction refused while the model's circuit breaker is open."""
+    return ClientError(
+        503,
+        "circuit_open",
+        f"the model failed {breaker.threshold} calls in a row, so the server stops calling it for "
+        f"{breaker.reset_s:g} s and then tries one request (MLRELEASE_BREAKER_FAILURES, MLRELEASE_BREAKER_RESET_S); "
+        "retry later, or at another replica",
+        headers=[(b"retry-after", str(breaker.retry_after()).encode())],
+    )
+
+
+class _Ignored:
+    """The Sink of the breaker's probe: its outcome reaches the breaker through the model call, nobody else."""
+
+    def deliver(self, outcome: Outcome) -> None:
+        """Nothing to answer."""
+
+
+IGNORED = _Ignored()
+
+
 class Serving:
-    """A loaded model with its batcher and drift window; counts in-flight requests so a swap can retire it."""
+    """A loaded model with its batcher, drift window and circuit breaker; counts in-flight requests so a swap can
+    retire it."""
 
     def __init__(self, model: LoadedModel, settings: ServingSettings, metrics: ServerMetrics) -> None:
         self.model = model
@@ -90,7 +129,19 @@ class Serving:
         threads = partial(set_threads, settings.torch_threads)
         inline = model.batch_ms <= settings.inline_max_batch_ms
         log.info("version %s: model calls run %s", model.version, "inline" if inline else "on the model thread")
-        self.batcher = MicroBatcher(self.predict, settings.max_batch_size, metrics.record_batch, threads, inline)
+        self.max_queue_ms = settings.max_queue_ms
+        self.batcher = MicroBatcher(
+            self.predict,
+            settings.max_batch_size,
+            metrics.record_batch,
+            threads,
+            inline,
+            max_wait_s=settings.max_queue_ms / 1000,
+            batch_s=model.batch_ms / 1000 if math.isfinite(model.batch_ms) else 0.0,  # the warm-up's largest batch
+        )
+        self.breaker = CircuitBreaker(
+            settings.breaker_failures, settings.breaker_reset_s, on_change=metrics.breaker_changed
+        )
         self.drift = (
             DriftMonitor(model.reference, self.names, settings.drift_window) if model.reference is not None else None
         )
@@ -98,6 +149,47 @@ class Serving:
         self.metadata_v2 = responses.metadata_v2(model)
         self.active = 0
         self._drained: asyncio.Event | None = None
+        self._probe_rows = centre_row(model.card)[None, :]
+
+    def admit(self) -> None:
+        """A 503 overloaded when a prediction would wait past the queue budget; both paths ask before parsing the
+        body (the estimate does not depend on it), so an overloaded server spends nothing more on the request."""
+        wait = self.batcher.overloaded()
+        if wait:
+            self.metrics.shed.inc()
+            raise overloaded(wait, self.max_queue_ms)
+
+    def enqueue(self, rows: np.ndarray, waiter: Waiter) -> None:
+        """Queue ``rows`` for the model (both paths come here once the body is parsed), unless the circuit breaker
+        is open (503 circuit_open): asked last, since it may hand this request the half-open probe."""
+        breaker = self.breaker
+        if breaker.state is not CLOSED and breaker.allow():  # (closed, the usual case: no call)
+            raise circuit_open(breaker)
+        self.batcher.enqueue(rows, waiter)
+
+    def submit(self, rows: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """``enqueue`` with a future for the ASGI path to await."""
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self.enqueue(rows, future)
+        return future
+
+    def probe(self) -> None:
+        """While the breaker is open and due for a trial, run the training-mean row as its half-open probe: /ready
+        answers 503 meanwhile, so a balancer sends this replica no request that could close it otherwise."""
+        if self.breaker.closed or self.breaker.allow():
+            return
+        with contextlib.suppress(RuntimeError):  # a batcher closed by a swap: that model is leaving anyway
+            self.batcher.enqueue(self._probe_rows, IGNORED)
+
+    def call_model(self, batch: np.ndarray) -> np.ndarray:
+        """The model call, its outcome told to the circuit breaker (NaN rows are the model working: a success)."""
+        try:
+            probs = self.model.predict(batch)
+        except Exception:
+            self.breaker.failure()
+            raise
+        self.breaker.success()
+        return probs
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """One model call for a whole coalesced batch, with its drift window and class counts.
@@ -105,7 +197,7 @@ class Serving:
         Rows answered with NaN or Inf are not answered: the batcher gives the requests holding them a 422 and the
         others, batched with them, their slices of this same call; only those are counted.
         """
-        probs = self.model.predict(batch)
+        probs = self.call_model(batch)
         if not math.isfinite(probs.sum()):  # one reduction: NaN or Inf anywhere makes the sum non-finite
             bad = ~np.isfinite(probs).all(axis=1)
             raise RowErrors(

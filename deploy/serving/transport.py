@@ -4,12 +4,16 @@ uvicorn writes the status line and headers, then the body, as two socket writes;
 syscall that also wakes the client. Writes made during one event-loop step are joined and sent together
 at the start of the next, which halves the syscalls and wake-ups per response. Used by the model server
 and, so the comparison stays fair, by the bare benchmark server.
+
+The protocol also guards against clients that hold connections without finishing a request's headers (slowloris):
+a header-read timeout, and a cap on such connections per client address (:class:`ConnectionGuard`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 import httptools
 import orjson
@@ -100,6 +104,34 @@ class CombiningTransport:
 
 
 CLOSE_ONLY = ("", "")  # held in place of a refusal where no answer is owed: the connection just closes
+HALF_OPEN_GRACE_S = 1.0  # a connection silent this long after opening counts against its client's cap
+
+
+@dataclass(slots=True, eq=False)
+class ConnectionGuard:
+    """Limits one server's connections share, with what /metrics reports about them.
+
+    ``header_timeout``: seconds a request's headers may take, from the connection's opening (first request) or the
+    request's first byte (later ones). ``max_half_open``: connections one client address may hold with headers
+    incomplete (0: no cap; ``trusted`` proxies, which speak for many clients, are exempt). A connection counts once
+    its headers span reads, or once it has been silent for HALF_OPEN_GRACE_S since opening: a burst of new
+    connections (a load generator's, a proxy's) sends whole requests within that and never counts.
+    """
+
+    header_timeout: float = 10.0
+    max_half_open: int = 32
+    trusted: frozenset[str] = frozenset()
+    half_open: dict[str, int] = field(default_factory=dict)  # client address -> connections counted now
+    timeouts: int = 0
+    refused: int = 0
+
+
+P = TypeVar("P", bound="CombiningHttpToolsProtocol")
+
+
+def guarded(protocol: type[P], guard: ConnectionGuard) -> type[P]:
+    """``protocol`` bound to ``guard``'s limits (uvicorn.Config(http=...) takes a class, not an instance)."""
+    return type(protocol.__name__, (protocol,), {"guard": guard})
 
 
 class CombiningHttpToolsProtocol(HttpToolsProtocol):
@@ -109,10 +141,40 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
     parser stops reading at the upgrade, so serving it as HTTP would lose its body (a valid prediction answered
     "empty body"), and a WebSocket scope the application does not handle answered 500 or hung. Malformed HTTP
     gets the same JSON error shape as every other client mistake, not uvicorn's plain text.
+
+    Request headers are timed (``guard``, see :class:`ConnectionGuard`) with one timer per connection, armed when
+    it opens and again only for a later request whose headers span reads: a request that arrives whole costs a
+    flag or two, no timer and no clock read.
     """
+
+    guard: ClassVar[ConnectionGuard] = ConnectionGuard()
+    _peer: str | None = None  # the client address counted against the cap (None: unknown, trusted, or no cap)
+    _hdr_deadline = 0.0  # loop time by which the headers being read must be complete
+    _hdr_partial = False  # a request has begun and its headers are not complete (before the first: self.cycle None)
+    _hdr_slow = False  # the connection counts as half-open (against its client's cap, when _peer is set)
+    _hdr_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CombiningTransport(transport, self.loop))  # type: ignore[arg-type]
+        guard = self.guard
+        peer = self.client[0] if self.client else None
+        if peer is not None and guard.max_half_open and peer not in guard.trusted:
+            if guard.half_open.get(peer, 0) >= guard.max_half_open:
+                guard.refused += 1
+                self.transport.close()
+                return
+            self._peer = peer
+        self._hdr_deadline = self.loop.time() + guard.header_timeout
+        self._hdr_timer = self.loop.call_later(min(HALF_OPEN_GRACE_S, guard.header_timeout), self._header_check)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._hdr_timer is not None:
+            self._hdr_timer.cancel()
+            self._hdr_timer = None
+        if self._hdr_slow:
+            self._hdr_slow = False
+            self._uncount()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
@@ -124,6 +186,87 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
             self.refuse("malformed_http", f"malformed HTTP/1.1 request ({exc}); the connection is closed")
         except httptools.HttpParserUpgrade:
             self.refuse("upgrade_not_supported", UPGRADE_REFUSED)
+        else:
+            if self._hdr_partial and not self._hdr_slow:
+                self._headers_slow()
+
+    # -- the header-read timeout and the per-client cap ------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._hdr_partial = True
+        super().on_message_begin()
+
+    def _slow_headers_done(self) -> None:
+        """The headers of a request counted as half-open are in: it no longer counts (called only then, so a
+        request that arrives whole costs a flag, not a call)."""
+        self._hdr_slow = False
+        self._uncount()
+
+    def _headers_slow(self) -> None:
+        """This request's headers span reads: count the connection against its client's cap and time them (a later
+        request from about its first byte, this read's; the first from the connection's opening)."""
+        self._hdr_slow = True
+        if self.cycle is not None:
+            self._hdr_deadline = self.loop.time() + self.guard.header_timeout
+        if self._hdr_timer is None:
+            self._hdr_timer = self.loop.call_at(self._hdr_deadline, self._header_check)
+        self._count()
+
+    def _count(self) -> None:
+        """One more half-open connection for this client; over the cap, this one is closed instead."""
+        peer = self._peer
+        if peer is None:
+            return
+        guard = self.guard
+        held = guard.half_open.get(peer, 0)
+        if held >= guard.max_half_open:
+            guard.refused += 1
+            self._hdr_slow = False  # not counted: nothing to take back when it is lost
+            self.transport.close()
+            return
+        guard.half_open[peer] = held + 1
+
+    def _uncount(self) -> None:
+        peer = self._peer
+        if peer is None:
+            return
+        half_open = self.guard.half_open
+        held = half_open.get(peer, 0) - 1
+        if held > 0:
+            half_open[peer] = held
+        else:
+            half_open.pop(peer, None)
+
+    def _header_check(self) -> None:
+        """The header timer: a connection silent since it opened counts once the grace is over; headers overdue
+        close the connection (after the answer owed to a request in front of them); else look again at the
+        deadline."""
+        self._hdr_timer = None
+        reading = self._hdr_partial or self.cycle is None  # a request's headers, or the first request's yet
+        if not reading or self._refusal is not None or self.transport.is_closing():
+            return
+        if not self._hdr_slow:
+            self._hdr_slow = True
+            self._count()
+            if self.transport.is_closing():
+                return
+        now = self.loop.time()
+        if now < self._hdr_deadline:
+            self._hdr_timer = self.loop.call_at(self._hdr_deadline, self._header_check)
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:  # pipelined behind a request still being answered
+            self._hdr_deadline = now + self.guard.header_timeout
+            self._hdr_timer = self.loop.call_at(self._hdr_deadline, self._header_check)
+            return
+        self.guard.timeouts += 1
+        if not self._hdr_partial:  # nothing sent since the connection opened: no request to answer
+            self.transport.close()
+            return
+        message = (
+            f"the request headers did not arrive within {self.guard.header_timeout:g} s "
+            "(MLRELEASE_HEADER_TIMEOUT_S); the connection is closed"
+        )
+        self._write_error(408, "header_timeout", message)
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio keeps the socket open on True
         """A client that half-closes once its request is sent (shutdown(SHUT_WR), `nc -N`) still gets the answer:
@@ -173,11 +316,11 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
                 self.loop.call_later(self.timeout_keep_alive, self._close_if_held)
                 return
             if not self._queued(cycle):
-                self._write_refusal(code, message)
+                self._write_error(400, code, message)
                 return
             self.pipeline.popleft()
         elif cycle is None or cycle.response_complete:
-            self._write_refusal(code, message)
+            self._write_error(400, code, message)
             return
         self._hold((code, message))
 
@@ -203,20 +346,24 @@ class CombiningHttpToolsProtocol(HttpToolsProtocol):
         if refusal is CLOSE_ONLY:
             self.transport.close()
             return True
-        self._write_refusal(*refusal)
+        self._write_error(400, *refusal)
         return True
 
     def on_response_complete(self) -> None:
         if not self.refusal_due():
             super().on_response_complete()
 
-    def _write_refusal(self, code: str, message: str) -> None:
-        body = orjson.dumps({"error": message, "code": code, "status": 400})  # the shape of every other error
-        head = response_head(self.server_state.default_headers, 400, _JSON)
+    def _write_error(self, status: int, code: str, message: str) -> None:
+        """A JSON error (the shape of every other) with ``connection: close``, then the close."""
+        body = orjson.dumps({"error": message, "code": code, "status": status})
+        head = response_head(self.server_state.default_headers, status, _JSON)
         self.transport.write(b"%scontent-length: %d\r\nconnection: close\r\n\r\n%s" % (head, len(body), body))
         self.transport.close()
 
     def on_headers_complete(self) -> None:
+        self._hdr_partial = False
+        if self._hdr_slow:
+            self._slow_headers_done()
         if self.parser.should_upgrade():
             return  # refused in data_received, once the parser stops at the upgrade: no cycle, no task
         super().on_headers_complete()

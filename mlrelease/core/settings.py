@@ -90,7 +90,12 @@ class Settings(BaseSettings):
     rate_limit_per_second: float = Field(0.0, ge=0, description="Per-client requests/s; 0 disables")
     rate_limit_burst: int = Field(100, ge=1)
     trusted_proxies: str = Field(
-        "127.0.0.1,::1", description="Peers whose X-Forwarded-For names the client (comma-separated addresses)"
+        "",
+        description="Peers whose X-Forwarded-For names the client (comma-separated addresses); empty: no one, the "
+        "rate limit keys on the connecting address",
+    )
+    protect_metadata: bool = Field(
+        False, description="With an API key set, /metrics and /openapi.json require it too (default: open for scrapes)"
     )
     drift_window: int = Field(1000, ge=10)
 

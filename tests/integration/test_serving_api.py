@@ -268,7 +268,13 @@ def test_the_benchmark_reads_which_runtime_answers(server: Server) -> None:
 
 
 def test_api_key_and_rate_limit(bundle: Path, tmp_path: Path) -> None:
-    settings = {"api_key": API_KEY, "rate_limit_per_second": "0.01", "rate_limit_burst": "4"}
+    # loopback is a trusted proxy here, as for a server behind the local target's nginx (trusted by default: none)
+    settings = {
+        "api_key": API_KEY,
+        "rate_limit_per_second": "0.01",
+        "rate_limit_burst": "4",
+        "trusted_proxies": "127.0.0.1",
+    }
     with run_server(bundle, tmp_path, enable_admin="true", admin_token=ADMIN_TOKEN, **settings) as srv:
         body = '{"instances": [' + ROW + "]}"
         auth = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}

@@ -59,6 +59,9 @@ def cases() -> list[tuple[str, str, dict[str, str], bytes]]:
         ("no key", PREDICT, {"Content-Type": "application/json"}, v1),
         ("wrong key", PREDICT, {**auth, "Authorization": "Bearer nope"}, v1),
         ("text body", PREDICT, {**auth, "Content-Type": "text/plain"}, v1),
+        ("gzip body", PREDICT, {**auth, "Content-Encoding": "gzip"}, v1),
+        ("latin-1 body", PREDICT, {**auth, "Content-Type": "application/json; charset=ISO-8859-1"}, v1),
+        ("utf-8 charset", PREDICT, {**auth, "Content-Type": "application/json; charset=UTF-8"}, v1),
         ("bad json", PREDICT, auth, b'{"instances": [1,'),
         ("nan", PREDICT, auth, b'{"instances": [[NaN]]}'),
         ("few features", PREDICT, auth, b'{"instances": [[1, 2, 3]]}'),
@@ -78,7 +81,7 @@ def test_fast_and_asgi_paths_answer_alike(servers: tuple[Server, Server], case: 
     assert answers[0].status_code == answers[1].status_code, [a.text for a in answers]
     assert answers[0].json() == answers[1].json()
     assert answers[0].status_code < 500
-    for name in ("content-type", "www-authenticate", "retry-after"):
+    for name in ("content-type", "www-authenticate", "retry-after", "accept-encoding"):
         assert answers[0].headers.get(name) == answers[1].headers.get(name)
 
 
