@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable
@@ -424,6 +425,9 @@ class ModelServer:
         except ClientError as exc:
             self.load_error = exc.message
             log.error("not ready: %s", exc.message)
+            if self.settings.exit_on_load_failure:
+                log.error("exiting: no model to serve (MLRELEASE_EXIT_ON_LOAD_FAILURE)")
+                os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's own graceful exit
 
     def _on_sighup(self) -> None:
         log.info("SIGHUP: reloading %s", self.source.describe())

@@ -43,6 +43,11 @@ class ServingSettings(Settings):
         "the loopback nginx, which drops idle upstream connections after 1 s, never sends a request down one the "
         "server is closing",
     )
+    exit_on_load_failure: bool = Field(
+        False,
+        description="exit when the model cannot be loaded at start instead of staying up not ready, so that a "
+        "supervisor restarts it with backoff and gives up visibly (the local target and Kubernetes want this)",
+    )
     fast_path: bool = Field(
         True, description="answer plain prediction requests in the HTTP protocol, without an ASGI task (fastpath.py)"
     )

@@ -25,11 +25,13 @@ def make_target(
     ready_timeout_s: float = 90.0,
     drain_timeout_s: float = 15.0,
     replicas: Mapping[str, int] | None = None,
+    metrics_headers: Mapping[str, str] | None = None,
 ) -> DeploymentTarget:
     """The deployment target of kind ``kind`` (default: ``$MLRELEASE_TARGET``, else ``local``) keeping its state
     in ``state_dir``, running ``replicas[environment]`` servers per slot (default 1); an unknown kind is a one-line
     error naming the known ones. The router's TLS certificate comes from ``MLRELEASE_TLS_CERT`` and
-    ``MLRELEASE_TLS_KEY`` (default: self-signed for localhost)."""
+    ``MLRELEASE_TLS_KEY`` (default: self-signed for localhost). ``metrics_headers`` go with every scrape of a
+    slot's /metrics (the API key, when the servers protect it)."""
     chosen = kind or os.environ.get(TARGET_VAR) or "local"
     if chosen == "local":
         from deploy.targets.local.target import LocalTarget
@@ -39,6 +41,7 @@ def make_target(
             ready_timeout_s=ready_timeout_s,
             drain_timeout_s=drain_timeout_s,
             replicas=replicas,
+            metrics_headers=metrics_headers,
             tls_cert=os.environ.get(TLS_CERT_VAR) or None,
             tls_key=os.environ.get(TLS_KEY_VAR) or None,
         )

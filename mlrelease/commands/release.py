@@ -52,6 +52,7 @@ def build_promoter(params_path: Path, by: str | None, dry_run: bool, loadtest: b
         ready_timeout_s=promotion.ready_timeout,
         drain_timeout_s=promotion.drain_timeout,
         replicas={"production": promotion.replicas},
+        metrics_headers=settings.prediction_headers() if settings.protect_metadata else None,
     )
     return Promoter(
         settings=settings,

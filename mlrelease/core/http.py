@@ -11,7 +11,7 @@ import http.client
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -26,13 +26,14 @@ def _opener(direct: bool) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener()
 
 
-def probe(url: str, timeout: float = 1.0) -> tuple[int, str]:
+def probe(url: str, timeout: float = 1.0, headers: Mapping[str, str] | None = None) -> tuple[int, str]:
     """Status and body of a GET; ``(0, reason)`` when nothing answers (refused, reset, timed out, not HTTP)."""
     if urlsplit(url).scheme not in ("http", "https"):
         raise ValueError(f"{url}: a probe takes an http:// or https:// URL")
     opener = _opener(is_loopback_http(url))
+    request = urllib.request.Request(url, headers=dict(headers or {}))  # noqa: S310  # nosec B310
     try:  # the scheme is checked above: http or https only, never file://
-        with opener.open(url, timeout=timeout) as resp:  # nosec B310
+        with opener.open(request, timeout=timeout) as resp:  # nosec B310
             return int(resp.status), resp.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read().decode("utf-8", "replace")

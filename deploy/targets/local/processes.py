@@ -92,7 +92,10 @@ def server_command(bundle_dir: Path, version: str, port: int) -> list[str]:
 
 def server_env(environment: str, version: str, behind_router: bool) -> dict[str, str]:
     """A replica's environment: this command's, without job markers or a model source, plus the slot's own."""
-    env = detached_env({"MLRELEASE_MODEL_VERSION": str(version)}, dropped=SLOT_DROPPED)
+    # a replica that cannot load its model exits, so the supervisor retries it and gives up visibly
+    env = detached_env(
+        {"MLRELEASE_MODEL_VERSION": str(version), "MLRELEASE_EXIT_ON_LOAD_FAILURE": "1"}, dropped=SLOT_DROPPED
+    )
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     if environment == STAGING_ENV:
         env.update(STAGING_OVERRIDES)

@@ -59,6 +59,7 @@ class LocalTarget(DeploymentTarget):
         tls_cert: str | None = None,
         tls_key: str | None = None,
         start_retries: int = 3,
+        metrics_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.store = StateStore(self.state_dir)
@@ -69,6 +70,7 @@ class LocalTarget(DeploymentTarget):
         self.entry_ports = dict(entry_ports or {})
         self.replicas = dict(replicas or {})
         self.tls_files = (tls_cert, tls_key)
+        self.metrics_headers = dict(metrics_headers or {})  # the API key, when the servers protect /metrics
         self.start_retries = start_retries  # failed starts in a row before the supervisor gives up on a replica
         self.supervisor = Supervisor(self.state_dir, timeout_s=drain_timeout_s + 15.0)
 
@@ -356,7 +358,7 @@ class LocalTarget(DeploymentTarget):
             raise DeploymentError(f"{environment}/{slot} is empty: no metrics to read")
         pages, problems = [], []
         for url in urls:
-            code, body = probe(f"{url}/metrics", timeout=METRICS_TIMEOUT_S)
+            code, body = probe(f"{url}/metrics", timeout=METRICS_TIMEOUT_S, headers=self.metrics_headers)
             if code == 200:
                 pages.append(body)
             elif code == 0:
