@@ -10,7 +10,8 @@ SKLEARN_LOADERS = ("load_breast_cancer", "load_wine", "load_digits", "load_iris"
 
 
 class DataSourceError(ValueError):
-    """The data source cannot be read as a table; the message says why and what to do."""
+    """The data source cannot be read as a table; the message says why and what to do (the CLI prints it as one
+    line, exit 2: mlrelease.cli.explain)."""
 
 
 def _load_sklearn(path: Path, target: str) -> pd.DataFrame:
@@ -22,6 +23,13 @@ def _load_sklearn(path: Path, target: str) -> pd.DataFrame:
     bunch = getattr(datasets, lines[0])(as_frame=True)
     frame = bunch.frame.copy()
     return frame.rename(columns={"target": target}) if target != "target" else frame
+
+
+def _require_text(path: Path, probe_bytes: int = 8192) -> None:
+    """A CSV is text: a NUL byte near the start means a binary file (pandas would report a tokenizing error)."""
+    with path.open("rb") as handle:
+        if b"\0" in handle.read(probe_bytes):
+            raise DataSourceError(f"{path}: a binary file, not a text CSV: save the data as UTF-8 CSV or as Parquet")
 
 
 def load_source(source: str | Path, target: str) -> pd.DataFrame:
@@ -36,9 +44,18 @@ def load_source(source: str | Path, target: str) -> pd.DataFrame:
         if suffix in {".parquet", ".pq"}:
             return pd.read_parquet(path)
         if suffix in {".csv", ".txt"}:
+            _require_text(path)
             return pd.read_csv(path)
+    except DataSourceError:
+        raise  # already says what is wrong
     except pd.errors.EmptyDataError as exc:
         raise DataSourceError(f"{path}: the file is empty (no header, no rows)") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
-        raise DataSourceError(f"{path}: cannot be parsed as {suffix[1:]}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataSourceError(
+            f"{path}: not a text {suffix[1:]} file (binary, or not UTF-8): save the data as UTF-8 CSV or as Parquet"
+        ) from exc
+    except (pd.errors.ParserError, OSError, ValueError) as exc:
+        raise DataSourceError(
+            f"{path}: cannot be parsed as {suffix[1:]} ({exc}): check that it is a {suffix[1:]} file with a header row"
+        ) from exc
     raise DataSourceError(f"{path}: unsupported file type {suffix!r}; use .csv, .parquet or .sklearn")

@@ -113,6 +113,10 @@ def log_to_mlflow(params: Params, result: TrainResult, experiment: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """DVC entry point: train on the prepared splits, save the checkpoint, the run id and the loss history."""
+    from mlflow.exceptions import MlflowException
+
+    from mlrelease.core.errors import one_line
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--splits", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -131,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         "dropout": params.model.dropout,
     }
     save_checkpoint(result.model, config, args.checkpoint)
-    run_id = log_to_mlflow(params, result, experiment=params.model.name)
+    try:
+        run_id = log_to_mlflow(params, result, experiment=params.model.name)
+    except MlflowException as exc:  # an unreachable tracking server included (registry.reach)
+        sys.stderr.write(f"train: the tracking server refused or could not be reached: {one_line(exc)}\n")
+        return 1
     write_json(
         args.run_info, {"run_id": run_id, "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss}
     )

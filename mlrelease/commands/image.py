@@ -6,6 +6,12 @@ from pathlib import Path
 
 import typer
 
+from mlrelease.core.errors import UserError
+from mlrelease.core.params import ConfigFileError
+
+# what build and scan leave to the CLI's one-line answer (exit 2); any other failure is theirs to report (exit 1)
+USER_MISTAKES = (ConfigFileError, UserError)
+
 
 def _print_build(report: dict[str, object]) -> None:
     from rich.console import Console
@@ -81,6 +87,8 @@ def register(app: typer.Typer) -> None:
             result = run_build(
                 Path.cwd(), params, model_dir, version, report, base_image, smoke=not no_smoke, engine_name=engine
             )
+        except USER_MISTAKES:
+            raise  # a file, flag or setting to fix: one line from the CLI, exit 2
         except Exception as exc:
             typer.echo(f"build failed: {exc}", err=True)
             raise typer.Exit(1) from exc
@@ -101,6 +109,8 @@ def register(app: typer.Typer) -> None:
             result = run_scan(
                 Path.cwd(), params, image, reports / "build.json", reports, engine, with_image=not source_only
             )
+        except USER_MISTAKES:
+            raise  # a file, flag or setting to fix: one line from the CLI, exit 2
         except Exception as exc:
             typer.echo(f"scan failed: {exc}", err=True)
             raise typer.Exit(1) from exc

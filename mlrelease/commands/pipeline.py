@@ -8,11 +8,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from pipelines.freshness import ReportState
 
 REPORTS = Path("reports")
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -23,24 +26,44 @@ def _load_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _gates_table() -> Table:
+GATE_REPORTS = (("evaluate", "evaluate_gates.json"), ("export", "export.json"))
+Gate = tuple[str, dict[str, Any], "ReportState | None"]  # stage, gate, the state of the report it comes from
+
+
+def _gates_table(gates: list[Gate]) -> Table:
     table = Table(title="Gates", show_lines=False)
-    for col in ("stage", "gate", "value", "threshold", "result"):
+    with_state = any(state is not None for _, _, state in gates)
+    for col in ("stage", "gate", "value", "threshold", "result", *(["report"] if with_state else [])):
         table.add_column(col)
-    for stage, gate in _all_gates():
+    for stage, gate, state in gates:
         verdict = "[green]PASS[/]" if gate["passed"] else "[red]FAIL[/]"
-        table.add_row(stage, gate["name"], str(gate["value"]), str(gate["threshold"]), verdict)
+        label = [] if not with_state else ["-" if state is None else state.label]
+        table.add_row(stage, gate["name"], str(gate["value"]), str(gate["threshold"]), verdict, *label)
     return table
 
 
-def _registration(bundle: Path = Path("models")) -> dict[str, Any]:
+def _report_states() -> dict[str, ReportState]:
+    """Which reports this workspace's latest run wrote (pipelines.freshness; empty outside a DVC workspace)."""
+    from pipelines.freshness import report_states
+
+    return report_states()
+
+
+def _fresh(states: dict[str, ReportState], path: Path) -> bool:
+    """Whether the report at ``path`` is this run's (True when DVC cannot tell: nothing is claimed then)."""
+    state = states.get(path.as_posix())
+    return state is None or state.fresh
+
+
+def _registration(states: dict[str, ReportState], bundle: Path = Path("models")) -> dict[str, Any]:
     """reports/registration.json when it registered the model now in ``bundle``: a later run that stopped before
-    register leaves the old file in place (DVC does not delete it), and its sha256 then names another model."""
+    register leaves the old file in place (DVC does not delete it), and its sha256 then names another model. When
+    its inputs changed since, it stays, and the summary says it is stale."""
     registration = _load_json(REPORTS / "registration.json")
     card = _load_json(bundle / "model_card.json")
     if registration and registration.get("artifact_sha256") != card.get("sha256"):
         return {}
-    if any(not gate["passed"] for _, gate in _all_gates()):
+    if any(not gate["passed"] for _, gate, _ in _this_runs(_all_gates(states))):
         return {}  # this run's gates failed: the registration (and maybe the bundle) are an earlier run's
     return registration
 
@@ -49,10 +72,13 @@ def _registry_rows(registration: dict[str, Any]) -> list[tuple[str, str]]:
     from mlflow.exceptions import MlflowException
 
     from registry.client import get_client
+    from registry.reach import RegistryUnreachable
 
     client = get_client()
     try:
         version = client.get_model_version(registration["model_name"], str(registration["version"]))
+    except RegistryUnreachable:
+        raise  # one line from the CLI: the registry to start, or the URI to fix
     except MlflowException as exc:
         return [
             ("model", f"{registration['model_name']} version {registration['version']}"),
@@ -69,54 +95,82 @@ def _registry_rows(registration: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def _all_gates() -> list[tuple[str, dict[str, Any]]]:
+def _all_gates(states: dict[str, ReportState]) -> list[Gate]:
+    """Every gate in the gate reports, with the state of its report (None: DVC cannot tell)."""
     return [
-        (stage, gate)
-        for stage, name in (("evaluate", "evaluate_gates.json"), ("export", "export.json"))
+        (stage, gate, states.get((REPORTS / name).as_posix()))
+        for stage, name in GATE_REPORTS
         for gate in _load_json(REPORTS / name).get("gates", [])
     ]
 
 
-def summary_markdown(registration: dict[str, Any]) -> str:
+def _this_runs(gates: list[Gate]) -> list[Gate]:
+    """The gates whose report this workspace's latest run wrote."""
+    return [gate for gate in gates if gate[2] is None or gate[2].fresh]
+
+
+def _stale_lines(states: dict[str, ReportState]) -> list[str]:
+    """One line per report that is not this run's, saying why."""
+    return [f"{path} is stale: {state.why}" for path, state in sorted(states.items()) if not state.fresh]
+
+
+def summary_markdown(registration: dict[str, Any], states: dict[str, ReportState] | None = None) -> str:
     """The same summary as Markdown, for a CI job summary; without a registration, which gates failed."""
+    states = _report_states() if states is None else states
+    gates = _all_gates(states)
     lines = ["## Registered model", ""]
     if registration:
         lines += ["| | |", "|---|---|"]
         lines += [f"| {key} | `{value}` |" for key, value in _registry_rows(registration)]
     else:
-        lines.append(f"**No model was registered.** {_why_not_registered()}")
-    lines += ["", "## Gates", "", "| stage | gate | value | threshold | result |", "|---|---|---|---|---|"]
+        lines.append(f"**No model was registered.** {_why_not_registered(gates)}")
+    extra = " report |" if states else ""
+    lines += ["", "## Gates", "", f"| stage | gate | value | threshold | result |{extra}", "|---|---|---|---|---|"]
+    lines[-1] += "---|" if states else ""
     lines += [
         f"| {stage} | {g['name']} | {g['value']} | {g['threshold']} | {'PASS' if g['passed'] else 'FAIL'} |"
-        for stage, g in _all_gates()
+        + (f" {'-' if state is None else state.label} |" if states else "")
+        for stage, g, state in gates
     ]
+    stale = _stale_lines(states)
+    if stale:
+        lines += ["", "Not from this run:", "", *[f"- {line}" for line in stale]]
     return "\n".join(lines)
 
 
-def _why_not_registered() -> str:
+def _why_not_registered(gates: list[Gate]) -> str:
     """One sentence for a summary without a registration: the failed gates by name, or where the run stopped."""
-    gates = _all_gates()
-    failed = [f"`{g['name']}` ({g['value']} vs {g['threshold']})" for _, g in gates if not g["passed"]]
+    current = _this_runs(gates)
+    failed = [f"`{g['name']}` ({g['value']} vs {g['threshold']})" for _, g, _ in current if not g["passed"]]
     if failed:
         return (
             f"Failed gates: {', '.join(failed)}. Thresholds are data: `gates:` and `export:` in params.yaml; "
             "improve the model rather than loosen them."
         )
-    if gates:
+    if current:
         return "Every gate passed; register (or a stage before it) failed: see the pipeline's log."
+    if gates:
+        return (
+            "No run in this workspace wrote the gate reports in reports/ (they are stale: committed, or their "
+            "inputs changed since); `mlrelease run` produces this run's."
+        )
     return "The pipeline stopped before its gates ran (or never ran: `mlrelease run`); see its log."
 
 
 def summary(markdown: bool = False) -> None:
-    """Print what the pipeline produced: registered version, aliases, gates and where the reports are."""
-    registration = _registration()
+    """Print what the pipeline produced: registered version, aliases, gates and where the reports are; each report
+    marked as this run's or stale."""
+    states = _report_states()
+    registration = _registration(states)
     if markdown:
-        typer.echo(summary_markdown(registration))
+        typer.echo(summary_markdown(registration, states))
         raise typer.Exit(0 if registration else 1)
+    gates = _all_gates(states)
     if not registration:
-        err_console.print(f"[red]No model was registered by the last run.[/] {_why_not_registered()}")
-        if _all_gates():
-            console.print(_gates_table())
+        err_console.print(f"[red]No model was registered by the last run.[/] {_why_not_registered(gates)}")
+        if gates:
+            console.print(_gates_table(gates))
+        _print_stale(states)
         raise typer.Exit(1)
     table = Table(title="Registered model", show_header=False)
     for key, value in _registry_rows(registration):
@@ -126,10 +180,17 @@ def summary(markdown: bool = False) -> None:
         "test metrics", ", ".join(f"{k}={metrics[k]:.4f}" for k in ("accuracy", "roc_auc", "f1") if k in metrics)
     )
     console.print(table)
-    console.print(_gates_table())
-    files = sorted(str(p) for p in REPORTS.rglob("*") if p.is_file() and p.name != ".gitkeep")
-    console.print("Reports: " + ", ".join(files))
+    console.print(_gates_table(gates))
+    files = sorted(p for p in REPORTS.rglob("*") if p.is_file() and p.name != ".gitkeep")
+    console.print("Reports: " + ", ".join(f"{p}{'' if _fresh(states, p) else ' (stale)'}" for p in files))
     console.print("Bundle: models/model.pt, models/model_card.json, models/reference_stats.json")
+    _print_stale(states)
+
+
+def _print_stale(states: dict[str, ReportState]) -> None:
+    """Say which reports are not this run's, and why (nothing when all are, or DVC cannot tell)."""
+    for line in _stale_lines(states):
+        err_console.print(line, markup=False, highlight=False)
 
 
 def compare(base: str, markdown: bool, accept: bool) -> None:
@@ -193,8 +254,17 @@ def remove_outputs(dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
     return removed
 
 
+def require_pipeline(dvc_yaml: Path = Path("dvc.yaml")) -> None:
+    """The pipeline runs from the folder holding dvc.yaml: said plainly (exit 2), before DVC says it its way."""
+    from mlrelease.core.errors import UserError
+
+    if not dvc_yaml.is_file():
+        raise UserError(f"no {dvc_yaml} in {Path.cwd()}: run the pipeline from the repository root")
+
+
 def run_pipeline(force: bool = False, fresh: bool = False) -> int:
     """`dvc repro` with the project's interpreter first on PATH, so stages run in the same environment."""
+    require_pipeline()
     if fresh:
         removed = remove_outputs()
         console.print(f"--fresh: removed {len(removed)} pipeline outputs ({', '.join(removed) or 'none'})")
@@ -223,7 +293,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("summary")
     def summary_cmd(markdown: bool = typer.Option(False, help="Markdown, for CI job summaries")) -> None:
-        """Show the registered version, its aliases, the gates and the reports."""
+        """Show the registered version, its aliases, the gates and the reports, each report marked `this run` or
+        `stale`: stale ones were not written by this workspace's latest run (committed ones in a fresh clone, or
+        their stage's inputs changed since; as `dvc status` tells). Exit 1 when this run registered nothing."""
         summary(markdown)
 
     @app.command("compare")
@@ -261,33 +333,34 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., help="Where to write the YAML contract"),
         margin: float = typer.Option(0.1, help="Widen observed ranges by this share of their span"),
     ) -> None:
-        """Draft a data contract from a trusted sample, to review and commit next to your data."""
-        from pipelines.data import load_source
-        from pipelines.schema import dump_contract, infer_contract
+        """Draft a data contract from a trusted sample, to review and commit next to your data. It is checked
+        against that sample before it is written (a value it would refuse, e.g. inf: exit 1, nothing written)."""
+        from pipelines.draft import draft_contract
 
         require_file(file)
-        frame = load_source(file, target)
-        contract = infer_contract(frame, target, name=file.stem, margin=margin)
-        out.write_text(dump_contract(contract, f"Data contract drafted from {file.name} by `mlrelease infer-schema`"))
+        contract = draft_contract(file, target, out, margin)
         console.print(f"Wrote {out}: {len(contract.features)} features, labels {contract.target.labels}")
 
 
 def require_file(file: Path) -> None:
-    """A data file named on the command line must exist: say so plainly (exit 2), not as a failed check."""
+    """A data file named on the command line must exist: said plainly (exit 2), not as a failed check."""
+    from mlrelease.core.errors import UserError
+
     if not file.is_file():
-        err_console.print(f"[red]{file}: no such file[/] (the path is taken from the current directory, {Path.cwd()})")
-        raise typer.Exit(2)
+        raise UserError(f"{file}: no such file (the path is taken from the current directory, {Path.cwd()})")
 
 
 def validate_data(file: Path, schema: Path | None, report: Path | None) -> None:
-    """Body of `mlrelease validate-data`."""
+    """Body of `mlrelease validate-data`: a file that cannot be read is a usage error (exit 2), data that breaks
+    the contract a failed check (exit 1, every failing column listed)."""
     from mlrelease.core.params import load_params
+    from pipelines.data import load_source
     from pipelines.schema import load_contract
-    from pipelines.validate import format_results, validate_file, write_report
+    from pipelines.validate import format_results, validate_frame, write_report
 
     require_file(file)
     contract = load_contract(schema or load_params().data.schema_path)
-    result = validate_file(file, contract)
+    result = validate_frame(load_source(file, contract.target.name), contract, name=str(file))
     if report:
         write_report([result], report)
     if result.valid:

@@ -93,6 +93,7 @@ def run_guarded(action: str, call: Callable[[], None]) -> None:
     from rich.console import Console
 
     from deploy.targets.base import DeploymentError
+    from mlrelease.core.errors import UserError, one_line
     from mlrelease.core.locking import PromotionLocked
     from mlrelease.core.params import ParamsError
     from release.outcome import PromotionError
@@ -108,7 +109,10 @@ def run_guarded(action: str, call: Callable[[], None]) -> None:
     except PromotionError as exc:
         err.print(f"[red]{action} failed: {exc}[/red]", highlight=False)
         raise typer.Exit(exc.exit_code) from exc
-    except (DeploymentError, ParamsError, ValueError, RuntimeError, OSError) as exc:
+    except (ParamsError, UserError) as exc:  # a file, setting or service the user can fix: nothing changed
+        err.print(f"[red]{action}: {one_line(exc)}[/red]", highlight=False)
+        raise typer.Exit(getattr(exc, "exit_code", 2)) from exc
+    except (DeploymentError, ValueError, RuntimeError, OSError) as exc:
         err.print(f"[red]{action} failed: {exc}[/red]", highlight=False)
         raise typer.Exit(1) from exc
     except Exception as exc:

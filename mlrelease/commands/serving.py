@@ -17,6 +17,10 @@ def _serve(
     """Serve one model (other settings from MLRELEASE_* variables)."""
     from deploy.serving.__main__ import main
 
+    if model_dir is not None and not model_dir.is_dir():
+        from mlrelease.core.errors import UserError
+
+        raise UserError(f"{model_dir}: no such folder; --model-dir takes a bundle folder (model.pt, model_card.json)")
     argv: list[str] = []
     for flag, value in (
         ("--model-dir", model_dir),
@@ -43,6 +47,7 @@ def _loadtest(
     from rich.table import Table
 
     from deploy.loadtest.runner import LoadtestError, LoadtestParams, run_loadtest
+    from mlrelease.core.errors import one_line
     from mlrelease.core.params import ConfigFileError, load_params, section
     from mlrelease.core.settings import get_settings
 
@@ -59,7 +64,7 @@ def _loadtest(
             get_settings().prediction_headers(),
         )
     except (LoadtestError, ConfigFileError) as exc:
-        console.print(f"[red]loadtest could not run:[/red] {exc}")
+        typer.echo(f"mlrelease loadtest: could not run: {one_line(exc)}", err=True)
         raise typer.Exit(2) from exc
     table = Table("metric", "value", title=f"loadtest {url}")
     for key, value in report["stats"].items():

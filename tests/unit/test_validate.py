@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,99 @@ def test_a_column_added_or_dropped_is_said_in_the_contracts_terms() -> None:
         "the data has no label column 'target' (the contract's target): a labelled table is needed here; check "
         "data.target in params.yaml and the contract's target name"
     ]
+
+
+def test_a_binary_or_non_mapping_schema_file_is_named_in_one_line(tmp_path: Path) -> None:
+    binary = tmp_path / "schema.yaml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(SchemaFileError, match="not a text file"):
+        load_contract(binary)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(SchemaFileError, match="not a data contract"):
+        load_contract(listing)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nfeatures: []\ntarget: {name: y, labels: [0]}\n")
+    with pytest.raises(SchemaFileError) as raised:
+        load_contract(bad)
+    assert "\n" not in str(raised.value) and "errors.pydantic.dev" not in str(raised.value)
+    assert "features: List should have at least 1 item" in str(raised.value)
+
+
+def sample(rows: int = 30) -> pd.DataFrame:
+    """A small labelled sample: two features, two classes."""
+    rng = np.random.default_rng(0)
+    labels = [i % 2 for i in range(rows)]
+    return pd.DataFrame({"a": rng.normal(size=rows), "b": rng.uniform(0, 1, size=rows), "label": labels})
+
+
+def test_a_column_with_an_empty_cell_is_nullable_in_the_draft() -> None:
+    df = sample()
+    df.loc[3, "b"] = np.nan
+    contract = infer_contract(df, "label", "s")
+    assert {f.name: f.nullable for f in contract.features} == {"a": False, "b": True}
+    assert validate_frame(df, contract).valid
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.1, 2.0])
+def test_a_draft_accepts_its_own_sample_at_any_margin(margin: float) -> None:
+    """Bounds rounded to six decimals are rounded outwards, so margin 0 keeps the extremes inside."""
+    df = sample(7)  # tiny: min_rows no higher than the sample
+    df["b"] += 0.2
+    df.loc[0, "b"], df.loc[1, "b"] = 0.1234567, 1.9876543  # nearest six decimals: just inside the extremes
+    df.loc[len(df)] = df.loc[1]  # a duplicate row: more than 5 % of seven
+    contract = infer_contract(df, "label", "s", margin=margin)
+    assert contract.min_rows <= len(df) and validate_frame(df, contract).valid
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda df: df.drop(columns=["label"]), "no column 'label'"),
+        (lambda df: df.assign(label=0), "one class"),
+        (lambda df: df.assign(label=[None] + [1] * (len(df) - 1)), "empty in 1 row(s)"),
+        (lambda df: df.assign(a=["x"] + [1.0] * (len(df) - 1)), "column 'a' is not numeric"),
+        (lambda df: df.assign(a=np.nan), "column 'a' is empty in every row"),
+        (lambda df: df.iloc[0:0], "no rows"),
+        (lambda df: df[["label"]], "no feature column"),
+    ],
+)
+def test_a_sample_no_contract_can_be_drafted_from_is_named(change, said: str) -> None:
+    from pipelines.schema import ContractInferenceError
+
+    with pytest.raises(ContractInferenceError, match=re.escape(said)):
+        infer_contract(change(sample()), "label", "s")
+
+
+@pytest.mark.parametrize("margin", [-0.01, -0.6, float("nan"), float("inf")])
+def test_a_negative_margin_is_refused(margin: float) -> None:
+    """A negative margin narrows each range below the sample's own values (past -0.5, min above max)."""
+    from pipelines.schema import ContractInferenceError
+
+    with pytest.raises(ContractInferenceError, match="margin"):
+        infer_contract(sample(), "label", "s", margin=margin)
+
+
+def test_a_draft_its_sample_fails_is_not_written(tmp_path: Path) -> None:
+    """The last guard: the draft is checked against its sample before it is written (inf passes inference)."""
+    from pipelines.draft import DraftRejectsSample, draft_contract
+
+    path, out = tmp_path / "s.csv", tmp_path / "s.yaml"
+    sample().assign(b=[np.inf] + [0.5] * 29).to_csv(path, index=False)
+    with pytest.raises(DraftRejectsSample, match="column 'b' fails finite"):
+        draft_contract(path, "label", out, margin=0.1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]  # no contract, no temporary file
+    sample().to_csv(path, index=False)
+    contract = draft_contract(path, "label", out, margin=0.1)
+    assert load_contract(out) == contract and validate_file(path, contract).valid
+
+
+def test_a_draft_goes_only_into_an_existing_folder(tmp_path: Path) -> None:
+    from pipelines.draft import DraftPathError, draft_contract
+
+    path = tmp_path / "s.csv"
+    sample().to_csv(path, index=False)
+    with pytest.raises(DraftPathError, match="does not exist"):
+        draft_contract(path, "label", tmp_path / "no" / "s.yaml", margin=0.1)
+    with pytest.raises(DraftPathError, match="is a folder"):
+        draft_contract(path, "label", tmp_path, margin=0.1)
