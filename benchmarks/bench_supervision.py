@@ -113,6 +113,7 @@ def one_killed(target: Any, entry: str, route: str, body: dict[str, Any], rps: f
     load.start()
     time.sleep(2.0)
     killed_at = time.monotonic()
+    assert slot.replicas[0].pid > 0  # 0 would signal this whole process group
     os.kill(slot.replicas[0].pid, signal.SIGKILL)
     back = wait_ready(target, slot, slot.replicas[0].port)
     time.sleep(2.0)
@@ -133,6 +134,7 @@ def all_killed(target: Any, entry: str, route: str, body: dict[str, Any], rps: f
     load.start()
     time.sleep(2.0)
     killed_at = time.monotonic()
+    assert all(replica.pid > 0 for replica in slot.replicas)
     for replica in slot.replicas:
         os.kill(replica.pid, signal.SIGKILL)
     deadline = killed_at + 30.0

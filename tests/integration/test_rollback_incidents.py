@@ -268,6 +268,7 @@ def start_canary(incident: Incident, log: Path) -> subprocess.Popen[bytes]:
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
+    assert pid > 0, "no pid to wait for"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.1)
@@ -324,7 +325,8 @@ def rollback_takes_over_from_a_canary_mid_analysis(incident: Incident, tmp_path:
     assert versions_after(load.result, finished) == {p}, load_summary(load.result)
     assert_all_on(incident, p, rows, show(rolled))  # canary weight 0 and slot gone, aliases, answers by P
     assert t.slot_version(PROD, "previous") is None
-    assert wait_gone(canary_slot.pid, 20), f"the canary server (pid {canary_slot.pid}) still runs"
+    pids = [r.pid for r in canary_slot.replicas]
+    assert all(pids) and all(wait_gone(pid, 20) for pid in pids), f"a canary server ({pids}) still runs"
     assert "nothing to do" in ok(rollback(home)[0])  # and the incident is over: a second run changes nothing
     huge = httpx.post(f"{entry}{predict_path(name)}", content=b"[" + b"0," * 1_500_000 + b"0]", timeout=30)
     assert huge.status_code == 413 and huge.json()["code"] == "body_too_large", huge.text[:200]  # JSON from nginx too
@@ -349,26 +351,30 @@ def rollback_does_not_wait_for_a_canary_server_still_starting(
     canary = incident.popen([str(BIN / "mlrelease"), "promote", "canary"], log)
     slot = None
     deadline = time.monotonic() + 120
-    while slot is None and time.monotonic() < deadline:  # the server is recorded the moment it is spawned
+    # its replicas are recorded the moment they are added to the supervisor, and get pids as it starts them
+    while (slot is None or not all(r.pid > 0 for r in slot.replicas)) and time.monotonic() < deadline:
         assert canary.poll() is None, f"the canary exited before starting its server:\n{log.read_text()}"
         slot = t.slot(PROD, "canary")
         time.sleep(0.02)
-    assert slot is not None and slot.version == c, log.read_text()
-    os.kill(slot.pid, signal.SIGSTOP)  # frozen while it imports: it never answers /ready
+    assert slot is not None and slot.version == c and all(r.pid > 0 for r in slot.replicas), log.read_text()
+    frozen = [r.pid for r in slot.replicas]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)  # frozen while it imports: it never answers /ready
     incident.state()
     try:
         assert t.slot_problem(PROD, "canary") is not None, "the canary's server was already ready"
         rolled, took = rollback(home, "--reason", "test: canary still starting")
         canary_code = canary.wait(timeout=30)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(slot.pid, signal.SIGCONT)  # it handles the SIGTERM it was sent
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)  # it handles the SIGTERM it was sent
     context = f"rollback ({took:.1f} s): {show(rolled)}\ncanary: exit {canary_code}\n{log.read_text()}"
     print(context)
     assert rolled.returncode == 0, context
     assert canary_code != 0 and "aborted" in log.read_text().lower(), context
     assert_all_on(incident, p, sample_rows(incident.bundle, 8), context)
-    assert wait_gone(slot.pid, 20), f"the canary server (pid {slot.pid}) still runs\n{context}"
+    assert all(wait_gone(pid, 20) for pid in frozen), f"a canary server ({frozen}) still runs\n{context}"
     assert Journal(t.state_dir).load().operation is None, context
     stopped = [r for r in history_rows(home) if r["action"] == "canary-rollback" and r["from"] == c]
     assert stopped and "stillstarting" in "".join(stopped[-1]["reason"].split()), stopped  # who stopped it, why
@@ -446,7 +452,8 @@ def rollback_killed_midway_is_finished_by_the_next_run(incident: Incident, tmp_p
     # the second run finishes the job: traffic on P, alias moved, verified, the bad version stopped, audited
     assert second.returncode == 0 and "verified" in second.stdout, context
     assert_all_on(incident, p, rows, context)
-    assert wait_gone(bad_slot.pid, 30), f"version {a}'s server (pid {bad_slot.pid}) still runs\n{context}"
+    pids = [r.pid for r in bad_slot.replicas]
+    assert all(pids) and all(wait_gone(pid, 30) for pid in pids), f"version {a}'s servers ({pids}) still run\n{context}"
     assert Journal(target(home).state_dir).load().operation is None, f"an operation is still journaled\n{context}"
     done = [r for r in history_rows(home) if r["action"] == "rollback" and same_text(r["reason"], reason)]
     assert done and (done[-1]["from"], done[-1]["to"], done[-1]["outcome"]) == (a, p, "done"), context
@@ -473,6 +480,7 @@ def stable_replicas_die_and_come_back(incident: Incident, a: str) -> None:
     load.start()
     try:
         time.sleep(1.0)
+        assert stable.replicas[0].pid > 0, stable  # never 0: that would signal this whole process group
         os.kill(stable.replicas[0].pid, signal.SIGKILL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and cli(home, "status").returncode != 0:
