@@ -34,13 +34,14 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "bench_supervision.json"
 TARGETS = {"one_killed_failed": 0, "one_killed_back_s": 2.0, "all_killed_back_s": 5.0, "registry_down_s": 10.0}
-REGISTRY_COMMANDS = (
+REGISTRY_COMMANDS = (  # every command that reads or writes the registry
     ["promote", "staging"],
     ["promote", "canary"],
     ["promote", "production"],
-    ["rollback", "--reason", "bench: registry down", "--yes"],
-    ["register"],
-    ["history"],
+    ["rollback", "--reason", "bench: registry down"],
+    ["summary"],
+    ["build"],
+    ["scan"],
 )
 
 

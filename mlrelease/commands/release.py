@@ -203,8 +203,8 @@ def rollback_command(
 
 
 def reconcile_command(by: str | None = BY, params: Path = PARAMS) -> None:
-    """Restart dead slots, stop expired warm ones, make each router match the state (every command does it
-    first; this does only that, e.g. after `mlrelease status` shows a slot down)."""
+    """Restart what the supervisor gave up on, stop expired warm slots, make each router match the state (every
+    command does it first; this does only that, e.g. after `mlrelease status` shows a replica down)."""
     from release.outcome import Outcome
     from release.states import Command
 
