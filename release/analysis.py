@@ -47,9 +47,13 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class NoAnswer:
-    """A slot whose /metrics gave no metrics page: refused, dead, timed out, non-200 or unreadable."""
+    """A slot whose /metrics gave no metrics page: refused, dead, timed out, non-200 or unreadable.
+
+    ``no_data``: the metrics source had nothing, not the slot (a Prometheus that does not answer or holds no series
+    of the slot): inconclusive for the canary too, never failed nor passed (argo-rollouts#1466, #180)."""
 
     reason: str
+    no_data: bool = False
 
 
 def _is_prediction_route(route: str) -> bool:
@@ -65,14 +69,7 @@ def parse_metrics(text: str) -> Snapshot:
         for sample in family.samples:
             labels = sample.labels
             if sample.name == "mlrelease_requests_total" and _is_prediction_route(labels.get("route", "")):
-                snap.requests += sample.value
-                status = labels.get("status", "")
-                if status.startswith("5"):
-                    snap.errors += sample.value
-                elif status == "429":
-                    snap.rate_limited += sample.value
-                elif status.startswith("4"):
-                    snap.client_errors += sample.value
+                count_requests(snap, labels.get("status", ""), sample.value)
             elif sample.name == "mlrelease_request_duration_seconds_bucket" and _is_prediction_route(
                 labels.get("route", "")
             ):
@@ -82,6 +79,17 @@ def parse_metrics(text: str) -> Snapshot:
                 cls = labels.get("class", "?")
                 snap.classes[cls] = snap.classes.get(cls, 0.0) + sample.value
     return snap
+
+
+def count_requests(snap: Snapshot, status: str, n: float) -> None:
+    """Add ``n`` prediction requests answered with ``status`` to ``snap`` (5xx, 429 and other 4xx apart)."""
+    snap.requests += n
+    if status.startswith("5"):
+        snap.errors += n
+    elif status == "429":
+        snap.rate_limited += n
+    elif status.startswith("4"):
+        snap.client_errors += n
 
 
 def delta(after: Snapshot, before: Snapshot) -> Snapshot:
@@ -116,6 +124,7 @@ class Measurement:
     stable_p99_ms: float | None
     divergence: float | None
     canary_scrape_error: str | None = None  # why the canary's /metrics did not answer this interval
+    canary_no_data: bool = False  # that was the metrics source's lack of data, not the canary's: inconclusive
     stable_scrape_error: str | None = None
     driver_requests: int | None = None  # the analysis' own load through the router; None when it drove none
     driver_failed: int | None = None  # no answer or 5xx among them (their 4xx are in driver_statuses)
@@ -207,6 +216,7 @@ def _observe(
         _ms(quantile(0.99, s.buckets)),
         js_divergence(c.classes, s.classes),
         canary_scrape_error=canary.reason if isinstance(canary, NoAnswer) else None,
+        canary_no_data=isinstance(canary, NoAnswer) and canary.no_data,
         stable_scrape_error=stable.reason if isinstance(stable, NoAnswer) else None,
         canary_client_error_rate=_client_rate(c),
         stable_client_error_rate=_client_rate(s),
@@ -226,7 +236,7 @@ def _observe(
 def _hard_failures(m: Measurement, params: CanaryParams) -> list[str]:
     """Failures that need no comparison with stable: a canary that did not answer, load that failed."""
     reasons: list[str] = []
-    if m.canary_scrape_error is not None:
+    if m.canary_scrape_error is not None and not m.canary_no_data:
         reasons.append(f"canary did not answer /metrics: {m.canary_scrape_error}")
     if m.driver_error_rate is not None and m.driver_error_rate > params.max_error_rate:
         reasons.append(
@@ -238,6 +248,8 @@ def _hard_failures(m: Measurement, params: CanaryParams) -> list[str]:
 
 def _missing_data(m: Measurement, params: CanaryParams) -> list[str]:
     """Why the slots' metrics cannot be compared this interval (inconclusive, never a pass)."""
+    if m.canary_no_data:
+        return [f"no metrics of the canary: {m.canary_scrape_error} (no data: inconclusive, never a pass)"]
     if m.stable_scrape_error is not None:
         return [f"stable did not answer /metrics: {m.stable_scrape_error} (nothing to compare with: inconclusive)"]
     if m.canary_scrape_error is None and min(m.canary_judged, m.stable_judged) < params.min_requests:

@@ -9,12 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from deploy.targets.base import DeploymentError, DeploymentTarget
+from deploy.targets.base import DeploymentError
 from mlrelease.core.params import CanaryParams
-from release.analysis import Analysis, Measurement, NoAnswer, Snapshot, delta, measure, parse_metrics
+from mlrelease.core.progress import progress
+from release.analysis import Analysis, Measurement, measure
 from release.audit import AuditRecord
 from release.bookkeeping import note_canary_rollback, stale_pass
 from release.context import Context
+from release.metrics_provider import MetricsProvider, between, make_provider
+from release.metrics_provider import interval_delta as interval_delta  # re-exported: tests use both
+from release.metrics_provider import scrape as scrape
 from release.outcome import Outcome, PromotionError, given_reason
 from release.session import operation, settle
 from release.states import (
@@ -203,37 +207,20 @@ def abort_canary(
     note_canary_rollback(p, version, stable, reason, evidence)
 
 
-def scrape(target: DeploymentTarget, slot: str) -> Snapshot | NoAnswer:
-    """The production slot's metrics through the target, parsed; NoAnswer with the reason when it gives no
-    readable metrics page (no data is never a pass)."""
-    try:
-        text = target.slot_metrics(PROD, slot)
-    except DeploymentError as exc:
-        return NoAnswer(str(exc))
-    try:
-        return parse_metrics(text)
-    except ValueError as exc:
-        return NoAnswer(f"unreadable metrics page from {PROD}/{slot} ({str(exc)[:200]})")
-
-
-def interval_delta(before: Snapshot | NoAnswer, after: Snapshot | NoAnswer) -> Snapshot | NoAnswer:
-    """The slot's counters over the interval, or why it did not answer at its start or its end."""
-    if isinstance(before, NoAnswer):
-        return NoAnswer(f"{before.reason} at the start of the interval")
-    if isinstance(after, NoAnswer):
-        return NoAnswer(f"{after.reason} at the end of the interval")
-    return delta(after, before)
-
-
-def measure_interval(p: Context, weight: float, params: CanaryParams, rows: list[list[float]]) -> Measurement:
-    """Scrape both slots, let one interval of traffic pass (driving load if asked), scrape again, judge."""
+def measure_interval(
+    p: Context, weight: float, params: CanaryParams, rows: list[list[float]], provider: MetricsProvider | None = None
+) -> Measurement:
+    """Read both slots' counters (``canary.metrics_provider``), let one interval of traffic pass (driving load if
+    asked), read them again, judge."""
     from deploy.targets.traffic import LoadDriver
 
     target = p.target
+    provider = provider or make_provider(params, target)
     entry, stable = target.entry_url(PROD), target.slot(PROD, Slot.STABLE)
     if target.slot(PROD, Slot.CANARY) is None or entry is None or stable is None:
         raise RuntimeError("canary analysis needs running stable and canary slots and a router")
-    before_c, before_s = scrape(target, Slot.CANARY), scrape(target, Slot.STABLE)
+    slots = (Slot.CANARY, Slot.STABLE)
+    before = provider.read(slots)
     driver = None
     if params.drive_load:
         driver = LoadDriver(
@@ -252,8 +239,9 @@ def measure_interval(p: Context, weight: float, params: CanaryParams, rows: list
     finally:
         if driver is not None:
             load = driver.stop()
-    after_c, after_s = scrape(target, Slot.CANARY), scrape(target, Slot.STABLE)
-    return measure(interval_delta(before_c, after_c), interval_delta(before_s, after_s), weight, params, load)
+    after = provider.read(slots)
+    canary, stable_counts = (between(before[slot], after[slot]) for slot in slots)
+    return measure(canary, stable_counts, weight, params, load)
 
 
 def client_rows(p: Context, stable: str) -> list[list[float]]:
@@ -268,38 +256,42 @@ def client_rows(p: Context, stable: str) -> list[list[float]]:
 
 
 def run_analysis(p: Context, version: str, stable: str, params: CanaryParams, out: Outcome) -> dict[str, Any]:
-    """Shift traffic step by step; measure every interval; stop at the first verdict beyond the limits."""
+    """Shift traffic step by step; measure every interval; stop at the first verdict beyond the limits. Progress:
+    a bar over the steps on a terminal, and a line per interval with each check's value (a log line elsewhere)."""
     rows = client_rows(p, stable)
     analysis = Analysis(params)
     aborted: str | None = None
-    for weight in params.steps:
-        weights: dict[str, float] = {Slot.STABLE: 100 - weight, Slot.CANARY: weight}
-        p.stop_if_aborted()  # a rollback asked during the last measurement: no bigger share first
-        p.target.set_weights(PROD, weights)
-        p.note(
-            AuditRecord(
-                "traffic",
-                PROD,
-                p.by,
-                to_version=version,
-                from_version=stable,
-                weights=weights,
-                reason=f"canary step {weight:g}%",
+    with progress("canary analysis", total=len(params.steps), unit="steps", log=log) as bar:
+        for done, weight in enumerate(params.steps):
+            weights: dict[str, float] = {Slot.STABLE: 100 - weight, Slot.CANARY: weight}
+            p.stop_if_aborted()  # a rollback asked during the last measurement: no bigger share first
+            p.target.set_weights(PROD, weights)
+            p.note(
+                AuditRecord(
+                    "traffic",
+                    PROD,
+                    p.by,
+                    to_version=version,
+                    from_version=stable,
+                    weights=weights,
+                    reason=f"canary step {weight:g}%",
+                )
             )
-        )
-        p.stop_if_aborted()  # a rollback asked while the canary was still deploying or between steps
-        log.info("canary step %g%%: version %s takes %g%% of production traffic", weight, version, weight)
-        while aborted is None:
-            m = measure_interval(p, weight, params, rows)
-            analysis.add(m)
-            said = f"step {weight:g}%: {m.verdict} ({'; '.join(m.reasons) or _summary(m)})"
-            log.info("canary %s", said)  # live progress: the summary only prints when the canary ends
-            out.say(said)
-            aborted = analysis.aborted()
-            if m.verdict == "passed":
+            p.stop_if_aborted()  # a rollback asked while the canary was still deploying or between steps
+            log.info("canary step %g%%: version %s takes %g%% of production traffic", weight, version, weight)
+            while aborted is None:
+                m = measure_interval(p, weight, params, rows)
+                analysis.add(m)
+                said = f"step {weight:g}%: {m.verdict} ({'; '.join(m.reasons) or _summary(m)})"
+                bar.note(said)  # live progress: the summary only prints when the canary ends
+                out.say(said)
+                aborted = analysis.aborted()
+                steps_done = done + 1 if m.verdict == "passed" else done
+                bar.update(steps_done, weight=weight, intervals=len(analysis.measurements))
+                if m.verdict == "passed":
+                    break
+            if aborted:
                 break
-        if aborted:
-            break
     report = p.write_report(
         f"canary_v{version}.json",
         {
@@ -319,9 +311,12 @@ def _summary(m: Measurement) -> str:
     def fmt(value: float | None, spec: str) -> str:
         return "n/a" if value is None else format(value, spec)
 
+    total = m.canary_requests + m.stable_requests
+    share = m.canary_requests / total if total > 0 else None
     return (
         f"canary {m.canary_requests:g} req, errors {fmt(m.canary_error_rate, '.2%')}, "
+        f"4xx {fmt(m.canary_client_error_rate, '.2%')} vs {fmt(m.stable_client_error_rate, '.2%')}, "
         f"p99 {fmt(m.canary_p99_ms, '.1f')} ms vs {fmt(m.stable_p99_ms, '.1f')} ms, "
-        f"divergence {fmt(m.divergence, '.3f')}"
+        f"traffic share {fmt(share, '.1%')} at weight {m.weight:g}%, divergence {fmt(m.divergence, '.3f')}"
         + ("" if m.driver_requests is None else f", driven load {m.driver_requests} req, {m.driver_failed} failed")
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 _SectionT = TypeVar("_SectionT", bound=BaseModel)
 
@@ -136,6 +136,7 @@ def section(params: Params, name: str, model: type[_SectionT]) -> _SectionT:
 # ----- release thresholds: the canary analysis and promotion, read from params.yaml like the stages' ----------
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # a Prometheus label name
 
 
 def parse_duration(value: str | float | int) -> float:
@@ -172,14 +173,34 @@ class CanaryParams(BaseModel):
     drive_load: bool = True
     load_rps: float = Field(50.0, gt=0, le=2000)
     load_concurrency: int = Field(4, ge=1, le=64)
+    # where the slots' counters come from: their own /metrics through the target, or a team's Prometheus (PromQL)
+    metrics_provider: Literal["scrape", "prometheus"] = "scrape"
+    prometheus_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    prometheus_labels: dict[str, str] = Field(default_factory=dict)  # more matchers of the slots' series
+    prometheus_timeout: float = 5.0  # per query
+    prometheus_scrape_wait: float = 30.0  # a reading waits this long for Prometheus to scrape every replica
 
-    @field_validator("interval", mode="before")
+    @field_validator("interval", "prometheus_timeout", "prometheus_scrape_wait", mode="before")
     @classmethod
-    def _interval(cls, value: str | float) -> float:
+    def _interval(cls, value: str | float, info: ValidationInfo) -> float:
         seconds = parse_duration(value)
         if seconds <= 0:
-            raise ValueError("interval must be positive")
+            raise ValueError(f"{info.field_name} must be positive")
         return seconds
+
+    @field_validator("prometheus_labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not _LABEL_NAME.match(k) or k in ("environment", "slot")]
+        if bad:
+            raise ValueError(f"prometheus_labels: {bad} are not label names the provider may set")
+        return value
+
+    @model_validator(mode="after")
+    def _prometheus_needs_url(self) -> CanaryParams:
+        if self.metrics_provider == "prometheus" and not self.prometheus_url:
+            raise ValueError("metrics_provider prometheus needs prometheus_url (e.g. http://prometheus:9090)")
+        return self
 
     @field_validator("steps")
     @classmethod

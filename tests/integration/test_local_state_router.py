@@ -32,7 +32,8 @@ def test_state_roundtrip_and_atomic_replace(tmp_path: Path) -> None:
     again = store.load()
     assert again.env("production").slots["stable"].url == "http://127.0.0.1:1234"
     assert again.env("production").weight("canary") == 0
-    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left behind
+    # no temp file left behind: the state, and the replicas published for Prometheus' file-based discovery
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["prometheus", "state.json", "targets.json"]
 
 
 def test_corrupt_state_gives_a_clear_error(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deploy.targets.local.discovery import publish
 from mlrelease.core.files import read_model, write_model
 
 STATE_FILE = "state.json"
@@ -125,5 +126,7 @@ class StateStore:
         return found if found is not None else DeployState()
 
     def save(self, state: DeployState) -> None:
-        """Write the state atomically (see :func:`mlrelease.core.files.atomic_write`)."""
+        """Write the state atomically (see :func:`mlrelease.core.files.atomic_write`), then the replicas for
+        Prometheus' file-based discovery (:mod:`.discovery`)."""
         write_model(self.path, state)
+        publish(self.state_dir, state.environments)
