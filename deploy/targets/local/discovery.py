@@ -79,6 +79,7 @@ def publish(state_dir: Path, environments: Mapping[str, EnvironmentLike]) -> Non
     path = sd_path(state_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(targets(environments), indent=2) + "\n")
+        # derived from the state at every save: no fsync on the rollback's path, the state file has its own
+        atomic_write(path, json.dumps(targets(environments), indent=2) + "\n", durable=False)
     except OSError as exc:
         log.warning("Prometheus targets not written to %s: %s", path, exc)
