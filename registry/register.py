@@ -93,8 +93,10 @@ def register_bundle(
     """Register the verified bundle and alias it `candidate`; returns (version, created)."""
     import mlflow
 
+    from registry.artifacts import artifact_errors
+
     card = verify_bundle(bundle_dir)
-    configure_mlflow(settings)
+    uri = configure_mlflow(settings)
     client = get_client(settings)
     existing = find_version_by_sha(model_name, card.sha256, settings)
     if existing is not None:
@@ -103,7 +105,8 @@ def register_bundle(
         )
         client.set_registered_model_alias(model_name, "candidate", existing.version)
         return client.get_model_version(model_name, existing.version), False
-    model_uri = _log_pyfunc(bundle_dir, card, run_id, model_name, example, settings)
+    with artifact_errors(uri, "store"):
+        model_uri = _log_pyfunc(bundle_dir, card, run_id, model_name, example, settings)
     version = mlflow.register_model(model_uri, model_name, tags={SHA_TAG: card.sha256})
     all_tags = {
         **tags,
@@ -134,12 +137,14 @@ def download_bundle(model_uri_or_version: str, model_name: str, dest: Path, sett
     """Fetch a version's bundle into ``dest`` and verify its sha256 against card and registry tag."""
     import mlflow
 
+    from registry.artifacts import artifact_errors
+
     version = resolve_version(model_name, model_uri_or_version, settings)
     expected = version.tags.get(SHA_TAG)
     if not expected:
         raise IntegrityError(f"version {version.name}/{version.version} has no {SHA_TAG} tag; refusing to load it")
     dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, artifact_errors(configure_mlflow(settings), "fetch"):
         local = Path(
             mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp)
         )

@@ -1,14 +1,18 @@
-"""A release against a team registry: `mlflow server` on a real PostgreSQL, artifacts proxied by the server.
+"""A release against a team registry: `mlflow server` on a real PostgreSQL, its artifacts in an S3 bucket.
 
 The embedded default is a sqlite file; a team points every command at its server with MLFLOW_TRACKING_URI alone.
 Here PostgreSQL runs from its Debian binaries in a temporary cluster on loopback (as the `postgres` user when the
-tests run as root: PostgreSQL refuses root), `mlflow server` runs on it, and the pipeline's register stage, the
-promotions and scripts/rollback.sh run unchanged against that server. The aliases are then read back from
-PostgreSQL itself, and the workspace's own sqlite registry must not have changed."""
+tests run as root: PostgreSQL refuses root), moto's S3 server stands in for the bucket, and `mlflow server` runs on
+both (`--artifacts-destination s3://…`, credentials and MLFLOW_S3_ENDPOINT_URL in its environment only). The
+pipeline's register stage, the promotions and scripts/rollback.sh run unchanged against that server. The aliases
+are then read back from PostgreSQL itself, the bundles from the bucket (no artifact folder exists anywhere), and the
+workspace's own sqlite registry must not have changed. Last, a bundle tampered in the bucket is refused, and a
+store that stops answering is said in one line."""
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -27,6 +31,8 @@ from deploy.targets.traffic import predict_path, sample_rows
 from mlrelease.core.modelcard import ModelCard
 from mlrelease.core.net import free_port
 from mlrelease.core.settings import Settings
+from registry.artifacts import ArtifactStoreError
+from registry.client import bounded_requests
 from tests.release_helpers import (
     BIN,
     FAST_RELEASE,
@@ -39,6 +45,7 @@ from tests.release_helpers import (
     stop_everything,
     target,
 )
+from tests.s3_helpers import S3Server, moto_s3
 from tests.workspace import Workspace
 
 
@@ -62,6 +69,7 @@ FAST = {
     **FAST_RELEASE,
     "loadtest": {"users": 4, "spawn_rate": 4, "duration_s": 3, "slo": {"min_rps": 5, "p95_ms": 1000, "p99_ms": 2000}},
 }
+BUCKET, PREFIX = "team-artifacts", "mlflow"
 
 
 @dataclass(frozen=True)
@@ -134,20 +142,34 @@ def _run(as_user: tuple[str, ...], root: Path, *args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def team_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """`mlflow server` on the PostgreSQL backend, serving its artifacts from a local folder: (URL, folder)."""
-    artifacts = tmp_path_factory.mktemp("team-artifacts")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server on a loopback port, with the team's (empty) artifact bucket."""
+    with moto_s3(tmp_path_factory.mktemp("team-s3")) as server:
+        server.make_bucket(BUCKET)
+        yield server
+
+
+@dataclass(frozen=True)
+class TeamServer:
+    url: str
+    workdir: Path  # the server's working folder, where a local artifact store would appear
+
+
+@pytest.fixture(scope="module")
+def team_server(postgres: Postgres, s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServer]:
+    """`mlflow server` on the PostgreSQL backend, storing and serving its artifacts in the S3 bucket only."""
+    workdir = tmp_path_factory.mktemp("team-server")
     port = free_port()
-    log = artifacts.parent / "team-mlflow.log"
+    log = workdir.parent / "team-mlflow.log"
     command = [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres.uri, "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--workers", "1", "--artifacts-destination", str(artifacts)]
+    command += ["--port", str(port), "--workers", "1", "--artifacts-destination", f"s3://{BUCKET}/{PREFIX}"]
+    # the storage credentials and endpoint are the server's alone (clients get presigned URLs); AWS_MAX_ATTEMPTS:
+    # the outage drill below waits for one retry of boto3 per request, not four
+    env = {**s3.env(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "AWS_MAX_ATTEMPTS": "2"}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     with log.open("w") as out:
         server = subprocess.Popen(
-            command,
-            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -156,7 +178,7 @@ def team_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) ->
             assert server.poll() is None, f"mlflow server exited {server.returncode}:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"mlflow server not up in 180 s:\n{log.read_text()[-3000:]}"
             time.sleep(0.5)
-        yield url, artifacts
+        yield TeamServer(url, workdir)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -180,10 +202,10 @@ def _local_versions(home: Path) -> int:
     return len(get_client(Settings(home=home, mlflow_tracking_uri=None)).search_model_versions())
 
 
-def test_a_release_against_a_team_server_on_postgresql(
-    postgres: Postgres, team_server: tuple[str, Path], registry_workspace: Workspace, tmp_path: Path
+def test_a_release_against_a_team_server_on_postgresql_and_s3(
+    postgres: Postgres, s3: S3Server, team_server: TeamServer, registry_workspace: Workspace, tmp_path: Path
 ) -> None:
-    url, artifacts = team_server
+    url = team_server.url
     home = registry_workspace.root
     registry_workspace.set_params(**FAST)
     name = ModelCard.read(home / "models").name
@@ -237,12 +259,61 @@ def test_a_release_against_a_team_server_on_postgresql(
             f"select alias || '=' || version from registered_model_aliases where name = '{name}' order by alias"
         )
         assert aliases == ["candidate=2", "production=1", "staging=2"], aliases  # read from PostgreSQL itself
-        assert len(list(artifacts.rglob("model.pt"))) == 2  # both bundles live in the server's artifact store
+        # both bundles live in the bucket, and nowhere else: no artifact folder beside the server or in the workspace
+        assert len(_bucket_models(s3)) == 2, s3.keys(BUCKET)
+        assert not list(team_server.workdir.rglob("*.pt")) and not (home / "mlartifacts").exists()
         assert _local_versions(home) == local_before  # nothing went to the workspace's sqlite registry
         history = " ".join(ok(cli(home, "history", **team)).split())
         assert "team registry drill" in history and "first release" in history
+
+        _tampered_bundle_is_refused(s3, home, name, team)
+        _store_outage_is_one_line(s3, home, name, url, tmp_path, team)
     finally:
         stop_everything(home)
+
+
+def _bucket_models(s3: S3Server) -> dict[str, str]:
+    """sha256 of every model.pt in the team bucket, by object key."""
+    client = s3.client()
+    keys = [key for key in s3.keys(BUCKET, PREFIX) if key.endswith("/model.pt")]
+    return {key: hashlib.sha256(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()).hexdigest() for key in keys}
+
+
+def _tampered_bundle_is_refused(s3: S3Server, home: Path, name: str, team: dict[str, str]) -> None:
+    """Version 1's model and card swapped in the bucket for version 2's (a pair that agrees with itself, so only
+    the registry's sha256 tag tells): a host without a cached copy refuses it before any server starts."""
+    from registry.client import get_client
+
+    client = get_client(Settings(home=home, mlflow_tracking_uri=team["MLFLOW_TRACKING_URI"]))
+    sha = {v: client.get_model_version(name, v).tags["artifact_sha256"] for v in ("1", "2")}
+    by_sha = {digest: key for key, digest in _bucket_models(s3).items()}
+    for file in ("model.pt", "model_card.json"):
+        source, dest = (by_sha[sha[v]].rsplit("/", 1)[0] + "/" + file for v in ("2", "1"))
+        s3.client().copy_object(Bucket=BUCKET, Key=dest, CopySource={"Bucket": BUCKET, "Key": source})
+    shutil.rmtree(Settings(home=home).state_dir / "bundles" / "v1")  # a host that never fetched version 1
+    refused = cli(home, "promote", "staging", "--version", "1", **team)
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 1 and "version 1 refused" in said and "does not match the registry tag" in said, said
+    assert target(home).slot_version("staging", "stable") == "2" and target(home).slot("staging", "pending") is None
+    checks = [r for r in audit_actions(home) if r["action"] == "integrity-check"]
+    assert checks and checks[-1]["outcome"] == "rejected" and checks[-1]["to_version"] == "1", checks
+
+
+def _store_outage_is_one_line(
+    s3: S3Server, home: Path, name: str, url: str, tmp_path: Path, team: dict[str, str]
+) -> None:
+    """The bucket's endpoint stops answering: a fetch (promote) and a store (register) each end in one line that
+    names the artifact store and what to check, within the registry timeout's bounds."""
+    s3.stop()
+    started = time.monotonic()
+    down = cli(home, "promote", "staging", "--version", "1", **team)
+    lines = [line for line in down.stderr.splitlines() if "could not fetch the model's artifacts" in line]
+    assert down.returncode == 2 and len(lines) == 1 and "MLFLOW_S3_ENDPOINT_URL" in lines[0], down.stderr
+    assert target(home).slot_version("staging", "stable") == "2"
+    bundle = make_variant(home / "models", tmp_path / "v3", "same")
+    with bounded_requests(), pytest.raises(ArtifactStoreError, match="could not store the model's artifacts"):
+        _register(bundle, home, name, url)
+    assert time.monotonic() - started < 90, f"{time.monotonic() - started:.0f} s to give up on the store"
 
 
 def _rollback_sh(home: Path, env: dict[str, str], reason: str | None = None) -> subprocess.CompletedProcess[str]:
