@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Incident rollback: all production traffic back to the previous (or --to) version, no analysis; idempotent.
 # Usage: scripts/rollback.sh [--to VERSION] [--reason TEXT] [--by NAME] [--dry-run]   (works from any cwd)
+#        scripts/rollback.sh --target kubernetes [same options]: renders production's previous version for the
+#        deployment branch, says the `kubectl argo rollouts` command to run, records it (docs/kubernetes.md)
 # Runbook (step by step, exit codes, what each result line means, interrupted rollbacks): docs/rollback.md
 set -euo pipefail
 # the command's start, to the microsecond, for "traffic moved N s after the command started" (bash 5, no fork)

@@ -37,9 +37,30 @@ def _fast(args: argparse.Namespace) -> tuple[Path, FastSwitch | None]:
     return settings.state_dir, result if isinstance(result, FastSwitch) else None
 
 
+def _target(argv: list[str]) -> tuple[str, list[str]]:
+    """``--target local|kubernetes`` (default local), and the arguments without a ``local`` one (the local
+    commands take no --target). Plain list work: the local fast path imports nothing more for it."""
+    for i, arg in enumerate(argv):
+        if arg == "--target" and i + 1 < len(argv):
+            name, rest = argv[i + 1], argv[:i] + argv[i + 2 :]
+        elif arg.startswith("--target="):
+            name, rest = arg.split("=", 1)[1], argv[:i] + argv[i + 1 :]
+        else:
+            continue
+        return name, (rest if name == "local" else argv)
+    return "local", argv
+
+
 def main(argv: list[str] | None = None) -> int:
     """Fast switch when it applies, then the full rollback command, handed what the switch did."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    target, argv = _target(list(sys.argv[1:] if argv is None else argv))
+    if target == "kubernetes":  # no local traffic to move: render, say the abort command, record (release.k8s)
+        from mlrelease.commands.render import rollback_main as kubernetes
+
+        return kubernetes(argv)
+    if target != "local":
+        print(f"scripts/rollback.sh: --target {target}: one of local, kubernetes", file=sys.stderr)
+        return 2
     args = _args(argv)
     switched: FastSwitch | None = None
     state_dir: Path | None = None

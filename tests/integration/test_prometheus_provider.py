@@ -259,3 +259,35 @@ def test_discovery_labels_rules_dashboard_and_release_exporter(world: World) -> 
     while not query(world, 'ALERTS{alertname="MLReleaseRolledBack", alertstate="firing"}'):
         assert time.monotonic() < deadline, "the rollback alert did not fire"
         time.sleep(0.3)
+
+
+@needs_prometheus
+def test_the_rendered_argo_analysis_templates_judge_as_the_analysis(world: World, interval: Interval) -> None:
+    """The AnalysisTemplates `mlrelease render k8s` writes (release/k8s), their queries run here with the Argo
+    pod-template-hash selector swapped for this world's slot label, and their success and failure conditions applied
+    as Argo applies them: every metric of the good canary succeeds, the bad one fails on the analysis' figures."""
+    import math
+
+    import yaml
+
+    from release.k8s.analysis import HASH_LABEL, analysis_templates
+    from release.k8s.yamltext import dump_all
+    from tests.unit.test_render_k8s import verdict
+
+    params = CanaryParams(steps=[25], interval=math.ceil(interval.end - interval.start), min_requests=15)
+    templates, _ = analysis_templates(params, PROD, [25], world.prometheus)
+    metrics = [m for t in yaml.safe_load_all(dump_all(templates)) for m in t["spec"]["metrics"]]
+    found: dict[str, dict[str, str]] = {}
+    for slot in ("canary", BAD):
+        slots = {"{{args.canary-hash}}": slot, "{{args.stable-hash}}": "stable"}
+        found[slot] = {}
+        for m in metrics:
+            expr = m["provider"]["prometheus"]["query"]
+            for arg, name in slots.items():
+                expr = expr.replace(f'{HASH_LABEL}="{arg}"', f'slot="{name}"')
+            assert HASH_LABEL not in expr, expr
+            result = [float(s["value"][1]) for s in query(world, expr, interval.end)]
+            found[slot][m["name"]] = verdict(m, result)
+    assert set(found["canary"].values()) == {"Successful"}, found["canary"]
+    failed = {name for name, said in found[BAD].items() if said == "Failed"}
+    assert {"error-rate", "error-rate-increase", "p99-vs-stable", "class-divergence"} <= failed, found[BAD]
