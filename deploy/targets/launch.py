@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"cannot read the environment file {argv[0]}: {exc}\n")
         return 2
-    os.execve(argv[2], argv[2:], {str(k): str(v) for k, v in env.items()})  # noqa: S606  # nosec B606
+    os.execve(argv[2], argv[2:], {str(k): str(v) for k, v in env.items()})  # noqa: S606
     return 0  # not reached: execve replaces this process
 
 

@@ -166,5 +166,6 @@ def test_a_params_mistake_is_could_not_run_not_a_breach(
         capture_output=True,
         text=True,
     )
-    assert cli.returncode == 2 and "loadtest.userz" in cli.stdout and "Traceback" not in cli.stderr, cli.stdout
+    # one line on stderr, like every command's mistake (docs/cli.md)
+    assert cli.returncode == 2 and "loadtest.userz" in cli.stderr and "Traceback" not in cli.stderr, cli.stderr
     assert not (root / "reports" / "loadtest.json").exists()

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-import xmlrpc.client
+import xmlrpc.client  # nosec B411  # our own supervisord's answers, on a socket only this user opens
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
