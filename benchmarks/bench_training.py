@@ -152,6 +152,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measure the grid and the full trainings; write the result file and print the tables."""
     parser = argparse.ArgumentParser(prog="bench_training", description=__doc__)
     parser.add_argument("--rows", type=int, default=300_000, help="rows of the full trainings")
     parser.add_argument("--full", action="append", default=[], help="also train fully with BATCH:LR:PATIENCE")

@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "mlrelease.commands.serving",
     "mlrelease.commands.image",
     "mlrelease.commands.release",
+    "mlrelease.commands.report",
+    "mlrelease.commands.render",
 )
 # the OSErrors whose file name is the whole story: a path the user gave (or a folder the command needs) is wrong
 PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)

@@ -21,6 +21,8 @@ import tempfile
 import time
 import warnings
 import zipfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +154,15 @@ def reload_gate(model_path: Path, x: np.ndarray, expected: np.ndarray, atol: flo
     return Gate("reload_fresh_process", round(diff, 9), f"<= {atol}", bool(diff <= atol))
 
 
-def measure_latency(model: torch.nn.Module, x: np.ndarray, warmup: int, runs: int) -> dict[str, float]:
-    """Wall-clock latency of one forward pass in ms: mean, p50, p95, p99."""
+QUANTILES = tuple(range(0, 101, 5))  # the latency distribution kept in the report: every 5th percentile
+
+
+def measure_latency(
+    model: torch.nn.Module, x: np.ndarray, warmup: int, runs: int, on_run: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Wall-clock latency of one forward pass in ms: mean, p50, p95, p99, and the ``distribution`` ([percentile, ms]
+    at every 5th percentile, which the release report plots). ``on_run`` is called after each timed run, outside
+    its timing."""
     tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     samples = []
     with torch.inference_mode():
@@ -163,23 +172,32 @@ def measure_latency(model: torch.nn.Module, x: np.ndarray, warmup: int, runs: in
             start = time.perf_counter()
             model(tensor)
             samples.append((time.perf_counter() - start) * 1000.0)
+            if on_run is not None:
+                on_run()
     arr = np.array(samples)
     return {
         "mean": float(arr.mean()),
         "p50": float(np.percentile(arr, 50)),
         "p95": float(np.percentile(arr, 95)),
         "p99": float(np.percentile(arr, 99)),
+        "distribution": [[q, round(float(np.percentile(arr, q)), 6)] for q in QUANTILES],
     }
 
 
 def latency_gates(model: torch.nn.Module, test_x: np.ndarray, cfg: ExportParams) -> tuple[dict[str, Any], list[Gate]]:
+    """Latency at batch 1 and 32 (progress shown: a bar on a terminal, else a log line every few seconds), and the
+    batch-1 gates."""
+    from mlrelease.core.progress import progress  # shows progress only: no dependency of the stage's result
+
     torch.set_num_threads(1)
-    latency = {
-        f"batch_{n}": measure_latency(
-            model, np.resize(test_x, (n, test_x.shape[1])), cfg.latency_warmup, cfg.latency_runs
-        )
-        for n in (1, 32)
-    }
+    sizes = (1, 32)
+    latency: dict[str, Any] = {}
+    with progress("export latency", total=len(sizes) * cfg.latency_runs, unit="runs", log=log) as bar:
+        for n in sizes:
+            batch = np.resize(test_x, (n, test_x.shape[1]))
+            latency[f"batch_{n}"] = measure_latency(
+                model, batch, cfg.latency_warmup, cfg.latency_runs, partial(bar.update, advance=1, batch=n)
+            )
     gates = [
         at_most("latency_mean_ms_batch1", latency["batch_1"]["mean"], cfg.max_mean_ms_batch1),
         at_most("latency_p95_ms_batch1", latency["batch_1"]["p95"], cfg.max_p95_ms_batch1),
@@ -211,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     gates.append(reload_gate(model_path, test.x, predict_proba(eager, test.x), params.export.parity_atol))
     latency, lat_gates = latency_gates(loaded, test.x, params.export)
     gates += lat_gates
-    write_json(args.report, {**gates_payload("export", gates), "latency_ms": latency, "method": method})
+    distribution = {name: figures.pop("distribution") for name, figures in latency.items()}  # lists: no DVC metric
+    report = {"latency_ms": latency, "latency_distribution_ms": distribution, "method": method}
+    write_json(args.report, {**gates_payload("export", gates), **report})
     for gate in gates:
         log.info("%s", gate.line())
     if not all(g.passed for g in gates):

@@ -9,17 +9,23 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from mlrelease.core.params import Params, load_params, run_stage
+from mlrelease.core.params import Params, TrainParams, load_params, run_stage
 from pipelines.common import Split, read_split, save_checkpoint, seed_everything, write_json
 from pipelines.model import TabularClassifier, build_model
 from pipelines.schema import load_contract
+
+if TYPE_CHECKING:
+    from mlrelease.core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +46,33 @@ def standardization(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(scale.astype(np.float32))
 
 
-def _epoch(model: TabularClassifier, loader: torch.utils.data.DataLoader, optim: torch.optim.Optimizer) -> float:
+def _epoch(
+    model: TabularClassifier,
+    data: tuple[torch.Tensor, torch.Tensor],
+    optim: torch.optim.Optimizer,
+    batch_size: int,
+    generator: torch.Generator,
+    on_batch: Callable[[float], None] | None = None,
+) -> float:
+    """One pass over the training rows in seeded random batches; the mean training loss.
+
+    Batches are slices of one seeded permutation, not a DataLoader indexing rows one by one (1.7 times faster at
+    batch 32, 3 times at 256: benchmarks/bench_training.py); ``on_batch`` hears the share of the epoch done."""
+    x, y = data
     model.train()
     loss_fn = nn.CrossEntropyLoss()
     total = 0.0
-    for xb, yb in loader:
+    batches = torch.randperm(len(x), generator=generator).split(batch_size)
+    for i, index in enumerate(batches, start=1):
+        xb, yb = x[index], y[index]
         optim.zero_grad()
         loss = loss_fn(model.logits(xb), yb)
         loss.backward()
         optim.step()
-        total += loss.item() * len(xb)
-    return total / len(loader.dataset)  # type: ignore[arg-type]
+        total += loss.item() * len(index)
+        if on_batch is not None:
+            on_batch(i / len(batches))
+    return total / len(x)
 
 
 def _val_loss(model: TabularClassifier, split: Split) -> tuple[float, float]:
@@ -64,29 +86,61 @@ def _val_loss(model: TabularClassifier, split: Split) -> tuple[float, float]:
 
 
 def train_model(params: Params, train: Split, val: Split, n_classes: int) -> TrainResult:
-    """Fit with Adam and early stopping on validation loss; return the best epoch's weights."""
+    """Fit with Adam and early stopping on validation loss; return the best epoch's weights. Progress (epoch, losses,
+    best epoch, patience left, ETA) goes to a bar on a terminal, else to the log every few seconds."""
+    from mlrelease.core.progress import progress  # shows progress only: no dependency of the stage's result
+
     seed_everything(params.seed)
     mean, scale = standardization(train.x)
     model = build_model(params.model, train.x.shape[1], n_classes, mean, scale)
-    dataset = torch.utils.data.TensorDataset(torch.from_numpy(train.x.copy()), torch.from_numpy(train.y.copy()))
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=params.train.batch_size, shuffle=True, generator=torch.Generator().manual_seed(params.seed)
-    )
-    optim = torch.optim.Adam(model.parameters(), lr=params.train.lr, weight_decay=params.train.weight_decay)
+    data = (torch.from_numpy(train.x.copy()), torch.from_numpy(train.y.copy()))
+    generator = torch.Generator().manual_seed(params.seed)
+    cfg = params.train
+    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best = TrainResult(model=model, best_epoch=0, best_val_loss=float("inf"))
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    for epoch in range(1, params.train.max_epochs + 1):
-        train_loss = _epoch(model, loader, optim)
-        val_loss, val_acc = _val_loss(model, val)
-        best.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc})
-        if val_loss < best.best_val_loss - 1e-6:
-            best.best_val_loss, best.best_epoch = val_loss, epoch
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        elif epoch - best.best_epoch >= params.train.patience:
-            break
+    with progress("train", _last_epoch(cfg, 0), unit="epochs", log=log) as bar:
+        for epoch in range(1, cfg.max_epochs + 1):
+            train_loss = _epoch(model, data, optim, cfg.batch_size, generator, partial(_advance, bar, epoch - 1))
+            val_loss, val_acc = _val_loss(model, val)
+            best.history.append(
+                {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc}
+            )
+            improved = val_loss < best.best_val_loss - 1e-6
+            if improved:
+                best.best_val_loss, best.best_epoch = val_loss, epoch
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            _report_epoch(bar, cfg, best, epoch)
+            if not improved and epoch - best.best_epoch >= cfg.patience:
+                break
     model.load_state_dict(best_state)
     model.eval()
     return best
+
+
+def _advance(bar: Progress, epochs_done: int, share: float) -> None:
+    """Within an epoch: move the bar by the share of its batches done."""
+    bar.update(epochs_done + share)
+
+
+def _last_epoch(cfg: TrainParams, best_epoch: int) -> int:
+    """The epoch training stops at unless validation loss improves again: early stopping, or max_epochs."""
+    return min(cfg.max_epochs, best_epoch + cfg.patience)
+
+
+def _report_epoch(bar: Progress, cfg: TrainParams, best: TrainResult, epoch: int) -> None:
+    """An epoch's figures on the progress bar (or log line): losses, best epoch, patience left."""
+    row = best.history[-1]
+    bar.update(
+        epoch,
+        total=max(epoch, _last_epoch(cfg, best.best_epoch)),
+        train_loss=row["train_loss"],
+        val_loss=row["val_loss"],
+        val_accuracy=row["val_accuracy"],
+        best_epoch=best.best_epoch,
+        patience_left=cfg.patience - (epoch - best.best_epoch),
+        max_epochs=cfg.max_epochs,
+    )
 
 
 def log_to_mlflow(params: Params, result: TrainResult, experiment: str) -> str:

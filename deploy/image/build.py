@@ -9,9 +9,10 @@ import logging
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +30,9 @@ from deploy.image.engine import (
 from mlrelease.core.modelcard import CARD_FILE, MODEL_FILE, REFERENCE_FILE, verify_bundle
 from mlrelease.core.params import HIGHER_IS_LAXER
 from mlrelease.core.settings import Settings
+
+if TYPE_CHECKING:
+    from mlrelease.core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +220,40 @@ def _image_id(engine: Engine, ref: str) -> str | None:
         return None
 
 
+# buildah and podman: "[2/3] STEP 4/7: RUN ..." (the stage prefix only in multi-stage builds); docker (BuildKit):
+# "#8 [app 2/3] RUN ..."
+ENGINE_STEP = re.compile(r"^(?:\[(\d+)/(\d+)\] )?STEP (\d+)/(\d+): (.*)$")
+BUILDKIT_STEP = re.compile(r"^#\d+ \[(?:[\w.-]+ )?(\d+)/(\d+)\] (.*)$")
+
+
+def step_progress(bar: Progress) -> Callable[[str], None]:
+    """What moves the build's progress: each step line of the engine's output (stages done of all, and the step)."""
+
+    def on_line(line: str) -> None:
+        step = ENGINE_STEP.match(line)
+        if step is not None:
+            stage, stages, n, steps, what = step.groups()
+            done = int(stage or 1) - 1 + (int(n) - 1) / int(steps)
+            bar.update(done, total=int(stages or 1), step=f"{n}/{steps} {what[:60]}")
+            return
+        kit = BUILDKIT_STEP.match(line)
+        if kit is not None:
+            bar.update(step=f"{kit[1]}/{kit[2]} {kit[3][:60]}")
+
+    return on_line
+
+
+def build_with_progress(engine: Engine, context: Path, ref: str, build_args: dict[str, str]) -> None:
+    """Build the image, its steps shown as they run (a bar on a terminal, else a log line every few seconds)."""
+    from mlrelease.core.progress import progress  # shows progress only: no dependency of the build's result
+
+    started = dt.datetime.now(dt.UTC)
+    with progress("image build", unit="stages", log=log) as bar:
+        build_image(engine, context, ref, build_args, on_line=step_progress(bar))
+        bar.update(bar.total or 1)
+        bar.note(f"built {ref} in {(dt.datetime.now(dt.UTC) - started).total_seconds():.0f} s")
+
+
 def build(
     target: BuildTarget,
     params: BuildParams,
@@ -239,19 +277,15 @@ def build(
     context = context or project_root / "build" / "image-context"
     started = dt.datetime.now(dt.UTC)
     pins = stage_context(context, target.bundle, project_root, tuple(params.exclude_packages))
-    build_image(
-        engine,
-        context,
-        ref,
-        {
-            "BASE_IMAGE": base,
-            "MODEL_NAME": target.model_name,
-            "MODEL_VERSION": target.model_version,
-            "ARTIFACT_SHA256": target.artifact_sha256,
-            "GIT_COMMIT": commit,
-            "BUILD_CREATED": commit_time(project_root),
-        },
-    )
+    build_args = {
+        "BASE_IMAGE": base,
+        "MODEL_NAME": target.model_name,
+        "MODEL_VERSION": target.model_version,
+        "ARTIFACT_SHA256": target.artifact_sha256,
+        "GIT_COMMIT": commit,
+        "BUILD_CREATED": commit_time(project_root),
+    }
+    build_with_progress(engine, context, ref, build_args)
     facts = inspect_image(engine, ref)
     size = int(str(facts["size_bytes"]))
     if size > params.max_image_mb * 1e6:

@@ -11,6 +11,9 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +53,29 @@ class Engine:
             tail = (proc.stderr or proc.stdout).strip()[-3000:]
             raise EngineError(f"`{' '.join(argv[:6])} ...` failed (exit {proc.returncode}): {tail}")
         return proc
+
+    def stream(self, *args: str, on_line: Callable[[str], None], timeout: float = 1800) -> None:
+        """Run an engine subcommand, handing each line it prints (stdout and stderr together) to ``on_line`` as it
+        comes (a build's steps, for its progress); EngineError with the output's tail on failure or timeout."""
+        argv = self.cmd(*args)
+        log.debug("engine: %s", " ".join(argv))
+        tail: deque[str] = deque(maxlen=40)
+        env = {**os.environ, **self.extra_env}
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+            watchdog = threading.Timer(timeout, proc.kill)
+            watchdog.start()
+            try:
+                for line in proc.stdout or ():
+                    tail.append(line)
+                    on_line(line.rstrip())
+                code = proc.wait()
+            finally:
+                timed_out = not watchdog.is_alive()
+                watchdog.cancel()
+        if timed_out:
+            raise EngineError(f"`{' '.join(argv[:4])} ...` did not finish within {timeout:.0f} s")
+        if code != 0:
+            raise EngineError(f"`{' '.join(argv[:6])} ...` failed (exit {code}): {''.join(tail).strip()[-3000:]}")
 
     @property
     def is_buildah(self) -> bool:
@@ -152,13 +178,18 @@ def build_image(
     build_args: dict[str, str],
     dockerfile: Path | None = None,
     timeout: float = 3600,
+    on_line: Callable[[str], None] | None = None,
 ) -> None:
-    """Build ``context`` into ``tag`` reusing cached layers; HEALTHCHECK is kept (docker format)."""
+    """Build ``context`` into ``tag`` reusing cached layers; HEALTHCHECK is kept (docker format). ``on_line`` hears
+    each line of the engine's output as it comes (the build's steps, for its progress)."""
     args = buildah_bud(engine) if engine.is_buildah else ["build"]
     for key, value in sorted(build_args.items()):
         args += ["--build-arg", f"{key}={value}"]
     args += ["-f", str(dockerfile or context / "Dockerfile"), "-t", tag, str(context)]
-    engine.run(*args, timeout=timeout)
+    if on_line is None:
+        engine.run(*args, timeout=timeout)
+    else:
+        engine.stream(*args, on_line=on_line, timeout=timeout)
 
 
 def save_image(engine: Engine, ref: str, dest: Path) -> Path:

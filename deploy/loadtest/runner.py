@@ -13,15 +13,19 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlrelease.core.http import probe, wait_until
 from mlrelease.core.net import safe_for_secrets
 from mlrelease.core.params import HIGHER_IS_LAXER, LOWER_IS_LAXER
+
+if TYPE_CHECKING:
+    from mlrelease.core.progress import Progress
 
 log = logging.getLogger(__name__)
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -112,6 +116,7 @@ def locust_command(url: str, params: LoadtestParams, csv_prefix: Path, html: Pat
         f"{params.duration_s}s",
         "--csv",
         str(csv_prefix),
+        "--csv-full-history",  # percentiles of the last seconds, every second: the report's latency over time
         "--html",
         str(html),
         "--only-summary",
@@ -152,6 +157,29 @@ def aggregated_stats(stats_csv: Path) -> dict[str, float]:
     }
 
 
+HISTORY_COLUMNS = {"users": "User Count", "rps": "Requests/s", "failures_per_s": "Failures/s"}
+HISTORY_PERCENTILES = {"p50_ms": "50%", "p95_ms": "95%", "p99_ms": "99%"}
+HISTORY_POINTS = 300  # per-second points kept in the report
+
+
+def stats_history(history_csv: Path) -> list[dict[str, float]]:
+    """The 'Aggregated' rows of Locust's <prefix>_stats_history.csv, one a second: seconds since the first row,
+    users, requests/s, failures/s and the p50/p95/p99 of the last seconds (ms; rows before any answer left out)."""
+    if not history_csv.is_file():
+        return []
+    with history_csv.open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("Name") == "Aggregated"]
+    out: list[dict[str, float]] = []
+    for row in rows:
+        point = {"t": _number(row.get("Timestamp"))}
+        point.update({key: _number(row.get(column)) for key, column in HISTORY_COLUMNS.items()})
+        point.update({key: _number(row.get(column)) for key, column in HISTORY_PERCENTILES.items()})
+        if point["p50_ms"] == point["p50_ms"]:  # NaN before the first answer
+            out.append(point)
+    start = out[0]["t"] if out else 0.0
+    return [{**point, "t": point["t"] - start} for point in out]
+
+
 def failure_messages(failures_csv: Path, limit: int = 5) -> list[str]:
     if not failures_csv.is_file():
         return []
@@ -173,6 +201,38 @@ def breaches(stats: dict[str, float], slo: SLO) -> list[str]:
     if stats["rps"] < slo.min_rps:
         found.append(f"throughput {stats['rps']:.1f} req/s < {slo.min_rps:g} req/s")
     return found
+
+
+def thinned(points: list[dict[str, float]], limit: int = HISTORY_POINTS) -> list[dict[str, float]]:
+    """At most ``limit`` evenly spaced points (a one-hour test keeps a report of readable size), the last kept."""
+    if len(points) <= limit:
+        return points
+    step = len(points) / limit
+    return [points[int(i * step)] for i in range(limit - 1)] + [points[-1]]
+
+
+def live_progress(
+    bar: Progress, history_csv: Path, stop: Callable[[], None] | None, clock: Callable[[], float] = time.monotonic
+) -> Callable[[], None]:
+    """What :func:`run_stoppable` calls several times a second while Locust runs: the caller's ``stop``, then the
+    progress moved to the seconds run so far, with Locust's latest figures (its history file, read once a second)."""
+    started, read_at = clock(), [float("-inf")]
+
+    def tick() -> None:
+        if stop is not None:
+            stop()
+        now = clock()
+        figures: dict[str, Any] = {}
+        if now - read_at[0] >= 1.0:
+            read_at[0] = now
+            history = stats_history(history_csv)
+            if history:
+                last = history[-1]
+                figures = {k: round(last[k], 1) for k in ("users", "rps", "p50_ms", "p95_ms", "p99_ms")}
+                figures["failures_per_s"] = round(last["failures_per_s"], 2)
+        bar.update(min(now - started, bar.total or float("inf")), **figures)
+
+    return tick
 
 
 def run_stoppable(
@@ -215,8 +275,11 @@ def run_loadtest(
 
     ``headers`` go on every request (the API key when the server requires one: ``Settings.prediction_headers``).
     ``stop`` is called several times a second while Locust runs; whatever it raises stops Locust and propagates
-    (a promotion's check for a rollback's abort request).
+    (a promotion's check for a rollback's abort request). Progress shows meanwhile (a bar on a terminal, else a log
+    line every few seconds); the report keeps Locust's per-second ``history`` (the percentiles over time).
     """
+    from mlrelease.core.progress import progress  # shows progress only: no dependency of the gate's result
+
     if not test_csv.is_file():
         raise LoadtestError(f"{test_csv}: test split not found (run the prepare stage first)")
     ready = wait_ready(url, params.ready_timeout_s)
@@ -239,8 +302,10 @@ def run_loadtest(
         command = locust_command(url, params, prefix, out_html)
         log.info("loadtest: %d users for %d s against %s", params.users, params.duration_s, url)
         limit = params.duration_s + LOCUST_GRACE_S
+        history_csv = Path(f"{prefix}_stats_history.csv")
         try:
-            proc = run_stoppable(command, env, limit, stop)
+            with progress("loadtest", total=params.duration_s, unit="s", log=log) as bar:
+                proc = run_stoppable(command, env, limit, live_progress(bar, history_csv, stop))
         except subprocess.TimeoutExpired as exc:
             raise LoadtestError(
                 f"locust was still running {limit} s after a {params.duration_s} s test and was stopped; "
@@ -250,6 +315,7 @@ def run_loadtest(
         if not stats_csv.is_file():
             raise LoadtestError(f"locust exited {proc.returncode} without statistics: {proc.stderr[-2000:]}")
         stats = aggregated_stats(stats_csv)
+        history = thinned(stats_history(history_csv))
         errors = failure_messages(Path(f"{prefix}_failures.csv"))
         if not stats["requests"] > 0:
             errors.append(f"locust exited {proc.returncode}: {proc.stderr[-1500:]}")
@@ -261,6 +327,7 @@ def run_loadtest(
         "config": params.model_dump(exclude={"slo"}),
         "slo": params.slo.model_dump(),
         "stats": stats,
+        "history": history,
         "failures": errors,
         "breaches": found,
         "passed": not found,

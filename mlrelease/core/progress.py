@@ -59,7 +59,8 @@ def duration(seconds: float) -> str:
 
 def amount(value: float) -> str:
     """A count as a log line shows it: ``12``, or ``12.4`` for a part done (an epoch under way)."""
-    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+    shown = f"{value:.1f}"
+    return shown[:-2] if shown.endswith(".0") else shown
 
 
 def format_figures(figures: dict[str, Any]) -> str:
