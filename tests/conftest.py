@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from tests.workspace import Workspace, make_workspace, rebase_registry
+from tests.workspace import Workspace, copy_workspace, make_workspace, rebase_registry
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -108,6 +108,6 @@ def registration(built_workspace: Workspace) -> dict[str, object]:
 def registry_workspace(built_workspace: Workspace, tmp_path: Path) -> Iterator[Workspace]:
     """A private copy of the built workspace (registry, bundle, splits) that a test may change."""
     dest = tmp_path / "ws"
-    shutil.copytree(built_workspace.root, dest, symlinks=True)
+    copy_workspace(built_workspace.root, dest)
     rebase_registry(dest, built_workspace.root)  # new artifacts go into the copy, never the shared workspace
     yield Workspace(dest)

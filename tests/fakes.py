@@ -9,10 +9,11 @@ on the k-th one, before it takes effect. The state lives in a :class:`World` tha
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -531,3 +532,19 @@ def make_promoter(tmp_path: Path, target: DeploymentTarget, registry: Any, **par
         by="tester@example.org",
         reports_dir=tmp_path / "reports",
     )
+
+
+def before_locking(monkeypatch: Any, module: Any, meanwhile: Callable[[], None]) -> None:
+    """Run ``meanwhile`` once, the first time code in ``module`` asks for the promotion lock: what another command
+    does while this one waits for it (``module`` is where the caller looks the lock up, e.g. release.session)."""
+    real = module.promotion_lock
+    pending = [meanwhile]
+
+    @contextlib.contextmanager
+    def lock(*args: Any, **kwargs: Any) -> Iterator[None]:
+        if pending:
+            pending.pop()()
+        with real(*args, **kwargs):
+            yield
+
+    monkeypatch.setattr(module, "promotion_lock", lock)

@@ -100,3 +100,16 @@ def rebase_registry(home: Path, old_root: Path) -> int:
                 sql = f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE "{column}" LIKE ?'
                 changed += db.execute(sql, (old, new, f"%{old}%")).rowcount
     return changed
+
+
+def copy_workspace(src: Path, dest: Path) -> None:
+    """Copy a workspace without DVC's transient folder (``.dvc/tmp``: its locks): a test that runs dvc in the
+    shared workspace meanwhile (``summary``, ``report``) may be rewriting them, and a half-written rwlock file in
+    the copy fails every later dvc command there."""
+    src = Path(src)
+    transient = (src / ".dvc" / "tmp").resolve()
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        return {name for name in names if (Path(folder) / name).resolve() == transient}
+
+    shutil.copytree(src, dest, symlinks=True, ignore=ignore)

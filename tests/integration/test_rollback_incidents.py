@@ -31,6 +31,7 @@ import pytest
 
 from deploy.targets.local.state import DeployState
 from deploy.targets.traffic import LoadDriver, LoadResult, predict_path, sample_rows
+from mlrelease.core.http import wait_until
 from mlrelease.core.modelcard import ModelCard
 from mlrelease.core.proc import is_our_server, pid_alive
 from release.journal import Journal
@@ -482,11 +483,14 @@ def stable_replicas_die_and_come_back(incident: Incident, a: str) -> None:
         time.sleep(1.0)
         assert stable.replicas[0].pid > 0, stable  # never 0: that would signal this whole process group
         os.kill(stable.replicas[0].pid, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and cli(home, "status").returncode != 0:
-            time.sleep(0.2)
-        restarted = t.slot(PROD, "stable")
-        assert restarted is not None and restarted.replicas[0].pid not in (0, stable.replicas[0].pid)
+        killed = stable.replicas[0].pid
+
+        def back() -> bool:  # a new process, started by the supervisor alone, and every replica healthy again
+            now = t.slot(PROD, "stable")
+            fresh = now is not None and now.replicas[0].pid not in (0, killed)
+            return fresh and all(r.healthy for row in t.status() if row.slot == "stable" for r in row.replicas)
+
+        assert wait_until(back, 60, interval=0.2), t.status()
     finally:
         result = load.stop()
     assert result.failed == 0 and result.total > 20, result.statuses

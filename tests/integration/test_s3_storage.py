@@ -21,7 +21,7 @@ import yaml
 
 from mlrelease.core.net import free_port
 from tests.s3_helpers import S3Server, moto_s3, uncarried_outputs
-from tests.workspace import BIN, Workspace
+from tests.workspace import BIN, Workspace, copy_workspace
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("s3")]
 
@@ -62,7 +62,7 @@ def clones(built_workspace: Workspace, tmp_path_factory: pytest.TempPathFactory)
     with moto_s3(root) as s3:
         s3.make_bucket(BUCKET)
         first, second = Workspace(root / "first"), Workspace(root / "second")
-        shutil.copytree(built_workspace.root, first.root, symlinks=True)
+        copy_workspace(built_workspace.root, first.root)
         clones = Clones(first, second, s3)
         _ok(clones.dvc(first, "remote", "add", "--default", REMOTE, f"s3://{BUCKET}/dvc"))
         _ok(clones.dvc(first, "remote", "modify", REMOTE, "endpointurl", s3.endpoint))

@@ -9,11 +9,10 @@ commands' interleaving is played through the journal and the lock in this one pr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 
 from release.fast_rollback import FastSwitch, switch
 from release.states import PASSED_AGAINST_TAG, PASSED_TAG
-from tests.fakes import DEAD_PID, make_promoter
+from tests.fakes import DEAD_PID, before_locking, make_promoter
 from tests.unit.test_release_incidents import (
     PROD,
     Desk,
@@ -172,17 +171,7 @@ def when_asking_for_the_lock(monkeypatch: pytest.MonkeyPatch, meanwhile: Callabl
     does while this one waits for it."""
     import release.session
 
-    real = release.session.promotion_lock
-    pending = [meanwhile]
-
-    @contextlib.contextmanager
-    def lock(*args: Any, **kwargs: Any) -> Iterator[None]:
-        if pending:
-            pending.pop()()
-        with real(*args, **kwargs):
-            yield
-
-    monkeypatch.setattr(release.session, "promotion_lock", lock)
+    before_locking(monkeypatch, release.session, meanwhile)
 
 
 def fast_path_of(desk: Desk, reason: str, pid: int) -> FastSwitch:

@@ -36,6 +36,7 @@ from tests.fakes import (
     FakeTarget,
     Steps,
     World,
+    before_locking,
     make_promoter,
 )
 
@@ -266,17 +267,7 @@ def before_the_recovery_lock(monkeypatch: pytest.MonkeyPatch, meanwhile: Callabl
     to recover it: what another command does while this one waits for the lock."""
     import release.rollback
 
-    real = release.rollback.promotion_lock
-    pending = [meanwhile]
-
-    @contextlib.contextmanager
-    def lock(*args: Any, **kwargs: Any) -> Iterator[None]:
-        if pending:
-            pending.pop()()
-        with real(*args, **kwargs):
-            yield
-
-    monkeypatch.setattr(release.rollback, "promotion_lock", lock)
+    before_locking(monkeypatch, release.rollback, meanwhile)
 
 
 # ----- mistakes, and a canary when production has nowhere to go back to --------------------------------------------
