@@ -2,7 +2,8 @@
 
 A replica killed under load is restarted by supervisord while its sibling takes the traffic (no failed request);
 a replica that cannot start is given up after its retries and says so in ``status`` until ``reconcile``; with no
-replica answering the router answers JSON; the router serves TLS with a self-signed or a configured certificate.
+replica answering the router answers JSON; the router serves TLS with the configured certificate (the
+self-signed default is made and checked in tests/unit/test_target_tls.py).
 """
 
 from __future__ import annotations
@@ -37,14 +38,18 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def prod(tmp_path_factory: pytest.TempPathFactory, bundle: Path) -> Iterator[LocalTarget]:
-    """Production with two supervised replicas of version 1 taking all traffic through its router (shared by the
-    tests of this module: each leaves both replicas healthy, which it checks)."""
+    """Production with two supervised replicas of version 1 taking all traffic through its router, its TLS listener
+    on a configured certificate (shared by the tests of this module: each leaves both replicas healthy)."""
+    folder = tmp_path_factory.mktemp("supervised")
+    own = self_signed(folder / "own-cert")  # configured by the operator: MLRELEASE_TLS_CERT / MLRELEASE_TLS_KEY
     target = LocalTarget(
-        tmp_path_factory.mktemp("supervised") / "state",
+        folder / "state",
         replicas={PROD: 2},
         ready_timeout_s=90,
         drain_timeout_s=3,
         start_retries=1,
+        tls_cert=str(own.cert),
+        tls_key=str(own.key),
     )
     try:
         target.deploy(PROD, "stable", bundle, "1")
@@ -119,31 +124,15 @@ def test_with_no_replica_up_the_router_answers_json_and_reconcile_brings_them_ba
     assert resp.status_code == 200, resp.text
 
 
-def test_the_router_serves_tls_with_its_self_signed_certificate(prod: LocalTarget) -> None:
+def test_the_router_serves_tls_with_the_configured_certificate(prod: LocalTarget) -> None:
     url = prod.tls_url(PROD)
     assert url is not None and url.startswith("https://127.0.0.1:")
-    cert = prod.state_dir / "nginx" / PROD / "tls" / "cert.pem"
+    cert = prod.tls_files[0]
+    assert cert is not None
     with pytest.raises(httpx.ConnectError):  # not a certificate any public authority signed
         httpx.get(f"{url}/ready", verify=ssl.create_default_context())
-    trusted = ssl.create_default_context(cafile=str(cert))
-    resp = httpx.get(f"{url}/ready", verify=trusted)
+    resp = httpx.get(f"{url}/ready", verify=ssl.create_default_context(cafile=cert))
     assert resp.status_code == 200 and json.loads(resp.text)["model_version"] == "1"
-    assert resp.http_version == "HTTP/1.1"
-
-
-def test_a_configured_certificate_is_the_one_served(tmp_path: Path, bundle: Path) -> None:
-    own = self_signed(tmp_path / "own-cert")
-    target = LocalTarget(
-        tmp_path / "state", replicas={PROD: 1}, drain_timeout_s=2, tls_cert=str(own.cert), tls_key=str(own.key)
-    )
-    try:
-        target.deploy(PROD, "stable", bundle, "1")
-        target.set_weights(PROD, {"stable": 100})
-        url = target.tls_url(PROD)
-        assert url is not None
-        port = int(url.rsplit(":", 1)[1])
-        served = ssl.get_server_certificate(("127.0.0.1", port))
-        assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(own.cert.read_text())
-        assert not (target.state_dir / "nginx" / PROD / "tls").exists()  # no self-signed one was made
-    finally:
-        target.stop_all()
+    served = ssl.get_server_certificate(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(Path(cert).read_text())
+    assert not (prod.state_dir / "nginx" / PROD / "tls").exists()  # no certificate of its own was made
