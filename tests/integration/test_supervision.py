@@ -120,6 +120,8 @@ def test_with_no_replica_up_the_router_answers_json_and_reconcile_brings_them_ba
     assert resp.status_code == 502 and resp.headers["content-type"].startswith("application/json")
     assert resp.json()["code"] == "no_upstream" and resp.headers["retry-after"] == "1"
     assert "restarted production/stable" in " ".join(prod.reconcile())
+    # the router was reloaded with the restart: its workers start afresh (no replica marked down, no stale
+    # connection), so the next request is answered
     resp = httpx.post(f"{prod.entry_url(PROD)}{predict_path(name)}", json={"instances": sample_rows(bundle, 1)})
     assert resp.status_code == 200, resp.text
 

@@ -123,8 +123,10 @@ class Nginx:
             return None
         return pid if pid_alive(pid) else None
 
-    def apply(self, env: Environment) -> None:
-        """Write the config for ``env`` (validated with nginx -t), then start nginx or reload it, and wait."""
+    def apply(self, env: Environment, fresh: bool = False) -> None:
+        """Write the config for ``env`` (validated with nginx -t), then start nginx or reload it, and wait. ``fresh``
+        reloads even an unchanged config: new workers forget the replicas they marked down and their idle
+        connections to servers that were restarted."""
         if not Path(self.binary).exists():
             raise DeploymentError(f"{self.binary} not found: run `make setup` (scripts/install_debs.sh installs nginx)")
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -132,7 +134,7 @@ class Nginx:
         rendered = render(env, self.prefix, "-", tls=self.tls) + (self.tls.digest() if self.tls else "")
         fingerprint = hashlib.sha256(rendered.encode()).hexdigest()
         stamp = self.prefix / "applied.sha256"
-        if self.pid() is not None and stamp.is_file() and stamp.read_text() == fingerprint:
+        if not fresh and self.pid() is not None and stamp.is_file() and stamp.read_text() == fingerprint:
             return  # already serving exactly this routing: no reload
         generation = uuid.uuid4().hex[:12]
         candidate = self.prefix / "nginx.conf.next"

@@ -294,14 +294,15 @@ class LocalTarget(DeploymentTarget):
         if environment in self.routed:
             self.apply_routing(state, environment)
 
-    def apply_routing(self, state: DeployState, environment: str) -> None:
-        """Render the router config from the state and start or gracefully reload nginx; wait for it to apply."""
+    def apply_routing(self, state: DeployState, environment: str, fresh: bool = False) -> None:
+        """Render the router config from the state and start or gracefully reload nginx; wait for it to apply
+        (``fresh``: reload even when unchanged, after replicas were restarted)."""
         env = state.env(environment)
         if env.entry_port is None or env.tls_port is None:
             env.entry_port = env.entry_port or self.entry_ports.get(environment) or free_port()
             env.tls_port = env.tls_port or next(p for p in iter(free_port, None) if p != env.entry_port)
             self.store.save(state)
-        self._router(environment).apply(env)
+        self._router(environment).apply(env, fresh=fresh)
 
     def entry_url(self, environment: str) -> str | None:
         env = self.store.load().env(environment)
@@ -430,7 +431,8 @@ class LocalTarget(DeploymentTarget):
                 if said is not None:
                     done.append(said)
             if env_name in self.routed and env.weights:
-                self.apply_routing(self.store.load(), env_name)
+                restarted = any(line.startswith(f"restarted {env_name}/") for line in done)
+                self.apply_routing(self.store.load(), env_name, fresh=restarted)
         return done
 
     def _reconcile_slot(
