@@ -13,7 +13,6 @@ from mlrelease.commands.common import PARAMS, project_settings
 
 #: supervisor states in which a replica needs a human (the supervisor gave up, or nothing runs it)
 NEEDS_A_HUMAN = frozenset({"FATAL", "STOPPED", "EXITED", "UNKNOWN"})
-ROUTED_ENVIRONMENTS = ("production", "staging")
 
 
 def problems(rows: list[SlotStatus]) -> list[str]:

@@ -72,10 +72,6 @@ class Slot(BaseModel):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def ports(self) -> list[int]:
-        return [replica.port for replica in self.replicas]
-
 
 class Environment(BaseModel):
     """An environment's slots (stable, canary, previous, pending) and each routed slot's traffic share in percent."""
