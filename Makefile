@@ -20,7 +20,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Everything at the lock's versions (torch included), so two fresh setups install the same thing.
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c $(LOCK) -e '.[serving,release,dev]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[serving,release,dev,spark]'
 	touch $@
 
 debs:
