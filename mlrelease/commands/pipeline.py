@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -262,6 +263,27 @@ def require_pipeline(dvc_yaml: Path = Path("dvc.yaml")) -> None:
         raise UserError(f"no {dvc_yaml} in {Path.cwd()}: run the pipeline from the repository root")
 
 
+def registry_free_stages(pipeline: dict[str, Any]) -> list[str]:
+    """The stages (dvc.yaml order) before the first one whose code talks to the registry (it lists registry/ code in
+    its deps): what a run against another registry may take from the run cache. A restored `train` or `register`
+    would name a run or a version of the registry it ran against, not of this one."""
+    free = []
+    for name, stage in (pipeline.get("stages") or {}).items():
+        deps = [dep for dep in stage.get("deps") or [] if isinstance(dep, str)]
+        if any(dep.startswith("registry/") for dep in deps):
+            break
+        free.append(name)
+    return free
+
+
+def repro_commands(dvc: str, force: bool, fresh: bool, free: list[str]) -> list[list[str]]:
+    """The `dvc repro` calls of a run. --fresh (a pull request's throwaway registry): the registry-free stages may
+    be restored from a pulled run cache; every later stage runs here, against this run's registry."""
+    if force or not fresh:
+        return [[dvc, "repro", *(["--force"] if force else [])]]
+    return [*([[dvc, "repro", *free]] if free else []), [dvc, "repro", "--no-run-cache"]]
+
+
 def run_pipeline(force: bool = False, fresh: bool = False) -> int:
     """`dvc repro` with the project's interpreter first on PATH, so stages run in the same environment."""
     require_pipeline()
@@ -274,8 +296,12 @@ def run_pipeline(force: bool = False, fresh: bool = False) -> int:
         "DVC_NO_ANALYTICS": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
-    cmd = [_dvc(), "repro", *(["--force"] if force else [])]
-    return subprocess.run(cmd, env=env, check=False).returncode
+    free = registry_free_stages(yaml.safe_load(Path("dvc.yaml").read_text()) or {}) if fresh else []
+    for cmd in repro_commands(_dvc(), force, fresh, free):
+        code = subprocess.run(cmd, env=env, check=False).returncode
+        if code:
+            return code
+    return 0
 
 
 def register(app: typer.Typer) -> None:
@@ -285,7 +311,9 @@ def register(app: typer.Typer) -> None:
     def run_cmd(
         force: bool = typer.Option(False, help="Re-run every stage even if nothing changed"),
         fresh: bool = typer.Option(
-            False, help="Remove every output dvc.yaml declares first (CI: no committed report passes for this run's)"
+            False,
+            help="Remove every output dvc.yaml declares first (CI: no committed report passes for this run's); "
+            "only the stages before the first that talks to the registry may come from the run cache",
         ),
     ) -> None:
         """Run the DVC pipeline (prepare -> validate -> train -> evaluate -> export -> register)."""

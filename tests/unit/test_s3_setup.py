@@ -73,3 +73,18 @@ def test_every_setup_installs_the_s3_packages_at_the_locks_versions() -> None:
     lock = (REPO / "requirements" / "constraints.txt").read_text()
     for name in ("dvc-s3", "s3fs", "aiobotocore", "botocore", "boto3", "s3transfer", "moto"):
         assert re.search(rf"^{name}==\S+$", lock, re.MULTILINE), f"{name} is not pinned in the lock"
+
+
+def test_a_fresh_run_restores_only_the_stages_before_the_registry_from_the_run_cache() -> None:
+    from mlrelease.commands.pipeline import registry_free_stages, repro_commands
+
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    free = registry_free_stages(pipeline)
+    assert free == ["prepare", "validate"]  # train logs to the registry: its run id names a run of that registry
+    assert repro_commands("dvc", force=False, fresh=True, free=free) == [
+        ["dvc", "repro", "prepare", "validate"],
+        ["dvc", "repro", "--no-run-cache"],
+    ]
+    assert repro_commands("dvc", force=False, fresh=False, free=free) == [["dvc", "repro"]]
+    assert repro_commands("dvc", force=True, fresh=True, free=free) == [["dvc", "repro", "--force"]]
+    assert repro_commands("dvc", force=False, fresh=True, free=[]) == [["dvc", "repro", "--no-run-cache"]]
