@@ -428,6 +428,15 @@ class ModelServer:
             if self.settings.exit_on_load_failure:
                 log.error("exiting: no model to serve (MLRELEASE_EXIT_ON_LOAD_FAILURE)")
                 os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's own graceful exit
+        finally:
+            self._end_startup_turn()
+
+    def _end_startup_turn(self) -> None:
+        """Let the slot's next replica load (it waits on the start-up lock this process inherited); once, at the end
+        of the first load."""
+        if self.settings.startup_lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.settings.startup_lock_fd)
 
     def _on_sighup(self) -> None:
         log.info("SIGHUP: reloading %s", self.source.describe())

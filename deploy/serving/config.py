@@ -48,6 +48,12 @@ class ServingSettings(Settings):
         description="exit when the model cannot be loaded at start instead of staying up not ready, so that a "
         "supervisor restarts it with backoff and gives up visibly (the local target and Kubernetes want this)",
     )
+    startup_lock_fd: int | None = Field(
+        None,
+        ge=3,
+        description="an inherited descriptor holding the slot's start-up lock (deploy/targets/launch.py), closed once "
+        "the first load ends: a slot's replicas load one after another, so the first is ready sooner",
+    )
     fast_path: bool = Field(
         True, description="answer plain prediction requests in the HTTP protocol, without an ASGI task (fastpath.py)"
     )

@@ -3,13 +3,44 @@
 A supervised replica starts through this shim so that it runs in the exact environment of the command that
 deployed it (settings, secrets, paths), not in the supervisor's, which was fixed when the supervisor started.
 The file is JSON, readable by its owner only; ``exec`` keeps the pid, so the supervisor watches the server itself.
+
+Replicas of one slot take turns loading (``MLRELEASE_STARTUP_LOCK``, a lock file per slot): when the supervisor
+restarts them all at once, the first is ready about as soon as a lone replica would be, instead of all of them late,
+sharing the CPU. The lock's descriptor passes through ``exec`` (``MLRELEASE_STARTUP_LOCK_FD``); the server closes it
+once its first load ends, or its exit does. A turn not given within ``TURN_WAIT_S`` is taken anyway.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
+import time
+
+STARTUP_LOCK = "MLRELEASE_STARTUP_LOCK"
+STARTUP_LOCK_FD = "MLRELEASE_STARTUP_LOCK_FD"
+TURN_WAIT_S = 15.0  # a sibling stuck loading (it has ready_timeout) must not hold this one back longer
+
+
+def take_turn(env: dict[str, str], wait_s: float = TURN_WAIT_S) -> None:
+    """Wait for the slot's start-up lock named in ``env`` and hand its descriptor on to the server."""
+    path = env.pop(STARTUP_LOCK, "")
+    if not path:
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return
+            time.sleep(0.02)
+    os.set_inheritable(fd, True)
+    env[STARTUP_LOCK_FD] = str(fd)
 
 
 def main(argv: list[str]) -> int:
@@ -23,7 +54,9 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"cannot read the environment file {argv[0]}: {exc}\n")
         return 2
-    os.execve(argv[2], argv[2:], {str(k): str(v) for k, v in env.items()})  # noqa: S606
+    env = {str(k): str(v) for k, v in env.items()}
+    take_turn(env)
+    os.execve(argv[2], argv[2:], env)  # noqa: S606
     return 0  # not reached: execve replaces this process
 
 

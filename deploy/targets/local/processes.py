@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deploy.targets.launch import STARTUP_LOCK
 from deploy.targets.local.state import Replica, Slot
 from deploy.targets.local.supervisor import Program
 from mlrelease.core.files import atomic_write
@@ -123,7 +124,9 @@ def replica_program(
     env_dir = Path(state_dir) / "supervisor" / "env"
     env_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     env_file = env_dir / f"{name}.json"
-    atomic_write(env_file, json.dumps(server_env(environment, version, behind_router)))  # mkstemp: 0600
+    env = server_env(environment, version, behind_router)
+    env[STARTUP_LOCK] = str(env_dir / f"{environment}-{slot}.start.lock")  # the slot's replicas load in turn
+    atomic_write(env_file, json.dumps(env))  # mkstemp: 0600
     launch = [sys.executable, "-m", LAUNCH_MODULE, str(env_file), "--"]
     log_path = logs / f"{environment}-{slot}-v{version}-{port}.log"
     log.info("starting %s/%s version %s on port %d (log %s)", environment, slot, version, port, log_path)
