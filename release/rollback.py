@@ -86,6 +86,7 @@ def _rollback(
     canary = active_canary(p)
     plan = rollback_plan(p, to, out, p.journal.load().operation, canary)
     if plan is None and canary is None:
+        _lift_orphaned_hold(p)
         return _nothing_to_do(p, reason, out, fast)
     goal = plan[1] if plan is not None else str(canary)
     abort.make()
@@ -220,6 +221,18 @@ def joined_reason(started: str | None, mine: str, by: str) -> str:
     if mine in (started, DEFAULT_REASON) or own in started.split("; "):
         return started
     return f"{started}; {own}"
+
+
+def _lift_orphaned_hold(p: Context) -> None:
+    """A rollback killed after clearing its journal but before lifting its hold on the warm slots' expiry left the
+    hold with nothing journaled: lift it, under the lock. A taken lock is left alone: its holder lifts the hold as
+    it starts (any command but a rollback), or when it ends (a rollback)."""
+    try:
+        with promotion_lock(p.state_dir, Command.ROLLBACK, p.by):
+            if p.journal.load().operation is None:
+                p.target.hold_expiry(None)
+    except PromotionLocked:
+        return
 
 
 def _nothing_to_do(p: Context, reason: str, out: Outcome, fast: FastSwitch | None) -> Outcome:

@@ -626,13 +626,6 @@ def test_a_rollback_killed_at_any_step_is_finished_by_the_next_run(
     assert not failed, f"scripts/rollback.sh killed at these calls was not finished by the next run: {failed}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="release/session.py::_finished clears the journal, then lifts the rollback's expiry hold: a rollback "
-    "killed between the two leaves the hold with nothing journaled, and a re-run has nothing to do so never lifts "
-    "it; warm slots then outlive their window until another command (promote, reconcile) runs. Lifting it first "
-    "instead makes a re-run finish the done rollback again (a second audit record)",
-)
 def test_a_rollback_killed_after_clearing_its_journal_lifts_its_expiry_hold_on_the_next_run(
     desk: Desk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
