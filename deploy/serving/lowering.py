@@ -12,14 +12,20 @@ default TorchScript runtime (README, Measured figures).
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 Step = Callable[[np.ndarray], np.ndarray]
+Op = tuple[str, tuple[Any, ...]]  # an op kind and its constant operands: what ``build`` turns back into a step
 MAX_ABS_DIFF = 1e-5  # probabilities: float32 sums in another order differ by ~1e-7
+PROGRAM_FORMAT = 1  # of the saved program (write_program); another format is not read
 
 
 class Unsupported(ValueError):
@@ -27,11 +33,12 @@ class Unsupported(ValueError):
 
 
 class NumpyRunner:
-    """Runs the lowered steps in order on a float32 [N, F] batch."""
+    """Runs the lowered steps in order on a float32 [N, F] batch; ``program`` is each op with its constants."""
 
-    def __init__(self, steps: Sequence[Step], ops: Sequence[str]) -> None:
+    def __init__(self, steps: Sequence[Step], ops: Sequence[str], program: Sequence[Op] = ()) -> None:
         self._steps = tuple(steps)
         self.ops = tuple(ops)
+        self.program = tuple(program)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.float32)  # TorchScript's module takes float32: so does its runner
@@ -128,26 +135,34 @@ def lower(graph: Any) -> NumpyRunner:
     if len(inputs) != 2:
         raise Unsupported(f"forward takes {len(inputs) - 1} inputs; only one tensor input is lowered")
     current = inputs[1].unique()
-    steps: list[Step] = []
-    ops: list[str] = []
+    program: list[Op] = []
     for node in graph.nodes():
         kind = node.kind()
         if kind == "prim::Constant":
             continue
-        builder = BUILDERS.get(kind)
-        if builder is None:
+        if kind not in BUILDERS:
             raise Unsupported(f"op {kind} is not lowered")
         args = list(node.inputs())
         outputs = list(node.outputs())
         if not args or args[0].unique() != current or len(outputs) != 1:
             raise Unsupported(f"{kind} is not part of a single chain from the input")
-        steps.append(builder(*(_constant(arg) for arg in args[1:])))
-        ops.append(kind)
+        program.append((kind, tuple(_constant(arg) for arg in args[1:])))
         current = outputs[0].unique()
     results = list(graph.outputs())
-    if len(results) != 1 or results[0].unique() != current or not steps:
+    if len(results) != 1 or results[0].unique() != current or not program:
         raise Unsupported("the graph's output is not the end of the op chain")
-    return NumpyRunner(steps, ops)
+    return build(program)
+
+
+def build(program: Sequence[Op]) -> NumpyRunner:
+    """The runner of a lowered program (from ``lower``, or read back by ``read_program``: no torch needed)."""
+    steps = []
+    for kind, args in program:
+        builder = BUILDERS.get(kind)
+        if builder is None:
+            raise Unsupported(f"op {kind} is not lowered")
+        steps.append(builder(*args))
+    return NumpyRunner(steps, [kind for kind, _ in program], program)
 
 
 def check_runner(runner: NumpyRunner, reference: Callable[[np.ndarray], np.ndarray], batches: list[np.ndarray]) -> None:
@@ -163,3 +178,50 @@ def check_runner(runner: NumpyRunner, reference: Callable[[np.ndarray], np.ndarr
         diff = float(np.max(np.abs(got.astype(np.float64) - want))) if got.size else 0.0
         if not diff <= MAX_ABS_DIFF:
             raise Unsupported(f"numpy runner differs from TorchScript by {diff:.3g} (> {MAX_ABS_DIFF:g})")
+
+
+def write_program(runner: NumpyRunner, path: Path, bundle_sha256: str) -> None:
+    """Save a checked runner's program for the bundle with ``bundle_sha256``: an ``.npz`` of a JSON header (ops,
+    scalar operands) and one array per tensor operand, no pickle; written whole or not at all, owner-only."""
+    arrays: dict[str, np.ndarray] = {}
+    ops = []
+    for kind, args in runner.program:
+        spec: list[dict[str, Any]] = []
+        for arg in args:
+            if isinstance(arg, np.ndarray):
+                key = f"a{len(arrays)}"
+                arrays[key] = arg
+                spec.append({"array": key})
+            elif arg is None or isinstance(arg, bool | int | float | str):
+                spec.append({"value": arg})
+            else:
+                raise Unsupported(f"{kind}: operand of type {type(arg).__name__} cannot be saved")
+        ops.append({"kind": kind, "args": spec})
+    header = {"format": PROGRAM_FORMAT, "bundle_sha256": bundle_sha256, "ops": ops}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")  # 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            savez: Any = np.savez  # its stubs take the array names for its own keyword (allow_pickle)
+            savez(handle, header=np.array(json.dumps(header)), **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_program(path: Path, bundle_sha256: str) -> NumpyRunner:
+    """The runner saved by ``write_program`` for this bundle (no torch); Unsupported when the file is for another
+    bundle or format, or is not such a file."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            header = json.loads(str(saved["header"]))
+            if header.get("format") != PROGRAM_FORMAT or header.get("bundle_sha256") != bundle_sha256:
+                raise Unsupported(f"{path} holds the program of another bundle or format")
+            program = [
+                (op["kind"], tuple(saved[a["array"]] if "array" in a else a["value"] for a in op["args"]))
+                for op in header["ops"]
+            ]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise Unsupported(f"{path}: not a saved program ({exc})") from exc
+    return build(program)

@@ -183,3 +183,23 @@ def test_a_card_that_does_not_fit_the_module_is_still_a_model_load_error_with_th
     card_path.write_text(json.dumps(card))
     with pytest.raises(ModelLoadError, match="warm-up"):
         load_model(folder, version="1", max_batch=8, runtime="auto")
+
+
+def test_a_saved_program_answers_like_the_runner_it_was_saved_from_without_torch(tmp_path) -> None:
+    from deploy.serving.lowering import read_program, write_program
+
+    torch.manual_seed(0)
+    model = TabularClassifier(6, 3, [16, 8], 0.2, torch.arange(6.0), torch.linspace(0.5, 3.0, 6))
+    runner = lower(frozen(model).graph)
+    saved = tmp_path / "slot" / "program.npz"
+    write_program(runner, saved, "a" * 64)
+    assert saved.stat().st_mode & 0o077 == 0  # owner-only, like the bundle's state folder
+    again = read_program(saved, "a" * 64)
+    assert again.ops == runner.ops
+    for batch in inputs():
+        np.testing.assert_array_equal(again(batch), runner(batch))
+    with pytest.raises(Unsupported, match="another bundle"):
+        read_program(saved, "b" * 64)  # a program is only ever used for the bundle it was checked against
+    saved.write_bytes(b"not an npz")
+    with pytest.raises(Unsupported, match="not a saved program"):
+        read_program(saved, "a" * 64)
