@@ -1,5 +1,6 @@
 """``mlrelease render k8s``: a registered version's kustomize overlay for Kubernetes and Argo Rollouts; and the
-Kubernetes rollback that ``scripts/rollback.sh --target kubernetes`` runs. Parse, call release.k8s, print."""
+Kubernetes rollback that ``scripts/rollback.sh --target kubernetes`` runs. Parse, call release.k8s, print.
+``mlrelease render compose``: the same versions as a single-host docker compose project (release.compose)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import typer
 from mlrelease.commands.common import PARAMS
 
 if TYPE_CHECKING:
+    from registry.versions import Registry
     from release.k8s.bookkeeping import Books
     from release.k8s.rollback import Where
 
@@ -132,6 +134,63 @@ def k8s_rollback_command(
     raise typer.Exit(outcome.exit_code)
 
 
+def _registry(params_path: Path) -> Registry:
+    """The registry of params.yaml's model."""
+    from mlrelease.core.params import load_params
+    from mlrelease.core.settings import get_settings
+    from registry.versions import Registry
+
+    return Registry(load_params(params_path).model.name, get_settings())
+
+
+def compose_command(
+    version: str = typer.Option(None, "--version", help="stable's version number or alias (default: production)"),
+    canary_version: str = typer.Option(None, "--canary-version", help="the canary's version number or alias"),
+    canary_weight: float = typer.Option(
+        0.0, "--canary-weight", help="percent of requests for the canary; 0 = no canary service"
+    ),
+    out: Path = typer.Option(Path("build/compose"), "--out", help="folder for compose.yaml and router/nginx.conf"),
+    compose_dir: Path = typer.Option(
+        Path("deploy/compose"), "--compose-dir", help="the folder holding base.yaml and nginx.conf.tmpl"
+    ),
+    image_repository: str = typer.Option(
+        None,
+        "--image-repository",
+        envvar="MLRELEASE_IMAGE_REPOSITORY",
+        help="the registry repository the host pulls the images from (default: the build's image_ref without its tag)",
+    ),
+    publish: str = typer.Option("127.0.0.1:8080", "--publish", help="[IP:]PORT the router listens on, on the host"),
+    cpus: float = typer.Option(None, "--cpus", help="CPU limit per server replica (default: base.yaml's)"),
+    memory: str = typer.Option(
+        None, "--memory", help="memory limit per server replica, e.g. 2g (default: base.yaml's)"
+    ),
+    subnet: str = typer.Option(None, "--subnet", help="the servers' IPv4 network (default: base.yaml's)"),
+    router_image: str = typer.Option(None, "--router-image", help="the nginx image (default: base.yaml's)"),
+    params: Path = PARAMS,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be written; write nothing"),
+) -> None:
+    """Write a single-host docker compose release (compose.yaml, router/nginx.conf) pinned to image digests.
+
+    Services stable and canary (at --canary-weight) behind an nginx router; docs/compose.md."""
+    from mlrelease.core.params import PromotionParams, load_params, section
+    from release.compose.options import check_weight, options_of
+    from release.compose.render import render, served_versions
+
+    check_weight(canary_weight, canary_version)
+    options = options_of(publish, cpus, memory, subnet, router_image)
+    promotion = section(load_params(params), "promotion", PromotionParams)
+    served = served_versions(_registry(params), version, canary_version, canary_weight, image_repository)
+    done = render(served, compose_dir, out, promotion, options, dry_run=dry_run)
+    changed = "would write" if dry_run else f"{len(done.changed)} file(s) changed"
+    for slot in served:
+        typer.echo(f"{slot.name}: version {slot.release.version}, {slot.release.image_ref}, {slot.weight:g}%")
+    compose = f"docker compose -f {done.compose_file}"
+    typer.echo(
+        f"{done.compose_file} ({changed}); apply: {compose} up -d --remove-orphans --wait && "
+        f"{compose} kill -s HUP router"
+    )
+
+
 def guarded(prog: str, call: Callable[[], object]) -> int:
     """Run a command; its exit code, or a usage mistake, a user's mistake or a registry error in one line (exit 2)."""
     from mlrelease.core.errors import UserError, one_line
@@ -166,9 +225,10 @@ def rollback_main(argv: list[str]) -> int:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``mlrelease render k8s`` to the CLI."""
+    """Add ``mlrelease render k8s`` and ``mlrelease render compose`` to the CLI."""
     render_app = typer.Typer(
         help="Render a release for a platform mlrelease does not run itself.", no_args_is_help=True
     )
     render_app.command("k8s")(k8s_command)
+    render_app.command("compose")(compose_command)
     app.add_typer(render_app, name="render")
