@@ -62,7 +62,7 @@ def serve(settings: ServingSettings) -> None:
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            app.draining = True
+            app.begin_drain()  # not ready; gRPC (when on) stops taking calls while HTTP drains
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(

@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -39,6 +39,7 @@ from deploy.serving.asgi import (
 )
 from deploy.serving.config import ModelSource, ServingSettings
 from deploy.serving.fastpath import INTERNAL_ERROR
+from deploy.serving.grpc import GrpcStartError
 from deploy.serving.looplag import LoopLagMonitor
 from deploy.serving.metrics import CONTENT_TYPE, ServerMetrics
 from deploy.serving.model import LoadedModel, ModelLoadError, set_threads
@@ -63,6 +64,9 @@ __all__ = [  # what other modules and tests import from here, and the names this
     "non_finite_output",
     "reload_source",
 ]
+
+if TYPE_CHECKING:
+    from deploy.serving.grpc.server import GrpcEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,9 @@ class ModelServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._routes: dict[bytes, tuple[Api, str] | None] = {}
         self._lag: LoopLagMonitor | None = None
+        self._grpc: GrpcEndpoint | None = None  # the Open Inference Protocol over gRPC, when MLRELEASE_GRPC_PORT is set
+        self._grpc_stop: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._exact: dict[str, tuple[str, tuple[str, ...], Handler]] = {
             "/health": ("/health", GET, self._health),
             "/ready": ("/ready", GET, self._ready),
@@ -192,6 +199,10 @@ class ModelServer:
         serving = self._serving(name)
         serving.active += 1
         return serving
+
+    def begin(self, headers: Headers, peer: str | None, name: str) -> Serving:
+        """``_begin`` for another protocol's adapter (deploy/serving/grpc): the same checks and the same errors."""
+        return self._begin(headers, peer, name)
 
     def _serving(self, name: str) -> Serving:
         current = self.current
@@ -294,21 +305,31 @@ class ModelServer:
     async def _health(self, scope: Scope, receive: Receive, name: str) -> Response:
         return 200, b'{"status":"ok"}', JSON
 
-    async def _ready(self, scope: Scope, receive: Receive, name: str) -> Response:
-        """200 while the model serves; 503 while loading, draining or with the circuit breaker open (then it also
-        starts the breaker's probe when one is due: a balancer sends an unready replica no traffic to do it)."""
+    def readiness(self) -> tuple[str, bool] | None:
+        """None while the model serves, else (why not, whether loading failed for good); with the circuit breaker
+        open it also starts the breaker's probe when one is due (a balancer sends an unready replica no traffic to
+        do it). /ready and gRPC's ServerReady both ask here."""
         current = self.current
         if current is None or self.draining:
             reason = "draining" if self.draining else (self.load_error or "loading")
-            return self._not_ready(reason, failed=self.load_error is not None and current is None)
+            return reason, self.load_error is not None and current is None
         if not current.breaker.closed:
             current.probe()
             breaker = current.breaker
-            return self._not_ready(
+            return (
                 f"circuit open: the model failed {breaker.threshold} calls in a row; it is tried again with one "
                 f"request every {breaker.reset_s:g} s",
-                failed=False,
+                False,
             )
+        return None
+
+    async def _ready(self, scope: Scope, receive: Receive, name: str) -> Response:
+        """200 while the model serves; 503 while loading, draining or with the circuit breaker open."""
+        unready = self.readiness()
+        if unready is not None:
+            return self._not_ready(*unready)
+        current = self.current
+        assert current is not None  # readiness() said it serves
         model = current.model
         return (
             200,
@@ -401,7 +422,11 @@ class ModelServer:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await self.startup()
+                try:
+                    await self.startup()
+                except GrpcStartError as exc:  # a port taken, say: one line, and uvicorn exits (no traceback)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
@@ -410,7 +435,12 @@ class ModelServer:
 
     async def startup(self) -> None:
         """Start loading the model in the background (/health at once, /ready once warm); hook SIGHUP; sample the
-        event-loop lag."""
+        event-loop lag; serve gRPC too when MLRELEASE_GRPC_PORT is set."""
+        self._loop = asyncio.get_running_loop()
+        if self.settings.grpc_port is not None:  # first: a taken port ends the start before torch is imported
+            from deploy.serving.grpc.server import start_grpc  # grpcio and the generated messages: only when on
+
+            self._grpc = await start_grpc(self, self.settings.host, self.settings.grpc_port)
         set_threads(self.settings.torch_threads)
         self._spawn(self._initial_load())
         if self.settings.loop_lag_interval_ms:
@@ -449,9 +479,25 @@ class ModelServer:
         except ClientError as exc:
             log.error("reload failed: %s", exc.message)
 
-    async def shutdown(self) -> None:
-        """Mark not ready, let in-flight batches finish, stop the worker thread."""
+    def begin_drain(self) -> None:
+        """SIGTERM/SIGINT: not ready from now on; gRPC refuses new model calls (UNAVAILABLE), answers those it
+        holds and stops, while uvicorn drains HTTP; safe to call from a signal handler."""
         self.draining = True
+        if self._grpc is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop_grpc)
+
+    def _stop_grpc(self) -> asyncio.Future[None] | None:
+        """Start the gRPC server's graceful stop once (grace: MLRELEASE_GRACEFUL_TIMEOUT_S); its future."""
+        if self._grpc is not None and self._grpc_stop is None:
+            self._grpc_stop = asyncio.ensure_future(self._grpc.stop(self.settings.graceful_timeout_s))
+        return self._grpc_stop
+
+    async def shutdown(self) -> None:
+        """Mark not ready, let in-flight gRPC calls and batches finish, stop the worker thread."""
+        self.draining = True
+        stopping = self._stop_grpc()
+        if stopping is not None:
+            await stopping
         if self._lag is not None:
             self._lag.stop()
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):

@@ -83,11 +83,20 @@ class ServingSettings(Settings):
     breaker_reset_s: float = Field(
         5.0, gt=0, le=3600, description="how long an open breaker refuses predictions before one probe goes through"
     )
+    grpc_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="also serve the Open Inference Protocol over gRPC on this port (same host, model and limits; "
+        "deploy/serving/grpc); unset = off",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ServingSettings:
         if self.model_dir is not None and self.model_uri is not None:
             raise ValueError("set either model_dir or model_uri, not both")
+        if self.grpc_port is not None and self.grpc_port == self.port:
+            raise ValueError(f"grpc_port {self.grpc_port} is the HTTP port too; give gRPC a port of its own")
         return self
 
     def source(self) -> ModelSource:

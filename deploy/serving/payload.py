@@ -195,7 +195,8 @@ def _diagnose_rows(rows: list[Any], names: list[str], where: str) -> None:
                 )
 
 
-def _check_finite(matrix: np.ndarray, names: list[str], where: str) -> None:
+def check_finite(matrix: np.ndarray, names: list[str], where: str) -> None:
+    """A 422 naming the first NaN or Inf of ``matrix`` (row, feature), where ``where`` says which field held it."""
     if np.isfinite(matrix).all():
         return
     i, j = (int(k) for k in np.argwhere(~np.isfinite(matrix))[0])
@@ -236,7 +237,7 @@ def to_matrix(
         array = np.array(rows, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         matrix = np.ascontiguousarray(array, dtype=np.float32)
-    _check_finite(matrix, names, where)
+    check_finite(matrix, names, where)
     return matrix
 
 
@@ -255,7 +256,7 @@ def _plain_matrix(rows: list[Any], names: list[str], where: str) -> np.ndarray:
         beyond = np.abs(array).max() > FLOAT32_MAX
     if beyond:
         with np.errstate(over="ignore", invalid="ignore"):
-            _check_finite(array.astype(np.float32), names, where)
+            check_finite(array.astype(np.float32), names, where)
     return array.astype(np.float32)
 
 
@@ -352,8 +353,7 @@ def _v2_tensor(doc: Any) -> dict[str, Any]:
             'body needs "inputs": [{"name", "shape", "datatype", "data"}] (Open Inference Protocol)',
         )
     inputs = doc["inputs"]
-    if len(inputs) != 1:
-        raise ClientError(422, "bad_inputs", f"expected exactly one input tensor, got {len(inputs)}")
+    check_v2_input_count(len(inputs))
     if type(inputs[0]) is not dict:
         raise ClientError(
             422,
@@ -364,12 +364,25 @@ def _v2_tensor(doc: Any) -> dict[str, Any]:
     missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
     if missing:
         raise ClientError(422, "bad_inputs", f"input tensor is missing {missing}")
-    if type(tensor["datatype"]) is not str or tensor["datatype"] not in V2_DATATYPES:
-        raise ClientError(422, "bad_datatype", f"datatype {_brief(tensor['datatype'], 24)} is not numeric; use FP32")
+    check_v2_datatype(tensor["datatype"])
     return tensor
 
 
-def _v2_shape(shape: Any, n_features: int, max_batch: int) -> tuple[int, int]:
+# -- the Open Inference Protocol's tensor checks, shared by the JSON body and gRPC (deploy/serving/grpc) --------
+def check_v2_input_count(count: int) -> None:
+    """The model takes one input tensor."""
+    if count != 1:
+        raise ClientError(422, "bad_inputs", f"expected exactly one input tensor, got {count}")
+
+
+def check_v2_datatype(datatype: object) -> None:
+    """A numeric Open Inference Protocol datatype (BYTES, BOOL or a typo is the client's mistake)."""
+    if type(datatype) is not str or datatype not in V2_DATATYPES:
+        raise ClientError(422, "bad_datatype", f"datatype {_brief(datatype, 24)} is not numeric; use FP32")
+
+
+def v2_shape(shape: Any, n_features: int, max_batch: int) -> tuple[int, int]:
+    """(rows, features) of a tensor shaped [rows, features] or [features], within the model and the batch limit."""
     if type(shape) is not list or not all(type(d) is int for d in shape) or len(shape) not in (1, 2):
         raise ClientError(422, "bad_shape", f"shape must be [rows, {n_features}] (integers), got {_brief(shape, 60)}")
     rows, cols = (1, shape[0]) if len(shape) == 1 else (shape[0], shape[1])
@@ -382,6 +395,23 @@ def _v2_shape(shape: Any, n_features: int, max_batch: int) -> tuple[int, int]:
     if rows > max_batch:
         raise ClientError(422, "batch_too_large", f"{rows} rows exceed the limit of {max_batch} per request")
     return rows, cols
+
+
+def check_v2_count(count: int, shape: list[int], needed: int) -> None:
+    """The tensor holds as many values as its shape says."""
+    if count != needed:
+        raise ClientError(422, "bad_shape", f"data has {count} values but shape {shape} needs {needed}")
+
+
+def integer_out_of_range(index: int, value: object, datatype: str) -> ClientError:
+    """The 422 for a value an integer datatype cannot hold (a client that says INT8 and sends 2.5 or 300)."""
+    info = np.iinfo(datatype.lower())
+    return ClientError(
+        422,
+        "bad_datatype",
+        f"data[{index}] is {_brief(value, 30)}, which datatype {datatype} cannot hold (integers from {info.min} to "
+        f"{info.max}); send such integers, or say FP32",
+    )
 
 
 def _v2_rows(data: list[Any], rows: int, cols: int) -> list[Any]:
@@ -402,12 +432,7 @@ def _v2_integers(flat: list[Any], datatype: str) -> None:
     for i, value in enumerate(flat):
         whole = type(value) is int or (type(value) is float and value.is_integer())  # 3.0: a client's float
         if not whole or not info.min <= value <= info.max:
-            raise ClientError(
-                422,
-                "bad_datatype",
-                f"data[{i}] is {_brief(value, 30)}, which datatype {datatype} cannot hold (integers from {info.min} to "
-                f"{info.max}); send such integers, or say FP32",
-            )
+            raise integer_out_of_range(i, value, datatype)
 
 
 class V2Request(NamedTuple):
@@ -428,7 +453,14 @@ def _v2_outputs(doc: dict[str, Any]) -> tuple[str, ...]:
             "bad_outputs",
             f'outputs must be an array of {{"name": ...}} objects, naming some of {list(V2_OUTPUTS)}',
         )
-    names = tuple(dict.fromkeys(o["name"] for o in asked))
+    return v2_output_names([o["name"] for o in asked])
+
+
+def v2_output_names(asked: list[str]) -> tuple[str, ...]:
+    """The outputs a request names, each once in its order (none: all of them); an unknown one is a 422."""
+    if not asked:
+        return V2_OUTPUTS
+    names = tuple(dict.fromkeys(asked))
     unknown = [n for n in names if n not in V2_OUTPUTS]
     if unknown:
         raise ClientError(
@@ -444,15 +476,12 @@ def parse_v2(body: bytes, names: list[str], max_batch: int) -> tuple[np.ndarray,
     """Open Inference Protocol body -> (matrix, the request's id and the outputs it asks for)."""
     doc = loads_json(body)
     tensor = _v2_tensor(doc)
-    rows, cols = _v2_shape(tensor["shape"], len(names), max_batch)
+    rows, cols = v2_shape(tensor["shape"], len(names), max_batch)
     data = tensor["data"]
     if type(data) is not list:
         raise ClientError(422, "bad_data", f"data is a JSON {_json_type(data)}; expected an array")
     flat = data if not data or type(data[0]) is not list else _v2_rows(data, rows, cols)
-    if len(flat) != rows * cols:
-        raise ClientError(
-            422, "bad_shape", f"data has {len(flat)} values but shape {tensor['shape']} needs {rows * cols}"
-        )
+    check_v2_count(len(flat), tensor["shape"], rows * cols)
     if tensor["datatype"].startswith(("INT", "UINT")):
         _v2_integers(flat, tensor["datatype"])
     grid = [flat[i * cols : (i + 1) * cols] for i in range(rows)]
