@@ -2,7 +2,9 @@
 
 Proof: parity with the eager model on the whole test split and edge inputs, a reload in a fresh process with
 `torch.jit.load`, and CPU latency gates at batch 1. Writes the bundle: model.pt, model_card.json and the
-reference statistics, per the contract in mlrelease/core/modelcard.py.
+reference statistics, per the contract in mlrelease/core/modelcard.py. With ``export.int8`` it also writes
+variants/model_int8.pt, the dynamically quantized module, when that passes its own gates (pipelines/quantize.py);
+the stage succeeds whenever FP32 passes, and the report's ``int8`` section says why a variant was dropped.
 """
 
 from __future__ import annotations
@@ -29,10 +31,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlrelease.core.modelcard import CARD_FILE, MODEL_FILE, REFERENCE_FILE, ModelCard, Standardization, sha256_file
-from mlrelease.core.params import ExportParams, load_params, run_stage
-from pipelines.common import load_checkpoint, predict_proba, read_numeric, read_split, write_json
-from pipelines.evaluate import EDGE_SCALE, edge_inputs
+from mlrelease.core.modelcard import (
+    CARD_FILE,
+    FP32,
+    INT8,
+    MODEL_FILE,
+    REFERENCE_FILE,
+    VARIANT_FILES,
+    VARIANTS_DIR,
+    ModelCard,
+    Standardization,
+    VariantArtifact,
+    sha256_file,
+)
+from mlrelease.core.params import ExportParams, Params, load_params, run_stage
+from pipelines import quantize
+from pipelines.common import Split, load_checkpoint, predict_proba, read_numeric, read_split, write_json
+from pipelines.evaluate import EDGE_SCALE, behavioural_gates, edge_inputs
 from pipelines.gates import Gate, at_most, gates_payload
 from pipelines.schema import load_contract
 
@@ -205,8 +220,94 @@ def latency_gates(model: torch.nn.Module, test_x: np.ndarray, cfg: ExportParams)
     return latency, gates
 
 
+def int8_variant(
+    eager: torch.nn.Module, fp32: torch.nn.Module, test: Split, params: Params, out: Path
+) -> tuple[dict[str, Any], VariantArtifact | None]:
+    """Quantize, script, save and gate the INT8 variant: its report section, and its card entry when it passed
+    (its file is removed otherwise). A variant that cannot even be built is dropped the same way, never raised."""
+    cfg = params.export
+    path = out / VARIANT_FILES[INT8]
+    try:
+        quantized, layers = quantize.quantize_int8(eager)
+        scripted, method = to_torchscript(quantized, torch.from_numpy(test.x[:4]))
+        save_reproducible(scripted, path)
+        int8 = torch.jit.load(str(path), map_location="cpu")
+        int8_proba = predict_proba(int8, test.x)
+    except Exception as exc:  # quantization and scripting raise many types; FP32 must not depend on them
+        path.unlink(missing_ok=True)
+        log.warning("export: INT8 variant could not be built: %s", exc)
+        return quantize.skipped_section(f"could not be built: {type(exc).__name__}: {exc}", True), None
+    metrics, gates = quantize.agreement_gates(test.y, predict_proba(fp32, test.x), int8_proba, layers, cfg)
+    gates += quantize.prefixed(behavioural_gates(int8, test, params.gates, params.seed))
+    gates += quantize.prefixed([reload_gate(path, test.x, int8_proba, cfg.parity_atol)])
+    latency = quantize.side_by_side_latency({FP32: fp32, INT8: int8}, test.x, cfg.latency_warmup, cfg.latency_runs)
+    gates += quantize.latency_gates(latency[INT8], cfg)
+    reason = quantize.dropped_reason(gates)
+    sizes = {FP32: (out / MODEL_FILE).stat().st_size, INT8: path.stat().st_size}
+    sha = sha256_file(path)
+    section = {
+        **gates_payload(f"export.{INT8}", gates),
+        "enabled": True,
+        "reason": reason,
+        "artifact": None if reason else VARIANT_FILES[INT8],
+        "sha256": None if reason else sha,
+        "method": method,
+        "quantization": quantize.QUANTIZATION,
+        "metrics": {name: {k: round(v, 6) for k, v in figures.items()} for name, figures in metrics.items()},
+        "latency_ms": latency,
+        "latency_ratio_int8_to_fp32": quantize.latency_ratios(latency),
+        "size_bytes": sizes,
+    }
+    if reason:
+        path.unlink(missing_ok=True)
+        return section, None
+    entry = VariantArtifact(
+        artifact=VARIANT_FILES[INT8],
+        sha256=sha,
+        size_bytes=sizes[INT8],
+        quantization=quantize.QUANTIZATION,
+        metrics=metrics[INT8],
+        latency_ms=latency[INT8],
+    )
+    return section, entry
+
+
+def fp32_gates(
+    eager: torch.nn.Module, test: Split, params: Params, model_path: Path
+) -> tuple[torch.jit.ScriptModule, list[Gate], dict[str, Any]]:
+    """The saved FP32 module reloaded, its gates (parity, fresh-process reload, latency), and the report's figures."""
+    loaded = torch.jit.load(str(model_path), map_location="cpu")
+    gates = parity_gates(eager, loaded, parity_inputs(test.x, params.seed), params.export.parity_atol)
+    gates.append(reload_gate(model_path, test.x, predict_proba(eager, test.x), params.export.parity_atol))
+    latency, lat_gates = latency_gates(loaded, test.x, params.export)
+    distribution = {name: figures.pop("distribution") for name, figures in latency.items()}  # lists: no DVC metric
+    return loaded, gates + lat_gates, {"latency_ms": latency, "latency_distribution_ms": distribution}
+
+
+def write_card(
+    params: Params, eager: torch.nn.Module, out: Path, method: str, figures: dict[str, Any], **extra: Any
+) -> ModelCard:
+    """The bundle's model card, from the contract, the eager model's standardization and the export's figures."""
+    contract = load_contract(params.data.schema_path)
+    card = ModelCard(
+        name=params.model.name,
+        feature_names=contract.feature_names,
+        input_shape=[-1, len(contract.features)],
+        classes=contract.class_names,
+        sha256=sha256_file(out / MODEL_FILE),
+        torch_version=torch.__version__,
+        preprocessing=Standardization(mean=eager.mean.tolist(), scale=eager.scale.tolist()),  # type: ignore[operator]
+        export_method=method,
+        latency_ms=figures["latency_ms"],
+        **extra,
+    )
+    card.write(out)
+    return card
+
+
 def main(argv: list[str] | None = None) -> int:
-    """DVC entry point: export, prove, and write the bundle; exit 1 naming each failed gate."""
+    """DVC entry point: export, prove, and write the bundle; exit 1 naming each failed FP32 gate (a failed INT8
+    variant is reported and dropped, and the stage still succeeds)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--splits", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -217,44 +318,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    contract = load_contract(params.data.schema_path)
-    test = read_split(args.splits / "test.csv", contract)
+    test = read_split(args.splits / "test.csv", load_contract(params.data.schema_path))
     eager = load_checkpoint(args.checkpoint)
     scripted, method = to_torchscript(eager, torch.from_numpy(test.x[:4]))
-    args.out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(args.out / VARIANTS_DIR, ignore_errors=True)  # a variant is there only if it passed this run
+    (args.out / VARIANTS_DIR).mkdir(parents=True)
     model_path = args.out / MODEL_FILE
     save_reproducible(scripted, model_path)
-    loaded = torch.jit.load(str(model_path), map_location="cpu")
-    gates = parity_gates(eager, loaded, parity_inputs(test.x, params.seed), params.export.parity_atol)
-    gates.append(reload_gate(model_path, test.x, predict_proba(eager, test.x), params.export.parity_atol))
-    latency, lat_gates = latency_gates(loaded, test.x, params.export)
-    gates += lat_gates
-    distribution = {name: figures.pop("distribution") for name, figures in latency.items()}  # lists: no DVC metric
-    report = {"latency_ms": latency, "latency_distribution_ms": distribution, "method": method}
-    write_json(args.report, {**gates_payload("export", gates), **report})
+    loaded, gates, figures = fp32_gates(eager, test, params, model_path)
     for gate in gates:
         log.info("%s", gate.line())
     if not all(g.passed for g in gates):
+        int8_off = quantize.skipped_section("not built: the FP32 export failed its gates", params.export.int8)
+        write_json(args.report, {**gates_payload("export", gates), **figures, "method": method, INT8: int8_off})
         model_path.unlink(missing_ok=True)
         failed = "\n".join(g.line() for g in gates if not g.passed)
         sys.stderr.write(f"export: gate(s) failed, no bundle written:\n{failed}\n")
         return 1
-    shutil.copyfile(args.reference, args.out / REFERENCE_FILE)
-    metrics = read_numeric(args.metrics)
-    card = ModelCard(
-        name=params.model.name,
-        feature_names=contract.feature_names,
-        input_shape=[-1, len(contract.features)],
-        classes=contract.class_names,
-        sha256=sha256_file(model_path),
-        torch_version=torch.__version__,
-        preprocessing=Standardization(mean=eager.mean.tolist(), scale=eager.scale.tolist()),  # type: ignore[operator]
-        export_method=method,
-        metrics=metrics,
-        latency_ms=latency,
+    int8, entry = (
+        int8_variant(eager, loaded, test, params, args.out)
+        if params.export.int8
+        else (quantize.skipped_section("export.int8 is false in params.yaml", False), None)
     )
-    card.write(args.out)
-    log.info("export: %s (%s) sha256=%s", model_path, CARD_FILE, card.sha256)
+    write_json(args.report, {**gates_payload("export", gates), **figures, "method": method, INT8: int8})
+    for gate in (Gate(**g) for g in int8["gates"]):
+        log.info("%s", gate.line())
+    if int8.get("reason"):
+        log.warning("export: the INT8 variant is dropped (it will not be registered): %s", int8["reason"])
+    shutil.copyfile(args.reference, args.out / REFERENCE_FILE)
+    variants = {INT8: entry} if entry is not None else {}
+    card = write_card(params, eager, args.out, method, figures, metrics=read_numeric(args.metrics), variants=variants)
+    log.info("export: %s (%s) sha256=%s; variants: %s", model_path, CARD_FILE, card.sha256, sorted(variants) or "none")
     return 0
 
 

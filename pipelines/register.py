@@ -2,7 +2,9 @@
 
 It refuses to run unless the evaluate and export gate reports both passed, and verifies the artifact's sha256,
 so a model that failed a gate is never registered. Lineage tags: git commit, data hash from dvc.lock,
-params hash, artifact sha256.
+params hash, artifact sha256. The INT8 variant goes in as a second artifact (its own sha256 tag) only when the
+export report's ``int8`` section passed and the card lists it; otherwise the FP32 version is registered alone and
+reports/registration.json says why the variant was dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from mlrelease.core.modelcard import FP32, INT8, ModelCard
 from mlrelease.core.params import Params, load_params, run_stage
 from pipelines.common import read_numeric, write_json
 
@@ -39,6 +42,31 @@ def require_passed(*reports: Path) -> None:
         if not payload.get("passed"):
             failed = [g["name"] for g in payload.get("gates", []) if not g.get("passed")]
             raise GateReportError(f"{path}: gates failed {failed}; refusing to register")
+
+
+def int8_decision(bundle: Path, export_report: Path) -> str | None:
+    """None when the INT8 variant goes into the registry; else why it does not (the export report's reason)."""
+    section = json.loads(export_report.read_text()).get(INT8) or {}
+    listed = ModelCard.read(bundle).variants.get(INT8)
+    if not section.get("passed"):
+        return str(section.get("reason") or f"{export_report} has no passed {INT8} section (export again)")
+    if listed is None:
+        return f"{export_report} says the {INT8} variant passed, but the model card lists none (export again)"
+    if section.get("sha256") != listed.sha256:
+        return f"{export_report} and the model card name different {INT8} artifacts (export again)"
+    return None
+
+
+def variants_report(version: Any, dropped: str | None) -> dict[str, Any]:
+    """registration.json's ``variants``: each artifact's sha256 as registered, or why INT8 is not there."""
+    from registry.register import SHA_TAG, variant_tag
+
+    tags = version.tags
+    int8_sha = tags.get(variant_tag(INT8))
+    int8: dict[str, Any] = {"registered": int8_sha is not None, "artifact_sha256": int8_sha}
+    if dropped is not None:
+        int8["reason"] = dropped
+    return {FP32: {"registered": True, "artifact_sha256": tags.get(SHA_TAG)}, INT8: int8}
 
 
 def pipeline_outputs(dvc_yaml: Path) -> set[str]:
@@ -141,11 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         require_passed(args.eval_gates, args.export_report)
         metrics = read_numeric(args.metrics)
         run_id = json.loads(args.run_info.read_text())["run_id"]
+        dropped = int8_decision(args.bundle, args.export_report)
+        if dropped is not None:
+            log.warning("register: the %s variant is not registered: %s", INT8, dropped)
         tags = {
             "git_commit": git_commit(),
             "data_hash": data_hash(args.lock, args.splits),
             "params_hash": params_hash(params),
-            "gates": "evaluate=passed,export=passed",
+            "gates": f"evaluate=passed,export=passed,{INT8}={'dropped' if dropped else 'passed'}",
         }
         example = pd.read_csv(args.splits / "test.csv").drop(columns=[params.data.target]).head(5)
         version, created = register_bundle(
@@ -156,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             tags=tags,
             run_id=run_id,
             example=example,
+            variants=() if dropped else (INT8,),
         )
     except (GateReportError, IntegrityError, ValueError, KeyError) as exc:
         sys.stderr.write(f"register: {exc!r}; nothing was registered\n")
@@ -173,9 +205,16 @@ def main(argv: list[str] | None = None) -> int:
             "run_id": version.run_id,
             "artifact_sha256": version.tags.get("artifact_sha256"),
             "model_uri": f"models:/{version.name}/{version.version}",
+            "variants": variants_report(version, dropped),
         },
     )
-    log.info("register: %s version %s (%s)", version.name, version.version, "new" if created else "existing")
+    log.info(
+        "register: %s version %s (%s), variants: %s",
+        version.name,
+        version.version,
+        "new" if created else "existing",
+        version.tags.get("variants", FP32),
+    )
     return 0
 
 

@@ -84,10 +84,11 @@ def load_source(source: ModelSource, settings: ServingSettings) -> LoadedModel:
         return load_model(
             bundle.folder,
             version=bundle.version,
-            expected_sha256=bundle.expected_sha256,
+            expected_sha256=bundle.expected(settings.model_variant),
             max_batch=settings.max_batch_size,
             source=source.describe(),
             runtime=settings.runtime,
+            variant=settings.model_variant,
         )
 
 

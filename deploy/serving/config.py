@@ -24,6 +24,12 @@ class ServingSettings(Settings):
     model_uri: str | None = Field(default=None, pattern=r"^models:/[^/@]+(@[\w.-]+|/\d+)$")
     model_version: str | None = Field(default=None, pattern=r"^[\w.-]{1,64}$")
     graceful_timeout_s: float = Field(10.0, gt=0, le=300)
+    model_variant: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="which artifact of the version answers: fp32 (model.pt) or int8 (the dynamically quantized "
+        "variants/model_int8.pt, checked against its own sha256 in the card and registry tag); a version without "
+        "that artifact is refused, and the server stays not ready",
+    )
     inline_max_batch_ms: float = Field(
         0.5, ge=0, description="run batches on the event loop when the largest one warms up faster; 0 = never"
     )

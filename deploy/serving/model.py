@@ -1,5 +1,9 @@
 """Load one model bundle: verify its sha256, ``torch.jit.load`` it, warm it up and check what it returns.
 
+A bundle may carry an INT8 variant (variants/model_int8.pt, listed in the card with its own sha256); the
+``variant`` asked for picks the artifact, checked the same way. INT8's quantized ops have no numpy lowering, so
+TorchScript serves it.
+
 A ``LoadedModel`` is immutable once built; the server swaps whole instances, so a request that started on one
 model finishes on it.
 """
@@ -18,10 +22,12 @@ import numpy as np
 
 from mlrelease.core.modelcard import (
     CARD_FILE,
+    FP32,
     REFERENCE_FILE,
     IntegrityError,
     ModelCard,
     ReferenceStats,
+    VariantMissing,
     read_verified_artifact,
 )
 
@@ -47,6 +53,8 @@ class LoadedModel:
     feature_index: dict[str, int] = field(default_factory=dict)
     batch_ms: float = float("nan")  # median warm-up time of the largest batch
     runner: Callable[[np.ndarray], np.ndarray] | None = None  # the checked numpy lowering (lowering.py), if any
+    variant: str = FP32  # which artifact answers: fp32 (model.pt) or int8 (variants/model_int8.pt)
+    artifact_sha256: str = ""  # that artifact's sha256 (the version's identity stays ``sha256``: model.pt's)
 
     @property
     def runtime(self) -> str:
@@ -189,6 +197,18 @@ def check_batches(card: ModelCard, max_batch: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(rows, dtype=np.float32) for rows in (mean[None, :], spread, far)]
 
 
+def _verified_artifact(folder: Path, expected_sha256: str | None, variant: str) -> tuple[ModelCard, bytes]:
+    """The card and the variant's bytes, checked against card and registry sha256; ModelLoadError naming why not."""
+    try:
+        return read_verified_artifact(folder, expected_sha256, variant)
+    except VariantMissing as exc:
+        raise ModelLoadError(f"refusing to serve variant {variant} of {folder}: {exc}") from exc
+    except IntegrityError as exc:
+        raise ModelLoadError(f"refusing to serve: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{folder}: cannot read the bundle: {exc}") from exc
+
+
 def load_model(
     path: Path,
     *,
@@ -197,25 +217,23 @@ def load_model(
     max_batch: int = 64,
     source: str | None = None,
     runtime: Literal["torchscript", "auto"] = "torchscript",
+    variant: str = FP32,
 ) -> LoadedModel:
     """Verify (card and registry sha256), torch.jit.load only, pick the runtime, warm up; ModelLoadError on failure.
 
     ``runtime="torchscript"`` (the default) always runs the module; ``"auto"`` answers through the checked numpy
-    lowering of the loaded graph when there is one (lowering.py).
+    lowering of the loaded graph when there is one (lowering.py). ``variant`` picks the artifact (``expected_sha256``
+    is then that artifact's registry sha256); a bundle without it is refused.
     """
     import torch
 
     folder = bundle_folder(path)
-    try:
-        card, artifact = read_verified_artifact(folder, expected_sha256)
-    except IntegrityError as exc:
-        raise ModelLoadError(f"refusing to serve: {exc}") from exc
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{folder}: cannot read the bundle: {exc}") from exc
+    card, artifact = _verified_artifact(folder, expected_sha256, variant)
+    artifact_path = folder / card.artifact_of(variant)[0]
     try:
         module = torch.jit.load(io.BytesIO(artifact), map_location="cpu")  # the bytes hashed, not a second read
     except (RuntimeError, ValueError, OSError) as exc:
-        raise ModelLoadError(f"{folder / card.artifact}: torch.jit.load failed: {exc}") from exc
+        raise ModelLoadError(f"{artifact_path}: torch.jit.load failed: {exc}") from exc
     module = frozen(module.eval())
     model = LoadedModel(
         card=card,
@@ -224,6 +242,8 @@ def load_model(
         module=module,
         reference=_read_reference(folder),
         feature_index={n: i for i, n in enumerate(card.feature_names)},
+        variant=variant,
+        artifact_sha256=card.artifact_of(variant)[1],
     )
     try:
         if runtime == "auto":
@@ -234,11 +254,13 @@ def load_model(
             raise
         raise ModelLoadError(f"model failed on warm-up input: {exc}") from exc
     log.info(
-        "loaded %s version %s (sha256 %s) from %s; runtime %s, batch of %d in %.3f ms",
+        "loaded %s version %s (sha256 %s) from %s; variant %s (sha256 %s), runtime %s, batch of %d in %.3f ms",
         card.name,
         version,
         card.sha256[:12],
         folder,
+        variant,
+        model.artifact_sha256[:12],
         model.runtime,
         max_batch,
         model.batch_ms,

@@ -7,7 +7,7 @@ image has no MLflow and serves bundle folders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.serving.config import ModelSource
@@ -21,6 +21,20 @@ class ResolvedBundle:
     folder: Path
     version: str
     expected_sha256: str | None
+    variant_sha256: dict[str, str] | None = field(default=None)  # registry tags of variant artifacts; None: a folder
+
+    def expected(self, variant: str) -> str | None:
+        """The registry's sha256 of the variant's artifact (None for a folder, which only its card vouches for); a
+        registry version without that artifact is refused here, before anything is loaded."""
+        if variant == "fp32" or self.variant_sha256 is None:
+            return self.expected_sha256
+        sha = self.variant_sha256.get(variant)
+        if sha is None:
+            raise ModelLoadError(
+                f"refusing to serve variant {variant}: version {self.version} has no {variant} artifact in the "
+                f"registry (export.{variant} was off or the variant failed its gates); serve fp32 or another version"
+            )
+        return sha
 
 
 def resolve(source: ModelSource, workdir: Path) -> ResolvedBundle:
@@ -36,7 +50,7 @@ def _from_registry(uri: str, version_label: str | None, workdir: Path) -> Resolv
     try:
         from mlflow.exceptions import MlflowException
 
-        from registry.register import SHA_TAG, download_bundle, resolve_version
+        from registry.register import SHA_TAG, download_bundle, resolve_version, variant_shas
     except ImportError as exc:
         raise ModelLoadError(
             f"{uri}: resolving registry URIs needs mlflow ({exc}); in the serving image pass "
@@ -53,4 +67,5 @@ def _from_registry(uri: str, version_label: str | None, workdir: Path) -> Resolv
         raise ModelLoadError(f"refusing to serve {uri}: {exc}") from exc
     except MlflowException as exc:
         raise ModelLoadError(f"{uri}: registry lookup failed: {exc.message}") from exc
-    return ResolvedBundle(folder, version_label or str(version.version), version.tags.get(SHA_TAG))
+    label = version_label or str(version.version)
+    return ResolvedBundle(folder, label, version.tags.get(SHA_TAG), variant_shas(version.tags))

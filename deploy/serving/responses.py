@@ -41,7 +41,7 @@ def infer_v2(model: LoadedModel, probs: np.ndarray, request: V2Request) -> bytes
 
 
 def metadata_v1(model: LoadedModel) -> bytes:
-    """GET /v1/models/NAME: version, checksum and the signature a client needs to build a request."""
+    """GET /v1/models/NAME: version, checksum, which variant and runtime answer, and the signature a client needs."""
     card = model.card
     return orjson.dumps(
         {
@@ -50,6 +50,8 @@ def metadata_v1(model: LoadedModel) -> bytes:
             "sha256": model.sha256,
             "source": model.source,
             "runtime": model.runtime,
+            "variant": model.variant,
+            "artifact_sha256": model.artifact_sha256,
             "signature": {
                 "inputs": {
                     "feature_names": card.feature_names,
@@ -68,7 +70,7 @@ def metadata_v1(model: LoadedModel) -> bytes:
 
 
 def metadata_v2(model: LoadedModel) -> bytes:
-    """GET /v2/models/NAME in Open Inference Protocol form."""
+    """GET /v2/models/NAME in Open Inference Protocol form, with the answering variant in ``parameters``."""
     card = model.card
     return orjson.dumps(
         {
@@ -80,5 +82,10 @@ def metadata_v2(model: LoadedModel) -> bytes:
                 {"name": V2_OUTPUTS[0], "datatype": "FP32", "shape": [-1, len(card.classes)]},
                 {"name": V2_OUTPUTS[1], "datatype": "BYTES", "shape": [-1]},
             ],
+            "parameters": {
+                "variant": model.variant,
+                "runtime": model.runtime,
+                "artifact_sha256": model.artifact_sha256,
+            },
         }
     )

@@ -62,6 +62,12 @@ class ExportParams(_Section):
     latency_runs: int = Field(300, ge=10)
     max_mean_ms_batch1: float = Field(100, gt=0, json_schema_extra=HIGHER_IS_LAXER)
     max_p95_ms_batch1: float = Field(150, gt=0, json_schema_extra=HIGHER_IS_LAXER)
+    # the INT8 variant (pipelines/quantize.py): dynamic quantization of the linear layers, behind its own gates;
+    # a variant that fails them is reported and not registered, and never holds the FP32 release back
+    int8: bool = True
+    int8_max_accuracy_drop: float = Field(0.02, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
+    int8_max_auc_drop: float = Field(0.01, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
+    int8_max_prob_diff: float = Field(0.2, ge=0, le=1, json_schema_extra=HIGHER_IS_LAXER)
 
 
 class Params(_Section):
