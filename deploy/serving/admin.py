@@ -89,6 +89,8 @@ def load_source(source: ModelSource, settings: ServingSettings) -> LoadedModel:
             source=source.describe(),
             runtime=settings.runtime,
             variant=settings.model_variant,
+            program_cache=settings.program_cache,
+            threads=settings.torch_threads,
         )
 
 

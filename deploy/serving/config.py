@@ -38,6 +38,12 @@ class ServingSettings(Settings):
         description="torchscript: run the loaded module; auto: answer through the numpy lowering of its graph when "
         "that covers the graph and matches TorchScript's outputs (deploy/serving/lowering.py)",
     )
+    program_cache: Path | None = Field(
+        None,
+        description="with runtime auto: a folder where each checked numpy program is kept by its artifact's sha256; "
+        "a later start with the same verified artifact answers through it without importing torch (the local "
+        "target sets it to its state folder, so a restarted replica is ready sooner)",
+    )
     loop_lag_interval_ms: float = Field(
         20.0, ge=0, le=60_000, description="how often the event-loop lag histogram samples the loop; 0 = off"
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -94,8 +95,9 @@ def set_threads(count: int) -> None:
     The profiling executor recompiles a graph for each new input shape it meets; with micro-batching every batch
     size is new, so the server runs TorchScript graphs as they were exported (no re-specialisation).
     """
-    import torch
-
+    torch = sys.modules.get("torch")
+    if torch is None:  # a model served by a saved numpy program: this process never imports torch
+        return
     torch.set_num_threads(count)
     torch._C._set_graph_executor_optimize(False)
     torch.set_grad_enabled(False)  # thread-local: inference only, no autograd bookkeeping per call
@@ -209,6 +211,46 @@ def _verified_artifact(folder: Path, expected_sha256: str | None, variant: str) 
         raise ModelLoadError(f"{folder}: cannot read the bundle: {exc}") from exc
 
 
+def _torchscript(artifact: bytes, artifact_path: Path, threads: int | None) -> Any:
+    """The frozen TorchScript module of the verified bytes (torch is imported here, and only here)."""
+    import torch
+
+    if threads is not None:
+        set_threads(threads)
+    try:
+        module = torch.jit.load(io.BytesIO(artifact), map_location="cpu")  # the bytes hashed, not a second read
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ModelLoadError(f"{artifact_path}: torch.jit.load failed: {exc}") from exc
+    return frozen(module.eval())
+
+
+def _saved_program(cache: Path | None, artifact_sha256: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The numpy program kept for this artifact by an earlier load (checked then against TorchScript), if any."""
+    from deploy.serving.lowering import Unsupported, read_program
+
+    if cache is None or not (cache / f"{artifact_sha256}.npz").is_file():
+        return None
+    try:
+        runner = read_program(cache / f"{artifact_sha256}.npz", artifact_sha256)
+    except Unsupported as exc:
+        log.warning("not using the saved program: %s", exc)
+        return None
+    log.info("serving with the saved numpy program of this artifact (%s); torch is not loaded", " -> ".join(runner.ops))
+    return runner
+
+
+def _keep_program(cache: Path | None, model: LoadedModel) -> None:
+    """Save the checked numpy program for the next load of the same artifact (a failure only costs that speed)."""
+    from deploy.serving.lowering import NumpyRunner, Unsupported, write_program
+
+    if cache is None or not isinstance(model.runner, NumpyRunner):
+        return
+    try:
+        write_program(model.runner, cache / f"{model.artifact_sha256}.npz", model.artifact_sha256)
+    except (OSError, Unsupported) as exc:
+        log.warning("could not keep the numpy program in %s: %s", cache, exc)
+
+
 def load_model(
     path: Path,
     *,
@@ -218,36 +260,37 @@ def load_model(
     source: str | None = None,
     runtime: Literal["torchscript", "auto"] = "torchscript",
     variant: str = FP32,
+    program_cache: Path | None = None,
+    threads: int | None = None,
 ) -> LoadedModel:
     """Verify (card and registry sha256), torch.jit.load only, pick the runtime, warm up; ModelLoadError on failure.
 
     ``runtime="torchscript"`` (the default) always runs the module; ``"auto"`` answers through the checked numpy
     lowering of the loaded graph when there is one (lowering.py). ``variant`` picks the artifact (``expected_sha256``
-    is then that artifact's registry sha256); a bundle without it is refused.
+    is then that artifact's registry sha256); a bundle without it is refused. With ``program_cache``, ``"auto"``
+    keeps each checked lowering there by the artifact's sha256, and a later load of the same verified artifact
+    answers through it without importing torch (a supervised restart is then ready in a fraction of the time).
     """
-    import torch
-
     folder = bundle_folder(path)
     card, artifact = _verified_artifact(folder, expected_sha256, variant)
     artifact_path = folder / card.artifact_of(variant)[0]
-    try:
-        module = torch.jit.load(io.BytesIO(artifact), map_location="cpu")  # the bytes hashed, not a second read
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise ModelLoadError(f"{artifact_path}: torch.jit.load failed: {exc}") from exc
-    module = frozen(module.eval())
+    artifact_sha256 = card.artifact_of(variant)[1]
+    saved = _saved_program(program_cache, artifact_sha256) if runtime == "auto" else None
     model = LoadedModel(
         card=card,
         version=version,
         source=source or str(folder),
-        module=module,
+        module=None if saved is not None else _torchscript(artifact, artifact_path, threads),
         reference=_read_reference(folder),
         feature_index={n: i for i, n in enumerate(card.feature_names)},
+        runner=saved,
         variant=variant,
-        artifact_sha256=card.artifact_of(variant)[1],
+        artifact_sha256=artifact_sha256,
     )
     try:
-        if runtime == "auto":
+        if runtime == "auto" and saved is None:
             model = with_numpy_runner(model, max_batch)
+            _keep_program(program_cache, model)
         model = replace(model, batch_ms=warm_up(model, max_batch))
     except RuntimeError as exc:
         if isinstance(exc, ModelLoadError):

@@ -87,6 +87,10 @@ def test_a_killed_replica_is_restarted_by_the_supervisor_and_no_request_fails(pr
         result = driver.stop()
     assert result.total > 60 and result.failed == 0, result.statuses
     assert _pids(prod)[1] == before[1]  # the sibling was never touched
+    # the restart answered through the numpy program the first load checked and kept: torch was never loaded
+    assert [p.name for p in (prod.state_dir / "programs").iterdir()] == [f"{ModelCard.read(bundle).sha256}.npz"]
+    maps = Path(f"/proc/{_pids(prod)[0]}/maps").read_text()
+    assert "libtorch" not in maps and "numpy" in maps
 
 
 def test_a_replica_that_cannot_start_is_given_up_then_reconcile_restarts_it(prod: LocalTarget) -> None:

@@ -203,3 +203,25 @@ def test_a_saved_program_answers_like_the_runner_it_was_saved_from_without_torch
     saved.write_bytes(b"not an npz")
     with pytest.raises(Unsupported, match="not a saved program"):
         read_program(saved, "a" * 64)
+
+
+def test_an_auto_load_keeps_its_checked_program_and_the_next_load_of_that_artifact_needs_no_module(tmp_path) -> None:
+    from deploy.serving.model import check_batches, load_model
+    from tests.serving_helpers import make_bundle
+
+    folder, cache = tmp_path / "bundle", tmp_path / "programs"
+    make_bundle(folder, seed=5, hidden=(8,))
+    first = load_model(folder, version="1", max_batch=16, runtime="auto", program_cache=cache)
+    assert first.module is not None and first.runtime == "numpy"
+    assert [p.name for p in cache.iterdir()] == [f"{first.sha256}.npz"]
+    again = load_model(folder, version="1", max_batch=16, runtime="auto", program_cache=cache)
+    assert again.module is None and again.runtime == "numpy"  # no torch.jit.load: the saved program answers
+    for batch in check_batches(first.card, 16):
+        np.testing.assert_array_equal(again.predict(batch), first.predict(batch))
+    assert load_model(folder, version="1", max_batch=16, program_cache=cache).runtime == "torchscript"
+
+    other = tmp_path / "other"
+    make_bundle(other, seed=6, hidden=(8,))
+    (cache / f"{first.sha256}.npz").rename(cache / f"{load_model(other, version='2', max_batch=4).sha256}.npz")
+    moved = load_model(other, version="2", max_batch=16, runtime="auto", program_cache=cache)
+    assert moved.module is not None  # a program saved for another artifact is never used for this one

@@ -126,6 +126,11 @@ def replica_program(
     env_file = env_dir / f"{name}.json"
     env = server_env(environment, version, behind_router)
     env[STARTUP_LOCK] = str(env_dir / f"{environment}-{slot}.start.lock")  # the slot's replicas load in turn
+    # the checked numpy lowering answers, and is kept here: a restarted replica is ready without importing torch
+    env.setdefault("MLRELEASE_RUNTIME", "auto")
+    programs = Path(state_dir) / "programs"
+    programs.mkdir(mode=0o700, exist_ok=True)
+    env["MLRELEASE_PROGRAM_CACHE"] = str(programs)
     atomic_write(env_file, json.dumps(env))  # mkstemp: 0600
     launch = [sys.executable, "-m", LAUNCH_MODULE, str(env_file), "--"]
     log_path = logs / f"{environment}-{slot}-v{version}-{port}.log"
