@@ -41,8 +41,8 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/mypy mlrelease release pipelines registry deploy
-	$(BIN)/bandit -q -c pyproject.toml -r mlrelease release pipelines registry deploy --severity-level medium
+	$(BIN)/mypy mlrelease release scoring pipelines registry deploy
+	$(BIN)/bandit -q -c pyproject.toml -r mlrelease release scoring pipelines registry deploy --severity-level medium
 
 # Re-resolves the lock from pyproject.toml after a dependency changed there; pins that still fit are kept.
 # `make lock LOCK_ARGS=--upgrade` moves everything to the newest versions that fit, then `make test`.

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "mlrelease.commands.release",
     "mlrelease.commands.report",
     "mlrelease.commands.render",
+    "mlrelease.commands.score",
 )
 # the OSErrors whose file name is the whole story: a path the user gave (or a folder the command needs) is wrong
 PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)

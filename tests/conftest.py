@@ -25,6 +25,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 #: integration tests, in collection order.
 SCHEDULE = (
     "tests/integration/test_image_build.py",
+    "tests/integration/test_batch_scoring.py",
     "tests/integration/test_serving_",
     "tests/integration/test_supervision.py",
     "tests/integration/test_loadtest.py",

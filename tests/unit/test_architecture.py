@@ -9,7 +9,7 @@ import grimp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("mlrelease", "release", "pipelines", "registry", "deploy")
+PACKAGES = ("mlrelease", "release", "scoring", "pipelines", "registry", "deploy")
 MAX_LINES = 600  # the bound for orchestration, registry and deploy modules
 
 

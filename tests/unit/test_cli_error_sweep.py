@@ -23,6 +23,7 @@ from mlrelease.cli import app, explain
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = str(REPO / "schemas" / "breast_cancer.yaml")
 UNREACHABLE = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:1", "MLRELEASE_REGISTRY_TIMEOUT_S": "2"}
+NO_JAVA = {"JAVA_HOME": "/nonexistent/jdk-17"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ def rows() -> list[Row]:
         Row("render", "compose unreachable registry", ["render", "compose"], "registered", UNREACHABLE),
         Row("report", "not a workspace", ["report"]),
         Row("report", "bad version", ["report", "--version", "no such version!"]),
+        *score_rows(),
         Row("(none)", "unknown command", ["no-such-command"]),
         Row("(none)", "unknown option", ["--no-such-option", "status"]),
         Row("(none)", "bad setting", ["status"], env={"MLRELEASE_PORT": "eighty"}),
@@ -113,6 +115,25 @@ def infer_rows() -> list[Row]:
         Row("infer-schema", "missing folder", ["infer-schema", "sample.csv", *draft[:2], "--out", "no/s.yaml"]),
         Row("infer-schema", "negative margin", ["infer-schema", "sample.csv", *draft, "--margin", "-0.6"]),
         Row("infer-schema", "bad flag value", ["infer-schema", "sample.csv", *draft, "--margin", "wide"]),
+    ]
+
+
+def score_rows() -> list[Row]:
+    """score: a missing or unknown file, a file without the contract's columns, no registry, no Java (an unknown
+    alias in a real registry: tests/integration/test_batch_scoring.py)."""
+    model = ["score", "--model", "models:/breast-cancer-classifier@production"]
+    out = ["--output", "scores.csv"]
+    return [
+        Row("score", "missing file", [*model, "--input", "missing.csv", *out]),
+        Row("score", "unknown input format", [*model, "--input", "bad.yaml", *out]),
+        Row("score", "unknown output format", [*model, "--input", "sample.csv", "--output", "scores.json"]),
+        Row("score", "no contract columns", [*model, "--input", "sample.csv", *out, "--schema", SCHEMA]),
+        Row("score", "no registry", [*model, "--input", "sample.csv", *out], "project"),
+        Row("score", "bad model uri", ["score", "--model", "production", "--input", "sample.csv", *out], "project"),
+        Row("score", "not a workspace", ["score", "--input", "sample.csv", *out]),
+        Row("score", "bad engine", [*model, "--input", "sample.csv", *out, "--engine", "gpu"]),
+        Row("score", "spark reads parquet", [*model, "--input", "sample.csv", *out, "--engine", "spark"]),
+        Row("score", "no java", [*model, "--input", "sample.csv", *out, "--engine", "spark"], env=NO_JAVA),
     ]
 
 
