@@ -131,9 +131,20 @@ def _table_checks(contract: DataContract) -> list[Any]:
     ]
 
 
+def import_pandera() -> Any:
+    """pandera.pandas, imported without the FutureWarning of the pyspark it finds installed (the `spark` extra, for
+    batch scoring): pyspark warns about pandas 3 on import, which says nothing about this data's validation."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support", category=FutureWarning)
+        import pandera.pandas as pa
+    return pa
+
+
 def to_pandera(contract: DataContract) -> Any:
     """The pandera DataFrameSchema enforcing the contract (strict columns, any order)."""
-    import pandera.pandas as pa
+    pa = import_pandera()
 
     columns = {spec.name: _feature_column(spec) for spec in contract.features}
     labels = contract.target.labels

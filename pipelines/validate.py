@@ -19,7 +19,7 @@ import pandas as pd
 
 from mlrelease.core.modelcard import FeatureReference, ReferenceStats
 from pipelines.data import DataSourceError, load_source
-from pipelines.schema import MAX_EXAMPLES, DataContract, load_contract, to_pandera
+from pipelines.schema import MAX_EXAMPLES, DataContract, import_pandera, load_contract, to_pandera
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def _summarize(cases: pd.DataFrame, df: pd.DataFrame, target: str | None = None)
 
 def validate_frame(df: pd.DataFrame, contract: DataContract, name: str = "data") -> ValidationResult:
     """Check a table against the contract; collect every failure (lazy), never stop at the first."""
+    import_pandera()  # first: quietly
     import pandera.errors
 
     result = ValidationResult(name=name, rows=len(df))
