@@ -94,7 +94,10 @@ def spark_session(master: str) -> Iterator[Any]:
     for key, value in SESSION_CONF.items():
         builder = builder.config(key, value)
     if master.startswith("local"):  # the executors are this machine's: this interpreter, with torch and mlflow
-        builder = builder.config("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable))
+        # PySpark takes the Python workers' interpreter from PYSPARK_PYTHON, else `python3` on PATH (another Python
+        # when this venv is not activated: no pandas there); the conf is for the JVM's own launches
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = builder.config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
     try:
         session = builder.getOrCreate()
     except (PySparkException, RuntimeError) as exc:
