@@ -25,9 +25,9 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 #: integration tests, in collection order.
 SCHEDULE = (
     "tests/integration/test_image_build.py",
-    "tests/integration/test_batch_scoring.py",
     "tests/integration/test_serving_",
     "tests/integration/test_supervision.py",
+    "tests/integration/test_batch_scoring.py",  # Spark's start is long; the workspace it needs is built by then
     "tests/integration/test_loadtest.py",
     "tests/integration/test_rollback_incidents.py",
     "tests/integration/test_release_story.py",
