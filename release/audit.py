@@ -38,6 +38,7 @@ class AuditRecord:
     reason: str = ""
     outcome: str = "done"
     evidence: dict[str, Any] = field(default_factory=dict)
+    image_digest: str | None = None  # the serving image of ``to_version`` (its registry tag), on every move
     dry_run: bool = False
     at: float = field(default_factory=time.time)
 

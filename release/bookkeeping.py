@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from registry.client import is_registry_error
+from registry.image import IMAGE_DIGEST_TAG
 from release.audit import AuditRecord
 from release.context import Context
 from release.journal import JournalState, RollbackMark
@@ -38,6 +39,7 @@ def finish_production(
             reason=reason or "passed canary",
             outcome="forced" if forced or not passed else "done",
             evidence={"canary_report": tags.get(CANARY_REPORT_TAG), "canary_passed": passed},
+            image_digest=tags.get(IMAGE_DIGEST_TAG),
         )
     )
 
@@ -87,6 +89,7 @@ def note_canary_rollback(
             outcome="rolled back",
             reason=reason,
             evidence=evidence or {},
+            image_digest=p.image_digest(stable),
         )
     )
 
@@ -110,6 +113,7 @@ def note_rollback(p: Context, away: str, to: str | None, reason: str, by: str | 
         from_version=away,
         weights={Slot.STABLE: 100},
         reason=reason,
+        image_digest=p.image_digest(to),  # after traffic moved: the slow part of a rollback
         **fields,
     )
     p.note(record)

@@ -145,6 +145,7 @@ def _run_canary(
             alias="canary",
             reason=_with_reason("canary started", reason, forced, sep=", "),
             outcome="forced" if forced else "done",
+            image_digest=p.image_digest(version),
         )
     )
     try:
@@ -180,6 +181,7 @@ def _run_canary(
             evidence=evidence,
             reason=_with_reason("analysis passed at every step; canary kept warm at weight 0", reason, forced),
             outcome="forced" if forced else "done",
+            image_digest=p.image_digest(version),
         )
     )
     out.say(f"canary of version {version} passed (report {analysis['report']}); next: `mlrelease promote production`")
@@ -275,6 +277,7 @@ def run_analysis(p: Context, version: str, stable: str, params: CanaryParams, ou
                     from_version=stable,
                     weights=weights,
                     reason=f"canary step {weight:g}%",
+                    image_digest=p.image_digest(version),
                 )
             )
             p.stop_if_aborted()  # a rollback asked while the canary was still deploying or between steps

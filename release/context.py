@@ -16,6 +16,8 @@ from deploy.targets.base import DeploymentError, DeploymentTarget
 from mlrelease.core.http import wait_until
 from mlrelease.core.params import CanaryParams, PromotionParams
 from mlrelease.core.settings import Settings
+from registry.client import is_registry_error
+from registry.image import IMAGE_DIGEST_TAG
 from registry.versions import Registry, VersionNotFound
 from release.audit import AuditLog, AuditRecord, record
 from release.journal import Journal, abort_requested
@@ -40,6 +42,8 @@ class Context:
     reports_dir: Path = field(default_factory=lambda: Path("reports"))
     loadtest: Any = None  # deploy.loadtest.runner.LoadtestParams, parsed from params.yaml by the CLI
     target_column: str = "target"
+    _digests: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)  # read this command
+    registry_silent: bool = field(default=False, init=False, repr=False)  # it did not answer a digest read
 
     @property
     def state_dir(self) -> Path:
@@ -61,6 +65,24 @@ class Context:
         entry.dry_run = self.dry_run
         if not self.dry_run:
             record(self.audit, entry, self.model_name, lambda: self.registry.client)
+
+    def image_digest(self, version: str | None) -> str | None:
+        """The version's image digest (its ``image_digest`` tag) for an audit record; None when it has none, or when
+        the registry does not answer: a record never fails for it, and a down registry is asked once per command."""
+        if version is None:
+            return None
+        if version in self._digests or self.registry_silent:
+            return self._digests.get(version)
+        try:
+            self._digests[version] = self.registry.tags(version).get(IMAGE_DIGEST_TAG)
+        except VersionNotFound:
+            self._digests[version] = None
+        except Exception as exc:
+            if not is_registry_error(exc):
+                raise
+            log.warning("the image digest of version %s is left off its audit record: %s", version, exc)
+            self.registry_silent = True
+        return self._digests.get(version)
 
     def deploy_new(self, env: str, slot: str, bundle: Path, version: str) -> str:
         """Start the command's new version in ``slot``; a rollback asking for the lock stops the wait for it."""

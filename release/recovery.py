@@ -153,7 +153,18 @@ def _finish_interrupted_staging(p: Context, op: Operation, out: Outcome) -> None
         )
         return
     if not _promotion_recorded(p, op):  # it died after its own record: the record stands, once
-        p.note(AuditRecord("promote", STAGING, p.by, to_version=op.version, alias=STAGING, reason=reason))
+        p.note(
+            AuditRecord(
+                "promote",
+                STAGING,
+                p.by,
+                to_version=op.version,
+                alias=STAGING,
+                reason=reason,
+                outcome="forced" if op.forced else "done",
+                image_digest=p.image_digest(op.version),
+            )
+        )
     out.say(f"staging: version {op.version} serves staging (its gates had passed); alias staging -> {op.version}")
 
 
@@ -163,7 +174,7 @@ def _promotion_recorded(p: Context, op: Operation) -> bool:
         r.get("action") == "promote"
         and r.get("environment") == op.command.split()[-1]
         and r.get("to_version") == op.version
-        and r.get("outcome") == "done"
+        and r.get("outcome") in ("done", "forced")
         and float(r.get("at", 0)) >= op.started_at
         for r in p.audit.records()
     )

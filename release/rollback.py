@@ -353,6 +353,7 @@ def _withdraw_undone(p: Context, version: str, stable: str, reason: str, out: Ou
     except Exception as exc:
         if not is_registry_error(exc):
             raise
+        p.registry_silent = True  # the record below is not to wait for it again for the image digest
         out.exit_code = 1
         outcome = "registry not updated"
         out.say(

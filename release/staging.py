@@ -1,5 +1,6 @@
-"""Transition ``candidate -> staging``: deploy to staging's pending slot, run the smoke test and the Locust
-load-test gate, then make it staging's stable slot and move the ``staging`` alias."""
+"""Transition ``candidate -> staging``: check the version's scanned image (when required), deploy to staging's
+pending slot, run the smoke test and the Locust load-test gate, then make it staging's stable slot and move the
+``staging`` alias."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 
 from mlrelease.core.http import probe
 from mlrelease.core.modelcard import ModelCard
+from registry.image import IMAGE_DIGEST_TAG
 from release.audit import AuditRecord
 from release.context import Context, wait_identity
-from release.outcome import Outcome, PromotionError
+from release.image_gate import SETTING, check_image, gate_on, image_evidence
+from release.outcome import Outcome, PromotionError, given_reason
 from release.session import operation, settle
 from release.states import PASSED_TAG, STAGING, Command, Slot
 
@@ -19,17 +22,19 @@ from release.states import PASSED_TAG, STAGING, Command, Slot
 def promote_staging(p: Context, version: str | None, force: bool = False, reason: str | None = None) -> Outcome:
     """Deploy to staging, run the smoke test and the load-test gate, then move the ``staging`` alias.
 
-    Its gates are never skipped: a ``--force`` is refused (after recovery, as every refusal) rather than ignored
-    and recorded as a normal promotion. A ``--reason`` is recorded on its audit record."""
+    With ``promotion.require_scanned_image`` on, the version's image must have passed `mlrelease scan` first;
+    ``--force --reason`` overrides that gate only, recorded as forced. The smoke test and load gate are never
+    skipped: with the image gate off, a ``--force`` is refused (after recovery, as every refusal) rather than
+    ignored. A ``--reason`` is recorded on its audit record."""
     out = Outcome()
     settle(p, Command.PROMOTE_STAGING, out)
-    if force:
+    if force and not gate_on(p):
         raise PromotionError(
-            "promote staging has no --force: its smoke test and load gate are never skipped. Fix what fails, "
-            "or register a fixed version",
+            "promote staging has no --force: its smoke test and load gate are never skipped, and the image gate it "
+            f"would override is off ({SETTING}). Fix what fails, or register a fixed version",
             exit_code=2,
         )
-    reason = reason.strip() if reason and reason.strip() else None
+    reason = given_reason(force, reason, "say why the image gate is overridden")
     version = p.require_version(version, "candidate", "register one first (`mlrelease run`)")
     if (
         p.registry.alias(STAGING) == version
@@ -38,19 +43,24 @@ def promote_staging(p: Context, version: str | None, force: bool = False, reason
     ):
         out.say(f"staging already serves version {version} and has the alias; nothing to do")
         return out
+    tags = p.registry.tags(version)
+    gate = check_image(p, version, tags, force, reason, out)  # before a dry run too: it says what would happen
     if p.dry_run:
         out.say(f"would deploy version {version} to staging, run smoke + load gates, set alias staging")
         return out
-    with operation(p, Command.PROMOTE_STAGING, version, out, reason=reason):
+    with operation(p, Command.PROMOTE_STAGING, version, out, reason=reason, forced=force):
         p.stop_if_aborted()  # a rollback waiting for the lock goes first: staging can wait, an incident not
         bundle = p.bundle(version)
+        digest = tags.get(IMAGE_DIGEST_TAG)
         url = p.deploy_new(STAGING, Slot.PENDING, bundle, version)
-        evidence = _staging_gates(p, version, url, bundle)
+        evidence = _staging_gates(p, version, url, bundle, digest)
+        evidence["image"] = image_evidence(tags, gate)
         previous = p.target.slot_version(STAGING, Slot.STABLE)
         p.target.set_weights(STAGING, {Slot.PENDING: 100})  # staging has no router: this only records it
         p.target.rename(STAGING, Slot.PENDING, Slot.STABLE)  # the old staging slot is stopped
         p.registry.set_alias(STAGING, version)
         p.registry.set_tag(version, PASSED_TAG["staging"], "true")
+        said = f"; {'forced' if force else 'reason'}: {reason}" if reason else ""
         p.note(
             AuditRecord(
                 "promote",
@@ -60,14 +70,16 @@ def promote_staging(p: Context, version: str | None, force: bool = False, reason
                 from_version=previous,
                 alias=STAGING,
                 evidence=evidence,
-                reason="smoke and load gates passed" + (f"; reason: {reason}" if reason else ""),
+                reason="smoke and load gates passed" + said,
+                outcome="forced" if force else "done",
+                image_digest=digest,
             )
         )
         out.say(f"staging: version {version} on {url}; alias staging -> {version}")
     return out
 
 
-def _staging_gates(p: Context, version: str, url: str, bundle: Path) -> dict[str, Any]:
+def _staging_gates(p: Context, version: str, url: str, bundle: Path, digest: str | None) -> dict[str, Any]:
     """Smoke test then load gate; on failure stop the new slot, record why, keep staging as it was."""
     try:
         p.stop_if_aborted()
@@ -80,7 +92,16 @@ def _staging_gates(p: Context, version: str, url: str, bundle: Path) -> dict[str
     except Exception as exc:  # a failed gate, or a timeout/connection error while checking it
         p.target.stop(STAGING, Slot.PENDING)
         p.note(
-            AuditRecord("promote", STAGING, p.by, to_version=version, alias=STAGING, outcome="failed", reason=str(exc))
+            AuditRecord(
+                "promote",
+                STAGING,
+                p.by,
+                to_version=version,
+                alias=STAGING,
+                outcome="failed",
+                reason=str(exc),
+                image_digest=digest,
+            )
         )
         raise PromotionError(f"staging gate failed for version {version}: {exc}; staging unchanged") from exc
 

@@ -548,3 +548,32 @@ def before_locking(monkeypatch: Any, module: Any, meanwhile: Callable[[], None])
             yield
 
     monkeypatch.setattr(module, "promotion_lock", lock)
+
+
+# ----- the serving image's tags (mlrelease build / scan) -----------------------------------------------------------
+class ImageTarget(FakeTarget):
+    """A fake target whose slots run the serving image (a container runtime): ``require_scanned_image: auto`` is
+    on against it."""
+
+    name = "fake-image"
+    runs_image = True
+
+
+def digest_of(version: str) -> str:
+    """A made-up image digest for ``version`` (sha256: and 64 hex digits, distinct per version)."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(f"image of version {version}".encode()).hexdigest()
+
+
+def tag_image(registry: FakeRegistry, version: str, scan: str | None = "passed", scanned: str | None = None) -> str:
+    """Tag ``version`` as `mlrelease build` and `mlrelease scan` do: its image, and the scan's verdict (``scan``
+    None: never scanned) of ``scanned`` (default: that very image's digest). Returns the image's digest."""
+    from registry.image import IMAGE_DIGEST_TAG, IMAGE_REF_TAG, scan_tags
+
+    digest = digest_of(version)
+    tags = registry.versions[str(version)]
+    tags.update({IMAGE_REF_TAG: f"localhost/{MODEL_NAME}:{version}-0123abcd", IMAGE_DIGEST_TAG: digest})
+    if scan is not None:
+        tags.update(scan_tags(scanned or digest, scan == "passed"))
+    return digest

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from deploy.image.engine import Engine
     from mlrelease.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,18 +90,22 @@ def run_scan(
     out_dir: Path,
     engine_name: str | None = None,
     with_image: bool = True,
+    settings: Settings | None = None,
 ) -> dict[str, object]:
-    """Scan the project code, the Dockerfile and (when known) the built image; write the scan reports."""
-    from deploy.image.engine import detect_engine
+    """Scan the project code, the Dockerfile and (when known) the built image; write the scan reports, and record
+    the image's verdict on the registry version it was built from (``recorded`` in the returned report)."""
+    from deploy.image.engine import detect_engine, inspect_image
     from deploy.image.gate import run_scan as gate_scan
     from deploy.image.scan import ScanParams
 
     params = load_scan_params(params_path)
     assert isinstance(params, ScanParams)
-    if with_image and image_ref is None and build_report is not None and build_report.is_file():
-        image_ref = str(json.loads(build_report.read_text())["image_ref"])
+    built = _read_build_report(build_report)
+    if with_image and image_ref is None and built is not None:
+        image_ref = str(built["image_ref"])
     engine = detect_engine(engine_name) if with_image and image_ref else None
-    return gate_scan(
+    facts = inspect_image(engine, image_ref) if engine is not None and image_ref else None
+    report = gate_scan(
         root,
         params,
         engine=engine,
@@ -108,6 +113,66 @@ def run_scan(
         dockerfile=root / "deploy" / "docker" / "Dockerfile",
         out_dir=out_dir,
     )
+    if engine is not None and image_ref and facts is not None:
+        record_verdict(engine, image_ref, facts, built, report, settings)
+    return report
+
+
+def record_verdict(
+    engine: Engine,
+    image_ref: str,
+    facts: dict[str, object],
+    built: dict[str, object] | None,
+    report: dict[str, object],
+    settings: Settings | None = None,
+) -> None:
+    """Record the scan's verdict on the registry version the image was built from (``facts``: the image as read
+    before the scan); add ``image_digest`` and ``recorded`` to ``report``. A tag moved meanwhile records nothing."""
+    from deploy.image.engine import inspect_image
+
+    digest = str(facts["digest"])
+    after = str(inspect_image(engine, image_ref)["digest"])
+    if after != digest:  # the verdict may be about either image
+        raise RuntimeError(f"{image_ref} changed during the scan ({digest} -> {after}); nothing recorded: scan again")
+    config = facts.get("config")
+    labels = config.get("Labels") if isinstance(config, dict) else None
+    origin = scan_origin(built, image_ref, digest, labels if isinstance(labels, dict) else {})
+    report["image_digest"] = digest
+    report["recorded"] = _record(origin, digest, bool(report["passed"]), settings)
+
+
+def _read_build_report(path: Path | None) -> dict[str, object] | None:
+    """reports/build.json's content, or None when there is none."""
+    if path is None or not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return data if isinstance(data, dict) else None
+
+
+def scan_origin(
+    built: dict[str, object] | None, image_ref: str, digest: str, labels: dict[str, object]
+) -> tuple[str, str] | None:
+    """(model name, registry version) the scanned image was built from: the build report's when it names this image
+    (by reference or digest), else the image's own labels; None for a local build or an image of unknown origin."""
+    if built is not None and (built.get("image_ref") == image_ref or built.get("image_digest") == digest):
+        name, version = built.get("model_name"), built.get("model_version")
+    else:
+        name, version = labels.get("io.mlrelease.model.name"), labels.get("org.opencontainers.image.version")
+    if not name or not version or str(version) == "local":
+        return None
+    return str(name), str(version)
+
+
+def _record(origin: tuple[str, str] | None, digest: str, passed: bool, settings: Settings | None) -> str | None:
+    """Write the verdict on the registry version; what was recorded (e.g. "breast-cancer-classifier v3"), or None."""
+    if origin is None:
+        log.info("scan verdict not recorded in the registry: a local build, or an image of no registered version")
+        return None
+    from registry.image import record_scan
+
+    record_scan(origin[0], origin[1], digest, passed, settings)
+    log.info("recorded image_scan=%s for %s version %s", "passed" if passed else "failed", *origin)
+    return f"{origin[0]} v{origin[1]}"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -149,8 +149,8 @@ def promote_command(
     force: bool = typer.Option(
         False,
         "--force",
-        help="production: skip the canary requirement; canary: a version once rolled back; recorded as forced "
-        "(staging refuses it)",
+        help="production: skip the canary requirement; canary: a version once rolled back; staging: an image that "
+        "has not passed `mlrelease scan` (only with promotion.require_scanned_image on); recorded as forced",
     ),
     reason: str | None = typer.Option(None, "--reason", help="Why (required with --force; recorded)"),
     by: str | None = BY,
@@ -274,15 +274,17 @@ def print_history(records: list[dict[str, Any]], evidence: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from registry.image import short_digest
+
     table = Table(title="mlrelease history")
-    columns = ["when (UTC)", "by", "action", "env", "alias", "from", "to", "weights", "outcome", "reason"]
+    columns = ["when (UTC)", "by", "action", "env", "alias", "from", "to", "image", "weights", "outcome", "reason"]
     for col in columns + (["evidence"] if evidence else []):
         table.add_column(col, overflow="fold")
     for r in records:
         weights = ",".join(f"{k}={v:g}" for k, v in (r.get("weights") or {}).items())
         row = [r.get("when", ""), r.get("by", ""), r.get("action", ""), r.get("environment", "")]
-        row += [r.get("alias") or "", r.get("from_version") or "", r.get("to_version") or "", weights]
-        row += [r.get("outcome", ""), r.get("reason", "")]
+        row += [r.get("alias") or "", r.get("from_version") or "", r.get("to_version") or ""]
+        row += [short_digest(r.get("image_digest")), weights, r.get("outcome", ""), r.get("reason", "")]
         table.add_row(*row, *([short_evidence(r.get("evidence") or {})] if evidence else []))
     console = Console()
     (console if console.is_terminal else Console(width=200)).print(table)

@@ -229,8 +229,20 @@ class PromotionParams(BaseModel):
     load_gate: bool = True
     load_gate_rows: int = Field(500, ge=1, le=100_000)
     replicas: int = Field(2, ge=1, le=16)  # server processes per production slot (staging runs one)
+    # `promote staging` needs the version's image to have passed `mlrelease scan`: auto = when the slots run the
+    # image (the process runtime of the local target does not, so auto is off there); YAML true/false work too
+    require_scanned_image: Literal["auto", "true", "false"] = "auto"
 
     @field_validator("rollback_window", "ready_timeout", "drain_timeout", "rollback_lock_wait", mode="before")
     @classmethod
     def _duration(cls, value: str | float) -> float:
         return parse_duration(value)
+
+    @field_validator("require_scanned_image", mode="before")
+    @classmethod
+    def _switch(cls, value: object) -> object:
+        return str(value).lower() if isinstance(value, bool) else value
+
+    def scanned_image_required(self, slots_run_image: bool) -> bool:
+        """Whether `promote staging` gates on a passed scan of the version's image (``auto``: when slots run it)."""
+        return self.require_scanned_image == "true" or (self.require_scanned_image == "auto" and slots_run_image)

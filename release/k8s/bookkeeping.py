@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from registry.image import IMAGE_DIGEST_TAG
 from registry.versions import Registry
 from release.audit import AuditLog, AuditRecord, record
 from release.states import PASSED_TAG, PROD, ROLLED_BACK_TAG
@@ -76,6 +77,7 @@ def record_delivery(books: Books, version: str, image: str, delivery: str, reaso
             alias=PROD,
             reason=reason or "delivered to Kubernetes: Argo Rollouts runs its canary under analysis",
             evidence={"target": TARGET, "image": image, "delivery": delivery},
+            image_digest=image.partition("@")[2] or None,  # the pods pull it by digest
         )
     )
     return previous
@@ -88,6 +90,7 @@ def record_rollback(books: Books, away: str, to: str, reason: str, evidence: dic
     books.registry.delete_alias("canary", only=away)
     books.registry.set_tag(away, ROLLED_BACK_TAG, reason[:500])
     books.registry.set_tag(away, PASSED_TAG["canary"], "false")
+    digest = books.registry.tags(to).get(IMAGE_DIGEST_TAG)
     books.note(
         AuditRecord(
             "rollback",
@@ -98,5 +101,6 @@ def record_rollback(books: Books, away: str, to: str, reason: str, evidence: dic
             alias=PROD,
             reason=reason,
             evidence={"target": TARGET, **evidence},
+            image_digest=digest,
         )
     )

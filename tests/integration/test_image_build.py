@@ -26,6 +26,7 @@ from deploy.image.engine import Engine, detect_engine, inspect_image, local_imag
 from deploy.image.gate import image_checks, verdict
 from deploy.image.scan import ScanParams
 from deploy.image.smoke import SmokeError, reference_inputs, smoke_test
+from deploy.image.stage import record_verdict
 from mlrelease.core.modelcard import ModelCard, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,9 +221,10 @@ def test_planted_root_user_and_secret_file_fail_the_image_gate(engine: Engine, t
 
 
 def test_registry_version_resolves_and_records_image_tags(
-    built: dict[str, object], registry_workspace: object, tmp_path: Path
+    engine: Engine, built: dict[str, object], registry_workspace: object, tmp_path: Path
 ) -> None:
-    """`candidate` resolves to a registry version whose bundle is the built one; the version gets the image tags."""
+    """`candidate` resolves to a registry version whose bundle is the built one; the version gets the image tags,
+    then the scan's verdict on the digest read from the engine (what `mlrelease scan` records)."""
     settings = registry_workspace.settings()  # type: ignore[attr-defined]
     name = ModelCard.read(registry_workspace.root / "models").name  # type: ignore[attr-defined]
     target = resolve_target(None, "candidate", name, tmp_path / "bundle", settings)
@@ -235,3 +237,13 @@ def test_registry_version_resolves_and_records_image_tags(
     assert tags["image_ref"] == built["image_ref"]
     assert tags["image_digest"] == built["image_digest"]
     assert int(tags["image_size_bytes"]) == built["image_size_bytes"]
+    ref = str(built["image_ref"])
+    report: dict[str, object] = {"passed": True}  # the scan's verdict: what is checked here is how it is recorded
+    from_registry = {**built, "model_name": name, "model_version": target.model_version}
+    record_verdict(engine, ref, inspect_image(engine, ref), from_registry, report, settings)
+    tags = get_client(settings).get_model_version(name, target.model_version).tags
+    assert (tags["image_scan"], tags["image_scan_digest"], report["recorded"]) == (
+        "passed",
+        built["image_digest"],
+        f"{name} v{target.model_version}",
+    )
