@@ -107,7 +107,7 @@ def load_summary(result: LoadResult) -> str:
 def history_rows(home: Path) -> list[dict[str, str]]:
     """`mlrelease history` parsed back into rows (continuation lines of folded cells are joined)."""
     text = ok(cli(home, "history", "--limit", "1000"))
-    columns = ["when", "by", "action", "env", "alias", "from", "to", "weights", "outcome", "reason"]
+    columns = ["when", "by", "action", "env", "alias", "from", "to", "image", "weights", "outcome", "reason"]
     rows: list[dict[str, str]] = []
     for line in text.splitlines():
         sep = "│" if "│" in line else "|"
