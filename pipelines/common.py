@@ -66,6 +66,17 @@ def predict_proba(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 
+def latency_summary(samples_ms: list[float]) -> dict[str, float]:
+    """Mean, p50, p95 and p99 of latency samples in ms, as the export report keeps them."""
+    arr = np.array(samples_ms)
+    return {
+        "mean": float(arr.mean()),
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+        "p99": float(np.percentile(arr, 99)),
+    }
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")

@@ -46,7 +46,15 @@ from mlrelease.core.modelcard import (
 )
 from mlrelease.core.params import ExportParams, Params, load_params, run_stage
 from pipelines import quantize
-from pipelines.common import Split, load_checkpoint, predict_proba, read_numeric, read_split, write_json
+from pipelines.common import (
+    Split,
+    latency_summary,
+    load_checkpoint,
+    predict_proba,
+    read_numeric,
+    read_split,
+    write_json,
+)
 from pipelines.evaluate import EDGE_SCALE, behavioural_gates, edge_inputs
 from pipelines.gates import Gate, at_most, gates_payload
 from pipelines.schema import load_contract
@@ -191,10 +199,7 @@ def measure_latency(
                 on_run()
     arr = np.array(samples)
     return {
-        "mean": float(arr.mean()),
-        "p50": float(np.percentile(arr, 50)),
-        "p95": float(np.percentile(arr, 95)),
-        "p99": float(np.percentile(arr, 99)),
+        **latency_summary(samples),
         "distribution": [[q, round(float(np.percentile(arr, q)), 6)] for q in QUANTILES],
     }
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from mlrelease.core.modelcard import FP32, INT8
 from mlrelease.core.params import ExportParams
+from pipelines.common import latency_summary
 from pipelines.evaluate import classification_metrics
 from pipelines.gates import Gate, at_least, at_most
 
@@ -67,16 +68,6 @@ def agreement_gates(
     return metrics, gates
 
 
-def _summary(samples: list[float]) -> dict[str, float]:
-    arr = np.array(samples)
-    return {
-        "mean": float(arr.mean()),
-        "p50": float(np.percentile(arr, 50)),
-        "p95": float(np.percentile(arr, 95)),
-        "p99": float(np.percentile(arr, 99)),
-    }
-
-
 def side_by_side_latency(
     models: dict[str, nn.Module], x: np.ndarray, warmup: int, runs: int
 ) -> dict[str, dict[str, dict[str, float]]]:
@@ -95,7 +86,7 @@ def side_by_side_latency(
                     if i >= warmup:
                         samples[name].append((time.perf_counter() - start) * 1000.0)
             for name in names:
-                latency[name][f"batch_{size}"] = _summary(samples[name])
+                latency[name][f"batch_{size}"] = latency_summary(samples[name])
     return latency
 
 
