@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -70,6 +71,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=_place)  # stable: collection order within each place
+
+
+@pytest.fixture(autouse=True)
+def _loggers_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-enable loggers for the test: an earlier test in this worker may have run dvc in process, whose logging
+    setup disables every logger that existed then, and their lines would never reach caplog."""
+    for logger in list(logging.root.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger) and logger.disabled:
+            monkeypatch.setattr(logger, "disabled", False)
 
 
 def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

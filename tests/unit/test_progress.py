@@ -58,12 +58,7 @@ class Lines:
 
 
 @pytest.fixture
-def log_lines(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Lines:
-    # an earlier test in this worker may have run dvc in process, whose logging setup disables the loggers that
-    # existed then: their lines would never reach caplog
-    for logger in list(logging.root.manager.loggerDict.values()):
-        if isinstance(logger, logging.Logger) and logger.disabled:
-            monkeypatch.setattr(logger, "disabled", False)
+def log_lines(caplog: pytest.LogCaptureFixture) -> Lines:
     caplog.set_level(logging.INFO)
     return Lines(caplog)
 
