@@ -9,7 +9,7 @@ same request without a model: the bare ASGI app the serving issue names, and the
 path our server uses for predictions (the like-for-like ceiling); a third, a bare asyncio protocol with no
 framework, shows what the core allows a server whose requests cost little (a missed p99 verdict names the
 model-less servers that met it in the same run). Our server runs twice: as configured by default (TorchScript) and
-with the opt-in numpy runner of its graph (MLRELEASE_RUNTIME=auto, deploy/serving/lowering.py). Last, the bare
+with the opt-in numpy runner of its graph (MLRELEASE_MODEL_RUNTIME=auto, deploy/serving/lowering.py). Last, the bare
 protocol is made to cost per request what one cost our server at the peak (servers of our cost without our
 structure: fixed work of that cost, half of it, and a busy loop on the CPU clock; see ``cost_matched``),
 interleaved with our server measured again, so all share a stretch of the machine's noise; their CPU per request

@@ -72,7 +72,7 @@ def started(candidate: Candidate, logs: Path) -> Iterator[tuple[str, int]]:
 def served_runtime(url: str, candidate: Candidate) -> str | None:
     """What answers predictions (``numpy`` or ``torchscript``), from our server's model metadata; None elsewhere.
 
-    ``MLRELEASE_RUNTIME=auto`` falls back to TorchScript when the lowering does not check out: the numpy row's
+    ``MLRELEASE_MODEL_RUNTIME=auto`` falls back to TorchScript when the lowering does not check out: the numpy row's
     ratio means something only when the numpy runner really answered.
     """
     import httpx
@@ -140,8 +140,8 @@ def our_candidates(model_dir: Path, path: str, body: bytes) -> list[Candidate]:
     numpy = replace(
         ours,
         key="mlrelease_numpy",
-        label="mlrelease server, numpy runner (MLRELEASE_RUNTIME=auto)",
-        env={**ours.env, "MLRELEASE_RUNTIME": "auto"},
+        label="mlrelease server, numpy runner (MLRELEASE_MODEL_RUNTIME=auto)",
+        env={**ours.env, "MLRELEASE_MODEL_RUNTIME": "auto"},
     )
     return [ours, numpy]
 

@@ -87,7 +87,7 @@ def load_source(source: ModelSource, settings: ServingSettings) -> LoadedModel:
             expected_sha256=bundle.expected(settings.model_variant),
             max_batch=settings.max_batch_size,
             source=source.describe(),
-            runtime=settings.runtime,
+            runtime=settings.model_runtime,
             variant=settings.model_variant,
             program_cache=settings.program_cache,
             threads=settings.torch_threads,

@@ -33,7 +33,7 @@ class ServingSettings(Settings):
     inline_max_batch_ms: float = Field(
         0.5, ge=0, description="run batches on the event loop when the largest one warms up faster; 0 = never"
     )
-    runtime: Literal["torchscript", "auto"] = Field(
+    model_runtime: Literal["torchscript", "auto"] = Field(
         "torchscript",
         description="torchscript: run the loaded module; auto: answer through the numpy lowering of its graph when "
         "that covers the graph and matches TorchScript's outputs (deploy/serving/lowering.py)",

@@ -2,7 +2,7 @@
 
 For a model this small, TorchScript's fixed cost per call (its interpreter and ATen's dispatch, once per op) is
 most of a micro-batch's time; numpy does the same arithmetic with less of that overhead. With
-``MLRELEASE_RUNTIME=auto`` the graph of the frozen module that ``torch.jit.load`` returned (nothing else is ever
+``MLRELEASE_MODEL_RUNTIME=auto`` the graph of the frozen module that ``torch.jit.load`` returned (nothing else is ever
 loaded) is lowered op by op to numpy: a chain where each op takes the previous value and constants
 (standardisation, ``linear``, activations, ``softmax``). Any other op or shape of graph keeps TorchScript, and so
 does a runner whose outputs differ from TorchScript's on the check inputs (``check_runner``); the server logs and

@@ -72,12 +72,12 @@ def test_predict_rows_and_named_features_match_the_module(server: Server, bundle
 
 
 def test_the_numpy_runner_answers_like_the_module_over_http(bundle: Path, tmp_path: Path) -> None:
-    """MLRELEASE_RUNTIME=auto: the checked numpy lowering serves, and its answers are the module's."""
+    """MLRELEASE_MODEL_RUNTIME=auto: the checked numpy lowering serves, and its answers are the module's."""
     import torch
 
     x, _, _ = breast_cancer()
     rows = np.concatenate([x[:20], x[:4] * 50.0])  # training-range rows and far-out ones
-    with run_server(bundle, tmp_path, runtime="auto") as running:
+    with run_server(bundle, tmp_path, model_runtime="auto") as running:
         assert httpx.get(f"{running.url}/v1/models/{MODEL_NAME}").json()["runtime"] == "numpy"
         response = httpx.post(running.url + PREDICT, json={"instances": rows.tolist()}, timeout=10)
     assert response.status_code == 200, response.text

@@ -276,7 +276,7 @@ def test_the_numpy_ratio_only_when_the_numpy_runner_answered() -> None:
         "mlrelease_numpy": {**_server("numpy", 5_000, 8.0, 4_000), "runtime": "numpy"},
     }
     assert summarize(servers)["ratios"]["numpy_runner_vs_torchscript"] == 1.25
-    servers["mlrelease_numpy"]["runtime"] = "torchscript"  # MLRELEASE_RUNTIME=auto fell back
+    servers["mlrelease_numpy"]["runtime"] = "torchscript"  # MLRELEASE_MODEL_RUNTIME=auto fell back
     summary = summarize(servers)
     assert "numpy_runner_vs_torchscript" not in summary["ratios"]
     assert "- numpy: answered by torchscript (no checked lowering), no numpy ratio" in markdown(

@@ -127,7 +127,7 @@ def replica_program(
     env = server_env(environment, version, behind_router)
     env[STARTUP_LOCK] = str(env_dir / f"{environment}-{slot}.start.lock")  # the slot's replicas load in turn
     # the checked numpy lowering answers, and is kept here: a restarted replica is ready without importing torch
-    env.setdefault("MLRELEASE_RUNTIME", "auto")
+    env.setdefault("MLRELEASE_MODEL_RUNTIME", "auto")
     programs = Path(state_dir) / "programs"
     programs.mkdir(mode=0o700, exist_ok=True)
     env["MLRELEASE_PROGRAM_CACHE"] = str(programs)
