@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from deploy.engine import Engine, buildah_bud, detect_engine, image_exists, inspect_image
 from deploy.image.base import cache_dir, import_base
-from deploy.image.engine import Engine, buildah_bud, detect_engine, image_exists, inspect_image
 
 log = logging.getLogger(__name__)
 

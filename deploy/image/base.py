@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from deploy.image.engine import Engine, EngineError, image_exists
+from deploy.engine import Engine, EngineError, image_exists
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from deploy.image.base import cache_dir, ensure_base
-from deploy.image.engine import (
+from deploy.engine import (
     Engine,
     EngineError,
     bare_id,
@@ -27,6 +26,7 @@ from deploy.image.engine import (
     local_images,
     remove_image,
 )
+from deploy.image.base import cache_dir, ensure_base
 from mlrelease.core.modelcard import CARD_FILE, MODEL_FILE, REFERENCE_FILE, verify_bundle
 from mlrelease.core.params import HIGHER_IS_LAXER
 from mlrelease.core.settings import Settings

@@ -7,7 +7,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from deploy.image.engine import Engine, save_image
+from deploy.engine import Engine, save_image
 from deploy.image.findings import CheckResult
 from deploy.image.imagefs import read_image
 from deploy.image.policy import check_image_policy

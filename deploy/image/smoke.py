@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.image.engine import Engine, inspect_image
+from deploy.engine import Engine, inspect_image
 from mlrelease.core.http import probe, wait_until
 from mlrelease.core.modelcard import MODEL_FILE, REFERENCE_FILE, ModelCard, ReferenceStats
 from mlrelease.core.net import free_port, stop_process

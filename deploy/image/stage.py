@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from deploy.image.engine import Engine
+    from deploy.engine import Engine
     from mlrelease.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ def run_build(
     settings: Settings | None = None,
 ) -> dict[str, object]:
     """Resolve the bundle, build and smoke-test the image, write the report and tag the registry version."""
+    from deploy.engine import detect_engine
     from deploy.image.build import (
         BuildParams,
         build,
@@ -59,7 +60,6 @@ def run_build(
         resolve_target,
         write_report,
     )
-    from deploy.image.engine import detect_engine
 
     build_params, model_name = load_build_params(params_path)
     assert isinstance(build_params, BuildParams)
@@ -94,7 +94,7 @@ def run_scan(
 ) -> dict[str, object]:
     """Scan the project code, the Dockerfile and (when known) the built image; write the scan reports, and record
     the image's verdict on the registry version it was built from (``recorded`` in the returned report)."""
-    from deploy.image.engine import detect_engine, inspect_image
+    from deploy.engine import detect_engine, inspect_image
     from deploy.image.gate import run_scan as gate_scan
     from deploy.image.scan import ScanParams
 
@@ -128,7 +128,7 @@ def record_verdict(
 ) -> None:
     """Record the scan's verdict on the registry version the image was built from (``facts``: the image as read
     before the scan); add ``image_digest`` and ``recorded`` to ``report``. A tag moved meanwhile records nothing."""
-    from deploy.image.engine import inspect_image
+    from deploy.engine import inspect_image
 
     digest = str(facts["digest"])
     after = str(inspect_image(engine, image_ref)["digest"])

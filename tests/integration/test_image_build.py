@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from deploy.engine import Engine, detect_engine, inspect_image, local_images
 from deploy.image.build import (
     BuildParams,
     BuildTarget,
@@ -22,7 +23,6 @@ from deploy.image.build import (
     record_on_registry,
     resolve_target,
 )
-from deploy.image.engine import Engine, detect_engine, inspect_image, local_images
 from deploy.image.gate import image_checks, verdict
 from deploy.image.scan import ScanParams
 from deploy.image.smoke import SmokeError, reference_inputs, smoke_test

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from deploy.engine import Engine, EngineError, detect_engine, make_engine
 from deploy.image.build import BuildParams, BuildTarget, image_tag, local_ref, prune_after_build, superseded
-from deploy.image.engine import Engine, EngineError, detect_engine, make_engine
 from deploy.image.wheelhouse import serving_pins
 
 

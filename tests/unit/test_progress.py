@@ -227,7 +227,7 @@ def test_the_image_build_progress_follows_the_engines_steps() -> None:
 def test_an_engine_command_streams_its_lines_and_fails_with_its_tail() -> None:
     import sys
 
-    from deploy.image.engine import Engine, EngineError
+    from deploy.engine import Engine, EngineError
 
     engine = Engine("buildah", sys.executable)
     lines: list[str] = []
