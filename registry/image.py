@@ -37,6 +37,18 @@ def record_scan(
     return tags
 
 
+def pinned_image(tags: dict[str, str]) -> str | None:
+    """The version's image as ``repository@sha256:…`` (what a container runtime runs), None when it has none."""
+    ref, digest = tags.get(IMAGE_REF_TAG), tags.get(IMAGE_DIGEST_TAG)
+    if not ref or not digest:
+        return None
+    repository = ref.split("@", 1)[0]
+    name, _, tag = repository.rpartition(":")
+    if name and "/" not in tag:  # a tag, not a registry's port
+        repository = name
+    return f"{repository}@{digest}"
+
+
 def short_digest(digest: str | None, hex_chars: int = 12) -> str:
     """``sha256:0123456789ab`` for a full digest (tables, one-line messages); "" for none."""
     if not digest:

@@ -17,7 +17,7 @@ from mlrelease.core.http import wait_until
 from mlrelease.core.params import CanaryParams, PromotionParams
 from mlrelease.core.settings import Settings
 from registry.client import is_registry_error
-from registry.image import IMAGE_DIGEST_TAG
+from registry.image import IMAGE_DIGEST_TAG, pinned_image
 from registry.versions import Registry, VersionNotFound
 from release.audit import AuditLog, AuditRecord, record
 from release.journal import Journal, abort_requested
@@ -87,7 +87,14 @@ class Context:
     def deploy_new(self, env: str, slot: str, bundle: Path, version: str) -> str:
         """Start the command's new version in ``slot``; a rollback asking for the lock stops the wait for it."""
         with self.interruptible():
-            return self.target.deploy(env, slot, bundle, version)
+            return self.target.deploy(env, slot, bundle, version, image=self.image_to_run(version))
+
+    def image_to_run(self, version: str) -> str | None:
+        """The version's image by digest when the target runs images (None otherwise, or when it has none: the
+        target then refuses it, naming `mlrelease build`)."""
+        if not self.target.runs_image:
+            return None
+        return pinned_image(self.registry.tags(version))
 
     @contextmanager
     def interruptible(self, enabled: bool = True) -> Iterator[None]:

@@ -16,9 +16,9 @@ SETTING = "promotion.require_scanned_image"
 
 
 def slots_run_image(target: DeploymentTarget) -> bool:
-    """Whether ``target`` runs each slot from the serving image (a container runtime sets ``runs_image``); the local
-    target runs `python -m deploy.serving` processes from the verified bundle, so ``auto`` is off there."""
-    return bool(getattr(target, "runs_image", False))
+    """Whether ``target`` runs each slot from the serving image (the local target's container runtime does; its
+    process runtime runs `python -m deploy.serving` from the verified bundle, so ``auto`` is off there)."""
+    return target.runs_image
 
 
 def gate_on(p: Context) -> bool:

@@ -57,6 +57,7 @@ def _cold_start(p: Context, goal: str, slot: str, out: Outcome) -> None:
     out.say(f"version {goal} is not warm: starting it (slower than the warm path)")
     try:
         bundle = p.bundle(goal)  # fetched and verified before anything is stopped
+        image = p.image_to_run(goal)
     except Exception as exc:  # a PromotionError ends the rollback unjournaled: nothing moved, nothing to finish
         if not (is_registry_error(exc) or type(exc).__module__.startswith("requests")):  # requests: artifact proxy
             raise
@@ -76,7 +77,7 @@ def _cold_start(p: Context, goal: str, slot: str, out: Outcome) -> None:
     replaced = p.target.slot_version(PROD, slot) if slot == Slot.CANARY else None
     p.target.stop(PROD, slot)
     try:
-        p.target.deploy(PROD, slot, bundle, goal)
+        p.target.deploy(PROD, slot, bundle, goal, image=image)
     except DeploymentError as exc:  # no traffic moved: end this rollback (a PromotionError clears its journal)
         stopped = replaced if replaced is not None and replaced != goal else None
         forgot = stopped is not None and _forget_stopped_canary(p, stopped, goal)

@@ -17,6 +17,9 @@ from tests.workspace import Workspace, copy_workspace, make_workspace, rebase_re
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# Slots run as processes from this virtualenv unless a test asks for the container runtime: a container story builds
+# an image first (minutes), so the suite runs it once (tests/integration/test_container_runtime.py).
+os.environ["MLRELEASE_RUNTIME"] = "process"
 
 #: The order in which `make test` (xdist, --dist loadgroup) hands out the suite's parts: each worker takes the next
 #: part (an xdist group, else one test) as it runs low, so the longest parts go first and the many short unit tests

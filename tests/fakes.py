@@ -88,6 +88,7 @@ class World:
     behaviour: dict[str, str] = field(default_factory=dict)
     fail_deploy: set[str] = field(default_factory=set)  # versions whose server never becomes ready
     servers: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    images: dict[str, str | None] = field(default_factory=dict)  # version -> the image it was last deployed with
 
     def env(self, environment: str) -> dict[str, FakeSlot]:
         return self.slots.setdefault(str(environment), {})
@@ -137,8 +138,11 @@ class FakeTarget(DeploymentTarget):
         return FakeTarget(self.world)
 
     # ----- mutating ----------------------------------------------------------------------------------------------
-    def deploy(self, environment: str, slot: str, bundle_dir: Path, version: str) -> str:
+    def deploy(self, environment: str, slot: str, bundle_dir: Path, version: str, image: str | None = None) -> str:
         self._step("deploy", str(environment), str(slot), str(version))
+        if self.runs_image and not image:  # as the local target's container runtime
+            raise DeploymentError(f"version {version} has no serving image to run: `mlrelease build`")
+        self.world.images[str(version)] = image
         env, weights = self.world.env(environment), self.world.weights_of(environment)
         if weights.get(slot, 0) > 0:
             raise DeploymentError(f"{environment}/{slot} still receives {weights[slot]}% of traffic")

@@ -69,11 +69,18 @@ class DeploymentTarget(ABC):
     #: lock an incident's rollback asked for). None: wait out the ready timeout.
     interrupt: Callable[[], None] | None = None
 
+    @property
+    def runs_image(self) -> bool:
+        """Whether slots run each version's serving image by digest (a container runtime) rather than a process
+        from the verified bundle; promotion then needs the image and gates on its scan."""
+        return False
+
     @abstractmethod
-    def deploy(self, environment: str, slot: str, bundle_dir: Path, version: str) -> str:
+    def deploy(self, environment: str, slot: str, bundle_dir: Path, version: str, image: str | None = None) -> str:
         """Start ``version`` from a verified bundle in ``slot`` and wait until it is ready; return its URL.
 
-        The slot gets no traffic until :meth:`set_weights` routes some to it.
+        ``image`` (``repository@sha256:…``) is the version's serving image, which a target that :attr:`runs_image`
+        runs; it refuses a version without one. The slot gets no traffic until :meth:`set_weights` routes some to it.
         """
 
     @abstractmethod

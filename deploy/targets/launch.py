@@ -8,13 +8,21 @@ Replicas of one slot take turns loading (``MLRELEASE_STARTUP_LOCK``, a lock file
 restarts them all at once, the first is ready about as soon as a lone replica would be, instead of all of them late,
 sharing the CPU. The lock's descriptor passes through ``exec`` (``MLRELEASE_STARTUP_LOCK_FD``); the server closes it
 once its first load ends, or its exit does. A turn not given within ``TURN_WAIT_S`` is taken anyway.
+
+``--supervise`` (a replica of the container runtime): run COMMAND, a container engine's, as a child instead, and pass
+SIGTERM and SIGINT to the model server inside it, so it drains (``buildah run`` itself answers SIGTERM by killing
+its command at once); the shim exits with COMMAND's status. The server inside takes its turn there, through this
+same module, on the lock file mounted into the container.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -43,10 +51,40 @@ def take_turn(env: dict[str, str], wait_s: float = TURN_WAIT_S) -> None:
     env[STARTUP_LOCK_FD] = str(fd)
 
 
+def server_inside(pid: int, marker: str = "deploy.serving") -> int | None:
+    """The model server among ``pid``'s descendants (the engine's own processes sit between), None before it runs."""
+    import psutil  # the host's: this runs on the host side only
+
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            if marker in child.cmdline() and "deploy.targets.launch" not in child.cmdline():
+                return int(child.pid)
+    except psutil.Error:
+        return None
+    return None
+
+
+def supervise(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` as a child, pass SIGTERM/SIGINT to the server inside it (to the child itself before the
+    server runs), and return the child's exit status."""
+    child = subprocess.Popen(command, env=env)  # the target's own engine command
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server_inside(child.pid) or child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = child.wait()
+    return code if code >= 0 else 128 - code
+
+
 def main(argv: list[str]) -> int:
     """Read the environment file and exec the command after ``--`` (exit 2 naming what is wrong otherwise)."""
+    supervised = bool(argv) and argv[0] == "--supervise"
+    argv = argv[1:] if supervised else argv
     if len(argv) < 3 or argv[1] != "--":
-        sys.stderr.write("usage: python -m deploy.targets.launch ENV_FILE -- COMMAND...\n")
+        sys.stderr.write("usage: python -m deploy.targets.launch [--supervise] ENV_FILE -- COMMAND...\n")
         return 2
     try:
         with open(argv[0], encoding="utf-8") as handle:
@@ -55,6 +93,8 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"cannot read the environment file {argv[0]}: {exc}\n")
         return 2
     env = {str(k): str(v) for k, v in env.items()}
+    if supervised:
+        return supervise(argv[2:], env)
     take_turn(env)
     os.execve(argv[2], argv[2:], env)  # noqa: S606
     return 0  # not reached: execve replaces this process

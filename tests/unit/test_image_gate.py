@@ -15,7 +15,7 @@ import yaml
 from deploy.image.stage import scan_origin
 from mlrelease.core.params import ParamsError, PromotionParams, load_params, section
 from release.journal import Operation
-from tests.fakes import DEAD_PID, ImageTarget, digest_of, tag_image
+from tests.fakes import DEAD_PID, MODEL_NAME, ImageTarget, digest_of, tag_image
 from tests.unit.test_release_incidents import PROD, Desk, first_release, make_desk
 
 STAGING = "staging"
@@ -121,8 +121,12 @@ def test_with_the_gate_off_force_on_staging_is_still_refused(desk: Desk) -> None
     refused = desk.mlrelease("promote", "staging", "--force", "--reason", "x")
     assert refused.code == 2 and "promote staging has no --force" in refused.said, refused
     assert "the image gate it would override is off (promotion.require_scanned_image)" in refused.said
-    desk.ok("promote", "staging")  # no image, and no gate
-    assert staged(desk) == "2" and desk.audit()[-1]["evidence"]["image"] == {"gate": "off"}
+    no_image = desk.mlrelease("promote", "staging")  # no gate, but these slots need an image to run
+    assert no_image.code != 0 and "has no serving image to run" in no_image.said, no_image
+    digest = tag_image(desk.registry, "2", scan=None)  # built, never scanned
+    desk.ok("promote", "staging")
+    assert staged(desk) == "2" and desk.audit()[-1]["evidence"]["image"]["gate"] == "off"
+    assert desk.world.images["2"] == f"localhost/{MODEL_NAME}@{digest}"  # the slot runs the image by digest
 
 
 @pytest.mark.parametrize(("kind", "gated"), [(ImageTarget, True), (None, False)], ids=["image runtime", "processes"])

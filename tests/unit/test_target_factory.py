@@ -20,7 +20,7 @@ def test_the_default_target_is_local_with_the_given_timeouts(tmp_path: Path, mon
     target = make_target(tmp_path / ".mlrelease", ready_timeout_s=5, drain_timeout_s=1)
     assert isinstance(target, LocalTarget) and (target.ready_timeout_s, target.drain_timeout_s) == (5, 1)
     state = tmp_path / ".mlrelease"
-    said = f"local (state in {state}, logs in {state / 'logs'}; replicas supervised by supervisord)"
+    said = f"local, process runtime (state in {state}, logs in {state / 'logs'}; replicas supervised by supervisord)"
     assert target.describe() == said
     monkeypatch.setenv("MLRELEASE_TARGET", "local")
     assert isinstance(make_target(tmp_path), LocalTarget)

@@ -17,6 +17,19 @@ import sys
 from pathlib import Path
 
 from deploy.targets.launch import STARTUP_LOCK
+from deploy.targets.local.container import (
+    CACHE_IN,
+    ENV_IN,
+    LOCK_IN,
+    ImageRun,
+    engine_of,
+    image_uid,
+    inner_env,
+    name_prefix,
+    owned_by_image,
+    replica_argv,
+    write_inner_env,
+)
 from deploy.targets.local.state import Replica, Slot
 from deploy.targets.local.supervisor import Program
 from mlrelease.core.files import atomic_write
@@ -85,10 +98,14 @@ def spawn_detached(
         )
 
 
+def server_args(version: str, port: int) -> list[str]:
+    """The server's arguments after its model: where it listens, which version it says it is."""
+    return ["--host", "127.0.0.1", "--port", str(port), "--model-version", str(version)]
+
+
 def server_command(bundle_dir: Path, version: str, port: int) -> list[str]:
     """``python -m deploy.serving`` for one replica on a loopback port."""
-    cmd = [sys.executable, "-m", SERVER_MARKER, "--model-dir", str(bundle_dir), "--host", "127.0.0.1"]
-    return [*cmd, "--port", str(port), "--model-version", str(version)]
+    return [sys.executable, "-m", SERVER_MARKER, "--model-dir", str(bundle_dir), *server_args(version, port)]
 
 
 def server_env(environment: str, version: str, behind_router: bool) -> dict[str, str]:
@@ -142,6 +159,52 @@ def replica_program(
         directory=REPO_ROOT,
         stopwaitsecs=max(1, round(drain_timeout_s)),
         startretries=start_retries,
+    )
+
+
+def container_program(
+    state_dir: Path,
+    environment: str,
+    slot: str,
+    version: str,
+    run: ImageRun,
+    port: int,
+    *,
+    behind_router: bool,
+    drain_timeout_s: float,
+    start_retries: int = 3,
+) -> Program:
+    """The supervisor program of one replica of the container runtime: the launch shim supervising the engine's
+    run of the image; the settings inside go to a file only the image's user can read, mounted read-only."""
+    state_dir = Path(state_dir)
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    env_dir = state_dir / "supervisor" / "env"
+    env_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    name = f"r{port}"
+    settings = server_env(environment, version, behind_router)
+    mounts = {str(owned_by_image(env_dir / f"{environment}-{slot}.start.lock", run)): LOCK_IN}
+    cached = image_uid(run) is None or os.geteuid() == 0  # else the server inside could not write the cache
+    if cached:  # as for processes: a restarted replica answers through its kept numpy program, without torch
+        settings.setdefault("MLRELEASE_MODEL_RUNTIME", "auto")
+        mounts[str(owned_by_image(state_dir / "programs-image", run, directory=True))] = CACHE_IN
+    inner = write_inner_env(env_dir / f"{name}.inner.json", run, inner_env(run, settings, cached))
+    mounts[str(inner)] = f"{ENV_IN}:ro"
+    engine = engine_of(run)
+    argv = replica_argv(engine, run, mounts, server_args(version, port), port, name_prefix(state_dir) + environment)
+    env_file = env_dir / f"{name}.json"
+    atomic_write(env_file, json.dumps({**detached_env(), **engine.extra_env}))  # the engine's, on the host
+    log_path = state_dir / "logs" / f"{environment}-{slot}-v{version}-{port}.log"
+    log.info(
+        "starting %s/%s version %s from %s on port %d (log %s)", environment, slot, version, run.image, port, log_path
+    )
+    return Program(
+        name=name,
+        command=[sys.executable, "-m", LAUNCH_MODULE, "--supervise", str(env_file), "--", *argv],
+        log_path=log_path,
+        directory=REPO_ROOT,
+        stopwaitsecs=max(1, round(drain_timeout_s)),
+        startretries=start_retries,
+        stopasgroup=False,  # the shim passes SIGTERM to the server; buildah would kill it at once
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deploy.targets.local.container import ImageRun
 from deploy.targets.local.discovery import publish
 from mlrelease.core.files import read_model, write_model
 
@@ -48,6 +49,7 @@ class Slot(BaseModel):
     uid: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])  # kept across renames and restarts
     started_at: float = Field(default_factory=time.time)
     expires_at: float | None = None  # set for a warm previous-production slot
+    image_run: ImageRun | None = None  # the container runtime's image, by digest; None: processes from the venv
 
     @model_validator(mode="before")
     @classmethod

@@ -48,6 +48,7 @@ class Program:
     startsecs: int = 10
     startretries: int = 3
     stopwaitsecs: int = 15
+    stopasgroup: bool = True  # SIGTERM to the whole process group (False: to the program's own process only)
 
 
 @dataclass(frozen=True)
@@ -325,7 +326,7 @@ def _program_section(program: Program) -> str:
             f"startretries={program.startretries}",
             "stopsignal=TERM",
             f"stopwaitsecs={program.stopwaitsecs}",
-            "stopasgroup=true",
+            f"stopasgroup={'true' if program.stopasgroup else 'false'}",
             "killasgroup=true",
             "redirect_stderr=true",
             f"stdout_logfile={_percent(str(program.log_path))}",

@@ -12,12 +12,15 @@ detached watcher (:mod:`deploy.targets.local.expiry`) that stops it when its win
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from deploy.targets.base import DeploymentError, DeploymentTarget, ReplicaStatus, SlotStatus
+from deploy.targets.local.container import RUNTIME_VAR, Runtime, choose_runtime, engine_of, prepare, remove_unused
 from deploy.targets.local.processes import (
+    container_program,
     detached_env,
     identity_problem,
     kill_orphans,
@@ -60,8 +63,11 @@ class LocalTarget(DeploymentTarget):
         tls_key: str | None = None,
         start_retries: int = 3,
         metrics_headers: Mapping[str, str] | None = None,
+        runtime: str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.runtime_setting = runtime if runtime is not None else os.environ.get(RUNTIME_VAR)
+        self._runtime: Runtime | None = None  # chosen on first need: a rollback to a warm slot never asks
         self.store = StateStore(self.state_dir)
         self.logs = self.state_dir / "logs"
         self.routed = routed
@@ -75,7 +81,20 @@ class LocalTarget(DeploymentTarget):
         self.supervisor = Supervisor(self.state_dir, timeout_s=drain_timeout_s + 15.0)
 
     def describe(self) -> str:
-        return f"local (state in {self.state_dir}, logs in {self.logs}; replicas supervised by supervisord)"
+        return (
+            f"local, {self.runtime().describe()} runtime (state in {self.state_dir}, logs in {self.logs}; replicas "
+            "supervised by supervisord)"
+        )
+
+    def runtime(self) -> Runtime:
+        """How new slots run (``MLRELEASE_RUNTIME``): the image in a container, or a process from the venv."""
+        if self._runtime is None:
+            self._runtime = choose_runtime(self.runtime_setting)
+        return self._runtime
+
+    @property
+    def runs_image(self) -> bool:
+        return self.runtime().engine is not None
 
     def _router(self, environment: str) -> Nginx:
         prefix = self.state_dir / "nginx" / environment
@@ -86,9 +105,19 @@ class LocalTarget(DeploymentTarget):
         return configured(*self.tls_files) or self_signed(prefix / "tls")
 
     # ----- processes -------------------------------------------------------------------------------------------
-    def deploy(self, environment: str, slot: str, bundle_dir: Path, version: str) -> str:
-        """Verify the bundle, start the slot's replicas (replacing nothing that routes), wait until all are ready."""
+    def deploy(self, environment: str, slot: str, bundle_dir: Path, version: str, image: str | None = None) -> str:
+        """Verify the bundle (and, in containers, that the image holds its artifact), start the slot's replicas
+        (replacing nothing that routes), wait until all are ready."""
         card = verify_bundle(Path(bundle_dir))
+        image_run = None
+        engine = self.runtime().engine
+        if engine is not None:
+            if not image:
+                raise DeploymentError(
+                    f"version {version} has no serving image to run: `mlrelease build --version {version}`, then "
+                    f"`mlrelease scan` (or {RUNTIME_VAR}=process to run it from this virtualenv)"
+                )
+            image_run = prepare(engine, self.state_dir, image, card.sha256)
         state = self.store.load()
         env = state.env(environment)
         if slot in env.slots and env.weight(slot) > 0:
@@ -96,17 +125,20 @@ class LocalTarget(DeploymentTarget):
                 f"{environment}/{slot} still receives {env.weight(slot)}% of traffic; route it away before replacing it"
             )
         self._ensure_supervisor(state)
-        if slot in env.slots:
-            self._stop_replicas(env.slots.pop(slot), wait=True)
+        replaced = env.slots.pop(slot, None)
+        if replaced is not None:
+            self._stop_replicas(replaced, wait=True)
         ports = self._free_ports(max(1, self.replicas.get(environment, 1)))
         record = Slot(
             version=version,
             replicas=[Replica(port=port, program=f"r{port}") for port in ports],
             model_name=card.name,
             bundle_dir=str(Path(bundle_dir).resolve()),
+            image_run=image_run,
         )
         env.slots[slot] = record
         self.store.save(state)  # recorded before it starts: a crash from here on leaves no orphan untracked
+        self._release_images(replaced)
         try:
             for replica in record.replicas:
                 self.supervisor.add(self._program(environment, slot, record, replica))
@@ -126,6 +158,18 @@ class LocalTarget(DeploymentTarget):
         return ports
 
     def _program(self, environment: str, slot: str, record: Slot, replica: Replica) -> Program:
+        if record.image_run is not None:
+            return container_program(
+                self.state_dir,
+                environment,
+                slot,
+                record.version,
+                record.image_run,
+                replica.port,
+                behind_router=environment in self.routed,
+                drain_timeout_s=self.drain_timeout_s,
+                start_retries=self.start_retries,
+            )
         return replica_program(
             self.state_dir,
             environment,
@@ -156,6 +200,23 @@ class LocalTarget(DeploymentTarget):
         if dropped is not None:
             self._stop_replicas(dropped, wait=False)
             self.store.save(state)
+            self._release_images(dropped)
+
+    def _release_images(self, *dropped: Slot | None) -> None:
+        """Remove the working containers of the dropped slots' images that no recorded slot runs any more: what a
+        stopped slot leaves on disk (with vfs, a full copy of its image)."""
+        engines = {slot.image_run.engine for slot in dropped if slot is not None and slot.image_run is not None}
+        if not engines:
+            return
+        runs = [s.image_run for env in self.store.load().environments.values() for s in env.slots.values()]
+        in_use = {run.container for run in runs if run is not None and run.container}
+        for slot in dropped:
+            if slot is not None and slot.image_run is not None and slot.image_run.engine in engines:
+                engines.discard(slot.image_run.engine)
+                try:
+                    remove_unused(engine_of(slot.image_run), self.state_dir, in_use)
+                except DeploymentError as exc:
+                    log.warning("left working containers in place: %s", exc)
 
     def _stop_replicas(self, slot: Slot, wait: bool) -> None:
         """Stop every replica of the slot (each drains); supervised ones are also removed from the supervisor."""
@@ -230,6 +291,7 @@ class LocalTarget(DeploymentTarget):
         if state.env(environment).slots.get(slot) == found:
             del state.env(environment).slots[slot]
             self.store.save(state)
+            self._release_images(found)
 
     def rename(self, environment: str, source: str, dest: str, expires_at: float | None = None) -> None:
         """Relabel a slot; the destination must be empty or not routed (it is stopped)."""
@@ -248,6 +310,7 @@ class LocalTarget(DeploymentTarget):
         if moved:
             env.weights[dest] = moved
         self.store.save(state)
+        self._release_images(replaced)
         if expires_at is not None:
             self._watch_expiry(environment, dest, env.slots[dest].uid)
 
@@ -495,9 +558,12 @@ class LocalTarget(DeploymentTarget):
         for env in state.environments.values():
             for slot in env.slots.values():
                 self._stop_replicas(slot, wait=True)
+        dropped = [slot for env in state.environments.values() for slot in env.slots.values()]
+        for env in state.environments.values():
             env.slots.clear()
             env.weights.clear()
         self.store.save(state)
+        self._release_images(*dropped)
         self.supervisor.shutdown()
 
 
