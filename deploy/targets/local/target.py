@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from deploy.targets.base import DeploymentError, DeploymentTarget, ReplicaStatus, SlotStatus
+from deploy.targets.base import DeploymentError, DeploymentTarget, SlotStatus
 from deploy.targets.local.container import RUNTIME_VAR, Runtime, choose_runtime, engine_of, prepare, remove_unused
 from deploy.targets.local.processes import (
     container_program,
@@ -32,7 +32,8 @@ from deploy.targets.local.processes import (
 )
 from deploy.targets.local.router import Nginx
 from deploy.targets.local.state import DeployState, Environment, Replica, Slot, StateStore
-from deploy.targets.local.supervisor import ProcessInfo, Program, Supervisor
+from deploy.targets.local.status import slot_rows
+from deploy.targets.local.supervisor import Program, Supervisor
 from deploy.targets.local.tls import TlsFiles, configured, self_signed
 from mlrelease.core.http import probe, wait_until
 from mlrelease.core.modelcard import IntegrityError, verify_bundle
@@ -435,47 +436,7 @@ class LocalTarget(DeploymentTarget):
 
     # ----- supervision ----------------------------------------------------------------------------------------
     def status(self) -> list[SlotStatus]:
-        rows: list[SlotStatus] = []
-        state = self.store.load()
-        for env_name, env in sorted(state.environments.items()):
-            for slot_name, slot in sorted(env.slots.items()):
-                replicas = tuple(self._replica_status(slot, replica) for replica in slot.replicas)
-                healthy = all(r.healthy for r in replicas)
-                problems = [f"{r.url}: {r.detail}" for r in replicas if not r.healthy]
-                detail = "; ".join(problems)
-                if slot.expires_at and healthy:
-                    detail = f"warm until {time.strftime('%H:%M:%S', time.localtime(slot.expires_at))}"
-                rows.append(
-                    SlotStatus(
-                        env_name,
-                        slot_name,
-                        slot.version,
-                        slot.url,
-                        replicas[0].pid,
-                        env.weight(slot_name),
-                        healthy,
-                        detail,
-                        replicas,
-                        slot.expires_at,
-                    )
-                )
-        return rows
-
-    def _replica_status(self, slot: Slot, replica: Replica) -> ReplicaStatus:
-        """One replica's pid, supervisor state and health (a busy server may be slow to answer: asked twice)."""
-        info = self.supervisor.info(replica.program) if replica.program else None
-        if replica.program:
-            pid, state = (info.pid, info.state) if info is not None else (0, "UNKNOWN")
-        else:
-            pid, state = replica.pid, ("RUNNING" if pid_alive(replica.pid) else "EXITED")
-        problem = None
-        if state in ("STARTING", "RUNNING"):
-            problem = replica_problem(slot, replica, timeout=0.5)[1]
-            if problem is not None:
-                problem = replica_problem(slot, replica, timeout=3.0)[1]
-        else:
-            problem = describe_down(info, state)
-        return ReplicaStatus(replica.port, replica.url, pid or None, state, problem is None, problem or "")
+        return slot_rows(self.store.load(), self.supervisor)
 
     def reconcile(self) -> list[str]:
         """Start the supervisor if it died, restart replicas it gave up on, stop expired warm slots (unless expiry
@@ -565,13 +526,3 @@ class LocalTarget(DeploymentTarget):
         self.store.save(state)
         self._release_images(*dropped)
         self.supervisor.shutdown()
-
-
-def describe_down(info: ProcessInfo | None, state: str) -> str:
-    """Why a replica does not run, in the supervisor's words (FATAL: it gave up restarting)."""
-    if state == "FATAL":
-        said = (info.spawn_error or info.description) if info is not None else ""
-        return f"the supervisor gave up restarting it ({said}); run `mlrelease reconcile`"
-    if state == "BACKOFF":
-        return "restarting (backoff after a failed start)"
-    return f"not running ({state.lower()})"
