@@ -209,6 +209,8 @@ def replica_argv(
         return engine.cmd("run", "--isolation", engine.isolation or "chroot", *volumes, run.container, "--", *served)
     tmp = "/tmp"  # noqa: S108  # nosec B108  # the container's own tmpfs (the image's MLRELEASE_HOME)
     hardening = ["--read-only", "--tmpfs", tmp, "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    if os.geteuid() != 0:  # the mounted files are this user's (0600): run as this user, the image's files are
+        hardening += ["--user", f"{os.getuid()}:{os.getgid()}"]  # root-owned and world-readable
     head = ["run", "--rm", "--name", f"{name}-r{port}", "--network", "host", *hardening, *volumes]
     return engine.cmd(*head, "--entrypoint", IMAGE_PYTHON, run.image, *served[1:])
 
