@@ -160,7 +160,9 @@ def scenario(bundle: Path, replicas: int, rps: float) -> dict[str, Any]:
     from deploy.targets.local.target import LocalTarget
 
     state = Path(tempfile.mkdtemp(prefix=f"bench-supervision-{replicas}-"))
-    target = LocalTarget(state, replicas={"production": replicas}, ready_timeout_s=90, drain_timeout_s=5)
+    target = LocalTarget(
+        state, replicas={"production": replicas}, ready_timeout_s=90, drain_timeout_s=5, runtime="process"
+    )
     try:
         target.deploy("production", "stable", bundle, "1")
         target.set_weights("production", {"stable": 100})

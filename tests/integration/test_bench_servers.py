@@ -196,7 +196,8 @@ def test_the_steadiness_probe_runs_pinned_in_its_own_process_as_the_benchmark_st
 
 
 @pytest.mark.parametrize(
-    "script", ["bench_serving", "bench_http_layer", "bench_pipeline", "bench_rollback", "bare", "steadiness"]
+    "script",
+    ["bench_serving", "bench_http_layer", "bench_pipeline", "bench_rollback", "bench_runtime", "bare", "steadiness"],
 )
 def test_each_benchmark_runs_as_a_file_from_anywhere(script: str, tmp_path: Path) -> None:
     """``python benchmarks/<name>.py`` finds the repository's packages without an install, whatever the folder."""
