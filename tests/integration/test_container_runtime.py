@@ -82,7 +82,7 @@ def home(registry_workspace, built_workspace, monkeypatch) -> Iterator[Path]:  #
 
 def working_containers() -> list[str]:
     listed = detect_engine("buildah").run("containers", "--json").stdout
-    return [str(c["containername"]) for c in json.loads(listed or "[]")]
+    return [str(c["containername"]) for c in json.loads(listed or "null") or []]  # buildah: null when none
 
 
 def image_digest_of_process(pid: int) -> str:

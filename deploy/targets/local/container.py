@@ -222,7 +222,7 @@ def remove_unused(engine: Engine, state_dir: Path, in_use: set[str]) -> list[str
     prefix = name_prefix(state_dir)
     listed = engine.run("containers", "--json", check=False)
     try:
-        names = [str(c.get("containername", "")) for c in json.loads(listed.stdout or "[]")]
+        names = [str(c.get("containername", "")) for c in json.loads(listed.stdout or "null") or []]  # none: null
     except ValueError:
         return []
     removed = []
