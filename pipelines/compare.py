@@ -54,6 +54,37 @@ def threshold_fields() -> Marks:
     }
 
 
+def switch_fields() -> dict[str, tuple[list[str], str]]:
+    """Every gate switch in params.yaml (a field marked with its values strictest first), with its code default."""
+    from mlrelease.core.params import PromotionParams
+
+    found = {}
+    for name, info in PromotionParams.model_fields.items():
+        extra = info.json_schema_extra
+        order = extra.get("strictest_first") if isinstance(extra, dict) else None
+        if isinstance(order, list):
+            found[f"promotion.{name}"] = ([str(v) for v in order], str(info.default))
+    return found
+
+
+def loosened_switches(base_params: dict[str, Any], head_params: dict[str, Any]) -> list[str]:
+    """Each gate switch the head turned laxer (``promotion.require_scanned_image: true -> false``); a switch the
+    head deletes counts with the code's default in its place."""
+    found = []
+    for key, (order, default) in switch_fields().items():
+        b, h = (_switch_value(_lookup(params, key), default) for params in (base_params, head_params))
+        if b in order and h in order and order.index(h) > order.index(b):
+            found.append(f"{key}: {b} -> {h}")
+    return found
+
+
+def _switch_value(value: Any, default: str) -> str:
+    """A switch as params.yaml gives it (YAML booleans included), the default when absent."""
+    if value is None:
+        return default
+    return str(value).lower()
+
+
 @dataclass(frozen=True)
 class MetricRow:
     """One metric, base against head; ``passed`` is None for a figure shown without a gate."""
@@ -208,7 +239,8 @@ def compare_with(ref: str, head_metrics: dict[str, Any], head_params: dict[str, 
         source = f"this change's params.yaml ({ref} sets none)"
     rows = compare_metrics(json.loads(base_text), head_metrics, tolerance)
     contract_loosened, interface = _contracts(ref, base_params, head_params)
-    return Comparison(rows, tolerance, loosened_gates(base_params, head_params) + contract_loosened, source, interface)
+    loosened = loosened_gates(base_params, head_params) + loosened_switches(base_params, head_params)
+    return Comparison(rows, tolerance, loosened + contract_loosened, source, interface)
 
 
 def markdown(comparison: Comparison, ref: str, accepted: bool = False) -> str:

@@ -47,6 +47,8 @@ class TrainParams(_Section):
 # the field that defines a threshold says which way is laxer).
 LOWER_IS_LAXER: dict[str, Any] = {"loosens": "down"}
 HIGHER_IS_LAXER: dict[str, Any] = {"loosens": "up"}
+# A gate switch (not a number): its values from the strictest to the laxest, for `mlrelease compare`.
+SCAN_SWITCH: dict[str, Any] = {"strictest_first": ["true", "auto", "false"]}
 
 
 class GateParams(_Section):
@@ -231,7 +233,7 @@ class PromotionParams(BaseModel):
     replicas: int = Field(2, ge=1, le=16)  # server processes per production slot (staging runs one)
     # `promote staging` needs the version's image to have passed `mlrelease scan`: auto = when the slots run the
     # image (the process runtime of the local target does not, so auto is off there); YAML true/false work too
-    require_scanned_image: Literal["auto", "true", "false"] = "auto"
+    require_scanned_image: Literal["auto", "true", "false"] = Field("auto", json_schema_extra=SCAN_SWITCH)
 
     @field_validator("rollback_window", "ready_timeout", "drain_timeout", "rollback_lock_wait", mode="before")
     @classmethod
