@@ -28,6 +28,7 @@ from mlrelease.core.http import wait_until
 from mlrelease.core.modelcard import ModelCard
 from mlrelease.core.proc import listeners
 from tests.release_helpers import (
+    BIN,
     FAST_RELEASE,
     REPO,
     alias,
@@ -109,13 +110,11 @@ def served_digests(home: Path, environment: str, slot: str) -> set[str]:
     return digests
 
 
-def build_and_scan(home: Path, version: str) -> str:
-    """`mlrelease build` and `mlrelease scan` of a version; its image digest as the registry records it."""
-    ok(cli(home, "build", "--version", version, timeout=900))
-    ok(cli(home, "scan", timeout=900))
-    name = ModelCard.read(home / "models").name
-    tags = registry(home).get_model_version(name, version).tags
-    assert tags.get("image_scan") == "passed" and tags["image_scan_digest"] == tags["image_digest"], tags
+def digest_of(home: Path, version: str, scanned: bool = True) -> str:
+    """The version's image digest as `mlrelease build` recorded it (and `mlrelease scan` passed it)."""
+    tags = registry(home).get_model_version(ModelCard.read(home / "models").name, version).tags
+    if scanned:
+        assert tags.get("image_scan") == "passed" and tags["image_scan_digest"] == tags["image_digest"], tags
     return str(tags["image_digest"])
 
 
@@ -128,16 +127,30 @@ def test_the_release_story_runs_the_scanned_images(home: Path, tmp_path: Path) -
 
     refused = cli(home, "promote", "staging")  # the gate is on with containers: no image yet
     assert refused.returncode == 2 and "has no image: run `mlrelease build" in refused.stderr, show(refused)
-    d1 = build_and_scan(home, v1)
-    ok(cli(home, "promote", "staging"))
-    assert served_digests(home, "staging", "stable") == {d1}
-    ok(cli(home, "promote", "production", "--version", v1, "--force", "--reason", "first release"))
-    assert served_digests(home, "production", "stable") == {d1}
-
-    # the next version: its own image; staged by alias (the staging gate ran above), then a canary under analysis
+    ok(cli(home, "build", "--version", v1, timeout=900))
+    # the next version's image builds meanwhile (on v1's cached layers), as a CI job for the next commit would
     v2 = register(make_variant(bundle, tmp_path / "good", "same"), home, name, "good")
-    ok(cli(home, "build", "--version", v2, timeout=900))
-    d2 = registry(home).get_model_version(name, v2).tags["image_digest"]
+    next_build = subprocess.Popen(
+        [str(BIN / "mlrelease"), "build", "--version", v2, "--report", "reports/build-next.json"],
+        cwd=home,
+        env=env_for(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        ok(cli(home, "scan", timeout=900))  # reports/build.json: v1's image
+        d1 = digest_of(home, v1)
+        ok(cli(home, "promote", "staging", "--version", v1))
+        assert served_digests(home, "staging", "stable") == {d1}
+        ok(cli(home, "promote", "production", "--version", v1, "--force", "--reason", "first release"))
+        assert served_digests(home, "production", "stable") == {d1}
+    finally:
+        built_next = next_build.communicate(timeout=900)[0]
+    assert next_build.returncode == 0, built_next[-3000:]
+
+    # v2: its own image; staged by alias (the staging gate ran above), then a canary under analysis
+    d2 = digest_of(home, v2, scanned=False)
     assert d2 != d1
     registry(home).set_registered_model_alias(name, "staging", v2)
     canary = ok(cli(home, "promote", "canary"))
