@@ -1,10 +1,12 @@
 """The release story with the container runtime (buildah here): every slot runs its version's scanned image by digest.
 
-Built and scanned with the real commands, then staging, a canary with analysis, production, a supervised restart of
-a killed server, and scripts/rollback.sh under load with no failed request. Every replica's server is traced from its
-process to the working container it runs in and that container's image digest, which must be the digest that the
-registry, and `history`, name for the version. The rest of the matrix runs against the fake target
-(tests/unit/test_release_incidents.py) and the process runtime (tests/integration/test_release_story.py).
+v1's image is the image tests' build of the pipeline bundle (recorded on the version as `mlrelease build` records
+it), scanned with `mlrelease scan`; v2's is built with `mlrelease build`. Then staging, a canary with analysis,
+production, a supervised restart of a killed server, and scripts/rollback.sh under load with no failed request.
+Every replica's server is traced from its process to the working container it runs in and that container's image
+digest, which must be the digest that the registry, and `history`, name for the version. The rest of the matrix runs
+against the fake target (tests/unit/test_release_incidents.py) and the process runtime
+(tests/integration/test_release_story.py).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import httpx
 import pytest
 
 from deploy.engine import detect_engine
+from deploy.image.build import BuildTarget, record_on_registry
 from deploy.targets.local.container import name_prefix
 from deploy.targets.traffic import LoadDriver, predict_path, sample_rows
 from mlrelease.core.http import wait_until
 from mlrelease.core.modelcard import ModelCard
 from mlrelease.core.proc import listeners
+from mlrelease.core.settings import Settings
 from tests.release_helpers import (
     BIN,
     FAST_RELEASE,
@@ -47,7 +51,8 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
     pytest.mark.image,
-    pytest.mark.xdist_group("image"),  # after the image tests: same engine storage, warm build cache
+    pytest.mark.xdist_group("image"),  # with the image tests: their build of the bundle, a warm build cache
+    pytest.mark.usefixtures("leaves_no_images"),
     pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx: run make setup"),
 ]
 
@@ -110,6 +115,16 @@ def served_digests(home: Path, environment: str, slot: str) -> set[str]:
     return digests
 
 
+def built_as(home: Path, built: dict[str, object], version: str) -> None:
+    """Record an image built from the version's bundle as `mlrelease build --version` does: its tags on the registry
+    version and ``reports/build.json`` (which `mlrelease scan` reads)."""
+    card = ModelCard.read(home / "models")
+    assert built["artifact_sha256"] == card.sha256, "the image tests built another bundle"
+    record_on_registry(BuildTarget(home / "models", card.name, version, card.sha256), built, Settings(home=home))
+    report = {**built, "model_version": version}
+    (home / "reports" / "build.json").write_text(json.dumps(report, default=str))
+
+
 def digest_of(home: Path, version: str, scanned: bool = True) -> str:
     """The version's image digest as `mlrelease build` recorded it (and `mlrelease scan` passed it)."""
     tags = registry(home).get_model_version(ModelCard.read(home / "models").name, version).tags
@@ -118,7 +133,7 @@ def digest_of(home: Path, version: str, scanned: bool = True) -> str:
     return str(tags["image_digest"])
 
 
-def test_the_release_story_runs_the_scanned_images(home: Path, tmp_path: Path) -> None:
+def test_the_release_story_runs_the_scanned_images(home: Path, built: dict[str, object], tmp_path: Path) -> None:
     bundle = home / "models"
     name = ModelCard.read(bundle).name
     v1 = alias(home, name, "candidate")
@@ -127,8 +142,8 @@ def test_the_release_story_runs_the_scanned_images(home: Path, tmp_path: Path) -
 
     refused = cli(home, "promote", "staging")  # the gate is on with containers: no image yet
     assert refused.returncode == 2 and "has no image: run `mlrelease build" in refused.stderr, show(refused)
-    ok(cli(home, "build", "--version", v1, timeout=900))
-    # the next version's image builds meanwhile (on v1's cached layers), as a CI job for the next commit would
+    built_as(home, built, v1)  # v1's image: the image tests' build of this bundle, recorded as `mlrelease build` does
+    # the next version's image builds meanwhile (`mlrelease build`, on v1's cached layers), as for a next commit
     v2 = register(make_variant(bundle, tmp_path / "good", "same"), home, name, "good")
     next_build = subprocess.Popen(
         [str(BIN / "mlrelease"), "build", "--version", v2, "--report", "reports/build-next.json"],

@@ -1,6 +1,7 @@
 """The real serving image: built with buildah from the pipeline's bundle, smoke-tested, scanned, recorded.
 
-One build per test run (session fixture, one xdist group); later builds of the same inputs reuse its cache.
+One build per test run (the session fixture ``built`` in conftest.py, one xdist group); later builds of the same
+inputs reuse its cache.
 """
 
 from __future__ import annotations
@@ -8,13 +9,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from deploy.engine import Engine, detect_engine, inspect_image, local_images
+from deploy.engine import Engine, inspect_image, local_images
 from deploy.image.build import (
     BuildParams,
     BuildTarget,
@@ -30,54 +30,13 @@ from deploy.image.stage import record_verdict
 from mlrelease.core.modelcard import ModelCard, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.integration, pytest.mark.image, pytest.mark.slow, pytest.mark.xdist_group("image")]
-
-
-@pytest.fixture(scope="session")
-def engine() -> Engine:
-    return detect_engine("buildah")
-
-
-def _image_names(engine: Engine) -> dict[str, str]:
-    """Every image in the engine's storage, cached layers included: id -> name."""
-    listed = engine.run("images", "--all", "--format", "{{.ID}} {{.Name}}").stdout.split("\n")
-    return dict(line.split(maxsplit=1) for line in listed if " " in line.strip())
-
-
-@pytest.fixture(scope="session", autouse=True)
-def leaves_no_images(engine: Engine) -> Iterator[None]:
-    """Images and cached layers this run creates are removed at its end: each run's sources differ, so on a CI
-    machine they would pile up (about 0.9 GB a run with vfs). The base image stays, so the next run reuses it."""
-    before = set(_image_names(engine))
-    yield
-    created = [i for i, name in _image_names(engine).items() if i not in before and "mlrelease-base" not in name]
-    if created:
-        engine.run("rmi", "-f", *created, check=False)
-
-
-@pytest.fixture(scope="session")
-def image_context(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("image-context")
-
-
-@pytest.fixture(scope="session")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A frozen copy of the sources the project wheel is built from, so "nothing changed" holds during the run."""
-    dest = tmp_path_factory.mktemp("project")
-    for name in ("pyproject.toml", "README.md"):
-        if (REPO / name).exists():
-            shutil.copy2(REPO / name, dest / name)
-    for name in ("mlrelease", "pipelines", "release", "registry", "deploy", "requirements"):
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return dest
-
-
-@pytest.fixture(scope="session")
-def built(engine: Engine, model_bundle: Path, image_context: Path, project: Path) -> dict[str, object]:
-    """Build and smoke-test the image of the pipeline's bundle once per run."""
-    card = ModelCard.read(model_bundle)
-    target = BuildTarget(model_bundle, card.name, "local", card.sha256)
-    return build(target, BuildParams(), project, engine=engine, context=image_context)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.image,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("image"),
+    pytest.mark.usefixtures("leaves_no_images"),
+]
 
 
 def _containers(engine: Engine) -> list[str]:
