@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 
+MODULE = "deploy.targets.launch"  # run as ``python -m``, where __name__ is "__main__"
 STARTUP_LOCK = "MLRELEASE_STARTUP_LOCK"
 STARTUP_LOCK_FD = "MLRELEASE_STARTUP_LOCK_FD"
 TURN_WAIT_S = 15.0  # a sibling stuck loading (it has ready_timeout) must not hold this one back longer
@@ -51,13 +52,15 @@ def take_turn(env: dict[str, str], wait_s: float = TURN_WAIT_S) -> None:
     env[STARTUP_LOCK_FD] = str(fd)
 
 
-def server_inside(pid: int, marker: str = "deploy.serving") -> int | None:
+def server_inside(pid: int) -> int | None:
     """The model server among ``pid``'s descendants (the engine's own processes sit between), None before it runs."""
-    import psutil  # the host's: this runs on the host side only
+    import psutil  # the host side only: inside the image this module imports nothing but the standard library
+
+    from mlrelease.core.proc import SERVER_MARKER
 
     try:
         for child in psutil.Process(pid).children(recursive=True):
-            if marker in child.cmdline() and "deploy.targets.launch" not in child.cmdline():
+            if SERVER_MARKER in child.cmdline() and MODULE not in child.cmdline():
                 return int(child.pid)
     except psutil.Error:
         return None

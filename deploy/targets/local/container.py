@@ -24,7 +24,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from deploy.engine import Engine, EngineError, detect_engine, inspect_image, make_engine
+from deploy.targets import launch
 from deploy.targets.base import DeploymentError
+from mlrelease.core.proc import SERVER_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +186,7 @@ def inner_env(run: ImageRun, host_env: Mapping[str, str], with_cache: bool) -> d
     env = dict(item.split("=", 1) for item in run.env if "=" in item)
     env.update({k: v for k, v in host_env.items() if k.startswith("MLRELEASE_") and k not in HOST_ONLY})
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    env["MLRELEASE_STARTUP_LOCK"] = LOCK_IN
+    env[launch.STARTUP_LOCK] = LOCK_IN
     if with_cache:
         env["MLRELEASE_PROGRAM_CACHE"] = CACHE_IN
     return env
@@ -202,7 +204,7 @@ def replica_argv(
 ) -> list[str]:
     """The engine command that runs one replica of the image: ``mounts`` host path -> container path (the env file,
     the lock, the program cache), then the image's Python running the launch shim, then the server."""
-    inner = [IMAGE_PYTHON, "-m", "deploy.targets.launch", ENV_IN, "--", IMAGE_PYTHON, "-m", "deploy.serving"]
+    inner = [IMAGE_PYTHON, "-m", launch.MODULE, ENV_IN, "--", IMAGE_PYTHON, "-m", SERVER_MARKER]
     served = [*inner, "--model-dir", run.model_path, *server_args]
     volumes = [arg for host, inside in mounts.items() for arg in ("--volume", f"{host}:{inside}")]
     if engine.is_buildah:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deploy.targets.launch import MODULE as LAUNCH_MODULE
 from deploy.targets.launch import STARTUP_LOCK
 from deploy.targets.local.container import (
     CACHE_IN,
@@ -52,7 +53,6 @@ SLOT_DROPPED = ("MLRELEASE_MODEL_URI", "MLRELEASE_MODEL_DIR")
 STAGING_ENV = "staging"
 STAGING_OVERRIDES = {"MLRELEASE_RATE_LIMIT_PER_SECOND": "0"}
 EXPIRY_MODULE = "deploy.targets.local.expiry"
-LAUNCH_MODULE = "deploy.targets.launch"
 ROUTER_ADDRESS = "127.0.0.1"  # where the local nginx connects to its replicas from
 
 
@@ -122,6 +122,14 @@ def server_env(environment: str, version: str, behind_router: bool) -> dict[str,
     return env
 
 
+def replica_files(state_dir: Path, environment: str, slot: str, version: str, port: int) -> tuple[str, Path, Path]:
+    """A replica's program name, the folder of environment files (0700) and its log path; folders made."""
+    logs, env_dir = Path(state_dir) / "logs", Path(state_dir) / "supervisor" / "env"
+    logs.mkdir(parents=True, exist_ok=True)
+    env_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return f"r{port}", env_dir, logs / f"{environment}-{slot}-v{version}-{port}.log"
+
+
 def replica_program(
     state_dir: Path,
     environment: str,
@@ -135,11 +143,7 @@ def replica_program(
     start_retries: int = 3,
 ) -> Program:
     """The supervisor program of one replica; its environment goes to a file only its owner can read."""
-    logs = Path(state_dir) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    name = f"r{port}"
-    env_dir = Path(state_dir) / "supervisor" / "env"
-    env_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    name, env_dir, log_path = replica_files(state_dir, environment, slot, version, port)
     env_file = env_dir / f"{name}.json"
     env = server_env(environment, version, behind_router)
     env[STARTUP_LOCK] = str(env_dir / f"{environment}-{slot}.start.lock")  # the slot's replicas load in turn
@@ -150,7 +154,6 @@ def replica_program(
     env["MLRELEASE_PROGRAM_CACHE"] = str(programs)
     atomic_write(env_file, json.dumps(env))  # mkstemp: 0600
     launch = [sys.executable, "-m", LAUNCH_MODULE, str(env_file), "--"]
-    log_path = logs / f"{environment}-{slot}-v{version}-{port}.log"
     log.info("starting %s/%s version %s on port %d (log %s)", environment, slot, version, port, log_path)
     return Program(
         name=name,
@@ -177,10 +180,7 @@ def container_program(
     """The supervisor program of one replica of the container runtime: the launch shim supervising the engine's
     run of the image; the settings inside go to a file only the image's user can read, mounted read-only."""
     state_dir = Path(state_dir)
-    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
-    env_dir = state_dir / "supervisor" / "env"
-    env_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    name = f"r{port}"
+    name, env_dir, log_path = replica_files(state_dir, environment, slot, version, port)
     settings = server_env(environment, version, behind_router)
     mounts = {str(owned_by_image(env_dir / f"{environment}-{slot}.start.lock", run)): LOCK_IN}
     cached = image_uid(run) is None or os.geteuid() == 0  # else the server inside could not write the cache
@@ -193,7 +193,6 @@ def container_program(
     argv = replica_argv(engine, run, mounts, server_args(version, port), port, name_prefix(state_dir) + environment)
     env_file = env_dir / f"{name}.json"
     atomic_write(env_file, json.dumps({**detached_env(), **engine.extra_env}))  # the engine's, on the host
-    log_path = state_dir / "logs" / f"{environment}-{slot}-v{version}-{port}.log"
     log.info(
         "starting %s/%s version %s from %s on port %d (log %s)", environment, slot, version, run.image, port, log_path
     )

@@ -206,18 +206,16 @@ class LocalTarget(DeploymentTarget):
     def _release_images(self, *dropped: Slot | None) -> None:
         """Remove the working containers of the dropped slots' images that no recorded slot runs any more: what a
         stopped slot leaves on disk (with vfs, a full copy of its image)."""
-        engines = {slot.image_run.engine for slot in dropped if slot is not None and slot.image_run is not None}
-        if not engines:
+        by_engine = {s.image_run.engine: s.image_run for s in dropped if s is not None and s.image_run is not None}
+        if not by_engine:
             return
         runs = [s.image_run for env in self.store.load().environments.values() for s in env.slots.values()]
         in_use = {run.container for run in runs if run is not None and run.container}
-        for slot in dropped:
-            if slot is not None and slot.image_run is not None and slot.image_run.engine in engines:
-                engines.discard(slot.image_run.engine)
-                try:
-                    remove_unused(engine_of(slot.image_run), self.state_dir, in_use)
-                except DeploymentError as exc:
-                    log.warning("left working containers in place: %s", exc)
+        for run in by_engine.values():
+            try:
+                remove_unused(engine_of(run), self.state_dir, in_use)
+            except DeploymentError as exc:
+                log.warning("left working containers in place: %s", exc)
 
     def _stop_replicas(self, slot: Slot, wait: bool) -> None:
         """Stop every replica of the slot (each drains); supervised ones are also removed from the supervisor."""
