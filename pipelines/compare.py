@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -26,14 +28,22 @@ SHOWN_METRICS = ("f1", "precision", "recall")
 Marks = dict[str, tuple[str, float | None]]  # key -> (the way that loosens it: "down" or "up", its code default)
 
 
-def marked_fields(model: type[BaseModel], prefix: str = "") -> Marks:
-    """The model's fields marked with LOWER_IS_LAXER or HIGHER_IS_LAXER where they are defined."""
-    found = {}
+def _marks(model: type[BaseModel], key: str) -> Iterator[tuple[str, Any, Any]]:
+    """(field name, its ``key`` mark, its default) for each field of ``model`` that carries the mark."""
     for name, info in model.model_fields.items():
         extra = info.json_schema_extra
-        if isinstance(extra, dict) and extra.get("loosens") in ("down", "up"):
-            found[f"{prefix}{name}"] = (str(extra["loosens"]), _number(info.default))
-    return found
+        mark = extra.get(key) if isinstance(extra, dict) else None
+        if mark is not None:
+            yield name, mark, info.default
+
+
+def marked_fields(model: type[BaseModel], prefix: str = "") -> Marks:
+    """The model's fields marked with LOWER_IS_LAXER or HIGHER_IS_LAXER where they are defined."""
+    return {
+        f"{prefix}{name}": (str(mark), _number(default))
+        for name, mark, default in _marks(model, "loosens")
+        if mark in ("down", "up")
+    }
 
 
 def threshold_fields() -> Marks:
@@ -58,13 +68,11 @@ def switch_fields() -> dict[str, tuple[list[str], str]]:
     """Every gate switch in params.yaml (a field marked with its values strictest first), with its code default."""
     from mlrelease.core.params import PromotionParams
 
-    found = {}
-    for name, info in PromotionParams.model_fields.items():
-        extra = info.json_schema_extra
-        order = extra.get("strictest_first") if isinstance(extra, dict) else None
-        if isinstance(order, list):
-            found[f"promotion.{name}"] = ([str(v) for v in order], str(info.default))
-    return found
+    return {
+        f"promotion.{name}": ([str(v) for v in order], str(default))
+        for name, order, default in _marks(PromotionParams, "strictest_first")
+        if isinstance(order, list)
+    }
 
 
 def loosened_switches(base_params: dict[str, Any], head_params: dict[str, Any]) -> list[str]:
@@ -116,17 +124,19 @@ class Comparison:
         return not self.regressions and not self.loosened
 
 
-def _git(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", *args], capture_output=True, text=True, check=False)  # fixed argv, no shell
+def _git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    argv = ["git", *(["-C", str(cwd)] if cwd is not None else []), *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=False)  # fixed argv, no shell
 
 
-def git_show(ref: str, path: str) -> str | None:
-    """A file's text at ``ref``, or None when the file does not exist there; ValueError for an unknown ref."""
-    if _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode != 0:
+def git_show(ref: str, path: str, cwd: Path | None = None) -> str | None:
+    """A file's text at ``ref`` (``./path``: relative to ``cwd``), or None when the file does not exist there;
+    ValueError for an unknown ref."""
+    if _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", cwd=cwd).returncode != 0:
         raise ValueError(f"git does not know {ref!r} (fetch the base branch first, e.g. fetch-depth: 0)")
-    if _git("cat-file", "-e", f"{ref}:{path}").returncode != 0:
+    if _git("cat-file", "-e", f"{ref}:{path}", cwd=cwd).returncode != 0:
         return None
-    proc = _git("show", f"{ref}:{path}")
+    proc = _git("show", f"{ref}:{path}", cwd=cwd)
     if proc.returncode != 0:
         raise ValueError(f"git cannot read {path} at {ref!r}: {proc.stderr.strip()}")
     return proc.stdout

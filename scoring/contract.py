@@ -15,7 +15,6 @@ declare exactly the card's features.
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: the checks of one feature, in the order a row's reason names the first that fails
 CHECKS = ("not_a_number", "missing", "infinite", "float32", "below", "above", "not_integer")
 NAN_TEXT = ("nan", "+nan", "-nan")
+REASON = "reason"  # the rejects file's column saying why a row was refused
 OUTPUT_REASON = "model output: NaN or Inf (the inputs are too far out of the range the model was trained on)"
 
 
@@ -178,11 +178,10 @@ def contract_at_commit(home: Path, commit: str) -> tuple[DataContract, str] | No
 
 
 def _git_show(home: Path, commit: str, path: str) -> str | None:
-    """``git show COMMIT:./PATH`` run in ``home``; None when it fails."""
+    """``PATH`` (relative to ``home``) at ``commit``; None when git cannot say."""
+    from pipelines.compare import git_show
+
     try:
-        done = subprocess.run(
-            ["git", "-C", str(home), "show", f"{commit}:./{path}"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
+        return git_show(commit, f"./{path}", cwd=home)
+    except (OSError, ValueError):
         return None
-    return done.stdout if done.returncode == 0 else None

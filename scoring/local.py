@@ -10,11 +10,9 @@ import pandas as pd
 
 from deploy.serving.model import LoadedModel
 from mlrelease.core.progress import Progress
-from scoring.contract import OUTPUT_REASON
+from scoring.contract import OUTPUT_REASON, REASON
 from scoring.formats import TableWriter, read_chunks
 from scoring.plan import ROW_KEY, ScorePlan, ScoreResult
-
-REASON = "reason"
 
 
 def predictions(keys: pd.DataFrame, probs: np.ndarray, plan: ScorePlan) -> pd.DataFrame:

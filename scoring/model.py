@@ -11,7 +11,7 @@ from typing import Any
 
 from deploy.serving.model import LoadedModel, ModelLoadError, load_model
 from mlrelease.core.errors import CheckFailed, UserError
-from mlrelease.core.modelcard import IntegrityError, ModelCard
+from mlrelease.core.modelcard import IntegrityError
 from mlrelease.core.settings import Settings
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[\w.-]+)|/(?P<version>\d+))$")
@@ -103,8 +103,3 @@ def load_version(ref: VersionRef, folder: Path) -> LoadedModel:
         return load_model(folder, version=ref.version, expected_sha256=ref.sha256 or None, source=ref.asked)
     except ModelLoadError as exc:
         raise UntrustedModel(f"{ref.asked}: {exc}") from exc
-
-
-def read_card(folder: Path) -> ModelCard:
-    """The card of a verified bundle folder."""
-    return ModelCard.read(folder)

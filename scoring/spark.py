@@ -25,7 +25,7 @@ from mlrelease.core.errors import UserError
 from mlrelease.core.modelcard import IntegrityError, ModelCard, verify_bundle
 from mlrelease.core.progress import Progress
 from mlrelease.core.settings import Settings
-from scoring.contract import CHECKS, FLOAT32_MAX, OUTPUT_REASON, ScoringContract, applies, reason_text
+from scoring.contract import CHECKS, FLOAT32_MAX, OUTPUT_REASON, REASON, ScoringContract, applies, reason_text
 from scoring.model import UntrustedModel, VersionRef
 from scoring.plan import ROW_KEY, ScorePlan, ScoreResult
 
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 PROBS = "_probabilities"
 VALID = "_valid"
-REASON = "reason"
 SESSION_CONF = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",  # our own bar, from the status tracker
