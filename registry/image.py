@@ -37,16 +37,17 @@ def record_scan(
     return tags
 
 
+def untagged(ref: str) -> str:
+    """An image reference without its tag or digest (``registry:5000/team/model``: a port is not a tag)."""
+    repository = ref.split("@", 1)[0]
+    name, _, tag = repository.rpartition(":")
+    return name if name and "/" not in tag else repository
+
+
 def pinned_image(tags: dict[str, str]) -> str | None:
     """The version's image as ``repository@sha256:…`` (what a container runtime runs), None when it has none."""
     ref, digest = tags.get(IMAGE_REF_TAG), tags.get(IMAGE_DIGEST_TAG)
-    if not ref or not digest:
-        return None
-    repository = ref.split("@", 1)[0]
-    name, _, tag = repository.rpartition(":")
-    if name and "/" not in tag:  # a tag, not a registry's port
-        repository = name
-    return f"{repository}@{digest}"
+    return f"{untagged(ref)}@{digest}" if ref and digest else None
 
 
 def short_digest(digest: str | None, hex_chars: int = 12) -> str:

@@ -42,7 +42,7 @@ class Context:
     reports_dir: Path = field(default_factory=lambda: Path("reports"))
     loadtest: Any = None  # deploy.loadtest.runner.LoadtestParams, parsed from params.yaml by the CLI
     target_column: str = "target"
-    _digests: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)  # read this command
+    _tags: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False)  # read this command
     registry_silent: bool = field(default=False, init=False, repr=False)  # it did not answer a digest read
 
     @property
@@ -71,18 +71,24 @@ class Context:
         the registry does not answer: a record never fails for it, and a down registry is asked once per command."""
         if version is None:
             return None
-        if version in self._digests or self.registry_silent:
-            return self._digests.get(version)
-        try:
-            self._digests[version] = self.registry.tags(version).get(IMAGE_DIGEST_TAG)
-        except VersionNotFound:
-            self._digests[version] = None
-        except Exception as exc:
-            if not is_registry_error(exc):
-                raise
-            log.warning("the image digest of version %s is left off its audit record: %s", version, exc)
-            self.registry_silent = True
-        return self._digests.get(version)
+        if version not in self._tags and not self.registry_silent:
+            try:
+                self.version_tags(version)
+            except VersionNotFound:
+                self._tags[version] = {}
+            except Exception as exc:
+                if not is_registry_error(exc):
+                    raise
+                log.warning("the image digest of version %s is left off its audit record: %s", version, exc)
+                self.registry_silent = True
+        return self._tags.get(version, {}).get(IMAGE_DIGEST_TAG)
+
+    def version_tags(self, version: str) -> dict[str, str]:
+        """The version's registry tags, read once per command: the image gate, the image deployed and the audit
+        record see the same digest, even if a rebuild lands meanwhile."""
+        if version not in self._tags:
+            self._tags[version] = self.registry.tags(version)
+        return self._tags[version]
 
     def deploy_new(self, env: str, slot: str, bundle: Path, version: str) -> str:
         """Start the command's new version in ``slot``; a rollback asking for the lock stops the wait for it."""
@@ -94,7 +100,7 @@ class Context:
         target then refuses it, naming `mlrelease build`)."""
         if not self.target.runs_image:
             return None
-        return pinned_image(self.registry.tags(version))
+        return pinned_image(self.version_tags(version))
 
     @contextmanager
     def interruptible(self, enabled: bool = True) -> Iterator[None]:

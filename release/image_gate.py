@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploy.targets.base import DeploymentTarget
 from registry.image import IMAGE_DIGEST_TAG, IMAGE_REF_TAG, PASSED, SCAN_DIGEST_TAG, SCAN_TAG, SCANNED_AT_TAG
 from registry.image import short_digest as short
 from release.context import Context
@@ -15,15 +14,9 @@ from release.outcome import Outcome, PromotionError
 SETTING = "promotion.require_scanned_image"
 
 
-def slots_run_image(target: DeploymentTarget) -> bool:
-    """Whether ``target`` runs each slot from the serving image (the local target's container runtime does; its
-    process runtime runs `python -m deploy.serving` from the verified bundle, so ``auto`` is off there)."""
-    return target.runs_image
-
-
 def gate_on(p: Context) -> bool:
     """Whether this command's `promote staging` gates on the scanned image."""
-    return p.params.scanned_image_required(slots_run_image(p.target))
+    return p.params.scanned_image_required(p.target.runs_image)  # the container runtime does; processes do not
 
 
 def image_problem(version: str, tags: dict[str, str]) -> str | None:

@@ -43,7 +43,7 @@ def promote_staging(p: Context, version: str | None, force: bool = False, reason
     ):
         out.say(f"staging already serves version {version} and has the alias; nothing to do")
         return out
-    tags = p.registry.tags(version)
+    tags = p.version_tags(version)
     gate = check_image(p, version, tags, force, reason, out)  # before a dry run too: it says what would happen
     if p.dry_run:
         out.say(f"would deploy version {version} to staging, run smoke + load gates, set alias staging")

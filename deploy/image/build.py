@@ -30,6 +30,7 @@ from deploy.image.base import cache_dir, ensure_base
 from mlrelease.core.modelcard import CARD_FILE, MODEL_FILE, REFERENCE_FILE, verify_bundle
 from mlrelease.core.params import HIGHER_IS_LAXER
 from mlrelease.core.settings import Settings
+from registry.image import IMAGE_DIGEST_TAG, IMAGE_REF_TAG
 
 if TYPE_CHECKING:
     from mlrelease.core.progress import Progress
@@ -152,7 +153,7 @@ def record_on_registry(target: BuildTarget, report: dict[str, object], settings:
     from registry.client import get_client
 
     client = get_client(settings)
-    for key in ("image_ref", "image_digest", "image_size_bytes"):
+    for key in (IMAGE_REF_TAG, IMAGE_DIGEST_TAG, "image_size_bytes"):
         client.set_model_version_tag(target.model_name, target.model_version, key, str(report[key]))
 
 

@@ -42,7 +42,7 @@ from deploy.serving.fastpath import INTERNAL_ERROR
 from deploy.serving.grpc import GrpcStartError
 from deploy.serving.looplag import LoopLagMonitor
 from deploy.serving.metrics import CONTENT_TYPE, ServerMetrics
-from deploy.serving.model import LoadedModel, ModelLoadError, set_threads
+from deploy.serving.model import LoadedModel, ModelLoadError
 from deploy.serving.openapi import build_openapi
 from deploy.serving.payload import ClientError, loads_json
 from deploy.serving.prediction import V1, V2, Api, Batched, Serving, non_finite_output, plain_name, prediction_route
@@ -441,7 +441,6 @@ class ModelServer:
             from deploy.serving.grpc.server import start_grpc  # grpcio and the generated messages: only when on
 
             self._grpc = await start_grpc(self, self.settings.host, self.settings.grpc_port)
-        set_threads(self.settings.torch_threads)
         self._spawn(self._initial_load())
         if self.settings.loop_lag_interval_ms:
             self._lag = LoopLagMonitor(self.metrics.loop_lag.observe, self.settings.loop_lag_interval_ms / 1000)

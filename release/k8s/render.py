@@ -18,6 +18,7 @@ import yaml
 
 from mlrelease.core.errors import UserError
 from mlrelease.core.params import CanaryParams, PromotionParams
+from registry.image import IMAGE_DIGEST_TAG, IMAGE_REF_TAG, untagged
 from registry.versions import Registry, VersionNotFound
 from release.k8s.manifests import ENVIRONMENTS, WORKLOAD, Release, release_files
 
@@ -72,8 +73,7 @@ def repository_of(image_ref: str | None, given: str | None, version: str) -> str
     """The image repository the pods pull from: ``given``, else the build's ``image_ref`` without its tag."""
     found = given or None  # an empty MLRELEASE_IMAGE_REPOSITORY (an unset CI variable) is no repository
     if found is None and image_ref:
-        name, _, tag = image_ref.partition("@")[0].rpartition(":")
-        found = name if name and "/" not in tag else image_ref.partition("@")[0]
+        found = untagged(image_ref)
     if not found or not REPOSITORY.match(found):
         raise UserError(
             f"version {version}: no usable image repository ({found or 'none'}); pass --image-repository "
@@ -86,7 +86,7 @@ def release_of(registry: Registry, version: str, environment: str, image_reposit
     """The registered version's release for ``environment``: its image pinned by the digest ``mlrelease build``
     recorded; one line naming `mlrelease build` when there is none."""
     tags = registry.tags(version)
-    digest = tags.get("image_digest", "")
+    digest = tags.get(IMAGE_DIGEST_TAG, "")
     if not DIGEST.match(digest):
         raise UserError(
             f"version {version} has no image digest in the registry (tag image_digest): build its image first with "
@@ -96,7 +96,7 @@ def release_of(registry: Registry, version: str, environment: str, image_reposit
         environment=environment,
         model_name=registry.model_name,
         version=version,
-        image=repository_of(tags.get("image_ref"), image_repository, version),
+        image=repository_of(tags.get(IMAGE_REF_TAG), image_repository, version),
         digest=digest,
         artifact_sha256=tags.get("artifact_sha256"),
     )

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from registry.image import IMAGE_DIGEST_TAG, IMAGE_REF_TAG
 from release.report import comparison, gates, timeline
 from release.report.drift import served_psi, split_psi
 from release.report.model import CanaryRun, Comparison, GateGroup, HistoryRow, Identity, Plots, ReleaseReport
@@ -71,8 +72,8 @@ def identity(facts: VersionFacts, serving: list[str]) -> Identity:
         version=facts.version,
         aliases=facts.aliases,
         artifact_sha256=tags.get("artifact_sha256"),
-        image_digest=tags.get("image_digest"),
-        image_ref=tags.get("image_ref"),
+        image_digest=tags.get(IMAGE_DIGEST_TAG),
+        image_ref=tags.get(IMAGE_REF_TAG),
         git_commit=tags.get("git_commit"),
         data_hash=tags.get("data_hash"),
         params_hash=tags.get("params_hash"),
